@@ -1,0 +1,158 @@
+//! The per-node context: everything a node's actors share, passed explicitly (no globals),
+//! so that many simulated nodes can live in one process.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+use std::time::Duration;
+
+use tidewater_storage::{LogStore, StateStore};
+
+use crate::mqtt::auth::Authorizer;
+use crate::mqtt::registry::SessionRegistry;
+use crate::mqtt::router::Router;
+use crate::mqtt::session_state::{QueueOverflow, SessionLimits};
+use crate::seams::{Clock, Net, NodeRng};
+
+/// MQTT limits and behaviour, from the node's configuration.
+#[derive(Debug, Clone)]
+pub struct MqttSettings {
+    /// Maximum packet size accepted and advertised (bytes).
+    pub max_packet_size: u32,
+    /// Receive Maximum advertised and outgoing in-flight window per session.
+    pub max_inflight: u16,
+    /// Messages queued per session beyond those in flight.
+    pub max_queued_messages: usize,
+    /// What happens when a session's queue is full.
+    pub queue_overflow: QueueOverflow,
+    /// Maximum concurrent connections.
+    pub max_connections: usize,
+    /// Keepalive ceiling; v5 clients asking more (or 0) are told this as Server Keep Alive.
+    pub max_keepalive: u16,
+    /// Topic Alias Maximum advertised.
+    pub max_topic_alias: u16,
+    /// Ceiling on Session Expiry Interval (seconds).
+    pub max_session_expiry: u32,
+    /// Whether retained messages are supported.
+    pub retain_available: bool,
+    /// How long a new connection has to send CONNECT.
+    pub connect_timeout: Duration,
+}
+
+impl Default for MqttSettings {
+    fn default() -> Self {
+        Self {
+            max_packet_size: 1024 * 1024,
+            max_inflight: 32,
+            max_queued_messages: 1000,
+            queue_overflow: QueueOverflow::DropOldest,
+            max_connections: 100_000,
+            max_keepalive: u16::MAX,
+            max_topic_alias: 64,
+            max_session_expiry: u32::MAX,
+            retain_available: true,
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl MqttSettings {
+    /// The limits each session enforces.
+    pub fn session_limits(&self) -> SessionLimits {
+        SessionLimits {
+            max_inflight: self.max_inflight,
+            max_queued: self.max_queued_messages,
+            overflow: self.queue_overflow,
+            max_topic_alias: self.max_topic_alias,
+            retain_available: self.retain_available,
+        }
+    }
+}
+
+/// What a node's actors share.
+pub struct NodeInner {
+    /// This node's id.
+    pub node_id: u64,
+    /// MQTT settings.
+    pub mqtt: MqttSettings,
+    /// Users and ACL.
+    pub authorizer: Authorizer,
+    /// Keyed state (sessions, retained).
+    pub state_store: Arc<dyn StateStore>,
+    /// Partition logs.
+    pub log_store: Arc<dyn LogStore>,
+    /// Sockets.
+    pub net: Arc<dyn Net>,
+    /// Wall clock.
+    pub clock: Arc<dyn Clock>,
+    /// Randomness.
+    pub rng: NodeRng,
+    /// Subscriptions and retained messages.
+    pub router: Router,
+    /// Sessions by client id.
+    pub sessions: SessionRegistry,
+    /// Open MQTT connections.
+    pub connections: AtomicUsize,
+}
+
+/// A cheap handle on the node's shared state.
+#[derive(Clone)]
+pub struct NodeContext(Arc<NodeInner>);
+
+impl std::ops::Deref for NodeContext {
+    type Target = NodeInner;
+
+    fn deref(&self) -> &NodeInner {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for NodeContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeContext").field("node_id", &self.node_id).finish()
+    }
+}
+
+/// The parts a node is built from.
+pub struct NodeParts {
+    /// This node's id.
+    pub node_id: u64,
+    /// MQTT settings.
+    pub mqtt: MqttSettings,
+    /// Users and ACL.
+    pub authorizer: Authorizer,
+    /// Keyed state.
+    pub state_store: Arc<dyn StateStore>,
+    /// Partition logs.
+    pub log_store: Arc<dyn LogStore>,
+    /// Sockets.
+    pub net: Arc<dyn Net>,
+    /// Wall clock.
+    pub clock: Arc<dyn Clock>,
+    /// Randomness.
+    pub rng: NodeRng,
+}
+
+impl NodeContext {
+    /// Builds a node's context from its seams and settings.
+    pub fn new(parts: NodeParts) -> Self {
+        let router = Router::new(Arc::clone(&parts.state_store));
+        Self(Arc::new(NodeInner {
+            node_id: parts.node_id,
+            mqtt: parts.mqtt,
+            authorizer: parts.authorizer,
+            state_store: parts.state_store,
+            log_store: parts.log_store,
+            net: parts.net,
+            clock: parts.clock,
+            rng: parts.rng,
+            router,
+            sessions: SessionRegistry::default(),
+            connections: AtomicUsize::new(0),
+        }))
+    }
+
+    /// Milliseconds since the epoch, from the clock seam.
+    pub fn now_ms(&self) -> i64 {
+        self.clock.now_millis()
+    }
+}

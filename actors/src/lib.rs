@@ -1,0 +1,11 @@
+//! Tidewater's actors and protocol front ends.
+//!
+//! Every client session is a ractor actor over a sans-IO state machine; everything a node's
+//! actors share lives in a [`NodeContext`] passed explicitly, never in globals.
+
+pub mod context;
+pub mod metrics;
+pub mod mqtt;
+pub mod seams;
+
+pub use context::{MqttSettings, NodeContext, NodeParts};

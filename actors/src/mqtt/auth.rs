@@ -1,0 +1,256 @@
+//! Authentication by username and password hash, and topic ACL rules.
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD_NO_PAD;
+use pbkdf2::pbkdf2_hmac;
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+
+use crate::mqtt::topic;
+
+const HASH_PREFIX: &str = "pbkdf2-sha256";
+const DEFAULT_ITERATIONS: u32 = 10_000;
+
+/// Hashes a password for `[[auth.users]] password_hash` (`pbkdf2-sha256$<iter>$<salt>$<hash>`).
+pub fn hash_password(password: &str, salt: &[u8]) -> String {
+    let mut hash = [0u8; 32];
+    pbkdf2_hmac::<Sha256>(password.as_bytes(), salt, DEFAULT_ITERATIONS, &mut hash);
+    format!(
+        "{HASH_PREFIX}${DEFAULT_ITERATIONS}${}${}",
+        STANDARD_NO_PAD.encode(salt),
+        STANDARD_NO_PAD.encode(hash)
+    )
+}
+
+/// Why a stored password hash cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("password_hash must look like pbkdf2-sha256$<iterations>$<salt base64>$<hash base64> (from `tidewater passwd`)")]
+pub struct BadHash;
+
+/// A parsed password hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PasswordHash {
+    iterations: u32,
+    salt: Vec<u8>,
+    hash: Vec<u8>,
+}
+
+impl std::str::FromStr for PasswordHash {
+    type Err = BadHash;
+
+    fn from_str(encoded: &str) -> Result<Self, BadHash> {
+        let mut parts = encoded.split('$');
+        if parts.next() != Some(HASH_PREFIX) {
+            return Err(BadHash);
+        }
+        let iterations = parts.next().and_then(|n| n.parse().ok()).filter(|n| *n > 0).ok_or(BadHash)?;
+        let salt = parts.next().and_then(|s| STANDARD_NO_PAD.decode(s).ok()).ok_or(BadHash)?;
+        let hash = parts.next().and_then(|h| STANDARD_NO_PAD.decode(h).ok()).ok_or(BadHash)?;
+        if parts.next().is_some() || hash.is_empty() {
+            return Err(BadHash);
+        }
+        Ok(Self { iterations, salt, hash })
+    }
+}
+
+impl PasswordHash {
+    /// Whether `password` matches, compared in constant time.
+    pub fn verify(&self, password: &[u8]) -> bool {
+        let mut computed = vec![0u8; self.hash.len()];
+        pbkdf2_hmac::<Sha256>(password, &self.salt, self.iterations, &mut computed);
+        computed.iter().zip(&self.hash).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+    }
+}
+
+/// Allow or deny.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Permission {
+    /// The action is allowed.
+    Allow,
+    /// The action is refused.
+    Deny,
+}
+
+/// What an ACL rule governs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AclAction {
+    /// PUBLISH.
+    Publish,
+    /// SUBSCRIBE.
+    Subscribe,
+    /// Both.
+    All,
+}
+
+/// One ACL rule from `[[auth.acl]]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AclRule {
+    /// Allow or deny.
+    pub permission: Permission,
+    /// Publish, subscribe or all.
+    pub action: AclAction,
+    /// A topic filter; `%u` is the username and `%c` the client id.
+    pub topic: String,
+    /// The rule applies only to this username.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// The rule applies only to this client id.
+    #[serde(default)]
+    pub client_id: Option<String>,
+}
+
+/// Who a connection is, once authenticated.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Identity {
+    /// The client id.
+    pub client_id: String,
+    /// The username, if one was given.
+    pub username: Option<String>,
+}
+
+/// Why a CONNECT was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthFailure {
+    /// Unknown user or wrong password.
+    BadCredentials,
+    /// No credentials and anonymous access is off.
+    NotAuthorized,
+}
+
+/// The users and rules of `[auth]`, ready to check.
+#[derive(Debug, Clone)]
+pub struct Authorizer {
+    allow_anonymous: bool,
+    default_permission: Permission,
+    users: std::collections::BTreeMap<String, PasswordHash>,
+    rules: Vec<AclRule>,
+}
+
+impl Authorizer {
+    /// Builds an authorizer; hashes must already be validated.
+    pub fn new(
+        allow_anonymous: bool,
+        default_permission: Permission,
+        users: impl IntoIterator<Item = (String, PasswordHash)>,
+        rules: Vec<AclRule>,
+    ) -> Self {
+        Self { allow_anonymous, default_permission, users: users.into_iter().collect(), rules }
+    }
+
+    /// Allows everything (tests).
+    pub fn allow_all() -> Self {
+        Self::new(true, Permission::Allow, [], Vec::new())
+    }
+
+    /// Checks a CONNECT's credentials.
+    pub fn authenticate(&self, username: Option<&str>, password: Option<&[u8]>) -> Result<(), AuthFailure> {
+        match username {
+            None if self.allow_anonymous => Ok(()),
+            None => Err(AuthFailure::NotAuthorized),
+            Some(name) => match self.users.get(name) {
+                Some(hash) if hash.verify(password.unwrap_or_default()) => Ok(()),
+                Some(_) => Err(AuthFailure::BadCredentials),
+                // a username unknown to us: accepted as anonymous when anonymous access is on
+                None if self.allow_anonymous && self.users.is_empty() => Ok(()),
+                None => Err(AuthFailure::BadCredentials),
+            },
+        }
+    }
+
+    /// Whether `identity` may publish to `topic`.
+    pub fn may_publish(&self, identity: &Identity, topic_name: &str) -> bool {
+        self.decide(identity, AclAction::Publish, |rule_filter| topic::matches(rule_filter, topic_name))
+    }
+
+    /// Whether `identity` may subscribe to `filter` (without any `$share/group/` prefix).
+    pub fn may_subscribe(&self, identity: &Identity, filter: &str) -> bool {
+        self.decide(identity, AclAction::Subscribe, |rule_filter| topic::filter_covers(rule_filter, filter))
+    }
+
+    fn decide(&self, identity: &Identity, action: AclAction, covers: impl Fn(&str) -> bool) -> bool {
+        for rule in &self.rules {
+            if rule.action != action && rule.action != AclAction::All {
+                continue;
+            }
+            if rule.username.as_ref().is_some_and(|u| Some(u) != identity.username.as_ref()) {
+                continue;
+            }
+            if rule.client_id.as_ref().is_some_and(|c| *c != identity.client_id) {
+                continue;
+            }
+            let rule_filter = substitute(&rule.topic, identity);
+            if covers(&rule_filter) {
+                return rule.permission == Permission::Allow;
+            }
+        }
+        self.default_permission == Permission::Allow
+    }
+}
+
+fn substitute(rule_topic: &str, identity: &Identity) -> String {
+    rule_topic.replace("%c", &identity.client_id).replace("%u", identity.username.as_deref().unwrap_or("%u"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn password_hash_round_trips() {
+        let encoded = hash_password("s3cret", b"0123456789abcdef");
+        let hash: PasswordHash = encoded.parse().unwrap();
+        assert!(hash.verify(b"s3cret"));
+        assert!(!hash.verify(b"s3cret!"));
+        assert_eq!("md5$x".parse::<PasswordHash>(), Err(BadHash));
+    }
+
+    #[test]
+    fn acl_first_match_wins_with_substitution() {
+        let rules = vec![
+            AclRule {
+                permission: Permission::Allow,
+                action: AclAction::All,
+                topic: "users/%u/#".into(),
+                username: None,
+                client_id: None,
+            },
+            AclRule {
+                permission: Permission::Deny,
+                action: AclAction::Subscribe,
+                topic: "users/#".into(),
+                username: None,
+                client_id: None,
+            },
+            AclRule {
+                permission: Permission::Deny,
+                action: AclAction::Publish,
+                topic: "secret/#".into(),
+                username: Some("bob".into()),
+                client_id: None,
+            },
+        ];
+        let authorizer = Authorizer::new(true, Permission::Allow, [], rules);
+        let bob = Identity { client_id: "c1".into(), username: Some("bob".into()) };
+        let alice = Identity { client_id: "c2".into(), username: Some("alice".into()) };
+        assert!(authorizer.may_subscribe(&bob, "users/bob/inbox"));
+        assert!(!authorizer.may_subscribe(&bob, "users/alice/inbox"));
+        assert!(!authorizer.may_subscribe(&bob, "users/#"));
+        assert!(!authorizer.may_publish(&bob, "secret/x"));
+        assert!(authorizer.may_publish(&alice, "secret/x"));
+    }
+
+    #[test]
+    fn anonymous_and_credentials() {
+        let hash: PasswordHash = hash_password("pw", b"salt").parse().unwrap();
+        let open = Authorizer::new(true, Permission::Allow, [("u".to_string(), hash.clone())], vec![]);
+        assert_eq!(open.authenticate(None, None), Ok(()));
+        assert_eq!(open.authenticate(Some("u"), Some(b"pw")), Ok(()));
+        assert_eq!(open.authenticate(Some("u"), Some(b"no")), Err(AuthFailure::BadCredentials));
+        let closed = Authorizer::new(false, Permission::Allow, [("u".to_string(), hash)], vec![]);
+        assert_eq!(closed.authenticate(None, None), Err(AuthFailure::NotAuthorized));
+        assert_eq!(closed.authenticate(Some("x"), Some(b"pw")), Err(AuthFailure::BadCredentials));
+    }
+}

@@ -1,0 +1,13 @@
+//! The MQTT 3.1.1 and 5.0 broker: codec, topics, sessions, routing, auth.
+
+pub mod auth;
+pub mod codec;
+pub mod connection;
+pub mod message;
+pub mod persist;
+pub mod registry;
+pub mod router;
+pub mod session;
+pub mod session_state;
+pub mod topic;
+pub mod trie;

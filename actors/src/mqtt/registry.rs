@@ -1,0 +1,109 @@
+//! Sessions by client id: find or spawn the session a new connection attaches to, restore
+//! persisted sessions at start, and stop them all at shutdown.
+
+use std::collections::HashMap;
+
+use ractor::{ActorRef, call_t};
+
+use crate::context::NodeContext;
+use crate::mqtt::persist;
+use crate::mqtt::router::SessionHandle;
+use crate::mqtt::session::{AttachRequest, SessionMsg, spawn_session};
+
+const ATTACH_TIMEOUT_MS: u64 = 5_000;
+const SHUTDOWN_TIMEOUT_MS: u64 = 2_000;
+
+/// Why a connection could not be attached to a session.
+#[derive(Debug, thiserror::Error)]
+pub enum AttachError {
+    /// the session actor could not be started
+    #[error("cannot start session: {0}")]
+    Spawn(String),
+    /// the session did not take the connection in time
+    #[error("session did not answer")]
+    Unresponsive,
+}
+
+/// The node's sessions by client id.
+#[derive(Default)]
+pub struct SessionRegistry {
+    sessions: tokio::sync::Mutex<HashMap<String, SessionHandle>>,
+}
+
+impl SessionRegistry {
+    /// Attaches a connection to the session of `client_id`, spawning it if there is none.
+    pub async fn attach(
+        &self,
+        ctx: &NodeContext,
+        client_id: &str,
+        request: AttachRequest,
+    ) -> Result<ActorRef<SessionMsg>, AttachError> {
+        for _ in 0..3 {
+            let handle = {
+                let mut sessions = self.sessions.lock().await;
+                match sessions.get(client_id) {
+                    Some(handle) => handle.clone(),
+                    None => {
+                        let handle = spawn_session(ctx, client_id.to_string(), None)
+                            .await
+                            .map_err(|e| AttachError::Spawn(e.to_string()))?;
+                        sessions.insert(client_id.to_string(), handle.clone());
+                        handle
+                    }
+                }
+            };
+            match call_t!(handle.actor, SessionMsg::Attach, ATTACH_TIMEOUT_MS, request.clone()) {
+                Ok(true) => return Ok(handle.actor),
+                _ => {
+                    // the session ended between lookup and attach: forget it and try again
+                    self.remove(client_id, &handle.actor).await;
+                }
+            }
+        }
+        Err(AttachError::Unresponsive)
+    }
+
+    /// Forgets the session of `client_id` if it is still `actor`.
+    pub async fn remove(&self, client_id: &str, actor: &ActorRef<SessionMsg>) {
+        let mut sessions = self.sessions.lock().await;
+        if sessions.get(client_id).is_some_and(|handle| handle.actor.get_id() == actor.get_id()) {
+            sessions.remove(client_id);
+        }
+    }
+
+    /// Spawns the sessions persisted in the node's store (at start).
+    pub async fn restore(&self, ctx: &NodeContext) -> Result<usize, persist::PersistError> {
+        let loaded = persist::load_sessions(ctx.state_store.as_ref())?;
+        let count = loaded.len();
+        let mut sessions = self.sessions.lock().await;
+        for session in loaded {
+            let client_id = session.client_id.clone();
+            match spawn_session(ctx, client_id.clone(), Some(session)).await {
+                Ok(handle) => {
+                    sessions.insert(client_id, handle);
+                }
+                Err(error) => tracing::error!(%client_id, %error, "cannot restore session"),
+            }
+        }
+        Ok(count)
+    }
+
+    /// Closes every connection and persists every session (graceful shutdown).
+    pub async fn shutdown(&self) {
+        let handles: Vec<SessionHandle> = self.sessions.lock().await.values().cloned().collect();
+        for handle in handles {
+            let _ = call_t!(handle.actor, SessionMsg::Shutdown, SHUTDOWN_TIMEOUT_MS);
+            handle.actor.stop(None);
+        }
+    }
+
+    /// The number of sessions.
+    pub async fn len(&self) -> usize {
+        self.sessions.lock().await.len()
+    }
+
+    /// Whether there are no sessions.
+    pub async fn is_empty(&self) -> bool {
+        self.sessions.lock().await.is_empty()
+    }
+}

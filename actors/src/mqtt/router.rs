@@ -1,0 +1,210 @@
+//! The node's router: which sessions are subscribed to what, the retained messages, and
+//! the fan-out of each accepted message to the sessions it matches.
+//!
+//! The router is a shared, read-mostly structure in the node context rather than an actor:
+//! every PUBLISH is matched by the publishing session's own actor under a read lock and
+//! sent straight to the subscribers' actors, so a message costs one actor hop instead of
+//! two. Mutations (subscribe, unsubscribe, retain) take the write lock briefly.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use parking_lot::{Mutex, RwLock};
+use ractor::ActorRef;
+use tidewater_storage::StateStore;
+
+use crate::metrics as names;
+use crate::mqtt::message::{Delivery, Message, SubOptions};
+use crate::mqtt::persist;
+use crate::mqtt::session::SessionMsg;
+use crate::mqtt::topic;
+use crate::mqtt::trie::SubscriptionTrie;
+
+/// A session as the router sees it: its actor and whether a client is connected.
+#[derive(Debug, Clone)]
+pub struct SessionHandle {
+    /// The session's actor.
+    pub actor: ActorRef<SessionMsg>,
+    /// Whether a client is connected (shared subscriptions prefer connected members).
+    pub online: Arc<AtomicBool>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct SubKey {
+    share_group: Option<Arc<str>>,
+    client_id: Arc<str>,
+}
+
+#[derive(Debug, Clone)]
+struct SubEntry {
+    session: SessionHandle,
+    options: SubOptions,
+    /// The topic filter (without `$share/group/`): a share group is (group, filter).
+    filter: Arc<str>,
+}
+
+/// Subscriptions, retained messages and message fan-out for one node.
+pub struct Router {
+    trie: RwLock<SubscriptionTrie<SubKey, SubEntry>>,
+    share_cursors: Mutex<HashMap<(Arc<str>, Arc<str>), usize>>,
+    retained: RwLock<BTreeMap<String, Arc<Message>>>,
+    store: Arc<dyn StateStore>,
+}
+
+impl std::fmt::Debug for Router {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Router").field("subscriptions", &self.trie.read().len()).finish()
+    }
+}
+
+impl Router {
+    /// An empty router persisting retained messages in `store`.
+    pub fn new(store: Arc<dyn StateStore>) -> Self {
+        Self {
+            trie: RwLock::new(SubscriptionTrie::default()),
+            share_cursors: Mutex::new(HashMap::new()),
+            retained: RwLock::new(BTreeMap::new()),
+            store,
+        }
+    }
+
+    /// Loads retained messages from the store (at start).
+    pub fn load_retained(&self) -> Result<usize, persist::PersistError> {
+        let messages = persist::load_retained(self.store.as_ref())?;
+        let mut retained = self.retained.write();
+        for message in messages {
+            retained.insert(message.topic.clone(), Arc::new(message));
+        }
+        metrics::gauge!(names::MQTT_RETAINED).set(retained.len() as f64);
+        Ok(retained.len())
+    }
+
+    /// Adds or replaces a session's subscription.
+    pub fn subscribe(&self, client_id: &str, raw_filter: &str, options: SubOptions, session: SessionHandle) {
+        let Ok(parsed) = topic::parse_filter(raw_filter) else { return };
+        let key = SubKey { share_group: parsed.share_group.map(Arc::from), client_id: Arc::from(client_id) };
+        let mut trie = self.trie.write();
+        trie.insert(parsed.filter, key, SubEntry { session, options, filter: Arc::from(parsed.filter) });
+        metrics::gauge!(names::MQTT_SUBSCRIPTIONS).set(trie.len() as f64);
+    }
+
+    /// Removes a session's subscription.
+    pub fn unsubscribe(&self, client_id: &str, raw_filter: &str) {
+        let Ok(parsed) = topic::parse_filter(raw_filter) else { return };
+        let key = SubKey { share_group: parsed.share_group.map(Arc::from), client_id: Arc::from(client_id) };
+        let mut trie = self.trie.write();
+        trie.remove(parsed.filter, &key);
+        metrics::gauge!(names::MQTT_SUBSCRIPTIONS).set(trie.len() as f64);
+    }
+
+    /// Stores or clears (empty payload) a retained message.
+    pub fn retain(&self, message: &Arc<Message>) {
+        let mut retained = self.retained.write();
+        let result = if message.payload.is_empty() {
+            retained.remove(&message.topic);
+            persist::delete_retained(self.store.as_ref(), &message.topic)
+        } else {
+            retained.insert(message.topic.clone(), Arc::clone(message));
+            persist::put_retained(self.store.as_ref(), message)
+        };
+        if let Err(error) = result {
+            tracing::error!(topic = %message.topic, %error, "cannot persist retained message");
+        }
+        metrics::gauge!(names::MQTT_RETAINED).set(retained.len() as f64);
+    }
+
+    /// Retained messages whose topic matches `filter`, skipping expired ones.
+    pub fn retained_matching(&self, filter: &str, now_ms: i64) -> Vec<Arc<Message>> {
+        self.retained
+            .read()
+            .values()
+            .filter(|message| topic::matches(filter, &message.topic) && !message.is_expired(now_ms))
+            .cloned()
+            .collect()
+    }
+
+    /// Routes an accepted message: retains it if asked, then delivers it once to every
+    /// matching session and to one member of every matching share group. Returns the
+    /// number of deliveries.
+    pub fn publish(&self, message: Arc<Message>) -> usize {
+        if message.retain {
+            self.retain(&message);
+        }
+        let mut direct: BTreeMap<Arc<str>, (SessionHandle, Delivery)> = BTreeMap::new();
+        let mut groups: BTreeMap<(Arc<str>, Arc<str>), Vec<(Arc<str>, SubEntry)>> = BTreeMap::new();
+        {
+            let trie = self.trie.read();
+            trie.for_each_match(&message.topic, |key, entry| {
+                let qos = entry.options.qos.min(message.qos);
+                let retain = message.retain && entry.options.retain_as_published;
+                match &key.share_group {
+                    None => {
+                        if entry.options.no_local && *key.client_id == *message.publisher {
+                            return;
+                        }
+                        let (_, delivery) = direct.entry(Arc::clone(&key.client_id)).or_insert_with(|| {
+                            (
+                                entry.session.clone(),
+                                Delivery {
+                                    message: Arc::clone(&message),
+                                    qos,
+                                    retain,
+                                    subscription_ids: Vec::new(),
+                                },
+                            )
+                        });
+                        delivery.qos = delivery.qos.max(qos);
+                        delivery.retain |= retain;
+                        if let Some(id) = entry.options.subscription_id {
+                            delivery.subscription_ids.push(id);
+                        }
+                    }
+                    Some(group) => {
+                        groups
+                            .entry((Arc::clone(group), Arc::clone(&entry.filter)))
+                            .or_default()
+                            .push((Arc::clone(&key.client_id), entry.clone()));
+                    }
+                }
+            });
+        }
+        let mut count = 0;
+        for (_, (session, delivery)) in direct {
+            if session.actor.cast(SessionMsg::Deliver(delivery)).is_ok() {
+                count += 1;
+            }
+        }
+        for (group_key, members) in groups {
+            let chosen = self.choose_member(group_key, &members);
+            let (_, entry) = &members[chosen];
+            let delivery = Delivery {
+                message: Arc::clone(&message),
+                qos: entry.options.qos.min(message.qos),
+                retain: message.retain && entry.options.retain_as_published,
+                subscription_ids: entry.options.subscription_id.into_iter().collect(),
+            };
+            if entry.session.actor.cast(SessionMsg::Deliver(delivery)).is_ok() {
+                count += 1;
+            }
+        }
+        count
+    }
+
+    /// Round robin over the group's members, preferring connected ones.
+    fn choose_member(&self, group_key: (Arc<str>, Arc<str>), members: &[(Arc<str>, SubEntry)]) -> usize {
+        let online: Vec<usize> =
+            (0..members.len()).filter(|i| members[*i].1.session.online.load(Ordering::Relaxed)).collect();
+        let candidates: Vec<usize> = if online.is_empty() { (0..members.len()).collect() } else { online };
+        let mut cursors = self.share_cursors.lock();
+        let cursor = cursors.entry(group_key).or_insert(0);
+        let chosen = candidates[*cursor % candidates.len()];
+        *cursor = cursor.wrapping_add(1);
+        chosen
+    }
+
+    /// The number of subscriptions.
+    pub fn subscription_count(&self) -> usize {
+        self.trie.read().len()
+    }
+}

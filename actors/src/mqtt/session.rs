@@ -1,0 +1,608 @@
+//! The `MqttSession` actor: one per MQTT session, a thin shell around [`SessionState`].
+//!
+//! It owns the session across connections: a connection task feeds it decoded packets,
+//! the router feeds it deliveries, and it performs the state machine's effects — writing
+//! to the connection's writer task, routing, persisting, and the will and expiry timers.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
+
+use crate::context::NodeContext;
+use crate::metrics as names;
+use crate::mqtt::auth::Identity;
+use crate::mqtt::codec::{
+    self, ConnAck, ConnAckProperties, ConnectReturnCode, Disconnect, DisconnectReasonCode, Packet, ProtocolVersion,
+};
+use crate::mqtt::message::{Delivery, Message, RetainHandling};
+use crate::mqtt::persist::{self, LoadedSession, SessionRecord};
+use crate::mqtt::router::SessionHandle;
+use crate::mqtt::session_state::{ConnectionParams, Effect, PersistOp, SessionState, message_from_will};
+use crate::mqtt::topic;
+
+/// What a connection's writer task is sent.
+#[derive(Debug)]
+pub enum Outbound {
+    /// Bytes to write.
+    Data(Bytes),
+    /// Flush what was sent before and close the connection.
+    Close,
+}
+
+/// A connection asking to be attached to a session (after CONNECT was accepted).
+#[derive(Debug, Clone)]
+pub struct AttachRequest {
+    /// Identifies the connection, so that messages about an older one are ignored.
+    pub conn_id: u64,
+    /// The connection's writer task.
+    pub writer: mpsc::Sender<Outbound>,
+    /// What the client asked for in CONNECT.
+    pub params: ConnectionParams,
+    /// Clean Start / Clean Session.
+    pub clean_start: bool,
+    /// Session Expiry Interval granted (seconds; u32::MAX = never).
+    pub expiry_secs: u32,
+    /// CONNACK properties prepared by the connection (v5).
+    pub connack_properties: Option<ConnAckProperties>,
+}
+
+/// Messages of the `MqttSession` actor.
+pub enum SessionMsg {
+    /// Attach a new connection (session takeover if one is attached); replies once CONNACK is queued.
+    Attach(AttachRequest, RpcReplyPort<bool>),
+    /// Packets decoded from the connection, and the decode error that ended them if any.
+    Inbound {
+        /// The connection they came from.
+        conn_id: u64,
+        /// The packets, in order.
+        packets: Vec<Packet>,
+        /// A decode error after the packets.
+        error: Option<codec::CodecError>,
+        /// Released once processed: bounds how far the reader runs ahead.
+        permit: OwnedSemaphorePermit,
+    },
+    /// The connection ended without DISCONNECT (EOF, error, keepalive timeout).
+    ConnectionLost {
+        /// The connection.
+        conn_id: u64,
+        /// Whether it was the keepalive that ran out.
+        keepalive_timeout: bool,
+    },
+    /// A message routed to this session.
+    Deliver(Delivery),
+    /// The writer has room again.
+    Writable {
+        /// The connection.
+        conn_id: u64,
+        /// A reserved slot in the writer's queue.
+        permit: mpsc::OwnedPermit<Outbound>,
+    },
+    /// The will delay of the connection of this epoch has passed.
+    WillDelayElapsed(u64),
+    /// The session expiry of this epoch has passed.
+    ExpiryElapsed(u64),
+    /// The node is stopping: close the connection, persist, reply.
+    Shutdown(RpcReplyPort<()>),
+}
+
+/// Spawn arguments of a session.
+pub struct SessionArgs {
+    /// The node.
+    pub ctx: NodeContext,
+    /// The client id.
+    pub client_id: String,
+    /// State loaded from storage at node start.
+    pub restored: Option<LoadedSession>,
+    /// Shared with the router: whether a client is connected.
+    pub online: Arc<AtomicBool>,
+}
+
+/// The `MqttSession` actor.
+pub struct MqttSession;
+
+struct ConnIo {
+    conn_id: u64,
+    version: ProtocolVersion,
+    writer: mpsc::Sender<Outbound>,
+    out: BytesMut,
+    pending: VecDeque<Bytes>,
+    congested: bool,
+}
+
+/// The actor's state: the protocol state plus the I/O around it.
+pub struct SessionShell {
+    ctx: NodeContext,
+    state: SessionState,
+    io: Option<ConnIo>,
+    handle: SessionHandle,
+    /// Changes at every attach and detach; timers carry it to recognise stale firings.
+    epoch: u64,
+    pending_will: Option<(Arc<Message>, Identity)>,
+    identity: Identity,
+    /// Whether the session existed before the current connection (CONNACK session present).
+    established: bool,
+}
+
+impl Actor for MqttSession {
+    type Msg = SessionMsg;
+    type State = SessionShell;
+    type Arguments = SessionArgs;
+
+    async fn pre_start(&self, myself: ActorRef<SessionMsg>, args: SessionArgs) -> Result<SessionShell, ActorProcessingErr> {
+        let ctx = args.ctx;
+        let mut state = SessionState::new(args.client_id.clone(), ctx.mqtt.session_limits());
+        let handle = SessionHandle { actor: myself.clone(), online: args.online };
+        metrics::gauge!(names::MQTT_SESSIONS).increment(1.0);
+        let mut elapsed_secs = None;
+        if let Some(loaded) = args.restored {
+            let subscriptions = loaded.record.subscriptions.into_iter().collect();
+            state.restore(loaded.record.expiry_secs, subscriptions, loaded.outgoing, loaded.incoming_qos2);
+            for (raw_filter, options) in state.subscriptions() {
+                ctx.router.subscribe(&args.client_id, raw_filter, options.clone(), handle.clone());
+            }
+            elapsed_secs = Some(((ctx.now_ms() - loaded.record.saved_at_ms).max(0) / 1000) as u64);
+        }
+        let shell = SessionShell {
+            identity: Identity { client_id: args.client_id, username: None },
+            ctx,
+            state,
+            io: None,
+            handle,
+            epoch: 0,
+            pending_will: None,
+            established: elapsed_secs.is_some(),
+        };
+        if let Some(elapsed_secs) = elapsed_secs {
+            shell.schedule_expiry(&myself, elapsed_secs);
+        }
+        Ok(shell)
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<SessionMsg>,
+        message: SessionMsg,
+        shell: &mut SessionShell,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            SessionMsg::Attach(request, reply) => {
+                shell.attach(&myself, request);
+                let _ = reply.send(true);
+            }
+            SessionMsg::Inbound { conn_id, packets, error, permit } => {
+                if shell.io.as_ref().is_some_and(|io| io.conn_id == conn_id) {
+                    let now = shell.ctx.now_ms();
+                    let mut closed = false;
+                    for packet in packets {
+                        let effects = shell.state.handle_packet(packet, now, &shell.ctx.authorizer);
+                        if shell.apply(&myself, effects).await {
+                            closed = true;
+                            break;
+                        }
+                    }
+                    if !closed && let Some(error) = error {
+                        tracing::debug!(client_id = %shell.state.client_id(), %error, "closing connection on bad packet");
+                        metrics::counter!(names::MQTT_CONNECTIONS_REFUSED, "reason" => "malformed").increment(1);
+                        shell.apply(&myself, vec![Effect::Close(error.disconnect_reason())]).await;
+                    }
+                    shell.flush(&myself);
+                }
+                drop(permit);
+            }
+            SessionMsg::ConnectionLost { conn_id, keepalive_timeout } => {
+                if shell.io.as_ref().is_some_and(|io| io.conn_id == conn_id) {
+                    if keepalive_timeout {
+                        tracing::debug!(client_id = %shell.state.client_id(), "keepalive timeout");
+                        shell.apply(&myself, vec![Effect::Close(DisconnectReasonCode::KeepAliveTimeout)]).await;
+                    } else {
+                        shell.close_connection(&myself, true).await;
+                    }
+                }
+            }
+            SessionMsg::Deliver(delivery) => {
+                let effects = shell.state.deliver(delivery, shell.ctx.now_ms());
+                shell.apply(&myself, effects).await;
+                shell.flush(&myself);
+            }
+            SessionMsg::Writable { conn_id, permit } => {
+                if let Some(io) = shell.io.as_mut().filter(|io| io.conn_id == conn_id) {
+                    if let Some(bytes) = io.pending.pop_front() {
+                        permit.send(Outbound::Data(bytes));
+                    }
+                    shell.drain_pending(&myself);
+                }
+            }
+            SessionMsg::WillDelayElapsed(epoch) => {
+                if epoch == shell.epoch
+                    && let Some((will, identity)) = shell.pending_will.take()
+                {
+                    shell.publish_will(will, &identity);
+                }
+            }
+            SessionMsg::ExpiryElapsed(epoch) => {
+                if epoch == shell.epoch && !shell.state.is_connected() {
+                    tracing::debug!(client_id = %shell.state.client_id(), "session expired");
+                    shell.end_session(&myself).await;
+                }
+            }
+            SessionMsg::Shutdown(reply) => {
+                if shell.io.is_some() {
+                    shell.write(Packet::Disconnect(disconnect(DisconnectReasonCode::ServerShuttingDown)));
+                    shell.flush(&myself);
+                    if let Some(io) = shell.io.take() {
+                        let _ = io.writer.try_send(Outbound::Close);
+                    }
+                    shell.state.detach();
+                }
+                if shell.state.is_persistent() {
+                    shell.persist_record();
+                }
+                let _ = reply.send(());
+            }
+        }
+        Ok(())
+    }
+}
+
+impl SessionShell {
+    fn attach(&mut self, myself: &ActorRef<SessionMsg>, request: AttachRequest) {
+        let now = self.ctx.now_ms();
+        if let Some(old) = self.io.take() {
+            // session takeover: tell the old client why and close it
+            if old.version == ProtocolVersion::V5 {
+                let mut out = old.out;
+                let _ = codec::write_packet(
+                    &Packet::Disconnect(disconnect(DisconnectReasonCode::SessionTakenOver)),
+                    old.version,
+                    &mut out,
+                );
+                let _ = old.writer.try_send(Outbound::Data(out.freeze()));
+            }
+            let _ = old.writer.try_send(Outbound::Close);
+            if let Some((will, delay)) = self.state.will().cloned()
+                && (delay == 0 || request.clean_start)
+            {
+                let message = Arc::new(message_from_will(&will, self.state.client_id(), now));
+                let identity = self.identity.clone();
+                self.publish_will(message, &identity);
+            }
+            self.state.detach();
+        }
+        self.epoch += 1;
+        self.pending_will = None;
+        let session_present = !request.clean_start && self.established;
+        if request.clean_start {
+            let effects = self.state.reset();
+            self.apply_sync(effects);
+        }
+        let was_persistent = self.state.is_persistent();
+        self.state.set_expiry_secs(request.expiry_secs);
+        self.identity = request.params.identity.clone();
+        self.io = Some(ConnIo {
+            conn_id: request.conn_id,
+            version: request.params.version,
+            writer: request.writer,
+            out: BytesMut::with_capacity(256),
+            pending: VecDeque::new(),
+            congested: false,
+        });
+        self.write(Packet::ConnAck(ConnAck {
+            session_present,
+            code: ConnectReturnCode::Success,
+            properties: request.connack_properties,
+        }));
+        self.handle.online.store(true, Ordering::Relaxed);
+        self.established = true;
+        if self.state.is_persistent() {
+            self.persist_all();
+        } else if was_persistent {
+            self.delete_persisted();
+        }
+        let effects = self.state.attach(request.params, now);
+        self.apply_sync(effects);
+        self.flush(myself);
+    }
+
+    /// Applies effects; returns true when the connection was closed by one of them.
+    async fn apply(&mut self, myself: &ActorRef<SessionMsg>, effects: Vec<Effect>) -> bool {
+        let mut work: VecDeque<Effect> = effects.into();
+        while let Some(effect) = work.pop_front() {
+            match effect {
+                Effect::ClientDisconnected { publish_will } => {
+                    if !publish_will {
+                        self.state.clear_will();
+                    }
+                    self.close_connection(myself, true).await;
+                    return true;
+                }
+                Effect::Close(reason) => {
+                    if self.io.as_ref().is_some_and(|io| io.version == ProtocolVersion::V5) {
+                        self.write(Packet::Disconnect(disconnect(reason)));
+                    }
+                    self.close_connection(myself, true).await;
+                    return true;
+                }
+                other => {
+                    let more = self.apply_one(other);
+                    work.extend(more);
+                }
+            }
+        }
+        false
+    }
+
+    /// Applies effects that cannot close the connection (attach, reset).
+    fn apply_sync(&mut self, effects: Vec<Effect>) {
+        let mut work: VecDeque<Effect> = effects.into();
+        while let Some(effect) = work.pop_front() {
+            match effect {
+                Effect::ClientDisconnected { .. } | Effect::Close(_) => {}
+                other => work.extend(self.apply_one(other)),
+            }
+        }
+    }
+
+    /// Applies one effect; returns the effects it caused in turn.
+    fn apply_one(&mut self, effect: Effect) -> Vec<Effect> {
+        let now = self.ctx.now_ms();
+        match effect {
+            Effect::Send(packet) => self.write(packet),
+            Effect::Route(message) => {
+                metrics::counter!(names::MQTT_MESSAGES_RECEIVED, "qos" => qos_label(message.qos)).increment(1);
+                self.ctx.router.publish(message);
+            }
+            Effect::Subscribed { raw_filter, options, is_new } => {
+                let client_id = self.state.client_id().to_string();
+                self.ctx.router.subscribe(&client_id, &raw_filter, options.clone(), self.handle.clone());
+                let Ok(parsed) = topic::parse_filter(&raw_filter) else { return Vec::new() };
+                let send_retained = parsed.share_group.is_none()
+                    && match options.retain_handling {
+                        RetainHandling::SendAlways => true,
+                        RetainHandling::SendIfNew => is_new,
+                        RetainHandling::Never => false,
+                    };
+                if send_retained {
+                    let mut effects = Vec::new();
+                    for message in self.ctx.router.retained_matching(parsed.filter, now) {
+                        let delivery = Delivery {
+                            qos: options.qos.min(message.qos),
+                            message,
+                            retain: true,
+                            subscription_ids: options.subscription_id.into_iter().collect(),
+                        };
+                        effects.extend(self.state.deliver(delivery, now));
+                    }
+                    return effects;
+                }
+            }
+            Effect::Unsubscribed { raw_filter } => {
+                let client_id = self.state.client_id().to_string();
+                self.ctx.router.unsubscribe(&client_id, &raw_filter);
+            }
+            Effect::Persist(op) => {
+                if self.state.is_persistent() {
+                    self.persist(op);
+                }
+            }
+            Effect::Dropped(reason) => {
+                metrics::counter!(names::MQTT_MESSAGES_DROPPED, "reason" => reason).increment(1);
+                if reason == "queue_full" {
+                    tracing::debug!(client_id = %self.state.client_id(), "session queue full, message dropped");
+                }
+            }
+            Effect::ClientDisconnected { .. } | Effect::Close(_) => {}
+        }
+        Vec::new()
+    }
+
+    fn write(&mut self, packet: Packet) {
+        let Some(io) = self.io.as_mut() else { return };
+        if let Packet::Publish(publish) = &packet {
+            metrics::counter!(names::MQTT_MESSAGES_SENT, "qos" => qos_label(publish.qos as u8)).increment(1);
+        }
+        if let Err(error) = codec::write_packet(&packet, io.version, &mut io.out) {
+            tracing::warn!(client_id = %self.state.client_id(), %error, "cannot encode packet");
+        }
+    }
+
+    /// Hands buffered bytes to the writer; marks the session unwritable when the writer is full.
+    fn flush(&mut self, myself: &ActorRef<SessionMsg>) {
+        let Some(io) = self.io.as_mut() else { return };
+        if !io.out.is_empty() {
+            let bytes = io.out.split().freeze();
+            io.pending.push_back(bytes);
+        }
+        self.drain_pending(myself);
+    }
+
+    fn drain_pending(&mut self, myself: &ActorRef<SessionMsg>) {
+        let Some(io) = self.io.as_mut() else { return };
+        while let Some(bytes) = io.pending.pop_front() {
+            match io.writer.try_send(Outbound::Data(bytes)) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(Outbound::Data(bytes))) => {
+                    io.pending.push_front(bytes);
+                    if !io.congested {
+                        io.congested = true;
+                        let writer = io.writer.clone();
+                        let conn_id = io.conn_id;
+                        let me = myself.clone();
+                        tokio::spawn(async move {
+                            if let Ok(permit) = writer.reserve_owned().await {
+                                let _ = me.cast(SessionMsg::Writable { conn_id, permit });
+                            }
+                        });
+                        self.state.set_writable(false, 0);
+                    }
+                    return;
+                }
+                Err(_) => {
+                    io.pending.clear();
+                    return;
+                }
+            }
+        }
+        if io.congested {
+            io.congested = false;
+            let effects = self.state.set_writable(true, self.ctx.now_ms());
+            self.apply_sync(effects);
+            self.flush(myself);
+        }
+    }
+
+    /// Ends the current connection; publishes or schedules the will when asked and one is set.
+    async fn close_connection(&mut self, myself: &ActorRef<SessionMsg>, with_will: bool) {
+        self.flush(myself);
+        if let Some(io) = self.io.take() {
+            let _ = io.writer.try_send(Outbound::Close);
+            if io.writer.capacity() == 0 {
+                // the writer is full: close it from a task so that Close is not lost
+                let writer = io.writer.clone();
+                tokio::spawn(async move {
+                    let _ = tokio::time::timeout(Duration::from_secs(5), writer.send(Outbound::Close)).await;
+                });
+            }
+        }
+        let will = if with_will { self.state.will().cloned() } else { None };
+        self.state.detach();
+        self.handle.online.store(false, Ordering::Relaxed);
+        self.epoch += 1;
+        let now = self.ctx.now_ms();
+        if let Some((will, delay)) = will {
+            let message = Arc::new(message_from_will(&will, self.state.client_id(), now));
+            let identity = self.identity.clone();
+            if delay == 0 || self.state.expiry_secs() == 0 {
+                self.publish_will(message, &identity);
+            } else {
+                self.pending_will = Some((message, identity));
+                let epoch = self.epoch;
+                let delay = Duration::from_secs(u64::from(delay.min(self.state.expiry_secs())));
+                myself.send_after(delay, move || SessionMsg::WillDelayElapsed(epoch));
+            }
+        }
+        if self.state.expiry_secs() == 0 {
+            self.end_session(myself).await;
+        } else {
+            self.persist_record();
+            self.schedule_expiry(myself, 0);
+        }
+    }
+
+    fn schedule_expiry(&self, myself: &ActorRef<SessionMsg>, elapsed_secs: u64) {
+        let expiry = self.state.expiry_secs();
+        if expiry == u32::MAX {
+            return;
+        }
+        let remaining = u64::from(expiry).saturating_sub(elapsed_secs);
+        let epoch = self.epoch;
+        myself.send_after(Duration::from_secs(remaining), move || SessionMsg::ExpiryElapsed(epoch));
+    }
+
+    fn publish_will(&mut self, will: Arc<Message>, identity: &Identity) {
+        if !self.ctx.authorizer.may_publish(identity, &will.topic) {
+            metrics::counter!(names::MQTT_MESSAGES_DROPPED, "reason" => "not_authorized").increment(1);
+            return;
+        }
+        metrics::counter!(names::MQTT_MESSAGES_RECEIVED, "qos" => qos_label(will.qos)).increment(1);
+        self.ctx.router.publish(will);
+    }
+
+    async fn end_session(&mut self, myself: &ActorRef<SessionMsg>) {
+        if let Some((will, identity)) = self.pending_will.take() {
+            self.publish_will(will, &identity);
+        }
+        let client_id = self.state.client_id().to_string();
+        for raw_filter in self.state.subscriptions().keys() {
+            self.ctx.router.unsubscribe(&client_id, raw_filter);
+        }
+        self.delete_persisted();
+        self.ctx.sessions.remove(&client_id, myself).await;
+        myself.stop(None);
+    }
+
+    fn persist(&self, op: PersistOp) {
+        let store = self.ctx.state_store.as_ref();
+        let client_id = self.state.client_id();
+        let result = match op {
+            PersistOp::Session => persist::put_session(store, client_id, &self.record()),
+            PersistOp::PutOutgoing(seq) => match self.state.outgoing(seq) {
+                Some(entry) => persist::put_outgoing(store, client_id, seq, entry),
+                None => Ok(()),
+            },
+            PersistOp::DeleteOutgoing(seq) => persist::delete_outgoing(store, client_id, seq),
+            PersistOp::PutIncoming(pkid) => persist::put_incoming(store, client_id, pkid),
+            PersistOp::DeleteIncoming(pkid) => persist::delete_incoming(store, client_id, pkid),
+        };
+        if let Err(error) = result {
+            tracing::error!(client_id, %error, "cannot persist session state");
+        }
+    }
+
+    fn record(&self) -> SessionRecord {
+        SessionRecord {
+            expiry_secs: self.state.expiry_secs(),
+            subscriptions: self.state.subscriptions().iter().map(|(f, o)| (f.clone(), o.clone())).collect(),
+            saved_at_ms: self.ctx.now_ms(),
+        }
+    }
+
+    fn persist_record(&self) {
+        self.persist(PersistOp::Session);
+    }
+
+    /// Writes the whole session (when it becomes persistent at connect).
+    fn persist_all(&self) {
+        self.delete_persisted();
+        self.persist(PersistOp::Session);
+        let store = self.ctx.state_store.as_ref();
+        let client_id = self.state.client_id();
+        for pkid in self.state.incoming_qos2() {
+            let _ = persist::put_incoming(store, client_id, *pkid);
+        }
+        for seq in self.state.outgoing_seqs() {
+            self.persist(PersistOp::PutOutgoing(seq));
+        }
+    }
+
+    fn delete_persisted(&self) {
+        if let Err(error) = persist::delete_session(self.ctx.state_store.as_ref(), self.state.client_id()) {
+            tracing::error!(client_id = %self.state.client_id(), %error, "cannot delete persisted session");
+        }
+    }
+}
+
+impl Drop for SessionShell {
+    fn drop(&mut self) {
+        metrics::gauge!(names::MQTT_SESSIONS).decrement(1.0);
+    }
+}
+
+fn disconnect(reason: DisconnectReasonCode) -> Disconnect {
+    Disconnect { reason_code: reason, properties: None }
+}
+
+/// The metric label of a QoS level.
+pub fn qos_label(qos: u8) -> &'static str {
+    match qos {
+        0 => "0",
+        1 => "1",
+        _ => "2",
+    }
+}
+
+/// Spawns a session actor and returns its handle.
+pub async fn spawn_session(
+    ctx: &NodeContext,
+    client_id: String,
+    restored: Option<LoadedSession>,
+) -> Result<SessionHandle, ractor::SpawnErr> {
+    let online = Arc::new(AtomicBool::new(false));
+    let args = SessionArgs { ctx: ctx.clone(), client_id, restored, online: Arc::clone(&online) };
+    let (actor, _) = Actor::spawn(None, MqttSession, args).await?;
+    Ok(SessionHandle { actor, online })
+}

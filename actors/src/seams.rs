@@ -1,0 +1,126 @@
+//! The seams between node code and the outside world: sockets, wall-clock time and randomness.
+//!
+//! Production wires tokio sockets, the system clock and an OS-seeded RNG; the deterministic
+//! simulation wires turmoil sockets, simulated time and a seeded RNG. Node code reaches
+//! none of these except through the per-node [`crate::NodeContext`].
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use rand::rngs::StdRng;
+use rand::{RngCore, SeedableRng};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+/// A byte stream between two hosts.
+pub trait Connection: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Connection for T {}
+
+/// A bound listening socket.
+#[async_trait]
+pub trait Listener: Send + Sync + 'static {
+    /// Waits for the next inbound connection.
+    async fn accept(&self) -> io::Result<(Box<dyn Connection>, SocketAddr)>;
+    /// The address actually bound (useful with port 0).
+    fn local_addr(&self) -> io::Result<SocketAddr>;
+}
+
+/// Opens listeners and outbound connections.
+#[async_trait]
+pub trait Net: Send + Sync + 'static {
+    /// Binds a listener.
+    async fn bind(&self, addr: SocketAddr) -> io::Result<Box<dyn Listener>>;
+    /// Connects to a remote listener.
+    async fn connect(&self, addr: SocketAddr) -> io::Result<Box<dyn Connection>>;
+}
+
+/// Real TCP sockets on tokio.
+#[derive(Debug, Default, Clone)]
+pub struct TokioNet;
+
+struct TokioListener(tokio::net::TcpListener);
+
+#[async_trait]
+impl Listener for TokioListener {
+    async fn accept(&self) -> io::Result<(Box<dyn Connection>, SocketAddr)> {
+        let (stream, peer) = self.0.accept().await?;
+        stream.set_nodelay(true)?;
+        Ok((Box::new(stream), peer))
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.0.local_addr()
+    }
+}
+
+#[async_trait]
+impl Net for TokioNet {
+    async fn bind(&self, addr: SocketAddr) -> io::Result<Box<dyn Listener>> {
+        let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        Ok(Box::new(TokioListener(socket.listen(4096)?)))
+    }
+
+    async fn connect(&self, addr: SocketAddr) -> io::Result<Box<dyn Connection>> {
+        let stream = tokio::net::TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        Ok(Box::new(stream))
+    }
+}
+
+/// Wall-clock time. Monotonic time for timers comes from `tokio::time`, which the
+/// simulation already controls.
+pub trait Clock: Send + Sync + 'static {
+    /// Milliseconds since the Unix epoch.
+    fn now_millis(&self) -> i64;
+}
+
+/// The operating system's clock.
+#[derive(Debug, Default, Clone)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    #[allow(clippy::disallowed_methods)] // this is the seam itself
+    fn now_millis(&self) -> i64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|elapsed| elapsed.as_millis() as i64)
+            .unwrap_or(0)
+    }
+}
+
+/// A per-node random number generator, seeded from the OS in production and from the
+/// simulation seed in simulation.
+#[derive(Clone)]
+pub struct NodeRng(Arc<Mutex<StdRng>>);
+
+impl NodeRng {
+    /// A generator with a fixed seed (simulation, tests).
+    pub fn seeded(seed: u64) -> Self {
+        Self(Arc::new(Mutex::new(StdRng::seed_from_u64(seed))))
+    }
+
+    /// A generator seeded from the operating system.
+    pub fn from_os() -> Self {
+        Self(Arc::new(Mutex::new(StdRng::from_os_rng())))
+    }
+
+    /// The next random 64-bit number.
+    pub fn next_u64(&self) -> u64 {
+        self.0.lock().next_u64()
+    }
+
+    /// Fills a buffer with random bytes.
+    pub fn fill(&self, bytes: &mut [u8]) {
+        self.0.lock().fill_bytes(bytes)
+    }
+}
+
+impl std::fmt::Debug for NodeRng {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NodeRng")
+    }
+}

@@ -1,0 +1,366 @@
+//! The node's configuration: one TOML file, `TIDEWATER_*` environment variables and flags,
+//! merged in that order over the defaults, then validated with errors that name the key.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+use tidewater_actors::MqttSettings;
+use tidewater_actors::mqtt::auth::{AclRule, Authorizer, PasswordHash, Permission};
+use tidewater_actors::mqtt::session_state::QueueOverflow;
+use tidewater_actors::mqtt::topic;
+use tidewater_storage::FsyncPolicy;
+
+/// A configuration that cannot be used; the message names the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// the sources could not be read or did not fit the schema
+    #[error("{0}")]
+    Load(#[from] Box<figment::Error>),
+    /// a value is out of range or malformed
+    #[error("invalid value for `{key}`: {reason}")]
+    Invalid {
+        /// the dotted key
+        key: String,
+        /// why
+        reason: String,
+    },
+}
+
+fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { key: key.into(), reason: reason.into() }
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// This node's id, unique in the cluster.
+    pub node_id: u64,
+    /// Where storage lives.
+    pub data_dir: PathBuf,
+    /// Log filter (`RUST_LOG` syntax), overridden by `RUST_LOG`.
+    pub log_level: String,
+    /// Listening addresses.
+    pub listeners: Listeners,
+    /// Cluster membership.
+    pub cluster: ClusterConfig,
+    /// Storage durability.
+    pub storage: StorageConfig,
+    /// MQTT limits.
+    pub mqtt: MqttConfig,
+    /// Users and ACL.
+    pub auth: AuthConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            node_id: 1,
+            data_dir: PathBuf::from("./data"),
+            log_level: "info".to_string(),
+            listeners: Listeners::default(),
+            cluster: ClusterConfig::default(),
+            storage: StorageConfig::default(),
+            mqtt: MqttConfig::default(),
+            auth: AuthConfig::default(),
+        }
+    }
+}
+
+/// `[listeners]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Listeners {
+    /// MQTT over TCP.
+    pub mqtt: SocketAddr,
+    /// Kafka protocol.
+    pub kafka: SocketAddr,
+    /// HTTP admin API and /metrics.
+    pub http: SocketAddr,
+    /// Data-plane RPC between nodes.
+    pub rpc: SocketAddr,
+    /// Gossip (UDP).
+    pub gossip: SocketAddr,
+}
+
+impl Default for Listeners {
+    fn default() -> Self {
+        Self {
+            mqtt: ([0, 0, 0, 0], 1883).into(),
+            kafka: ([0, 0, 0, 0], 9092).into(),
+            http: ([0, 0, 0, 0], 8080).into(),
+            rpc: ([0, 0, 0, 0], 7947).into(),
+            gossip: ([0, 0, 0, 0], 7946).into(),
+        }
+    }
+}
+
+/// `[cluster]`
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// Gossip addresses of nodes to join through.
+    pub seeds: Vec<String>,
+}
+
+/// `[storage]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// `always` or `interval:<ms>`.
+    pub fsync: String,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self { fsync: "interval:100".to_string() }
+    }
+}
+
+/// `[mqtt]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttConfig {
+    /// Maximum packet size, both directions (bytes).
+    pub max_packet_size: u32,
+    /// Receive Maximum advertised; outgoing in-flight window per session.
+    pub max_inflight: u16,
+    /// Messages queued per session beyond those in flight.
+    pub max_queued_messages: usize,
+    /// `drop_oldest` or `drop_new`.
+    pub queue_overflow: QueueOverflow,
+    /// Maximum concurrent connections.
+    pub max_connections: usize,
+    /// Keepalive ceiling (seconds).
+    pub max_keepalive: u16,
+    /// Topic Alias Maximum advertised.
+    pub max_topic_alias: u16,
+    /// Ceiling on Session Expiry Interval (seconds).
+    pub max_session_expiry: u32,
+    /// Whether retained messages are supported.
+    pub retain_available: bool,
+    /// Time a new connection has to send CONNECT (ms).
+    pub connect_timeout_ms: u64,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        let defaults = MqttSettings::default();
+        Self {
+            max_packet_size: defaults.max_packet_size,
+            max_inflight: defaults.max_inflight,
+            max_queued_messages: defaults.max_queued_messages,
+            queue_overflow: defaults.queue_overflow,
+            max_connections: defaults.max_connections,
+            max_keepalive: defaults.max_keepalive,
+            max_topic_alias: defaults.max_topic_alias,
+            max_session_expiry: defaults.max_session_expiry,
+            retain_available: defaults.retain_available,
+            connect_timeout_ms: defaults.connect_timeout.as_millis() as u64,
+        }
+    }
+}
+
+/// `[auth]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Whether clients without a username may connect.
+    pub allow_anonymous: bool,
+    /// Permission when no ACL rule matches.
+    pub acl_default: Permission,
+    /// Users and their password hashes.
+    pub users: Vec<UserConfig>,
+    /// ACL rules, first match wins.
+    pub acl: Vec<AclRule>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self { allow_anonymous: true, acl_default: Permission::Allow, users: Vec::new(), acl: Vec::new() }
+    }
+}
+
+/// `[[auth.users]]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    /// The username.
+    pub username: String,
+    /// From `tidewater passwd`.
+    pub password_hash: String,
+}
+
+/// Values given on the command line; `None` leaves the configured value.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `--node-id`
+    pub node_id: Option<u64>,
+    /// `--data-dir`
+    pub data_dir: Option<PathBuf>,
+    /// `--log-level`
+    pub log_level: Option<String>,
+    /// `--mqtt-listen`
+    pub mqtt_listen: Option<SocketAddr>,
+    /// `--kafka-listen`
+    pub kafka_listen: Option<SocketAddr>,
+    /// `--http-listen`
+    pub http_listen: Option<SocketAddr>,
+    /// `--rpc-listen`
+    pub rpc_listen: Option<SocketAddr>,
+    /// `--gossip-listen`
+    pub gossip_listen: Option<SocketAddr>,
+    /// `--seeds`
+    pub seeds: Option<Vec<String>>,
+}
+
+impl Config {
+    /// Loads defaults < file < environment < flags, then validates.
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = file {
+            if !file.exists() {
+                return Err(invalid("--config", format!("file {} does not exist", file.display())));
+            }
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        figment = figment.merge(Env::prefixed("TIDEWATER_").split("__"));
+        macro_rules! flag {
+            ($field:ident, $key:literal) => {
+                if let Some(value) = &overrides.$field {
+                    figment = figment.merge(($key, value));
+                }
+            };
+        }
+        flag!(node_id, "node_id");
+        flag!(data_dir, "data_dir");
+        flag!(log_level, "log_level");
+        flag!(mqtt_listen, "listeners.mqtt");
+        flag!(kafka_listen, "listeners.kafka");
+        flag!(http_listen, "listeners.http");
+        flag!(rpc_listen, "listeners.rpc");
+        flag!(gossip_listen, "listeners.gossip");
+        flag!(seeds, "cluster.seeds");
+        let config: Config = figment.extract().map_err(Box::new)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks ranges and formats that the types do not.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mqtt = &self.mqtt;
+        if !(64..=268_435_455).contains(&mqtt.max_packet_size) {
+            return Err(invalid("mqtt.max_packet_size", "must be between 64 and 268435455"));
+        }
+        if mqtt.max_inflight == 0 {
+            return Err(invalid("mqtt.max_inflight", "must be at least 1"));
+        }
+        if mqtt.max_connections == 0 {
+            return Err(invalid("mqtt.max_connections", "must be at least 1"));
+        }
+        if mqtt.max_keepalive == 0 {
+            return Err(invalid("mqtt.max_keepalive", "must be at least 1"));
+        }
+        if mqtt.connect_timeout_ms == 0 {
+            return Err(invalid("mqtt.connect_timeout_ms", "must be at least 1"));
+        }
+        self.fsync_policy()?;
+        for (index, user) in self.auth.users.iter().enumerate() {
+            if user.username.is_empty() {
+                return Err(invalid(format!("auth.users[{index}].username"), "must not be empty"));
+            }
+            PasswordHash::from_str(&user.password_hash)
+                .map_err(|e| invalid(format!("auth.users[{index}].password_hash"), e.to_string()))?;
+        }
+        for (index, rule) in self.auth.acl.iter().enumerate() {
+            let probe = rule.topic.replace("%u", "u").replace("%c", "c");
+            topic::validate_filter(&probe).map_err(|e| invalid(format!("auth.acl[{index}].topic"), e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// The durability policy of `storage.fsync`.
+    pub fn fsync_policy(&self) -> Result<FsyncPolicy, ConfigError> {
+        FsyncPolicy::from_str(&self.storage.fsync).map_err(|e| invalid("storage.fsync", e.to_string()))
+    }
+
+    /// The MQTT settings for the actors.
+    pub fn mqtt_settings(&self) -> MqttSettings {
+        let mqtt = &self.mqtt;
+        MqttSettings {
+            max_packet_size: mqtt.max_packet_size,
+            max_inflight: mqtt.max_inflight,
+            max_queued_messages: mqtt.max_queued_messages,
+            queue_overflow: mqtt.queue_overflow,
+            max_connections: mqtt.max_connections,
+            max_keepalive: mqtt.max_keepalive,
+            max_topic_alias: mqtt.max_topic_alias,
+            max_session_expiry: mqtt.max_session_expiry,
+            retain_available: mqtt.retain_available,
+            connect_timeout: Duration::from_millis(mqtt.connect_timeout_ms),
+        }
+    }
+
+    /// The authorizer of `[auth]` (hashes were validated).
+    pub fn authorizer(&self) -> Authorizer {
+        let users = self
+            .auth
+            .users
+            .iter()
+            .filter_map(|user| Some((user.username.clone(), PasswordHash::from_str(&user.password_hash).ok()?)));
+        Authorizer::new(self.auth.allow_anonymous, self.auth.acl_default, users, self.auth.acl.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_toml(text: &str) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.toml");
+        std::fs::write(&path, text).unwrap();
+        Config::load(Some(&path), &Overrides::default())
+    }
+
+    #[test]
+    fn defaults_are_the_documented_ports() {
+        let config = Config::default();
+        assert_eq!(config.listeners.mqtt.port(), 1883);
+        assert_eq!(config.listeners.kafka.port(), 9092);
+        assert_eq!(config.listeners.http.port(), 8080);
+        assert_eq!(config.data_dir, PathBuf::from("./data"));
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let error = load_toml("[mqtt]\nmax_pakcet_size = 10\n").unwrap_err().to_string();
+        assert!(error.contains("max_pakcet_size"), "{error}");
+    }
+
+    #[test]
+    fn invalid_value_is_named() {
+        let error = load_toml("[mqtt]\nmax_inflight = 0\n").unwrap_err().to_string();
+        assert!(error.contains("mqtt.max_inflight"), "{error}");
+        let error = load_toml("[storage]\nfsync = \"sometimes\"\n").unwrap_err().to_string();
+        assert!(error.contains("storage.fsync"), "{error}");
+        let error = load_toml("[mqtt]\nmax_inflight = \"many\"\n").unwrap_err().to_string();
+        assert!(error.contains("max_inflight"), "{error}");
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.toml");
+        std::fs::write(&path, "node_id = 3\n[listeners]\nmqtt = \"127.0.0.1:1999\"\n").unwrap();
+        let overrides = Overrides { mqtt_listen: Some("127.0.0.1:2000".parse().unwrap()), ..Default::default() };
+        let config = Config::load(Some(&path), &overrides).unwrap();
+        assert_eq!(config.node_id, 3);
+        assert_eq!(config.listeners.mqtt.port(), 2000);
+    }
+}

@@ -1,0 +1,5 @@
+//! The `tidewater` node: configuration, HTTP, and the wiring that starts a node.
+
+pub mod config;
+pub mod http;
+pub mod node;

@@ -1,0 +1,131 @@
+//! `tidewater`: one binary that is an MQTT broker, a Kafka-protocol server and a cluster node.
+
+use tidewater_node::{config, node};
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use config::{Config, Overrides};
+
+#[derive(Parser, Debug)]
+#[command(name = "tidewater", version, about = "MQTT broker and Kafka-protocol streaming server in one binary")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Runs a node.
+    Start {
+        /// TOML configuration file.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// This node's id.
+        #[arg(long)]
+        node_id: Option<u64>,
+        /// Where storage lives (default ./data).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// MQTT listener (default 0.0.0.0:1883).
+        #[arg(long)]
+        mqtt_listen: Option<SocketAddr>,
+        /// Kafka listener (default 0.0.0.0:9092).
+        #[arg(long)]
+        kafka_listen: Option<SocketAddr>,
+        /// HTTP listener for the admin API and /metrics (default 0.0.0.0:8080).
+        #[arg(long)]
+        http_listen: Option<SocketAddr>,
+        /// Data-plane RPC listener (default 0.0.0.0:7947).
+        #[arg(long)]
+        rpc_listen: Option<SocketAddr>,
+        /// Gossip listener (default 0.0.0.0:7946).
+        #[arg(long)]
+        gossip_listen: Option<SocketAddr>,
+        /// Comma-separated gossip addresses of nodes to join through.
+        #[arg(long, value_delimiter = ',')]
+        seeds: Option<Vec<String>>,
+        /// Log filter, e.g. `info` or `tidewater_actors=debug` (RUST_LOG wins).
+        #[arg(long)]
+        log_level: Option<String>,
+    },
+    /// Prints a password hash for `[[auth.users]] password_hash`.
+    Passwd {
+        /// The password to hash.
+        password: String,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Passwd { password } => {
+            let mut salt = [0u8; 16];
+            tidewater_actors::seams::NodeRng::from_os().fill(&mut salt);
+            println!("{}", tidewater_actors::mqtt::auth::hash_password(&password, &salt));
+            std::process::ExitCode::SUCCESS
+        }
+        Command::Start {
+            config,
+            node_id,
+            data_dir,
+            mqtt_listen,
+            kafka_listen,
+            http_listen,
+            rpc_listen,
+            gossip_listen,
+            seeds,
+            log_level,
+        } => {
+            let overrides = Overrides {
+                node_id,
+                data_dir,
+                log_level,
+                mqtt_listen,
+                kafka_listen,
+                http_listen,
+                rpc_listen,
+                gossip_listen,
+                seeds,
+            };
+            let config = match Config::load(config.as_deref(), &overrides) {
+                Ok(config) => config,
+                Err(error) => {
+                    eprintln!("tidewater: configuration error: {error}");
+                    return std::process::ExitCode::from(2);
+                }
+            };
+            init_logging(&config.log_level);
+            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+                Ok(runtime) => runtime,
+                Err(error) => {
+                    eprintln!("tidewater: cannot start the runtime: {error}");
+                    return std::process::ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(node::run(config)) {
+                Ok(()) => std::process::ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("tidewater: {error:#}");
+                    std::process::ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn init_logging(level: &str) {
+    use std::io::IsTerminal;
+    // fjall and lsm-tree report routine maintenance at info: keep them at warn unless asked
+    let directives = format!("fjall=warn,lsm_tree=warn,{level}");
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&directives))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_ansi(std::io::stdout().is_terminal())
+        .init();
+}

@@ -1,0 +1,105 @@
+//! Wiring one node: storage, context, listeners, and graceful shutdown.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use tidewater_actors::seams::{Net, NodeRng, SystemClock, TokioNet};
+use tidewater_actors::{NodeContext, NodeParts};
+use tidewater_storage::{FjallStore, LogStore, StateStore};
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::http::{self, HttpState};
+
+/// Runs a node until SIGINT or SIGTERM.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .context("cannot install the metrics recorder")?;
+    tidewater_actors::metrics::describe();
+
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
+    let store = Arc::new(
+        FjallStore::open(&config.data_dir.join("store"), config.fsync_policy()?)
+            .with_context(|| format!("cannot open storage in {}", config.data_dir.display()))?,
+    );
+    let state_store: Arc<dyn StateStore> = store.clone();
+    let log_store: Arc<dyn LogStore> = store.clone();
+    let net: Arc<dyn Net> = Arc::new(TokioNet);
+
+    let ctx = NodeContext::new(NodeParts {
+        node_id: config.node_id,
+        mqtt: config.mqtt_settings(),
+        authorizer: config.authorizer(),
+        state_store: Arc::clone(&state_store),
+        log_store,
+        net: Arc::clone(&net),
+        clock: Arc::new(SystemClock),
+        rng: NodeRng::from_os(),
+    });
+    let span = tracing::info_span!("node", node = config.node_id);
+    let _entered = span.enter();
+
+    let retained = ctx.router.load_retained().context("cannot load retained messages")?;
+    let sessions = ctx.sessions.restore(&ctx).await.context("cannot load persistent sessions")?;
+    tracing::info!(retained, sessions, data_dir = %config.data_dir.display(), "storage opened");
+    if config.auth.allow_anonymous {
+        tracing::warn!("anonymous access is on: clients without a username may connect (auth.allow_anonymous)");
+    }
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let mqtt_listener = net
+        .bind(config.listeners.mqtt)
+        .await
+        .with_context(|| format!("cannot listen for MQTT on {}", config.listeners.mqtt))?;
+    tracing::info!(addr = %mqtt_listener.local_addr()?, "mqtt listening");
+    let mqtt_task =
+        tokio::spawn(tidewater_actors::mqtt::connection::run_listener(ctx.clone(), mqtt_listener, shutdown_rx.clone()));
+
+    let ready = Arc::new(AtomicBool::new(false));
+    let http_listener = tokio::net::TcpListener::bind(config.listeners.http)
+        .await
+        .with_context(|| format!("cannot listen for HTTP on {}", config.listeners.http))?;
+    tracing::info!(addr = %http_listener.local_addr()?, "http listening");
+    let http_state = HttpState { metrics, ready: Arc::clone(&ready) };
+    let http_task = tokio::spawn(http::serve(http_listener, http_state, shutdown_rx.clone()));
+    tracing::info!(
+        kafka = %config.listeners.kafka,
+        rpc = %config.listeners.rpc,
+        gossip = %config.listeners.gossip,
+        "kafka, rpc and gossip listeners are not served yet by this build"
+    );
+
+    ready.store(true, Ordering::Release);
+    tracing::info!(node_id = config.node_id, "tidewater node ready");
+
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    ready.store(false, Ordering::Release);
+    let _ = shutdown_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(2), mqtt_task).await;
+    ctx.sessions.shutdown().await;
+    state_store.sync().context("cannot flush storage")?;
+    let _ = tokio::time::timeout(Duration::from_secs(2), http_task).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(signal) => signal,
+        Err(error) => {
+            tracing::warn!(%error, "cannot watch SIGTERM; only SIGINT stops the node");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        biased;
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+}

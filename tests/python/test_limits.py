@@ -1,0 +1,291 @@
+"""Limits: keepalive, receive maximum / in-flight window, packet size, connections, queue bounds."""
+
+import time
+
+import pytest
+
+import rawmqtt
+from conftest import metric_sum
+from helpers import Client, connected, raw, unique, wait_until
+
+VERSIONS = [pytest.param(4, id="v311"), pytest.param(5, id="v5")]
+
+
+# -- keepalive ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_silent_client_disconnected_after_one_and_a_half_keepalives(broker, version):
+    with raw(broker, version) as client:
+        assert client.connect(unique("quiet"), keepalive=2).reason_code == 0
+        start = time.monotonic()
+        packets = client.wait_closed(timeout=10)
+        elapsed = time.monotonic() - start
+        assert 2.0 <= elapsed <= 6.0, f"closed after {elapsed:.1f}s, keepalive 2s"
+        if version == 5:
+            assert [p.reason_code for p in packets if p.type == rawmqtt.DISCONNECT] in ([], [0x8D])
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_pinging_client_stays_connected(broker, version):
+    with raw(broker, version) as client:
+        assert client.connect(unique("pinger"), keepalive=1).reason_code == 0
+        for _ in range(5):  # 5 s with keepalive 1: only the pings keep it open
+            time.sleep(0.9)
+            client.send(bytes([rawmqtt.PINGREQ << 4, 0]))
+            assert client.recv(2).type == rawmqtt.PINGRESP
+
+
+def test_v5_server_keep_alive_caps_client_keepalive(make_broker):
+    broker = make_broker(config={"mqtt": {"max_keepalive": 10}})
+    with raw(broker, 5) as client:
+        ack = client.connect(unique("ka"), keepalive=60)
+        assert ack.reason_code == 0
+        assert ack.props.get("server_keep_alive") == 10
+    with raw(broker, 5) as client:  # asking less than the maximum is left alone
+        ack = client.connect(unique("ka"), keepalive=5)
+        assert ack.reason_code == 0
+        assert ack.props.get("server_keep_alive", 5) == 5
+
+
+@pytest.mark.tidewater_only
+def test_v5_keepalive_zero_gets_server_keep_alive(make_broker):
+    broker = make_broker(config={"mqtt": {"max_keepalive": 10}})
+    with raw(broker, 5) as client:
+        ack = client.connect(unique("ka0"), keepalive=0)
+        assert ack.reason_code == 0
+        assert ack.props.get("server_keep_alive") == 10
+
+
+@pytest.mark.tidewater_only
+def test_connection_without_connect_closed_after_connect_timeout(make_broker):
+    broker = make_broker(config={"mqtt": {"connect_timeout_ms": 1000}})
+    with raw(broker, 5) as client:
+        start = time.monotonic()
+        client.wait_closed(timeout=8)
+        assert time.monotonic() - start >= 0.8
+
+
+# -- in-flight window -----------------------------------------------------------------------------
+
+
+def _publish_numbered(broker, topic, count, version=5):
+    with connected(broker, version=version) as pub:
+        for i in range(count):
+            pub.publish(topic, str(i).encode(), qos=1)
+
+
+def _publishes(packets):
+    return [p for p in packets if p.type == rawmqtt.PUBLISH]
+
+
+def test_server_respects_client_receive_maximum(broker):
+    """With Receive Maximum 3 the broker has at most 3 unacknowledged QoS 1 publishes out."""
+    topic = unique("lim/rm")
+    with raw(broker, 5) as sub:
+        assert sub.connect(unique("slow"), props={"receive_maximum": 3}).reason_code == 0
+        sub.subscribe((topic, 1))
+        _publish_numbered(broker, topic, 10)
+        first = _publishes(sub.collect(1.5))
+        assert [p.payload for p in first] == [b"0", b"1", b"2"]
+
+
+@pytest.mark.mosquitto_deviation("2.0.11 refills the whole window after a single PUBACK, "
+                                 "exceeding the client's Receive Maximum (MQTT-3.3.4-9)")
+def test_receive_maximum_window_slides_one_per_ack(broker):
+    topic = unique("lim/rm-slide")
+    with raw(broker, 5) as sub:
+        assert sub.connect(unique("slow"), props={"receive_maximum": 3}).reason_code == 0
+        sub.subscribe((topic, 1))
+        _publish_numbered(broker, topic, 10)
+        first = _publishes(sub.collect(1.5))
+        assert [p.payload for p in first] == [b"0", b"1", b"2"]
+        sub.ack(first[0])
+        more = _publishes(sub.collect(1.0))
+        assert [p.payload for p in more] == [b"3"], "one ack must free exactly one slot"
+        outstanding = first[1:] + more
+        received = [p.payload for p in first + more]
+        while len(received) < 10:
+            for pkt in outstanding:
+                sub.ack(pkt)
+            outstanding = _publishes(sub.collect(1.0))
+            assert 1 <= len(outstanding) <= 3, f"window broken: {len(outstanding)} outstanding"
+            received += [p.payload for p in outstanding]
+        assert received == [str(i).encode() for i in range(10)]
+
+
+def test_server_inflight_window_for_v311_client(make_broker):
+    """mqtt.max_inflight bounds the unacknowledged publishes to a 3.1.1 client."""
+    broker = make_broker(config={"mqtt": {"max_inflight": 2}})
+    topic = unique("lim/inflight")
+    with raw(broker, 4) as sub:
+        assert sub.connect(unique("slow311")).reason_code == 0
+        sub.subscribe((topic, 1))
+        _publish_numbered(broker, topic, 6, version=4)
+        first = _publishes(sub.collect(1.5))
+        assert [p.payload for p in first] == [b"0", b"1"]
+
+
+@pytest.mark.mosquitto_deviation("2.0.11 refills more than the freed slots after PUBACKs, "
+                                 "exceeding max_inflight_messages")
+def test_server_inflight_window_slides_for_v311_client(make_broker):
+    broker = make_broker(config={"mqtt": {"max_inflight": 2}})
+    topic = unique("lim/inflight-slide")
+    with raw(broker, 4) as sub:
+        assert sub.connect(unique("slow311")).reason_code == 0
+        sub.subscribe((topic, 1))
+        _publish_numbered(broker, topic, 6, version=4)
+        outstanding = _publishes(sub.collect(1.5))
+        received = [p.payload for p in outstanding]
+        while len(received) < 6:
+            for pkt in outstanding:
+                sub.ack(pkt)
+            outstanding = _publishes(sub.collect(1.0))
+            assert 1 <= len(outstanding) <= 2, f"window broken: {len(outstanding)} outstanding"
+            received += [p.payload for p in outstanding]
+        assert received == [str(i).encode() for i in range(6)]
+
+
+# -- packet size ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_oversize_publish_closes_connection(make_broker, version):
+    broker = make_broker(config={"mqtt": {"max_packet_size": 1024}})
+    topic = unique("lim/size")
+    with connected(broker) as watcher, raw(broker, version) as client:
+        watcher.subscribe(topic, qos=1)
+        ack = client.connect(unique("big"))
+        assert ack.reason_code == 0
+        if version == 5:
+            assert ack.props.get("maximum_packet_size") == 1024
+        client.publish_acked(topic, b"s" * 900)  # under the limit: accepted
+        assert watcher.wait_message().payload == b"s" * 900
+        client.publish(topic, b"B" * 2000, qos=1)
+        packets = client.wait_closed()
+        if version == 5:
+            assert [(p.type, p.reason_code) for p in packets] == [(rawmqtt.DISCONNECT, 0x95)]
+        else:
+            assert packets == []
+        watcher.assert_no_message(0.5)
+    with connected(broker, version=version) as after:  # the broker still serves
+        after.subscribe(topic, qos=1)
+
+
+def test_server_does_not_send_packets_above_client_maximum(broker):
+    topic = unique("lim/cmax")
+    with Client(broker, connect_props={"MaximumPacketSize": 256}) as small, \
+            connected(broker) as pub:
+        small.connect()
+        small.subscribe(topic, qos=1)
+        pub.publish(topic, b"x" * 1000, qos=1)
+        pub.publish(topic, b"fits", qos=1)
+        assert small.wait_message().payload == b"fits"
+        small.assert_no_message(0.5)
+        assert small.paho.is_connected()
+
+
+# -- connections ----------------------------------------------------------------------------------
+
+
+def _try_connect(broker, version=5):
+    """A connected raw client, or None when the broker refused or closed the connection."""
+    client = raw(broker, version)
+    try:
+        if client.connect(unique("conn"), timeout=3).reason_code == 0:
+            return client
+    except (rawmqtt.Closed, ConnectionError):
+        pass
+    client.close()
+    return None
+
+
+def _connect_eventually(broker, version=5):
+    # a connection that just closed (the start-up probe, a client that left) may take the
+    # broker a moment to release
+    return wait_until(lambda: _try_connect(broker, version), timeout=10, interval=0.2,
+                      message="a free connection slot")
+
+
+def test_max_connections_refuses_extra_connection(make_broker):
+    broker = make_broker(config={"mqtt": {"max_connections": 3}})
+    clients = [_connect_eventually(broker) for _ in range(3)]
+    try:
+        assert _try_connect(broker) is None, "a 4th connection was accepted"
+        clients.pop(0).disconnect()
+        again = _connect_eventually(broker)  # a slot is free again
+        again.disconnect()
+    finally:
+        for client in clients:
+            client.close()
+
+
+@pytest.mark.mosquitto_deviation("2.0.11 closes the socket at accept instead of CONNACK 0x97")
+@pytest.mark.parametrize("version,code", [(5, 0x97), (4, 0x03)], ids=["v5-0x97", "v311-0x03"])
+def test_max_connections_connack_reason(make_broker, version, code):
+    broker = make_broker(config={"mqtt": {"max_connections": 2}})
+    clients = [_connect_eventually(broker) for _ in range(2)]
+    try:
+        with raw(broker, version) as extra:
+            ack = extra.connect(unique("extra"))
+            assert ack.reason_code == code
+            extra.wait_closed()
+    finally:
+        for client in clients:
+            client.close()
+
+
+# -- per-session queue ----------------------------------------------------------------------------
+
+
+def _fill_offline_queue(broker, topic, client_id, count):
+    client = Client(broker, client_id=client_id, clean=False, session_expiry=300)
+    client.connect()
+    client.subscribe(topic, qos=1)
+    client.disconnect()
+    with connected(broker) as pub:
+        for i in range(count):
+            pub.publish(topic, str(i).encode(), qos=1)
+
+
+def _reconnect_and_drain(broker, client_id, expect):
+    with Client(broker, client_id=client_id, clean=False, session_expiry=300) as client:
+        assert client.connect()[0]
+        got = client.wait_messages(expect)
+        got += client.drain(1.0)
+        return [int(m.payload) for m in got]
+
+
+@pytest.mark.tidewater_only
+def test_queue_bound_drop_oldest_keeps_newest_and_counts_drops(make_broker):
+    broker = make_broker(config={"mqtt": {"max_queued_messages": 5, "queue_overflow": "drop_oldest"}})
+    topic, client_id = unique("lim/q"), unique("queued")
+    before = metric_sum(broker.metrics(), "tidewater_mqtt_messages_dropped_total")
+    _fill_offline_queue(broker, topic, client_id, 20)
+    assert _reconnect_and_drain(broker, client_id, 5) == [15, 16, 17, 18, 19]
+    after = metric_sum(broker.metrics(), "tidewater_mqtt_messages_dropped_total")
+    assert after - before >= 15
+
+
+@pytest.mark.tidewater_only
+def test_queue_bound_drop_new_keeps_oldest(make_broker):
+    broker = make_broker(config={"mqtt": {"max_queued_messages": 5, "queue_overflow": "drop_new"}})
+    topic, client_id = unique("lim/qn"), unique("queued")
+    before = metric_sum(broker.metrics(), "tidewater_mqtt_messages_dropped_total")
+    _fill_offline_queue(broker, topic, client_id, 20)
+    assert _reconnect_and_drain(broker, client_id, 5) == [0, 1, 2, 3, 4]
+    after = metric_sum(broker.metrics(), "tidewater_mqtt_messages_dropped_total")
+    assert after - before >= 15
+
+
+# -- retain availability --------------------------------------------------------------------------
+
+
+def test_retain_unavailable_rejects_retained_publish(make_broker):
+    broker = make_broker(config={"mqtt": {"retain_available": False}})
+    with raw(broker, 5) as client:
+        ack = client.connect(unique("noret"))
+        assert ack.props.get("retain_available") == 0
+        client.publish("lim/ret", b"x", qos=1, retain=True)
+        packets = client.wait_closed()
+        assert [(p.type, p.reason_code) for p in packets] == [(rawmqtt.DISCONNECT, 0x9A)]
