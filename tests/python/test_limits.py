@@ -267,15 +267,22 @@ def test_queue_bound_drop_oldest_keeps_newest_and_counts_drops(make_broker):
     assert after - before >= 15
 
 
-@pytest.mark.tidewater_only
 def test_queue_bound_drop_new_keeps_oldest(make_broker):
+    broker = make_broker(config={"mqtt": {"max_queued_messages": 5, "queue_overflow": "drop_new"}})
+    topic, client_id = unique("lim/qn"), unique("queued")
+    _fill_offline_queue(broker, topic, client_id, 20)
+    assert _reconnect_and_drain(broker, client_id, 5) == [0, 1, 2, 3, 4]
+
+
+@pytest.mark.tidewater_only
+def test_queue_drop_new_counts_drops(make_broker):
     broker = make_broker(config={"mqtt": {"max_queued_messages": 5, "queue_overflow": "drop_new"}})
     topic, client_id = unique("lim/qn"), unique("queued")
     before = metric_sum(broker.metrics(), "tidewater_mqtt_messages_dropped_total")
     _fill_offline_queue(broker, topic, client_id, 20)
-    assert _reconnect_and_drain(broker, client_id, 5) == [0, 1, 2, 3, 4]
     after = metric_sum(broker.metrics(), "tidewater_mqtt_messages_dropped_total")
     assert after - before >= 15
+    assert _reconnect_and_drain(broker, client_id, 5) == [0, 1, 2, 3, 4]
 
 
 # -- retain availability --------------------------------------------------------------------------

@@ -1,0 +1,195 @@
+"""Authentication (passwords from `tidewater passwd`, anonymous access) and topic ACLs."""
+
+import subprocess
+
+import pytest
+
+import rawmqtt
+from conftest import TIDEWATER_BIN
+from helpers import Client, raw, unique
+
+VERSIONS = [pytest.param(4, id="v311"), pytest.param(5, id="v5")]
+USERS = {"alice": "wonderland", "bob": "builder"}
+
+# One policy, written in both dialects. Tidewater: first matching rule wins, default deny.
+ACL_RULES = [
+    {"permission": "allow", "action": "all", "topic": "users/%u/#"},
+    {"permission": "allow", "action": "all", "topic": "clients/%c/#"},
+    {"permission": "deny", "action": "subscribe", "topic": "public/secret/#"},
+    {"permission": "allow", "action": "subscribe", "topic": "public/#"},
+    {"permission": "allow", "action": "publish", "topic": "public/#", "username": "alice"},
+]
+MOSQUITTO_ACL = """
+pattern readwrite users/%u/#
+pattern readwrite clients/%c/#
+
+user alice
+topic deny public/secret/#
+topic readwrite public/#
+
+user bob
+topic deny public/secret/#
+topic read public/#
+"""
+
+
+@pytest.fixture
+def auth_broker(make_broker):
+    return make_broker(config={"auth": {"allow_anonymous": False}}, users=USERS)
+
+
+@pytest.fixture
+def acl_broker(make_broker):
+    config = {"auth": {"allow_anonymous": False, "acl_default": "deny", "acl": ACL_RULES}}
+    return make_broker(config=config, users=USERS, mosquitto_acl=MOSQUITTO_ACL)
+
+
+def login(broker, username, password, version=5, client_id=None):
+    client = raw(broker, version)
+    ack = client.connect(client_id or unique(username or "anon"), username=username,
+                         password=password)
+    return client, ack
+
+
+# -- authentication -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_correct_password_accepted(auth_broker, version):
+    client, ack = login(auth_broker, "alice", "wonderland", version)
+    with client:
+        assert ack.reason_code == 0
+        topic = unique("auth/ok")
+        client.subscribe((topic, 1))
+        client.publish_acked(topic, b"me")
+        assert client.expect(rawmqtt.PUBLISH).payload == b"me"
+
+
+@pytest.mark.parametrize("version,code", [(5, 0x86), (4, 0x04)], ids=["v5", "v311"])
+@pytest.mark.parametrize("username,password", [("alice", "wrong"), ("alice", "builder"),
+                                               ("mallory", "wonderland"), ("alice", "")],
+                         ids=["wrong", "other-users", "unknown-user", "empty"])
+def test_bad_credentials_refused(auth_broker, version, code, username, password):
+    client, ack = login(auth_broker, username, password, version)
+    with client:
+        assert ack.reason_code == code
+        client.wait_closed()
+
+
+@pytest.mark.parametrize("version,codes", [(5, (0x86, 0x87)), (4, (0x04, 0x05))], ids=["v5", "v311"])
+def test_anonymous_refused_when_not_allowed(auth_broker, version, codes):
+    client, ack = login(auth_broker, None, None, version)
+    with client:
+        assert ack.reason_code in codes
+        client.wait_closed()
+
+
+def test_paho_login(auth_broker):
+    with Client(auth_broker, username="bob", password="builder") as good:
+        assert good.connect() == (False, 0)
+    bad = Client(auth_broker, username="bob", password="nope")
+    _, code = bad.connect(expect_success=False)
+    bad.close()
+    assert code == 0x86
+
+
+def test_anonymous_allowed_alongside_users(make_broker):
+    broker = make_broker(config={"auth": {"allow_anonymous": True}}, users=USERS)
+    client, ack = login(broker, None, None, 5)
+    client.close()
+    assert ack.reason_code == 0
+    client, ack = login(broker, "alice", "wrong", 5)
+    client.close()
+    assert ack.reason_code == 0x86
+
+
+@pytest.mark.tidewater_only
+def test_passwd_prints_salted_pbkdf2_hash():
+    def passwd():
+        out = subprocess.run([TIDEWATER_BIN, "passwd", "s3cret"], capture_output=True, text=True,
+                             timeout=30)
+        assert out.returncode == 0, out.stderr
+        return out.stdout.strip().splitlines()[-1].strip()
+
+    first, second = passwd(), passwd()
+    assert first.startswith("pbkdf2-sha256$"), first
+    assert "s3cret" not in first
+    assert first != second, "two hashes of one password should differ by their salt"
+
+
+# -- ACL ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("version,denied", [(5, 0x87), (4, 0x80)], ids=["v5", "v311"])
+def test_subscribe_denied_by_acl(acl_broker, version, denied):
+    client, ack = login(acl_broker, "alice", "wonderland", version)
+    with client:
+        assert ack.reason_code == 0
+        suback = client.subscribe(("public/secret/plans", 1), ("public/news", 1))
+        assert suback.reason_codes == [denied, 1]
+        # the denied filter gets nothing, the granted one works
+        with Client(acl_broker, username="alice", password="wonderland") as pub:
+            pub.connect()
+            pub.publish("public/secret/plans", b"hidden", qos=1)
+            pub.publish("public/news", b"news", qos=1)
+        msg = client.expect(rawmqtt.PUBLISH)
+        assert (msg.topic, msg.payload) == ("public/news", b"news")
+        assert client.collect(0.5) == []
+
+
+def test_v5_publish_denied_gets_puback_0x87_and_is_not_delivered(acl_broker):
+    with Client(acl_broker, username="alice", password="wonderland") as reader:
+        reader.connect()
+        assert reader.subscribe("public/news", qos=1) == [1]
+        bob, ack = login(acl_broker, "bob", "builder", 5)
+        with bob:
+            assert ack.reason_code == 0
+            puback = bob.publish_acked("public/news", b"from bob", qos=1)
+            assert puback.reason_code == 0x87
+        reader.assert_no_message(1.0)
+        alice_pub = Client(acl_broker, username="alice", password="wonderland")
+        with alice_pub:
+            alice_pub.connect()
+            assert alice_pub.publish("public/news", b"from alice", qos=1) == 0
+        assert reader.wait_message().payload == b"from alice"
+
+
+def test_v311_publish_denied_is_not_delivered(acl_broker):
+    with Client(acl_broker, username="alice", password="wonderland", version=4) as reader:
+        reader.connect()
+        reader.subscribe("public/news", qos=1)
+        bob, ack = login(acl_broker, "bob", "builder", 4)
+        with bob:
+            assert ack.reason_code == 0
+            bob.publish("public/news", b"from bob", qos=1)
+            # 3.1.1 has no negative PUBACK: the broker acknowledges or closes the connection
+            answer = bob.collect(1.0)
+            assert [p.type for p in answer] in ([rawmqtt.PUBACK], [])
+        reader.assert_no_message(1.0)
+
+
+@pytest.mark.parametrize("version,denied", [(5, 0x87), (4, 0x80)], ids=["v5", "v311"])
+def test_acl_username_substitution(acl_broker, version, denied):
+    alice, _ = login(acl_broker, "alice", "wonderland", version)
+    with alice:
+        suback = alice.subscribe(("users/alice/inbox", 1), ("users/bob/inbox", 1))
+        assert suback.reason_codes == [1, denied]
+        bob, _ = login(acl_broker, "bob", "builder", version)
+        with bob:
+            bob.publish("users/alice/inbox", b"bob writes to alice", qos=1)  # denied
+            bob.collect(0.3)
+            bob.publish("users/bob/inbox", b"bob writes his own", qos=1)  # allowed
+        alice.publish_acked("users/alice/inbox", b"alice writes her own", qos=1)
+        msg = alice.expect(rawmqtt.PUBLISH)
+        assert msg.payload == b"alice writes her own"
+        assert alice.collect(0.5) == []
+
+
+@pytest.mark.parametrize("version,denied", [(5, 0x87), (4, 0x80)], ids=["v5", "v311"])
+def test_acl_client_id_substitution(acl_broker, version, denied):
+    device, _ = login(acl_broker, "bob", "builder", version, client_id="dev-17")
+    with device:
+        suback = device.subscribe(("clients/dev-17/cmd", 1), ("clients/dev-18/cmd", 1))
+        assert suback.reason_codes == [1, denied]
+        device.publish_acked("clients/dev-17/cmd", b"own", qos=1)
+        assert device.expect(rawmqtt.PUBLISH).payload == b"own"
