@@ -17,6 +17,7 @@ struct Cli {
 }
 
 #[derive(Subcommand, Debug)]
+#[allow(clippy::large_enum_variant)] // parsed once at start
 enum Command {
     /// Runs a node.
     Start {

@@ -194,9 +194,7 @@ class Broker:
             if config_path:
                 cmd += ["--config", str(config_path)]
             cmd += self.extra_args
-            env = dict(os.environ)
-            env.setdefault("RUST_BACKTRACE", "1")
-            env.update(self.extra_env)
+            env = broker_env(self.extra_env)
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
                                      stdin=subprocess.DEVNULL, cwd=self.dir)
         log.close()
@@ -384,9 +382,18 @@ def metric_names(samples: dict) -> set:
     return {name for name, _ in samples}
 
 
+def broker_env(extra=None) -> dict:
+    """The environment for a tidewater child: ours without TIDEWATER_* variables (TIDEWATER_BIN
+    would read as an unknown config key), plus the test's own."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TIDEWATER_")}
+    env.setdefault("RUST_BACKTRACE", "1")
+    env.update(extra or {})
+    return env
+
+
 def tidewater_passwd(password: str) -> str:
     out = subprocess.run([TIDEWATER_BIN, "passwd", password], capture_output=True, text=True,
-                         timeout=30)
+                         timeout=30, env=broker_env())
     assert out.returncode == 0, f"tidewater passwd failed: {out.stderr}"
     lines = [line.strip() for line in out.stdout.splitlines() if line.strip()]
     assert lines, "tidewater passwd printed nothing"

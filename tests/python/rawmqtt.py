@@ -289,6 +289,7 @@ class RawClient:
         self.closed = False
         self.next_id = 1
         self.aliases = {}  # server -> client topic aliases seen so far
+        self.pending = []  # PUBLISH packets that arrived while expect() waited for an ack
 
     # -- sending -------------------------------------------------------------------------------
 
@@ -373,6 +374,11 @@ class RawClient:
 
     def recv(self, timeout=10.0) -> Packet:
         """The next packet; raises Timeout or Closed. Resolves server topic aliases."""
+        if self.pending:
+            return self.pending.pop(0)
+        return self._read_wire(timeout)
+
+    def _read_wire(self, timeout) -> Packet:
         deadline = time.monotonic() + timeout
         while True:
             if len(self.buf) >= 2:
@@ -396,11 +402,17 @@ class RawClient:
             self._fill(deadline)
 
     def expect(self, ptype, timeout=10.0, packet_id=None) -> Packet:
-        """Wait for a packet of this type (skipping PINGRESP); anything else is an error."""
+        """Wait for a packet of this type (skipping PINGRESP); anything else is an error,
+        except PUBLISH packets arriving while an ack is awaited: those are kept for recv()."""
+        if ptype == PUBLISH and self.pending:
+            return self.pending.pop(0)
         deadline = time.monotonic() + timeout
         while True:
-            pkt = self.recv(max(0.0, deadline - time.monotonic()))
+            pkt = self._read_wire(max(0.0, deadline - time.monotonic()))
             if pkt.type == PINGRESP:
+                continue
+            if pkt.type == PUBLISH and ptype != PUBLISH:
+                self.pending.append(pkt)
                 continue
             if pkt.type != ptype or (packet_id is not None and pkt.packet_id != packet_id):
                 raise AssertionError(f"expected {NAMES[ptype]} (id {packet_id}), got {pkt!r}")

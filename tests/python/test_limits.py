@@ -220,7 +220,7 @@ def test_max_connections_refuses_extra_connection(make_broker):
             client.close()
 
 
-@pytest.mark.mosquitto_deviation("2.0.11 closes the socket at accept instead of CONNACK 0x97")
+@pytest.mark.tidewater_only  # CONFIG-SPEC contract; mosquitto closes the socket at accept
 @pytest.mark.parametrize("version,code", [(5, 0x97), (4, 0x03)], ids=["v5-0x97", "v311-0x03"])
 def test_max_connections_connack_reason(make_broker, version, code):
     broker = make_broker(config={"mqtt": {"max_connections": 2}})

@@ -130,3 +130,19 @@ def test_mosquitto_clients_retained_set_and_clear(broker, version):
     with MosquittoSub(broker, f"{base}/#", qos=1, version=version) as sub:
         assert sub.messages(1) == [(f"{base}/control", 1, True, "c")]
         assert sub.drain(1.0) == []
+
+
+def test_retained_messages_survive_restart(make_broker):
+    broker = make_broker()
+    base = unique("ret/restart")
+    with connected(broker) as pub:
+        pub.publish(f"{base}/a", b"A", qos=1, retain=True)
+        pub.publish(f"{base}/b", b"B", qos=0, retain=True)
+        pub.publish(f"{base}/gone", b"x", qos=1, retain=True)
+        pub.publish(f"{base}/gone", b"", qos=1, retain=True)
+    broker.restart()
+    with connected(broker) as sub:
+        sub.subscribe(f"{base}/#", qos=1)
+        got = {m.topic: (m.payload, m.retain) for m in sub.wait_messages(2)}
+        assert got == {f"{base}/a": (b"A", True), f"{base}/b": (b"B", True)}
+        sub.assert_no_message(0.5)

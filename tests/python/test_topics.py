@@ -31,23 +31,25 @@ def test_wildcard_matching(broker, version, pattern, matching, not_matching):
 
 @pytest.mark.parametrize("version", VERSIONS)
 def test_dollar_topics_not_matched_by_leading_wildcards(broker, version):
+    """'#' and '+/...' never match a topic starting with '$' (MQTT-4.7.2-1).
+
+    A client publishes to a $-topic, then to an ordinary topic of the same shape; the wildcard
+    subscribers get the ordinary one and nothing starting with '$'. (Whether the broker lets a
+    client's $-topic through to an explicit '$...' subscriber is its choice: the spec says it
+    SHOULD prevent that, so it is not asserted.)
+    """
     leaf = unique("leaf")
-    dollar_topic = f"$tw{leaf}/{leaf}"
     with connected(broker, version=version) as hash_sub, \
             connected(broker, version=version) as plus_sub, \
-            connected(broker, version=version) as dollar_sub, \
             connected(broker, version=version) as pub:
         hash_sub.subscribe("#", qos=1)
         plus_sub.subscribe(f"+/{leaf}", qos=1)
-        dollar_sub.subscribe(f"$tw{leaf}/#", qos=1)
-        pub.publish(dollar_topic, b"dollar", qos=1)
-        msg = dollar_sub.wait_message()
-        assert (msg.topic, msg.payload) == (dollar_topic, b"dollar")
-        for sub in (hash_sub, plus_sub):
-            assert [m.topic for m in sub.drain(0.7) if m.topic.startswith("$")] == []
-        # and the wildcard subscribers do see an ordinary topic of the same shape
+        pub.publish(f"$tw/{leaf}", b"dollar", qos=1)
+        pub.publish(f"$SYS/{leaf}", b"sys", qos=1)
         pub.publish(f"plain/{leaf}", b"plain", qos=1)
-        assert plus_sub.wait_message().topic == f"plain/{leaf}"
+        for sub in (hash_sub, plus_sub):
+            got = [sub.wait_message()] + sub.drain(0.5)
+            assert [(m.topic, m.payload) for m in got] == [(f"plain/{leaf}", b"plain")]
 
 
 @pytest.mark.parametrize("version", VERSIONS)

@@ -1,5 +1,8 @@
 //! Helpers for black-box tests: find the `tidewater` binary, start it on free ports, wait
 //! for it to be ready, and stop it.
+//!
+//! Black-box tests run real processes in real time, so the seam lints do not apply here.
+#![allow(clippy::disallowed_methods)]
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

@@ -1,5 +1,6 @@
 //! The binary's command line: a bare `start` serves on the documented default ports with
 //! data in ./data, stops cleanly on SIGTERM, and `passwd` prints a usable hash.
+#![allow(clippy::disallowed_methods)]
 
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;

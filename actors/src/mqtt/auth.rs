@@ -15,16 +15,14 @@ const DEFAULT_ITERATIONS: u32 = 10_000;
 pub fn hash_password(password: &str, salt: &[u8]) -> String {
     let mut hash = [0u8; 32];
     pbkdf2_hmac::<Sha256>(password.as_bytes(), salt, DEFAULT_ITERATIONS, &mut hash);
-    format!(
-        "{HASH_PREFIX}${DEFAULT_ITERATIONS}${}${}",
-        STANDARD_NO_PAD.encode(salt),
-        STANDARD_NO_PAD.encode(hash)
-    )
+    format!("{HASH_PREFIX}${DEFAULT_ITERATIONS}${}${}", STANDARD_NO_PAD.encode(salt), STANDARD_NO_PAD.encode(hash))
 }
 
 /// Why a stored password hash cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("password_hash must look like pbkdf2-sha256$<iterations>$<salt base64>$<hash base64> (from `tidewater passwd`)")]
+#[error(
+    "password_hash must look like pbkdf2-sha256$<iterations>$<salt base64>$<hash base64> (from `tidewater passwd`)"
+)]
 pub struct BadHash;
 
 /// A parsed password hash.

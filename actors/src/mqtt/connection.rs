@@ -128,17 +128,17 @@ pub async fn serve_connection(ctx: NodeContext, connection: Box<dyn Connection>,
     let session = match ctx.sessions.attach(&ctx, &client_id, request).await {
         Ok(session) => session,
         Err(error) => {
-        tracing::warn!(%client_id, %error, "cannot attach session");
-        let mut out = BytesMut::new();
-        let connack = Packet::ConnAck(ConnAck {
-            session_present: false,
-            code: ConnectReturnCode::ServerUnavailable,
-            properties: None,
-        });
-        let _ = codec::write_packet(&connack, version, &mut out);
-        let _ = out_tx.send(Outbound::Data(out.freeze())).await;
-        let _ = out_tx.send(Outbound::Close).await;
-        return;
+            tracing::warn!(%client_id, %error, "cannot attach session");
+            let mut out = BytesMut::new();
+            let connack = Packet::ConnAck(ConnAck {
+                session_present: false,
+                code: ConnectReturnCode::ServerUnavailable,
+                properties: None,
+            });
+            let _ = codec::write_packet(&connack, version, &mut out);
+            let _ = out_tx.send(Outbound::Data(out.freeze())).await;
+            let _ = out_tx.send(Outbound::Close).await;
+            return;
         }
     };
     drop(out_tx);
@@ -304,8 +304,7 @@ struct ReadLoop<'a, R> {
 
 async fn read_loop<R: AsyncRead + Unpin>(mut io: ReadLoop<'_, R>) {
     let permits = Arc::new(Semaphore::new(INBOUND_BATCHES));
-    let keepalive =
-        (io.keepalive > 0).then(|| Duration::from_millis(u64::from(io.keepalive) * 1500));
+    let keepalive = (io.keepalive > 0).then(|| Duration::from_millis(u64::from(io.keepalive) * 1500));
     let mut keepalive_timeout = false;
     'read: loop {
         // hand over everything already buffered
@@ -375,12 +374,10 @@ async fn write_loop<W: AsyncWrite + Unpin>(
         let mut next = Some(frame);
         while let Some(frame) = next.take() {
             match frame {
-                Outbound::Data(bytes) => {
-                    match tokio::time::timeout(WRITE_TIMEOUT, writer.write_all(&bytes)).await {
-                        Ok(Ok(())) => metrics::counter!(names::MQTT_BYTES_SENT).increment(bytes.len() as u64),
-                        _ => break 'outer,
-                    }
-                }
+                Outbound::Data(bytes) => match tokio::time::timeout(WRITE_TIMEOUT, writer.write_all(&bytes)).await {
+                    Ok(Ok(())) => metrics::counter!(names::MQTT_BYTES_SENT).increment(bytes.len() as u64),
+                    _ => break 'outer,
+                },
                 Outbound::Close => break 'outer,
             }
             next = frames.try_recv().ok();

@@ -36,6 +36,9 @@ struct SubKey {
     client_id: Arc<str>,
 }
 
+/// A share group: (group name, topic filter).
+type GroupKey = (Arc<str>, Arc<str>);
+
 #[derive(Debug, Clone)]
 struct SubEntry {
     session: SessionHandle,
@@ -47,7 +50,7 @@ struct SubEntry {
 /// Subscriptions, retained messages and message fan-out for one node.
 pub struct Router {
     trie: RwLock<SubscriptionTrie<SubKey, SubEntry>>,
-    share_cursors: Mutex<HashMap<(Arc<str>, Arc<str>), usize>>,
+    share_cursors: Mutex<HashMap<GroupKey, usize>>,
     retained: RwLock<BTreeMap<String, Arc<Message>>>,
     store: Arc<dyn StateStore>,
 }
@@ -132,7 +135,7 @@ impl Router {
             self.retain(&message);
         }
         let mut direct: BTreeMap<Arc<str>, (SessionHandle, Delivery)> = BTreeMap::new();
-        let mut groups: BTreeMap<(Arc<str>, Arc<str>), Vec<(Arc<str>, SubEntry)>> = BTreeMap::new();
+        let mut groups: BTreeMap<GroupKey, Vec<(Arc<str>, SubEntry)>> = BTreeMap::new();
         {
             let trie = self.trie.read();
             trie.for_each_match(&message.topic, |key, entry| {
@@ -146,12 +149,7 @@ impl Router {
                         let (_, delivery) = direct.entry(Arc::clone(&key.client_id)).or_insert_with(|| {
                             (
                                 entry.session.clone(),
-                                Delivery {
-                                    message: Arc::clone(&message),
-                                    qos,
-                                    retain,
-                                    subscription_ids: Vec::new(),
-                                },
+                                Delivery { message: Arc::clone(&message), qos, retain, subscription_ids: Vec::new() },
                             )
                         });
                         delivery.qos = delivery.qos.max(qos);
@@ -192,7 +190,7 @@ impl Router {
     }
 
     /// Round robin over the group's members, preferring connected ones.
-    fn choose_member(&self, group_key: (Arc<str>, Arc<str>), members: &[(Arc<str>, SubEntry)]) -> usize {
+    fn choose_member(&self, group_key: GroupKey, members: &[(Arc<str>, SubEntry)]) -> usize {
         let online: Vec<usize> =
             (0..members.len()).filter(|i| members[*i].1.session.online.load(Ordering::Relaxed)).collect();
         let candidates: Vec<usize> = if online.is_empty() { (0..members.len()).collect() } else { online };

@@ -52,6 +52,7 @@ pub struct AttachRequest {
 }
 
 /// Messages of the `MqttSession` actor.
+#[allow(clippy::large_enum_variant)] // Attach is rare; the hot variants are small
 pub enum SessionMsg {
     /// Attach a new connection (session takeover if one is attached); replies once CONNACK is queued.
     Attach(AttachRequest, RpcReplyPort<bool>),
@@ -133,7 +134,11 @@ impl Actor for MqttSession {
     type State = SessionShell;
     type Arguments = SessionArgs;
 
-    async fn pre_start(&self, myself: ActorRef<SessionMsg>, args: SessionArgs) -> Result<SessionShell, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        myself: ActorRef<SessionMsg>,
+        args: SessionArgs,
+    ) -> Result<SessionShell, ActorProcessingErr> {
         let ctx = args.ctx;
         let mut state = SessionState::new(args.client_id.clone(), ctx.mqtt.session_limits());
         let handle = SessionHandle { actor: myself.clone(), online: args.online };

@@ -15,8 +15,8 @@ use serde::{Deserialize, Serialize};
 use crate::mqtt::auth::{Authorizer, Identity};
 use crate::mqtt::codec::{
     self, DisconnectReasonCode, LastWill, Packet, ProtocolVersion, PubAck, PubAckReason, PubComp, PubCompReason,
-    PubRec, PubRecReason, PubRel, PubRelReason, Publish, PublishProperties, QoS, RetainForwardRule, SubAck,
-    Subscribe, SubscribeReasonCode, UnsubAck, UnsubAckReason, Unsubscribe,
+    PubRec, PubRecReason, PubRel, PubRelReason, Publish, PublishProperties, QoS, RetainForwardRule, SubAck, Subscribe,
+    SubscribeReasonCode, UnsubAck, UnsubAckReason, Unsubscribe,
 };
 use crate::mqtt::message::{Delivery, Message, MessageProperties, RetainHandling, SubOptions};
 use crate::mqtt::topic::{self, TopicError};
@@ -65,6 +65,7 @@ pub struct ConnectionParams {
 
 /// A side effect the session asks its host to perform, in order.
 #[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)] // transient, consumed at once; boxing would cost an allocation per packet
 pub enum Effect {
     /// Write a packet to the client.
     Send(Packet),
@@ -306,14 +307,24 @@ impl SessionState {
             outbound_aliases: HashMap::new(),
         });
         let mut effects = Vec::new();
-        let inflight: Vec<u64> = self.inflight.values().copied().collect();
-        for seq in inflight {
-            let Some(entry) = self.outgoing.get(&seq) else { continue };
-            match entry.phase {
+        // re-send in the order first sent (sequence order), not packet id order: ids wrap
+        let inflight: Vec<(u64, OutgoingPhase)> = self
+            .outgoing
+            .iter()
+            .filter(|(_, entry)| entry.phase != OutgoingPhase::Queued)
+            .map(|(seq, entry)| (*seq, entry.phase))
+            .collect();
+        for (seq, phase) in inflight {
+            match phase {
                 OutgoingPhase::AwaitAck(pkid) => {
-                    let entry = entry.clone();
-                    if let Some(packet) = self.build_publish(&entry, pkid, true, now_ms) {
-                        effects.push(Effect::Send(packet));
+                    let entry = self.outgoing[&seq].clone();
+                    match self.build_publish(&entry, pkid, true, now_ms) {
+                        Some(packet) => effects.push(Effect::Send(packet)),
+                        None => {
+                            // too large for this connection: discard as if delivered [MQTT-3.1.2-25]
+                            self.complete(pkid, seq, &mut effects);
+                            effects.push(Effect::Dropped("packet_too_large"));
+                        }
                     }
                 }
                 OutgoingPhase::AwaitComp(pkid) => effects.push(Effect::Send(pubrel(pkid))),
@@ -725,6 +736,7 @@ impl SessionState {
         let connection = self.connection.as_mut()?;
         let message = &entry.message;
         let version = connection.params.version;
+        let mut new_alias = None;
         let mut publish = Publish::from_bytes(message.topic.clone(), qos_from(entry.qos), message.payload.clone());
         publish.pkid = pkid;
         publish.dup = dup;
@@ -738,9 +750,9 @@ impl SessionState {
                     properties.topic_alias = Some(*alias);
                     publish.topic = String::new();
                 } else if connection.outbound_aliases.len() < usize::from(max_alias) {
-                    let alias = connection.outbound_aliases.len() as u16 + 1;
-                    connection.outbound_aliases.insert(message.topic.clone(), alias);
-                    properties.topic_alias = Some(alias);
+                    // registered below, once the packet is known to fit
+                    new_alias = Some(connection.outbound_aliases.len() as u16 + 1);
+                    properties.topic_alias = new_alias;
                 }
             }
             let empty = properties.payload_format_indicator.is_none()
@@ -760,6 +772,9 @@ impl SessionState {
             && codec::encoded_len(&packet, version) > max as usize
         {
             return None;
+        }
+        if let Some(alias) = new_alias {
+            connection.outbound_aliases.insert(message.topic.clone(), alias);
         }
         Some(packet)
     }
