@@ -12,6 +12,7 @@ use crate::mqtt::registry::SessionRegistry;
 use crate::mqtt::router::Router;
 use crate::mqtt::session_state::{QueueOverflow, SessionLimits};
 use crate::seams::{Clock, Net, NodeRng};
+use crate::stream::registry::StreamRegistry;
 
 /// MQTT limits and behaviour, from the node's configuration.
 #[derive(Debug, Clone)]
@@ -90,6 +91,8 @@ pub struct NodeInner {
     pub router: Router,
     /// Sessions by client id.
     pub sessions: SessionRegistry,
+    /// Streams and their partitions.
+    pub streams: StreamRegistry,
     /// Open MQTT connections.
     pub connections: AtomicUsize,
 }
@@ -136,6 +139,7 @@ impl NodeContext {
     /// Builds a node's context from its seams and settings.
     pub fn new(parts: NodeParts) -> Self {
         let router = Router::new(Arc::clone(&parts.state_store));
+        let streams = StreamRegistry::new(Arc::clone(&parts.state_store), Arc::clone(&parts.log_store));
         Self(Arc::new(NodeInner {
             node_id: parts.node_id,
             mqtt: parts.mqtt,
@@ -147,6 +151,7 @@ impl NodeContext {
             rng: parts.rng,
             router,
             sessions: SessionRegistry::default(),
+            streams,
             connections: AtomicUsize::new(0),
         }))
     }

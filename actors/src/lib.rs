@@ -7,5 +7,6 @@ pub mod context;
 pub mod metrics;
 pub mod mqtt;
 pub mod seams;
+pub mod stream;
 
 pub use context::{MqttSettings, NodeContext, NodeParts};

@@ -13,6 +13,7 @@ use tidewater_actors::MqttSettings;
 use tidewater_actors::mqtt::auth::{AclRule, Authorizer, PasswordHash, Permission};
 use tidewater_actors::mqtt::session_state::QueueOverflow;
 use tidewater_actors::mqtt::topic;
+use tidewater_actors::stream::def::StreamDef;
 use tidewater_storage::FsyncPolicy;
 
 /// A configuration that cannot be used; the message names the key.
@@ -55,6 +56,41 @@ pub struct Config {
     pub mqtt: MqttConfig,
     /// Users and ACL.
     pub auth: AuthConfig,
+    /// Kafka protocol.
+    pub kafka: KafkaConfig,
+    /// Streams declared at start (created if absent).
+    pub streams: Vec<StreamDef>,
+}
+
+/// `[kafka]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// host:port clients are told to connect to (default: the kafka listener, with 127.0.0.1 for 0.0.0.0).
+    pub advertised_address: Option<String>,
+    /// Create a free stream when a client asks for an unknown topic (as Kafka's auto.create.topics.enable).
+    pub auto_create_topics: bool,
+    /// Partitions of an auto-created stream.
+    pub default_partitions: u32,
+    /// Largest record batch accepted (bytes), as Kafka's message.max.bytes.
+    pub max_message_bytes: usize,
+    /// How often retention runs (ms).
+    pub retention_check_ms: u64,
+    /// Delay before the first rebalance of an empty group (ms), as group.initial.rebalance.delay.ms.
+    pub group_initial_rebalance_delay_ms: u64,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            advertised_address: None,
+            auto_create_topics: true,
+            default_partitions: 1,
+            max_message_bytes: 1024 * 1024,
+            retention_check_ms: 30_000,
+            group_initial_rebalance_delay_ms: 0,
+        }
+    }
 }
 
 impl Default for Config {
@@ -68,6 +104,8 @@ impl Default for Config {
             storage: StorageConfig::default(),
             mqtt: MqttConfig::default(),
             auth: AuthConfig::default(),
+            kafka: KafkaConfig::default(),
+            streams: Vec::new(),
         }
     }
 }
@@ -270,6 +308,22 @@ impl Config {
             return Err(invalid("mqtt.connect_timeout_ms", "must be at least 1"));
         }
         self.fsync_policy()?;
+        if !(1..=10_000).contains(&self.kafka.default_partitions) {
+            return Err(invalid("kafka.default_partitions", "must be between 1 and 10000"));
+        }
+        if self.kafka.retention_check_ms == 0 {
+            return Err(invalid("kafka.retention_check_ms", "must be at least 1"));
+        }
+        if self.kafka.max_message_bytes < 1024 {
+            return Err(invalid("kafka.max_message_bytes", "must be at least 1024"));
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for (index, stream) in self.streams.iter().enumerate() {
+            stream.validate().map_err(|e| invalid(format!("streams[{index}]"), e.to_string()))?;
+            if !names.insert(&stream.name) {
+                return Err(invalid(format!("streams[{index}].name"), format!("{} is declared twice", stream.name)));
+            }
+        }
         for (index, user) in self.auth.users.iter().enumerate() {
             if user.username.is_empty() {
                 return Err(invalid(format!("auth.users[{index}].username"), "must not be empty"));
@@ -351,6 +405,16 @@ mod tests {
         assert!(error.contains("storage.fsync"), "{error}");
         let error = load_toml("[mqtt]\nmax_inflight = \"many\"\n").unwrap_err().to_string();
         assert!(error.contains("max_inflight"), "{error}");
+    }
+
+    #[test]
+    fn streams_are_declared_and_validated() {
+        let config =
+            load_toml("[[streams]]\nname = \"temps\"\nkind = \"bound\"\nfilter = \"sensors/+/temp\"\npartitions = 3\n")
+                .unwrap();
+        assert_eq!(config.streams[0].partitions, 3);
+        let error = load_toml("[[streams]]\nname = \"t\"\nkind = \"bound\"\n").unwrap_err().to_string();
+        assert!(error.contains("streams[0]"), "{error}");
     }
 
     #[test]

@@ -4,11 +4,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use bytes::Bytes;
 use metrics_exporter_prometheus::PrometheusHandle;
+use serde_json::{Value, json};
+use tidewater_actors::NodeContext;
+use tidewater_actors::stream::def::StreamDef;
+use tidewater_actors::stream::registry::{Stream, StreamError};
 use tokio::sync::watch;
 
 /// What the HTTP handlers read.
@@ -18,11 +23,18 @@ pub struct HttpState {
     pub metrics: PrometheusHandle,
     /// True once every listener is bound.
     pub ready: Arc<AtomicBool>,
+    /// The node.
+    pub ctx: NodeContext,
 }
 
 /// The HTTP routes.
 pub fn router(state: HttpState) -> Router {
-    Router::new().route("/health", get(health)).route("/metrics", get(metrics_text)).with_state(state)
+    Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics_text))
+        .route("/api/v1/streams", get(list_streams).post(create_stream))
+        .route("/api/v1/streams/{name}", get(get_stream).delete(delete_stream))
+        .with_state(state)
 }
 
 async fn health(State(state): State<HttpState>) -> impl IntoResponse {
@@ -48,4 +60,60 @@ pub async fn serve(
             let _ = shutdown.changed().await;
         })
         .await
+}
+
+fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
+    (status, axum::Json(json!({ "error": message.to_string() }))).into_response()
+}
+
+fn stream_json(ctx: &NodeContext, stream: &Stream) -> Value {
+    let partitions: Vec<Value> = stream
+        .partitions
+        .iter()
+        .map(|p| {
+            let offsets = ctx.log_store.offsets(&p.id).unwrap_or_default();
+            json!({
+                "partition": p.id.partition,
+                "log_start_offset": offsets.log_start,
+                "log_end_offset": offsets.log_end,
+                "high_watermark": offsets.high_watermark,
+            })
+        })
+        .collect();
+    let mut value = serde_json::to_value(&stream.def).unwrap_or(Value::Null);
+    value["partition_offsets"] = Value::Array(partitions);
+    value
+}
+
+async fn list_streams(State(state): State<HttpState>) -> Response {
+    let streams: Vec<Value> = state.ctx.streams.list().iter().map(|s| stream_json(&state.ctx, s)).collect();
+    axum::Json(Value::Array(streams)).into_response()
+}
+
+async fn get_stream(State(state): State<HttpState>, Path(name): Path<String>) -> Response {
+    match state.ctx.streams.get(&name) {
+        Some(stream) => axum::Json(stream_json(&state.ctx, &stream)).into_response(),
+        None => error(StatusCode::NOT_FOUND, format!("stream {name} does not exist")),
+    }
+}
+
+async fn create_stream(State(state): State<HttpState>, body: Bytes) -> Response {
+    let def: StreamDef = match serde_json::from_slice(&body) {
+        Ok(def) => def,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid stream definition: {e}")),
+    };
+    match state.ctx.streams.create(def).await {
+        Ok(stream) => (StatusCode::CREATED, axum::Json(stream_json(&state.ctx, &stream))).into_response(),
+        Err(e @ StreamError::Exists(_)) => error(StatusCode::CONFLICT, e),
+        Err(e @ StreamError::Invalid(_)) => error(StatusCode::BAD_REQUEST, e),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+}
+
+async fn delete_stream(State(state): State<HttpState>, Path(name): Path<String>) -> Response {
+    match state.ctx.streams.delete(&name).await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e @ StreamError::Unknown(_)) => error(StatusCode::NOT_FOUND, e),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
 }

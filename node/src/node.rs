@@ -45,7 +45,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let retained = ctx.router.load_retained().context("cannot load retained messages")?;
     let sessions = ctx.sessions.restore(&ctx).await.context("cannot load persistent sessions")?;
-    tracing::info!(retained, sessions, data_dir = %config.data_dir.display(), "storage opened");
+    let streams = ctx.streams.restore(&config.streams).await.context("cannot start streams")?;
+    tracing::info!(retained, sessions, streams, data_dir = %config.data_dir.display(), "storage opened");
     if config.auth.allow_anonymous {
         tracing::warn!("anonymous access is on: clients without a username may connect (auth.allow_anonymous)");
     }
@@ -64,7 +65,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen for HTTP on {}", config.listeners.http))?;
     tracing::info!(addr = %http_listener.local_addr()?, "http listening");
-    let http_state = HttpState { metrics, ready: Arc::clone(&ready) };
+    let http_state = HttpState { metrics, ready: Arc::clone(&ready), ctx: ctx.clone() };
     let http_task = tokio::spawn(http::serve(http_listener, http_state, shutdown_rx.clone()));
     tracing::info!(
         kafka = %config.listeners.kafka,
@@ -72,6 +73,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         gossip = %config.listeners.gossip,
         "kafka, rpc and gossip listeners are not served yet by this build"
     );
+
+    let retention_task = tokio::spawn(run_retention(
+        ctx.clone(),
+        Duration::from_millis(config.kafka.retention_check_ms),
+        shutdown_rx.clone(),
+    ));
 
     ready.store(true, Ordering::Release);
     tracing::info!(node_id = config.node_id, "tidewater node ready");
@@ -84,6 +91,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     ctx.sessions.shutdown().await;
     state_store.sync().context("cannot flush storage")?;
     let _ = tokio::time::timeout(Duration::from_secs(2), http_task).await;
+    retention_task.abort();
     tracing::info!("stopped");
     Ok(())
 }
@@ -101,5 +109,17 @@ async fn wait_for_signal() {
         biased;
         _ = tokio::signal::ctrl_c() => {}
         _ = terminate.recv() => {}
+    }
+}
+
+/// Applies stream retention every `period` until shutdown.
+async fn run_retention(ctx: NodeContext, period: Duration, mut shutdown: watch::Receiver<bool>) {
+    let mut ticker = tokio::time::interval(period);
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.changed() => break,
+            _ = ticker.tick() => ctx.streams.apply_retention(ctx.now_ms()),
+        }
     }
 }

@@ -24,6 +24,7 @@ use crate::mqtt::persist::{self, LoadedSession, SessionRecord};
 use crate::mqtt::router::SessionHandle;
 use crate::mqtt::session_state::{ConnectionParams, Effect, PersistOp, SessionState, message_from_will};
 use crate::mqtt::topic;
+use crate::stream::partition::DurableNotice;
 
 /// What a connection's writer task is sent.
 #[derive(Debug)]
@@ -89,6 +90,13 @@ pub enum SessionMsg {
     ExpiryElapsed(u64),
     /// The node is stopping: close the connection, persist, reply.
     Shutdown(RpcReplyPort<()>),
+    /// A stream append made for one of this session's publishes is durable (or failed).
+    Durable {
+        /// The token given with the append.
+        token: u64,
+        /// Whether the append succeeded.
+        ok: bool,
+    },
 }
 
 /// Spawn arguments of a session.
@@ -127,6 +135,67 @@ pub struct SessionShell {
     identity: Identity,
     /// Whether the session existed before the current connection (CONNACK session present).
     established: bool,
+    /// Acknowledgements held until stream appends are durable, in PUBLISH order.
+    acks: AckGate,
+}
+
+/// Holds PUBACK/PUBREC until the stream appends of their PUBLISH are durable, releasing them
+/// in the order the PUBLISH packets arrived ([MQTT-4.6.0-2]).
+#[derive(Default)]
+struct AckGate {
+    next_token: u64,
+    /// Appends still outstanding per token.
+    outstanding: std::collections::BTreeMap<u64, usize>,
+    /// Tokens whose append failed: their acks are never sent, so the client retries.
+    failed: std::collections::BTreeSet<u64>,
+    /// The token of the PUBLISH routed last, until its ack is emitted.
+    last_route: Option<u64>,
+    deferred: VecDeque<(Option<u64>, Packet)>,
+}
+
+impl AckGate {
+    fn clear(&mut self) {
+        self.outstanding.clear();
+        self.failed.clear();
+        self.last_route = None;
+        self.deferred.clear();
+    }
+
+    /// Returns the packet back if it can be written now.
+    fn gate(&mut self, packet: Packet) -> Option<Packet> {
+        let is_ack = matches!(packet, Packet::PubAck(_) | Packet::PubRec(_));
+        if !is_ack || (self.last_route.is_none() && self.deferred.is_empty()) {
+            self.last_route = None;
+            return Some(packet);
+        }
+        self.deferred.push_back((self.last_route.take(), packet));
+        None
+    }
+
+    /// Records a durable (or failed) append; returns the acks now releasable, in order.
+    fn durable(&mut self, token: u64, ok: bool) -> Vec<Packet> {
+        if let Some(left) = self.outstanding.get_mut(&token) {
+            *left -= 1;
+            if !ok {
+                self.failed.insert(token);
+            }
+            if *left == 0 {
+                self.outstanding.remove(&token);
+            }
+        }
+        let mut ready = Vec::new();
+        while let Some((token, _)) = self.deferred.front() {
+            if token.is_some_and(|t| self.outstanding.contains_key(&t)) {
+                break;
+            }
+            let (token, packet) = self.deferred.pop_front().expect("front exists");
+            if token.is_some_and(|t| self.failed.remove(&t)) {
+                continue;
+            }
+            ready.push(packet);
+        }
+        ready
+    }
 }
 
 impl Actor for MqttSession {
@@ -161,6 +230,7 @@ impl Actor for MqttSession {
             epoch: 0,
             pending_will: None,
             established: elapsed_secs.is_some(),
+            acks: AckGate::default(),
         };
         if let Some(elapsed_secs) = elapsed_secs {
             shell.schedule_expiry(&myself, elapsed_secs);
@@ -235,6 +305,15 @@ impl Actor for MqttSession {
                     shell.end_session(&myself).await;
                 }
             }
+            SessionMsg::Durable { token, ok } => {
+                if !ok {
+                    tracing::warn!(client_id = %shell.state.client_id(), "stream append failed; acknowledgement withheld");
+                }
+                for packet in shell.acks.durable(token, ok) {
+                    shell.write(packet);
+                }
+                shell.flush(&myself);
+            }
             SessionMsg::Shutdown(reply) => {
                 if shell.io.is_some() {
                     shell.write(Packet::Disconnect(disconnect(DisconnectReasonCode::ServerShuttingDown)));
@@ -280,6 +359,7 @@ impl SessionShell {
         }
         self.epoch += 1;
         self.pending_will = None;
+        self.acks.clear();
         let session_present = !request.clean_start && self.established;
         if request.clean_start {
             let effects = self.state.reset();
@@ -356,9 +436,26 @@ impl SessionShell {
     fn apply_one(&mut self, effect: Effect) -> Vec<Effect> {
         let now = self.ctx.now_ms();
         match effect {
-            Effect::Send(packet) => self.write(packet),
+            Effect::Send(packet) => {
+                if let Some(packet) = self.acks.gate(packet) {
+                    self.write(packet);
+                }
+            }
             Effect::Route(message) => {
                 metrics::counter!(names::MQTT_MESSAGES_RECEIVED, "qos" => qos_label(message.qos)).increment(1);
+                let token = self.acks.next_token;
+                let session = self.handle.actor.clone();
+                let wants_ack = message.qos > 0;
+                let appends = self
+                    .ctx
+                    .streams
+                    .ingest_mqtt(&message, || wants_ack.then(|| DurableNotice { session: session.clone(), token }));
+                self.acks.last_route = None;
+                if appends > 0 && wants_ack {
+                    self.acks.next_token += 1;
+                    self.acks.outstanding.insert(token, appends);
+                    self.acks.last_route = Some(token);
+                }
                 self.ctx.router.publish(message);
             }
             Effect::Subscribed { raw_filter, options, is_new } => {
@@ -474,6 +571,7 @@ impl SessionShell {
             }
         }
         let will = if with_will { self.state.will().cloned() } else { None };
+        self.acks.clear();
         self.state.detach();
         self.handle.online.store(false, Ordering::Relaxed);
         self.epoch += 1;

@@ -121,7 +121,9 @@ impl StreamDef {
                 let parsed = topic::parse_filter(filter)
                     .map_err(|e| StreamDefError::InvalidFilter(format!("invalid filter {filter:?}: {e}")))?;
                 if parsed.share_group.is_some() {
-                    return Err(StreamDefError::InvalidFilter("a stream filter cannot be a shared subscription".into()));
+                    return Err(StreamDefError::InvalidFilter(
+                        "a stream filter cannot be a shared subscription".into(),
+                    ));
                 }
             }
             (StreamKind::Free, Some(_)) => {

@@ -119,7 +119,11 @@ impl Actor for PartitionReplica {
     type State = PartitionState;
     type Arguments = PartitionArgs;
 
-    async fn pre_start(&self, _: ActorRef<PartitionMsg>, args: PartitionArgs) -> Result<PartitionState, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        _: ActorRef<PartitionMsg>,
+        args: PartitionArgs,
+    ) -> Result<PartitionState, ActorProcessingErr> {
         args.store.create_partition(&args.id)?;
         let offsets = args.store.offsets(&args.id)?;
         // a single node commits what it stores: the high watermark is the log end

@@ -1,0 +1,6 @@
+//! Streams: durable, partitioned logs of Kafka record batches, fed by MQTT (bound streams)
+//! or by Kafka producers (free streams).
+
+pub mod def;
+pub mod partition;
+pub mod registry;

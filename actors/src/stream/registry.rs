@@ -1,0 +1,273 @@
+//! The node's streams: their definitions (persisted in the `StateStore`), one
+//! `PartitionReplica` actor per partition, and the filters of bound streams that every
+//! MQTT publish is matched against.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use bytes::Bytes;
+use parking_lot::RwLock;
+use ractor::{Actor, ActorRef};
+use tidewater_storage::{LogStore, PartitionId, StateStore};
+use tokio::sync::watch;
+
+use crate::mqtt::message::Message;
+use crate::mqtt::persist;
+use crate::mqtt::trie::SubscriptionTrie;
+use crate::stream::def::{PartitionStrategy, StreamDef, StreamDefError, StreamKind, partition_hash};
+use crate::stream::partition::{DurableNotice, MqttRecord, PartitionArgs, PartitionMsg, PartitionReplica};
+
+/// Stream definitions: name → [`StreamDef`].
+pub const STREAMS: &str = "streams";
+/// Record batches are cut at about this size.
+const MAX_BATCH_BYTES: usize = 1024 * 1024;
+
+/// Why a stream operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    /// the definition is invalid
+    #[error(transparent)]
+    Invalid(#[from] StreamDefError),
+    /// a stream with that name exists
+    #[error("stream {0} already exists")]
+    Exists(String),
+    /// no stream with that name
+    #[error("stream {0} does not exist")]
+    Unknown(String),
+    /// partitions can only be added
+    #[error("stream {name} has {current} partitions; the new count must be larger")]
+    PartitionsNotIncreased {
+        /// the stream
+        name: String,
+        /// its partition count
+        current: u32,
+    },
+    /// storage failed
+    #[error("storage: {0}")]
+    Storage(String),
+    /// a partition actor could not start
+    #[error("cannot start partition: {0}")]
+    Spawn(String),
+}
+
+/// One partition as readers and writers see it.
+#[derive(Debug, Clone)]
+pub struct PartitionHandle {
+    /// Which partition.
+    pub id: PartitionId,
+    /// Its single writer.
+    pub actor: ActorRef<PartitionMsg>,
+    /// Its high watermark (readers wait on changes for long polls).
+    pub high_watermark: watch::Receiver<i64>,
+}
+
+/// A live stream.
+#[derive(Debug)]
+pub struct Stream {
+    /// Its definition.
+    pub def: StreamDef,
+    /// Its partitions, by index.
+    pub partitions: Vec<PartitionHandle>,
+    round_robin: AtomicU32,
+}
+
+/// The node's streams.
+pub struct StreamRegistry {
+    streams: RwLock<BTreeMap<String, Arc<Stream>>>,
+    bound: RwLock<SubscriptionTrie<String, ()>>,
+    state_store: Arc<dyn StateStore>,
+    log_store: Arc<dyn LogStore>,
+    /// Serialises create/delete/extend so that concurrent admin calls do not interleave.
+    admin: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for StreamRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamRegistry").field("streams", &self.streams.read().len()).finish()
+    }
+}
+
+impl StreamRegistry {
+    /// An empty registry over the node's stores.
+    pub fn new(state_store: Arc<dyn StateStore>, log_store: Arc<dyn LogStore>) -> Self {
+        Self {
+            streams: RwLock::new(BTreeMap::new()),
+            bound: RwLock::new(SubscriptionTrie::default()),
+            state_store,
+            log_store,
+            admin: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Starts the streams stored in the state store, then creates the declared ones that are missing.
+    pub async fn restore(&self, declared: &[StreamDef]) -> Result<usize, StreamError> {
+        let stored = self.state_store.scan_prefix(STREAMS, &[]).map_err(|e| StreamError::Storage(e.to_string()))?;
+        for (_, value) in stored {
+            let def: StreamDef = persist::decode(STREAMS, &value).map_err(|e| StreamError::Storage(e.to_string()))?;
+            self.start(def).await?;
+        }
+        for def in declared {
+            if self.get(&def.name).is_none() {
+                self.create(def.clone()).await?;
+            } else if self.get(&def.name).is_some_and(|s| s.def != *def) {
+                tracing::warn!(stream = %def.name, "declared stream differs from the stored one; the stored one is kept");
+            }
+        }
+        Ok(self.streams.read().len())
+    }
+
+    /// Creates a stream.
+    pub async fn create(&self, def: StreamDef) -> Result<Arc<Stream>, StreamError> {
+        def.validate()?;
+        let _admin = self.admin.lock().await;
+        if self.get(&def.name).is_some() {
+            return Err(StreamError::Exists(def.name));
+        }
+        self.state_store
+            .put(STREAMS, def.name.as_bytes(), &persist::encode(&def))
+            .map_err(|e| StreamError::Storage(e.to_string()))?;
+        tracing::info!(stream = %def.name, kind = ?def.kind, partitions = def.partitions, "stream created");
+        self.start(def).await
+    }
+
+    async fn start(&self, def: StreamDef) -> Result<Arc<Stream>, StreamError> {
+        let mut partitions = Vec::with_capacity(def.partitions as usize);
+        for index in 0..def.partitions {
+            partitions.push(self.start_partition(&def.name, index).await?);
+        }
+        let stream = Arc::new(Stream { def, partitions, round_robin: AtomicU32::new(0) });
+        if let (StreamKind::Bound, Some(filter)) = (stream.def.kind, &stream.def.filter) {
+            self.bound.write().insert(filter, stream.def.name.clone(), ());
+        }
+        self.streams.write().insert(stream.def.name.clone(), Arc::clone(&stream));
+        Ok(stream)
+    }
+
+    async fn start_partition(&self, stream: &str, partition: u32) -> Result<PartitionHandle, StreamError> {
+        let id = PartitionId { stream: stream.to_string(), partition };
+        let (high_watermark, receiver) = watch::channel(0);
+        let args = PartitionArgs {
+            id: id.clone(),
+            store: Arc::clone(&self.log_store),
+            high_watermark,
+            max_batch_bytes: MAX_BATCH_BYTES,
+        };
+        let (actor, _) =
+            Actor::spawn(None, PartitionReplica, args).await.map_err(|e| StreamError::Spawn(e.to_string()))?;
+        Ok(PartitionHandle { id, actor, high_watermark: receiver })
+    }
+
+    /// Deletes a stream and its data.
+    pub async fn delete(&self, name: &str) -> Result<(), StreamError> {
+        let _admin = self.admin.lock().await;
+        let stream = self.streams.write().remove(name).ok_or_else(|| StreamError::Unknown(name.to_string()))?;
+        if let (StreamKind::Bound, Some(filter)) = (stream.def.kind, &stream.def.filter) {
+            self.bound.write().remove(filter, &stream.def.name);
+        }
+        for partition in &stream.partitions {
+            partition.actor.stop(None);
+            self.log_store.delete_partition(&partition.id).map_err(|e| StreamError::Storage(e.to_string()))?;
+        }
+        self.state_store.delete(STREAMS, name.as_bytes()).map_err(|e| StreamError::Storage(e.to_string()))?;
+        tracing::info!(stream = %name, "stream deleted");
+        Ok(())
+    }
+
+    /// Raises a stream's partition count.
+    pub async fn add_partitions(&self, name: &str, count: u32) -> Result<(), StreamError> {
+        let _admin = self.admin.lock().await;
+        let current = self.get(name).ok_or_else(|| StreamError::Unknown(name.to_string()))?;
+        if count <= current.def.partitions {
+            return Err(StreamError::PartitionsNotIncreased {
+                name: name.to_string(),
+                current: current.def.partitions,
+            });
+        }
+        let mut def = current.def.clone();
+        def.partitions = count;
+        def.validate()?;
+        let mut partitions = current.partitions.clone();
+        for index in current.def.partitions..count {
+            partitions.push(self.start_partition(name, index).await?);
+        }
+        self.state_store
+            .put(STREAMS, name.as_bytes(), &persist::encode(&def))
+            .map_err(|e| StreamError::Storage(e.to_string()))?;
+        let stream = Arc::new(Stream { def, partitions, round_robin: AtomicU32::new(0) });
+        self.streams.write().insert(name.to_string(), stream);
+        Ok(())
+    }
+
+    /// A stream by name.
+    pub fn get(&self, name: &str) -> Option<Arc<Stream>> {
+        self.streams.read().get(name).cloned()
+    }
+
+    /// Every stream, by name.
+    pub fn list(&self) -> Vec<Arc<Stream>> {
+        self.streams.read().values().cloned().collect()
+    }
+
+    /// Appends an MQTT message to every bound stream whose filter matches its topic; each
+    /// append that carries `notice` answers it once durable. Returns the number of appends.
+    pub fn ingest_mqtt(&self, message: &Message, notice: impl Fn() -> Option<DurableNotice>) -> usize {
+        let mut names = Vec::new();
+        self.bound.read().for_each_match(&message.topic, |name, _| names.push(name.clone()));
+        if names.is_empty() {
+            return 0;
+        }
+        let record = mqtt_record(message);
+        let mut count = 0;
+        for name in names {
+            let Some(stream) = self.get(&name) else { continue };
+            let index = match stream.def.partition_strategy {
+                PartitionStrategy::Topic => partition_hash(message.topic.as_bytes()),
+                PartitionStrategy::ClientId => partition_hash(message.publisher.as_bytes()),
+                PartitionStrategy::RoundRobin => stream.round_robin.fetch_add(1, Ordering::Relaxed),
+            } % stream.def.partitions;
+            let partition = &stream.partitions[index as usize];
+            if partition.actor.cast(PartitionMsg::AppendMqtt(record.clone(), notice())).is_ok() {
+                count += 1;
+            }
+        }
+        count
+    }
+
+    /// Applies each stream's retention (called periodically).
+    pub fn apply_retention(&self, now_ms: i64) {
+        for stream in self.list() {
+            if stream.def.retention_ms.is_none() && stream.def.retention_bytes.is_none() {
+                continue;
+            }
+            for partition in &stream.partitions {
+                let _ = partition.actor.cast(PartitionMsg::ApplyRetention {
+                    now_ms,
+                    retention_ms: stream.def.retention_ms,
+                    retention_bytes: stream.def.retention_bytes,
+                });
+            }
+        }
+    }
+}
+
+/// The record an MQTT message becomes: key = topic, value = payload, headers = MQTT metadata.
+pub fn mqtt_record(message: &Message) -> MqttRecord {
+    let mut headers = vec![
+        ("mqtt.qos".to_string(), Bytes::from(message.qos.to_string())),
+        ("mqtt.retain".to_string(), Bytes::from_static(if message.retain { b"true" } else { b"false" })),
+        ("mqtt.client_id".to_string(), Bytes::from(message.publisher.clone())),
+    ];
+    if let Some(content_type) = &message.properties.content_type {
+        headers.push(("mqtt.content_type".to_string(), Bytes::from(content_type.clone())));
+    }
+    for (key, value) in &message.properties.user_properties {
+        headers.push((key.clone(), Bytes::from(value.clone())));
+    }
+    MqttRecord {
+        key: Bytes::from(message.topic.clone()),
+        value: message.payload.clone(),
+        headers: Arc::new(headers),
+        timestamp_ms: message.received_at_ms,
+    }
+}
