@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use tidewater_storage::{LogStore, StateStore};
 
+use crate::kafka::group::GroupRegistry;
+use crate::kafka::producer_ids::ProducerIds;
 use crate::mqtt::auth::Authorizer;
 use crate::mqtt::registry::SessionRegistry;
 use crate::mqtt::router::Router;
@@ -69,14 +71,51 @@ impl MqttSettings {
     }
 }
 
+/// Kafka protocol settings, from the node's configuration.
+#[derive(Debug, Clone)]
+pub struct KafkaSettings {
+    /// Host clients are told to connect to.
+    pub advertised_host: String,
+    /// Port clients are told to connect to.
+    pub advertised_port: i32,
+    /// Create a free stream when a client asks for an unknown topic.
+    pub auto_create_topics: bool,
+    /// Partitions of an auto-created stream.
+    pub default_partitions: u32,
+    /// Largest produce payload per partition (bytes).
+    pub max_message_bytes: usize,
+    /// Delay before the first rebalance of an empty group (ms).
+    pub group_initial_rebalance_delay_ms: u64,
+    /// Names the cluster in the cluster id.
+    pub cluster_name: String,
+}
+
+impl Default for KafkaSettings {
+    fn default() -> Self {
+        Self {
+            advertised_host: "127.0.0.1".to_string(),
+            advertised_port: 9092,
+            auto_create_topics: true,
+            default_partitions: 1,
+            max_message_bytes: 1024 * 1024,
+            group_initial_rebalance_delay_ms: 0,
+            cluster_name: "local".to_string(),
+        }
+    }
+}
+
 /// What a node's actors share.
 pub struct NodeInner {
     /// This node's id.
     pub node_id: u64,
     /// MQTT settings.
     pub mqtt: MqttSettings,
+    /// Kafka settings.
+    pub kafka: KafkaSettings,
     /// Users and ACL.
     pub authorizer: Authorizer,
+    /// Producer ids for idempotent producers.
+    pub producer_ids: ProducerIds,
     /// Keyed state (sessions, retained).
     pub state_store: Arc<dyn StateStore>,
     /// Partition logs.
@@ -93,6 +132,8 @@ pub struct NodeInner {
     pub sessions: SessionRegistry,
     /// Streams and their partitions.
     pub streams: StreamRegistry,
+    /// Consumer groups.
+    pub groups: GroupRegistry,
     /// Open MQTT connections.
     pub connections: AtomicUsize,
 }
@@ -121,6 +162,8 @@ pub struct NodeParts {
     pub node_id: u64,
     /// MQTT settings.
     pub mqtt: MqttSettings,
+    /// Kafka settings.
+    pub kafka: KafkaSettings,
     /// Users and ACL.
     pub authorizer: Authorizer,
     /// Keyed state.
@@ -143,7 +186,9 @@ impl NodeContext {
         Self(Arc::new(NodeInner {
             node_id: parts.node_id,
             mqtt: parts.mqtt,
+            kafka: parts.kafka,
             authorizer: parts.authorizer,
+            producer_ids: ProducerIds::new(Arc::clone(&parts.state_store)),
             state_store: parts.state_store,
             log_store: parts.log_store,
             net: parts.net,
@@ -152,6 +197,7 @@ impl NodeContext {
             router,
             sessions: SessionRegistry::default(),
             streams,
+            groups: GroupRegistry::default(),
             connections: AtomicUsize::new(0),
         }))
     }

@@ -4,9 +4,10 @@
 //! actors share lives in a [`NodeContext`] passed explicitly, never in globals.
 
 pub mod context;
+pub mod kafka;
 pub mod metrics;
 pub mod mqtt;
 pub mod seams;
 pub mod stream;
 
-pub use context::{MqttSettings, NodeContext, NodeParts};
+pub use context::{KafkaSettings, MqttSettings, NodeContext, NodeParts};

@@ -9,11 +9,11 @@ use std::time::Duration;
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
-use tidewater_actors::MqttSettings;
 use tidewater_actors::mqtt::auth::{AclRule, Authorizer, PasswordHash, Permission};
 use tidewater_actors::mqtt::session_state::QueueOverflow;
 use tidewater_actors::mqtt::topic;
 use tidewater_actors::stream::def::StreamDef;
+use tidewater_actors::{KafkaSettings, MqttSettings};
 use tidewater_storage::FsyncPolicy;
 
 /// A configuration that cannot be used; the message names the key.
@@ -314,6 +314,11 @@ impl Config {
         if self.kafka.retention_check_ms == 0 {
             return Err(invalid("kafka.retention_check_ms", "must be at least 1"));
         }
+        if let Some(address) = &self.kafka.advertised_address
+            && !address.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
+        {
+            return Err(invalid("kafka.advertised_address", "must be host:port"));
+        }
         if self.kafka.max_message_bytes < 1024 {
             return Err(invalid("kafka.max_message_bytes", "must be at least 1024"));
         }
@@ -357,6 +362,28 @@ impl Config {
             max_session_expiry: mqtt.max_session_expiry,
             retain_available: mqtt.retain_available,
             connect_timeout: Duration::from_millis(mqtt.connect_timeout_ms),
+        }
+    }
+
+    /// The Kafka settings for the actors.
+    pub fn kafka_settings(&self) -> KafkaSettings {
+        let listen = self.listeners.kafka;
+        let (advertised_host, advertised_port) = match &self.kafka.advertised_address {
+            Some(address) => match address.rsplit_once(':') {
+                Some((host, port)) => (host.to_string(), port.parse().unwrap_or(i32::from(listen.port()))),
+                None => (address.clone(), i32::from(listen.port())),
+            },
+            None if listen.ip().is_unspecified() => ("127.0.0.1".to_string(), i32::from(listen.port())),
+            None => (listen.ip().to_string(), i32::from(listen.port())),
+        };
+        KafkaSettings {
+            advertised_host,
+            advertised_port,
+            auto_create_topics: self.kafka.auto_create_topics,
+            default_partitions: self.kafka.default_partitions,
+            max_message_bytes: self.kafka.max_message_bytes,
+            group_initial_rebalance_delay_ms: self.kafka.group_initial_rebalance_delay_ms,
+            cluster_name: format!("node{}", self.node_id),
         }
     }
 

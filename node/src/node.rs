@@ -33,6 +33,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let ctx = NodeContext::new(NodeParts {
         node_id: config.node_id,
         mqtt: config.mqtt_settings(),
+        kafka: config.kafka_settings(),
         authorizer: config.authorizer(),
         state_store: Arc::clone(&state_store),
         log_store,
@@ -46,7 +47,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let retained = ctx.router.load_retained().context("cannot load retained messages")?;
     let sessions = ctx.sessions.restore(&ctx).await.context("cannot load persistent sessions")?;
     let streams = ctx.streams.restore(&config.streams).await.context("cannot start streams")?;
-    tracing::info!(retained, sessions, streams, data_dir = %config.data_dir.display(), "storage opened");
+    let groups = ctx.groups.restore(&ctx).await;
+    tracing::info!(retained, sessions, streams, groups, data_dir = %config.data_dir.display(), "storage opened");
     if config.auth.allow_anonymous {
         tracing::warn!("anonymous access is on: clients without a username may connect (auth.allow_anonymous)");
     }
@@ -60,6 +62,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mqtt_task =
         tokio::spawn(tidewater_actors::mqtt::connection::run_listener(ctx.clone(), mqtt_listener, shutdown_rx.clone()));
 
+    let kafka_listener = net
+        .bind(config.listeners.kafka)
+        .await
+        .with_context(|| format!("cannot listen for Kafka on {}", config.listeners.kafka))?;
+    tracing::info!(addr = %kafka_listener.local_addr()?, advertised = %format!("{}:{}", ctx.kafka.advertised_host, ctx.kafka.advertised_port), "kafka listening");
+    let kafka_task =
+        tokio::spawn(tidewater_actors::kafka::server::run_listener(ctx.clone(), kafka_listener, shutdown_rx.clone()));
+
     let ready = Arc::new(AtomicBool::new(false));
     let http_listener = tokio::net::TcpListener::bind(config.listeners.http)
         .await
@@ -68,10 +78,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let http_state = HttpState { metrics, ready: Arc::clone(&ready), ctx: ctx.clone() };
     let http_task = tokio::spawn(http::serve(http_listener, http_state, shutdown_rx.clone()));
     tracing::info!(
-        kafka = %config.listeners.kafka,
         rpc = %config.listeners.rpc,
         gossip = %config.listeners.gossip,
-        "kafka, rpc and gossip listeners are not served yet by this build"
+        "rpc and gossip listeners are not served yet: this build runs a single node"
     );
 
     let retention_task = tokio::spawn(run_retention(
@@ -88,6 +97,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     ready.store(false, Ordering::Release);
     let _ = shutdown_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(2), mqtt_task).await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), kafka_task).await;
     ctx.sessions.shutdown().await;
     state_store.sync().context("cannot flush storage")?;
     let _ = tokio::time::timeout(Duration::from_secs(2), http_task).await;

@@ -1,0 +1,42 @@
+//! The Kafka error codes this server answers with (Kafka's `Errors.java`).
+
+/// No error.
+pub const NONE: i16 = 0;
+/// The requested offset is not within the range of offsets held.
+pub const OFFSET_OUT_OF_RANGE: i16 = 1;
+/// The message failed its CRC check or is otherwise corrupt.
+pub const CORRUPT_MESSAGE: i16 = 2;
+/// This server does not host this topic-partition.
+pub const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
+/// The request included a message larger than the maximum the server accepts.
+pub const MESSAGE_TOO_LARGE: i16 = 10;
+/// The coordinator is loading or not available.
+pub const COORDINATOR_NOT_AVAILABLE: i16 = 15;
+/// The topic name is invalid.
+pub const INVALID_TOPIC_EXCEPTION: i16 = 17;
+/// Not authorized to access this topic (here: a produce to a bound, read-only stream).
+pub const TOPIC_AUTHORIZATION_FAILED: i16 = 29;
+/// The version of the API is not supported.
+pub const UNSUPPORTED_VERSION: i16 = 35;
+/// A topic with this name already exists.
+pub const TOPIC_ALREADY_EXISTS: i16 = 36;
+/// The number of partitions is invalid.
+pub const INVALID_PARTITIONS: i16 = 37;
+/// The replication factor is invalid.
+pub const INVALID_REPLICATION_FACTOR: i16 = 38;
+/// The configuration is invalid.
+pub const INVALID_CONFIG: i16 = 40;
+/// The request is malformed or not supported.
+pub const INVALID_REQUEST: i16 = 42;
+/// The broker received an out of order sequence number.
+pub const OUT_OF_ORDER_SEQUENCE_NUMBER: i16 = 45;
+/// The producer attempted to use an epoch older than the current one.
+pub const INVALID_PRODUCER_EPOCH: i16 = 47;
+/// Transactions are not supported by this server.
+pub const TRANSACTIONAL_ID_AUTHORIZATION_FAILED: i16 = 53;
+/// Disk error when trying to access the log.
+pub const KAFKA_STORAGE_ERROR: i16 = 56;
+/// The group id does not exist.
+pub const GROUP_ID_NOT_FOUND: i16 = 69;
+/// An unexpected server error.
+pub const UNKNOWN_SERVER_ERROR: i16 = -1;

@@ -1,0 +1,160 @@
+//! Fetch and ListOffsets: consumers reading streams.
+//!
+//! Reads go straight to the `LogStore` (no actor hop) and hand back the stored batch bytes;
+//! a long poll waits on the partitions' high-watermark watches until `min_bytes` are there
+//! or `max_wait_ms` passes.
+
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::messages::fetch_response::{FetchResponse, FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::list_offsets_response::{
+    ListOffsetsPartitionResponse, ListOffsetsResponse, ListOffsetsTopicResponse,
+};
+use kafka_protocol::messages::{BrokerId, FetchRequest, ListOffsetsRequest};
+use tokio::sync::watch;
+
+use crate::context::NodeContext;
+use crate::kafka::codes;
+
+const LATEST: i64 = -1;
+const EARLIEST: i64 = -2;
+const MAX_TIMESTAMP: i64 = -3;
+
+/// Answers Fetch, waiting up to `max_wait_ms` for `min_bytes`.
+pub async fn fetch(ctx: &NodeContext, request: FetchRequest, version: i16) -> FetchResponse {
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(request.max_wait_ms.max(0) as u64);
+    let min_bytes = request.min_bytes.max(0) as usize;
+    loop {
+        let (response, bytes, mut watches) = read_once(ctx, &request, version);
+        let now = tokio::time::Instant::now();
+        if bytes >= min_bytes.max(1) || now >= deadline || watches.is_empty() {
+            return response;
+        }
+        // wait for any partition's high watermark to move, or the deadline
+        let changed = futures::future::select_all(watches.iter_mut().map(|w| Box::pin(w.changed())));
+        if tokio::time::timeout_at(deadline, changed).await.is_err() {
+            return read_once(ctx, &request, version).0;
+        }
+    }
+}
+
+fn read_once(
+    ctx: &NodeContext,
+    request: &FetchRequest,
+    version: i16,
+) -> (FetchResponse, usize, Vec<watch::Receiver<i64>>) {
+    let mut total = 0usize;
+    let max_total = if request.max_bytes > 0 { request.max_bytes as usize } else { usize::MAX };
+    let mut watches = Vec::new();
+    let mut responses = Vec::with_capacity(request.topics.len());
+    for topic in &request.topics {
+        let stream = ctx.streams.get(topic.topic.0.as_str());
+        let mut partitions = Vec::with_capacity(topic.partitions.len());
+        for wanted in &topic.partitions {
+            let index = wanted.partition;
+            let data = PartitionData::default()
+                .with_partition_index(index)
+                .with_high_watermark(-1)
+                .with_last_stable_offset(-1)
+                .with_preferred_read_replica(BrokerId(-1));
+            let Some(partition) =
+                stream.as_ref().and_then(|s| usize::try_from(index).ok().and_then(|i| s.partitions.get(i)))
+            else {
+                partitions.push(data.with_error_code(codes::UNKNOWN_TOPIC_OR_PARTITION));
+                continue;
+            };
+            // mark the watch as seen before reading, so an append after the read wakes the poll
+            let mut watch = partition.high_watermark.clone();
+            watch.borrow_and_update();
+            let offsets = match ctx.log_store.offsets(&partition.id) {
+                Ok(offsets) => offsets,
+                Err(_) => {
+                    partitions.push(data.with_error_code(codes::KAFKA_STORAGE_ERROR));
+                    continue;
+                }
+            };
+            let high_watermark = offsets.high_watermark;
+            let mut data = data.with_high_watermark(high_watermark).with_last_stable_offset(high_watermark);
+            if version >= 5 {
+                data = data.with_log_start_offset(offsets.log_start);
+            }
+            let offset = wanted.fetch_offset;
+            if offset < offsets.log_start || offset > high_watermark {
+                partitions.push(data.with_error_code(codes::OFFSET_OUT_OF_RANGE));
+                continue;
+            }
+            watches.push(watch);
+            let budget = (wanted.partition_max_bytes.max(0) as usize).min(max_total.saturating_sub(total));
+            if offset == high_watermark || (budget == 0 && total > 0) {
+                partitions.push(data.with_records(Some(Bytes::new())));
+                continue;
+            }
+            match ctx.log_store.read(&partition.id, offset, budget.max(1), high_watermark) {
+                Ok(batches) => {
+                    let records = match batches.len() {
+                        0 => Bytes::new(),
+                        1 => batches.into_iter().next().map(|b| b.bytes).unwrap_or_default(),
+                        _ => {
+                            let mut joined = BytesMut::with_capacity(batches.iter().map(|b| b.bytes.len()).sum());
+                            batches.iter().for_each(|b| joined.extend_from_slice(&b.bytes));
+                            joined.freeze()
+                        }
+                    };
+                    total += records.len();
+                    partitions.push(data.with_records(Some(records)));
+                }
+                Err(_) => partitions.push(data.with_error_code(codes::OFFSET_OUT_OF_RANGE)),
+            }
+        }
+        responses.push(FetchableTopicResponse::default().with_topic(topic.topic.clone()).with_partitions(partitions));
+    }
+    // session id 0 (v7+ field; 0 is also its default): no incremental fetch sessions, clients send full fetches (KIP-227)
+    (FetchResponse::default().with_session_id(0).with_responses(responses), total, watches)
+}
+
+/// Answers ListOffsets (v1+): earliest, latest, or the first offset at or after a timestamp.
+pub fn list_offsets(ctx: &NodeContext, request: ListOffsetsRequest, version: i16) -> ListOffsetsResponse {
+    let topics = request
+        .topics
+        .into_iter()
+        .map(|topic| {
+            let stream = ctx.streams.get(topic.name.0.as_str());
+            let partitions = topic
+                .partitions
+                .into_iter()
+                .map(|wanted| {
+                    let index = wanted.partition_index;
+                    let mut base = ListOffsetsPartitionResponse::default()
+                        .with_partition_index(index)
+                        .with_timestamp(-1)
+                        .with_offset(-1);
+                    if version >= 4 {
+                        base = base.with_leader_epoch(0);
+                    }
+                    let Some(partition) =
+                        stream.as_ref().and_then(|s| usize::try_from(index).ok().and_then(|i| s.partitions.get(i)))
+                    else {
+                        return base.with_error_code(codes::UNKNOWN_TOPIC_OR_PARTITION);
+                    };
+                    let Ok(offsets) = ctx.log_store.offsets(&partition.id) else {
+                        return base.with_error_code(codes::KAFKA_STORAGE_ERROR);
+                    };
+                    match wanted.timestamp {
+                        EARLIEST => base.with_offset(offsets.log_start),
+                        LATEST | MAX_TIMESTAMP => base.with_offset(offsets.high_watermark),
+                        timestamp => match ctx.log_store.offset_for_timestamp(&partition.id, timestamp) {
+                            Ok(Some(offset)) if offset < offsets.high_watermark => {
+                                base.with_offset(offset).with_timestamp(timestamp)
+                            }
+                            Ok(_) => base,
+                            Err(_) => base.with_error_code(codes::KAFKA_STORAGE_ERROR),
+                        },
+                    }
+                })
+                .collect();
+            ListOffsetsTopicResponse::default().with_name(topic.name).with_partitions(partitions)
+        })
+        .collect();
+    ListOffsetsResponse::default().with_topics(topics)
+}

@@ -1,0 +1,169 @@
+//! Metadata, DescribeCluster and DescribeConfigs: what the cluster and its streams look like.
+
+use kafka_protocol::messages::describe_cluster_response::{DescribeClusterBroker, DescribeClusterResponse};
+use kafka_protocol::messages::describe_configs_response::{
+    DescribeConfigsResourceResult, DescribeConfigsResponse, DescribeConfigsResult,
+};
+use kafka_protocol::messages::metadata_response::{
+    MetadataResponse, MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
+};
+use kafka_protocol::messages::{BrokerId, DescribeClusterRequest, DescribeConfigsRequest, MetadataRequest, TopicName};
+use kafka_protocol::protocol::StrBytes;
+
+use crate::context::NodeContext;
+use crate::kafka::codes;
+use crate::stream::def::{StreamDef, StreamKind, valid_name};
+use crate::stream::registry::Stream;
+
+fn s(value: impl Into<String>) -> StrBytes {
+    StrBytes::from_string(value.into())
+}
+
+/// The cluster id clients see.
+pub fn cluster_id(ctx: &NodeContext) -> StrBytes {
+    s(format!("tidewater-{}", ctx.kafka.cluster_name))
+}
+
+fn broker(ctx: &NodeContext) -> MetadataResponseBroker {
+    MetadataResponseBroker::default()
+        .with_node_id(BrokerId(ctx.node_id as i32))
+        .with_host(s(ctx.kafka.advertised_host.clone()))
+        .with_port(ctx.kafka.advertised_port)
+}
+
+fn topic_entry(ctx: &NodeContext, stream: &Stream, version: i16) -> MetadataResponseTopic {
+    let leader = BrokerId(ctx.node_id as i32);
+    let partitions = (0..stream.def.partitions as i32)
+        .map(|index| {
+            let partition = MetadataResponsePartition::default()
+                .with_partition_index(index)
+                .with_leader_id(leader)
+                .with_replica_nodes(vec![leader])
+                .with_isr_nodes(vec![leader]);
+            if version >= 7 { partition.with_leader_epoch(0) } else { partition }
+        })
+        .collect();
+    MetadataResponseTopic::default()
+        .with_name(Some(TopicName(s(stream.def.name.clone()))))
+        .with_partitions(partitions)
+        .with_topic_authorized_operations(i32::MIN)
+}
+
+/// Answers Metadata, auto-creating unknown topics as free streams when allowed.
+pub async fn metadata(ctx: &NodeContext, request: MetadataRequest, version: i16) -> MetadataResponse {
+    let mut topics = Vec::new();
+    // v0: an empty list means all topics; v1+: null means all, empty means none
+    let requested: Option<Vec<String>> = match request.topics {
+        None => None,
+        Some(list) if list.is_empty() && version == 0 => None,
+        Some(list) => Some(list.into_iter().filter_map(|t| t.name.map(|n| n.0.to_string())).collect()),
+    };
+    match requested {
+        None => topics.extend(ctx.streams.list().iter().map(|stream| topic_entry(ctx, stream, version))),
+        Some(names) => {
+            let auto_create = ctx.kafka.auto_create_topics && (version < 4 || request.allow_auto_topic_creation);
+            for name in names {
+                let error_topic = |code| {
+                    MetadataResponseTopic::default().with_name(Some(TopicName(s(name.clone())))).with_error_code(code)
+                };
+                if let Some(stream) = ctx.streams.get(&name) {
+                    topics.push(topic_entry(ctx, &stream, version));
+                } else if !valid_name(&name) {
+                    topics.push(error_topic(codes::INVALID_TOPIC_EXCEPTION));
+                } else if auto_create {
+                    match ctx.streams.create(StreamDef::free(&name, ctx.kafka.default_partitions)).await {
+                        Ok(stream) => topics.push(topic_entry(ctx, &stream, version)),
+                        Err(_) => match ctx.streams.get(&name) {
+                            // created concurrently by another request
+                            Some(stream) => topics.push(topic_entry(ctx, &stream, version)),
+                            None => topics.push(error_topic(codes::UNKNOWN_TOPIC_OR_PARTITION)),
+                        },
+                    }
+                } else {
+                    topics.push(error_topic(codes::UNKNOWN_TOPIC_OR_PARTITION));
+                }
+            }
+        }
+    }
+    MetadataResponse::default()
+        .with_brokers(vec![broker(ctx)])
+        .with_cluster_id(Some(cluster_id(ctx)))
+        .with_controller_id(BrokerId(ctx.node_id as i32))
+        .with_topics(topics)
+        .with_cluster_authorized_operations(i32::MIN)
+}
+
+/// Answers DescribeCluster.
+pub fn describe_cluster(ctx: &NodeContext, _request: DescribeClusterRequest) -> DescribeClusterResponse {
+    DescribeClusterResponse::default()
+        .with_cluster_id(cluster_id(ctx))
+        .with_controller_id(BrokerId(ctx.node_id as i32))
+        .with_brokers(vec![
+            DescribeClusterBroker::default()
+                .with_broker_id(BrokerId(ctx.node_id as i32))
+                .with_host(s(ctx.kafka.advertised_host.clone()))
+                .with_port(ctx.kafka.advertised_port),
+        ])
+        .with_cluster_authorized_operations(i32::MIN)
+}
+
+const TOPIC_RESOURCE: i8 = 2;
+const BROKER_RESOURCE: i8 = 4;
+
+/// The Kafka topic configs a stream answers with.
+pub fn topic_configs(ctx: &NodeContext, def: &StreamDef) -> Vec<(&'static str, String)> {
+    vec![
+        ("cleanup.policy", "delete".to_string()),
+        ("retention.ms", def.retention_ms.unwrap_or(-1).to_string()),
+        ("retention.bytes", def.retention_bytes.map_or(-1, |b| b as i64).to_string()),
+        ("max.message.bytes", ctx.kafka.max_message_bytes.to_string()),
+        ("message.timestamp.type", "CreateTime".to_string()),
+        ("tidewater.stream.kind", if def.kind == StreamKind::Bound { "bound" } else { "free" }.to_string()),
+        ("tidewater.mqtt.filter", def.filter.clone().unwrap_or_default()),
+    ]
+}
+
+/// Answers DescribeConfigs for topics (streams) and this broker.
+pub fn describe_configs(ctx: &NodeContext, request: DescribeConfigsRequest) -> DescribeConfigsResponse {
+    let results = request
+        .resources
+        .into_iter()
+        .map(|resource| {
+            let name = resource.resource_name.to_string();
+            let wanted: Option<Vec<String>> =
+                resource.configuration_keys.map(|keys| keys.iter().map(|k| k.to_string()).collect());
+            let (error_code, configs) = match resource.resource_type {
+                TOPIC_RESOURCE => match ctx.streams.get(&name) {
+                    Some(stream) => (codes::NONE, topic_configs(ctx, &stream.def)),
+                    None => (codes::UNKNOWN_TOPIC_OR_PARTITION, Vec::new()),
+                },
+                BROKER_RESOURCE => (
+                    codes::NONE,
+                    vec![
+                        ("auto.create.topics.enable", ctx.kafka.auto_create_topics.to_string()),
+                        ("num.partitions", ctx.kafka.default_partitions.to_string()),
+                        ("message.max.bytes", ctx.kafka.max_message_bytes.to_string()),
+                    ],
+                ),
+                _ => (codes::INVALID_REQUEST, Vec::new()),
+            };
+            let configs = configs
+                .into_iter()
+                .filter(|(key, _)| wanted.as_ref().is_none_or(|w| w.iter().any(|k| k == key)))
+                .map(|(key, value)| {
+                    DescribeConfigsResourceResult::default()
+                        .with_name(s(key))
+                        .with_value(Some(s(value)))
+                        .with_read_only(false)
+                        .with_config_source(5) // DEFAULT_CONFIG
+                })
+                .collect();
+            DescribeConfigsResult::default()
+                .with_error_code(error_code)
+                .with_resource_type(resource.resource_type)
+                .with_resource_name(resource.resource_name)
+                .with_configs(configs)
+        })
+        .collect();
+    DescribeConfigsResponse::default().with_results(results)
+}

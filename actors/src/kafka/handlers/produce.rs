@@ -1,0 +1,139 @@
+//! Produce and InitProducerId: Kafka producers writing free streams.
+
+use bytes::Bytes;
+use kafka_protocol::messages::produce_response::{PartitionProduceResponse, ProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::{InitProducerIdRequest, InitProducerIdResponse, ProduceRequest, ProducerId};
+use kafka_protocol::protocol::StrBytes;
+use ractor::call_t;
+use tidewater_storage::split_batches;
+
+use crate::context::NodeContext;
+use crate::kafka::codes;
+use crate::stream::def::StreamKind;
+use crate::stream::partition::{PartitionMsg, ProduceError};
+
+const APPEND_TIMEOUT_MS: u64 = 30_000;
+
+/// Answers Produce (v3+; older versions are refused before this).
+pub async fn produce(ctx: &NodeContext, request: ProduceRequest, version: i16) -> ProduceResponse {
+    let mut responses = Vec::with_capacity(request.topic_data.len());
+    for topic in request.topic_data {
+        let name = topic.name.0.to_string();
+        let stream = ctx.streams.get(&name);
+        let mut partition_responses = Vec::with_capacity(topic.partition_data.len());
+        for data in topic.partition_data {
+            let index = data.index;
+            let reply = |code: i16, message: Option<String>| {
+                let response =
+                    PartitionProduceResponse::default().with_index(index).with_error_code(code).with_base_offset(-1);
+                // the error message field exists from v8
+                if version >= 8 { response.with_error_message(message.map(StrBytes::from_string)) } else { response }
+            };
+            let Some(stream) = &stream else {
+                partition_responses.push(reply(codes::UNKNOWN_TOPIC_OR_PARTITION, None));
+                continue;
+            };
+            if stream.def.kind == StreamKind::Bound {
+                let filter = stream.def.filter.clone().unwrap_or_default();
+                partition_responses.push(reply(
+                    codes::TOPIC_AUTHORIZATION_FAILED,
+                    Some(format!(
+                        "stream {name} is bound to the MQTT filter {filter}: it is written by MQTT publishes and \
+                         Kafka clients may only read it"
+                    )),
+                ));
+                continue;
+            }
+            let Some(partition) = usize::try_from(index).ok().and_then(|i| stream.partitions.get(i)) else {
+                partition_responses.push(reply(codes::UNKNOWN_TOPIC_OR_PARTITION, None));
+                continue;
+            };
+            let records = data.records.unwrap_or_default();
+            if records.len() > ctx.kafka.max_message_bytes {
+                partition_responses.push(reply(
+                    codes::MESSAGE_TOO_LARGE,
+                    Some(format!("{} bytes exceed max.message.bytes {}", records.len(), ctx.kafka.max_message_bytes)),
+                ));
+                continue;
+            }
+            let batches = match split_batches(&records) {
+                Ok(batches) if !batches.is_empty() => batches,
+                Ok(_) => {
+                    partition_responses.push(reply(codes::CORRUPT_MESSAGE, Some("no record batch".to_string())));
+                    continue;
+                }
+                Err(error) => {
+                    partition_responses.push(reply(codes::CORRUPT_MESSAGE, Some(error.to_string())));
+                    continue;
+                }
+            };
+            let mut base_offset = None;
+            let mut failure = None;
+            for batch in batches {
+                match append(&partition.actor, batch).await {
+                    Ok(offset) => {
+                        base_offset.get_or_insert(offset);
+                    }
+                    Err(error) => {
+                        failure = Some(error);
+                        break;
+                    }
+                }
+            }
+            let response = match failure {
+                Some((code, message)) => reply(code, Some(message)),
+                None => {
+                    let offsets = ctx.log_store.offsets(&partition.id).unwrap_or_default();
+                    let response = reply(codes::NONE, None).with_base_offset(base_offset.unwrap_or(-1));
+                    if version >= 5 { response.with_log_start_offset(offsets.log_start) } else { response }
+                }
+            };
+            partition_responses.push(response);
+        }
+        responses
+            .push(TopicProduceResponse::default().with_name(topic.name).with_partition_responses(partition_responses));
+    }
+    ProduceResponse::default().with_responses(responses)
+}
+
+async fn append(actor: &ractor::ActorRef<PartitionMsg>, batch: Bytes) -> Result<i64, (i16, String)> {
+    match call_t!(actor, PartitionMsg::AppendBatch, APPEND_TIMEOUT_MS, batch) {
+        Ok(Ok(produced)) => Ok(produced.base_offset),
+        Ok(Err(error)) => Err((
+            match error {
+                ProduceError::Corrupt(_) => codes::CORRUPT_MESSAGE,
+                ProduceError::OutOfOrderSequence => codes::OUT_OF_ORDER_SEQUENCE_NUMBER,
+                ProduceError::InvalidProducerEpoch => codes::INVALID_PRODUCER_EPOCH,
+                ProduceError::Storage(_) => codes::KAFKA_STORAGE_ERROR,
+            },
+            error.to_string(),
+        )),
+        Err(error) => Err((codes::KAFKA_STORAGE_ERROR, format!("partition did not answer: {error}"))),
+    }
+}
+
+/// Answers InitProducerId: a fresh producer id, or the next epoch of a known one.
+pub fn init_producer_id(ctx: &NodeContext, request: InitProducerIdRequest) -> InitProducerIdResponse {
+    if request.transactional_id.is_some() {
+        return InitProducerIdResponse::default()
+            .with_error_code(codes::TRANSACTIONAL_ID_AUTHORIZATION_FAILED)
+            .with_producer_id(ProducerId(-1))
+            .with_producer_epoch(-1);
+    }
+    // KIP-360: a producer that already has an id may bump its epoch instead of getting a new id
+    if request.producer_id.0 >= 0 && request.producer_epoch >= 0 && request.producer_epoch < i16::MAX {
+        return InitProducerIdResponse::default()
+            .with_producer_id(request.producer_id)
+            .with_producer_epoch(request.producer_epoch + 1);
+    }
+    match ctx.producer_ids.next() {
+        Ok(id) => InitProducerIdResponse::default().with_producer_id(ProducerId(id)).with_producer_epoch(0),
+        Err(error) => {
+            tracing::error!(%error, "cannot allocate a producer id");
+            InitProducerIdResponse::default()
+                .with_error_code(codes::KAFKA_STORAGE_ERROR)
+                .with_producer_id(ProducerId(-1))
+                .with_producer_epoch(-1)
+        }
+    }
+}

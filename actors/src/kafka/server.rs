@@ -1,0 +1,177 @@
+//! The Kafka listener and the `KafkaConnection` actor.
+//!
+//! A reader task splits frames off the socket and casts them to the connection's actor; the
+//! actor handles them one at a time, in order, and writes each response before taking the
+//! next request — Kafka's own per-connection ordering, which also makes pipelined requests
+//! come back in request order. A semaphore bounds how many frames the reader runs ahead.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, WriteHalf};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+
+use crate::context::NodeContext;
+use crate::kafka::handlers;
+use crate::kafka::wire::{self, WireError};
+use crate::seams::{Connection, Listener};
+
+/// Frames the reader may queue ahead of the actor.
+const READ_AHEAD: usize = 32;
+/// Frames above this size close the connection (a Kafka request is at most this).
+const MAX_FRAME: usize = 100 * 1024 * 1024;
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Accepts Kafka connections until `shutdown` turns true.
+pub async fn run_listener(ctx: NodeContext, listener: Box<dyn Listener>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.changed() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((connection, peer)) => {
+                    tokio::spawn(serve(ctx.clone(), connection, peer));
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "kafka accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+}
+
+/// Messages of the `KafkaConnection` actor.
+pub enum KafkaConnectionMsg {
+    /// One request frame (without its size prefix).
+    Frame(Bytes, OwnedSemaphorePermit),
+}
+
+/// The `KafkaConnection` actor: one per client connection.
+pub struct KafkaConnection;
+
+/// The actor's state.
+pub struct KafkaConnectionState {
+    ctx: NodeContext,
+    writer: WriteHalf<Box<dyn Connection>>,
+    out: BytesMut,
+    peer: SocketAddr,
+}
+
+impl Actor for KafkaConnection {
+    type Msg = KafkaConnectionMsg;
+    type State = KafkaConnectionState;
+    type Arguments = KafkaConnectionState;
+
+    async fn pre_start(
+        &self,
+        _: ActorRef<KafkaConnectionMsg>,
+        state: KafkaConnectionState,
+    ) -> Result<KafkaConnectionState, ActorProcessingErr> {
+        Ok(state)
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<KafkaConnectionMsg>,
+        message: KafkaConnectionMsg,
+        state: &mut KafkaConnectionState,
+    ) -> Result<(), ActorProcessingErr> {
+        let KafkaConnectionMsg::Frame(frame, permit) = message;
+        let keep_open = state.handle_frame(frame).await;
+        drop(permit);
+        if !keep_open {
+            let _ = state.writer.shutdown().await;
+            myself.stop(None);
+        }
+        Ok(())
+    }
+}
+
+impl KafkaConnectionState {
+    /// Handles one request; returns false when the connection must close.
+    async fn handle_frame(&mut self, frame: Bytes) -> bool {
+        let (api_key, api_version, correlation_id, response) = match wire::decode_request(frame) {
+            Ok(request) => {
+                let (api_key, api_version, correlation_id) =
+                    (request.api_key, request.api_version, request.correlation_id);
+                (
+                    api_key,
+                    api_version,
+                    correlation_id,
+                    handlers::dispatch(&self.ctx, request, &self.peer.ip().to_string()).await,
+                )
+            }
+            Err(WireError::UnsupportedVersion { api_key, api_version, correlation_id })
+            | Err(WireError::UnknownApi { api_key, api_version, correlation_id }) => {
+                tracing::debug!(peer = %self.peer, api_key, api_version, "unsupported kafka request");
+                match wire::error_response(api_key, api_version, crate::kafka::codes::UNSUPPORTED_VERSION) {
+                    Some(response) => (api_key, api_version, correlation_id, handlers::Reply::Send(response)),
+                    None => return false,
+                }
+            }
+            Err(error) => {
+                tracing::debug!(peer = %self.peer, %error, "malformed kafka request; closing");
+                return false;
+            }
+        };
+        let response = match response {
+            handlers::Reply::Send(response) => response,
+            handlers::Reply::None => return true,
+            handlers::Reply::Close => return false,
+        };
+        self.out.clear();
+        if let Err(error) = wire::encode_response(api_key, api_version, correlation_id, &response, &mut self.out) {
+            tracing::warn!(peer = %self.peer, %error, api_key, api_version, "cannot encode kafka response");
+            return false;
+        }
+        matches!(tokio::time::timeout(WRITE_TIMEOUT, self.writer.write_all(&self.out)).await, Ok(Ok(())))
+    }
+}
+
+/// Serves one connection: spawns its actor and feeds it frames.
+pub async fn serve(ctx: NodeContext, connection: Box<dyn Connection>, peer: SocketAddr) {
+    let (mut reader, writer) = tokio::io::split(connection);
+    let state = KafkaConnectionState { ctx, writer, out: BytesMut::with_capacity(64 * 1024), peer };
+    let Ok((actor, mut handle)) = Actor::spawn(None, KafkaConnection, state).await else { return };
+    let mut stopped = false;
+    let permits = Arc::new(Semaphore::new(READ_AHEAD));
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    'read: loop {
+        loop {
+            match wire::read_frame(&mut buf, MAX_FRAME) {
+                Ok(Some(frame)) => {
+                    let Ok(permit) = Arc::clone(&permits).acquire_owned().await else { break 'read };
+                    if actor.cast(KafkaConnectionMsg::Frame(frame, permit)).is_err() {
+                        break 'read;
+                    }
+                }
+                Ok(None) => break,
+                Err(error) => {
+                    tracing::debug!(%peer, %error, "bad kafka frame; closing");
+                    break 'read;
+                }
+            }
+        }
+        tokio::select! {
+            biased;
+            _ = &mut handle => {
+                stopped = true;
+                break;
+            }
+            read = reader.read_buf(&mut buf) => match read {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    }
+    if !stopped {
+        // let the actor answer what it has, then stop it
+        let _ = tokio::time::timeout(WRITE_TIMEOUT, Arc::clone(&permits).acquire_many_owned(READ_AHEAD as u32)).await;
+        actor.stop(None);
+        let _ = handle.await;
+    }
+}
