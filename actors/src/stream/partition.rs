@@ -227,23 +227,24 @@ impl PartitionState {
     fn append_batch(&mut self, batch: Bytes) -> Result<Produced, ProduceError> {
         let header = validate_batch(&batch).map_err(|e| ProduceError::Corrupt(e.to_string()))?;
         let producer_id = header.producer_id;
-        if producer_id >= 0 && header.base_sequence >= 0 {
-            if let Some(producer) = self.producers.get(&producer_id) {
-                if header.producer_epoch < producer.epoch {
-                    return Err(ProduceError::InvalidProducerEpoch);
+        if producer_id >= 0
+            && header.base_sequence >= 0
+            && let Some(producer) = self.producers.get(&producer_id)
+        {
+            if header.producer_epoch < producer.epoch {
+                return Err(ProduceError::InvalidProducerEpoch);
+            }
+            if header.producer_epoch == producer.epoch {
+                if let Some((_, base_offset)) =
+                    producer.recent.iter().find(|(sequence, _)| *sequence == header.base_sequence)
+                {
+                    return Ok(Produced { base_offset: *base_offset, duplicate: true });
                 }
-                if header.producer_epoch == producer.epoch {
-                    if let Some((_, base_offset)) =
-                        producer.recent.iter().find(|(sequence, _)| *sequence == header.base_sequence)
-                    {
-                        return Ok(Produced { base_offset: *base_offset, duplicate: true });
-                    }
-                    if header.base_sequence != producer.last_sequence.wrapping_add(1) {
-                        return Err(ProduceError::OutOfOrderSequence);
-                    }
-                } else if header.base_sequence != 0 {
+                if header.base_sequence != producer.last_sequence.wrapping_add(1) {
                     return Err(ProduceError::OutOfOrderSequence);
                 }
+            } else if header.base_sequence != 0 {
+                return Err(ProduceError::OutOfOrderSequence);
             }
         }
         let appended = self.args.store.append(&self.args.id, 0, batch).map_err(storage_error)?;

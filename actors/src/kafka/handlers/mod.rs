@@ -14,6 +14,7 @@ use crate::kafka::codes;
 use crate::kafka::wire::{self, Request};
 
 /// What the connection does with a handled request.
+#[allow(clippy::large_enum_variant)] // one per request, consumed at once
 pub enum Reply {
     /// Send this response.
     Send(ResponseKind),
