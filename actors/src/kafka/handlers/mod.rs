@@ -69,3 +69,6 @@ pub async fn dispatch(ctx: &NodeContext, request: Request, client_host: &str) ->
     };
     Reply::Send(response)
 }
+
+#[cfg(test)]
+mod encode_tests;
