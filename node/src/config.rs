@@ -21,7 +21,7 @@ use tidewater_storage::FsyncPolicy;
 pub enum ConfigError {
     /// the sources could not be read or did not fit the schema
     #[error("{0}")]
-    Load(#[from] Box<figment::Error>),
+    Load(String),
     /// a value is out of range or malformed
     #[error("invalid value for `{key}`: {reason}")]
     Invalid {
@@ -257,6 +257,20 @@ pub struct Overrides {
     pub seeds: Option<Vec<String>>,
 }
 
+/// Names each key as the TOML file spells it (environment keys come upper-cased), with the
+/// reason and the source. Unknown fields are already the last element of the path.
+fn describe(error: figment::Error) -> ConfigError {
+    let messages: Vec<String> = error
+        .into_iter()
+        .map(|error| {
+            let path: Vec<String> = error.path.iter().map(|p| p.to_lowercase()).collect();
+            let source = error.metadata.as_ref().map(|m| format!(" (in {})", m.name)).unwrap_or_default();
+            format!("`{}`: {}{source}", path.join("."), error.kind)
+        })
+        .collect();
+    ConfigError::Load(messages.join("; "))
+}
+
 impl Config {
     /// Loads defaults < file < environment < flags, then validates.
     pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Self, ConfigError> {
@@ -284,7 +298,7 @@ impl Config {
         flag!(rpc_listen, "listeners.rpc");
         flag!(gossip_listen, "listeners.gossip");
         flag!(seeds, "cluster.seeds");
-        let config: Config = figment.extract().map_err(Box::new)?;
+        let config: Config = figment.extract().map_err(describe)?;
         config.validate()?;
         Ok(config)
     }

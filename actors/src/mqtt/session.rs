@@ -137,6 +137,8 @@ pub struct SessionShell {
     established: bool,
     /// Acknowledgements held until stream appends are durable, in PUBLISH order.
     acks: AckGate,
+    /// Whether the queue overflowed since it last drained (to warn once per episode).
+    queue_overflowing: bool,
 }
 
 /// Holds PUBACK/PUBREC until the stream appends of their PUBLISH are durable, releasing them
@@ -231,6 +233,7 @@ impl Actor for MqttSession {
             pending_will: None,
             established: elapsed_secs.is_some(),
             acks: AckGate::default(),
+            queue_overflowing: false,
         };
         if let Some(elapsed_secs) = elapsed_secs {
             shell.schedule_expiry(&myself, elapsed_secs);
@@ -283,6 +286,9 @@ impl Actor for MqttSession {
                 let effects = shell.state.deliver(delivery, shell.ctx.now_ms());
                 shell.apply(&myself, effects).await;
                 shell.flush(&myself);
+                if shell.queue_overflowing && shell.state.queued_len() == 0 {
+                    shell.queue_overflowing = false;
+                }
             }
             SessionMsg::Writable { conn_id, permit } => {
                 if let Some(io) = shell.io.as_mut().filter(|io| io.conn_id == conn_id) {
@@ -494,7 +500,18 @@ impl SessionShell {
             Effect::Dropped(reason) => {
                 metrics::counter!(names::MQTT_MESSAGES_DROPPED, "reason" => reason).increment(1);
                 if reason == "queue_full" {
-                    tracing::debug!(client_id = %self.state.client_id(), "session queue full, message dropped");
+                    // warn once per overflow episode (until the queue drains), debug after that
+                    if self.queue_overflowing {
+                        tracing::debug!(client_id = %self.state.client_id(), "session queue full, message dropped");
+                    } else {
+                        self.queue_overflowing = true;
+                        tracing::warn!(
+                            client_id = %self.state.client_id(),
+                            limit = self.ctx.mqtt.max_queued_messages,
+                            policy = ?self.ctx.mqtt.queue_overflow,
+                            "session queue full: dropping messages (mqtt.max_queued_messages, mqtt.queue_overflow)"
+                        );
+                    }
                 }
             }
             Effect::ClientDisconnected { .. } | Effect::Close(_) => {}
