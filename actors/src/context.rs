@@ -16,8 +16,9 @@ use crate::mqtt::session_state::{QueueOverflow, SessionLimits};
 use crate::seams::{Clock, Net, NodeRng};
 use crate::stream::registry::StreamRegistry;
 
-/// MQTT limits and behaviour, from the node's configuration.
-#[derive(Debug, Clone)]
+/// MQTT limits and behaviour: the `[mqtt]` section of the node's configuration.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct MqttSettings {
     /// Maximum packet size accepted and advertised (bytes).
     pub max_packet_size: u32,
@@ -37,8 +38,8 @@ pub struct MqttSettings {
     pub max_session_expiry: u32,
     /// Whether retained messages are supported.
     pub retain_available: bool,
-    /// How long a new connection has to send CONNECT.
-    pub connect_timeout: Duration,
+    /// How long a new connection has to send CONNECT (ms).
+    pub connect_timeout_ms: u64,
 }
 
 impl Default for MqttSettings {
@@ -53,12 +54,17 @@ impl Default for MqttSettings {
             max_topic_alias: 64,
             max_session_expiry: u32::MAX,
             retain_available: true,
-            connect_timeout: Duration::from_secs(10),
+            connect_timeout_ms: 10_000,
         }
     }
 }
 
 impl MqttSettings {
+    /// How long a new connection has to send CONNECT.
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+
     /// The limits each session enforces.
     pub fn session_limits(&self) -> SessionLimits {
         SessionLimits {

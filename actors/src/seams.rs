@@ -124,3 +124,31 @@ impl std::fmt::Debug for NodeRng {
         f.write_str("NodeRng")
     }
 }
+
+/// Accepts connections on `listener` until `shutdown` turns true, spawning `serve` for each.
+pub async fn serve_listener<F, Fut>(
+    protocol: &'static str,
+    listener: Box<dyn Listener>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    serve: F,
+) where
+    F: Fn(Box<dyn Connection>, SocketAddr) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.changed() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((connection, peer)) => {
+                    tokio::spawn(serve(connection, peer));
+                }
+                Err(error) => {
+                    // e.g. out of file descriptors: back off instead of spinning
+                    tracing::warn!(protocol, %error, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+}

@@ -4,13 +4,11 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::time::Duration;
 
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 use tidewater_actors::mqtt::auth::{AclRule, Authorizer, PasswordHash, Permission};
-use tidewater_actors::mqtt::session_state::QueueOverflow;
 use tidewater_actors::mqtt::topic;
 use tidewater_actors::stream::def::StreamDef;
 use tidewater_actors::{KafkaSettings, MqttSettings};
@@ -53,7 +51,7 @@ pub struct Config {
     /// Storage durability.
     pub storage: StorageConfig,
     /// MQTT limits.
-    pub mqtt: MqttConfig,
+    pub mqtt: MqttSettings,
     /// Users and ACL.
     pub auth: AuthConfig,
     /// Kafka protocol.
@@ -102,7 +100,7 @@ impl Default for Config {
             listeners: Listeners::default(),
             cluster: ClusterConfig::default(),
             storage: StorageConfig::default(),
-            mqtt: MqttConfig::default(),
+            mqtt: MqttSettings::default(),
             auth: AuthConfig::default(),
             kafka: KafkaConfig::default(),
             streams: Vec::new(),
@@ -157,50 +155,6 @@ pub struct StorageConfig {
 impl Default for StorageConfig {
     fn default() -> Self {
         Self { fsync: "interval:100".to_string() }
-    }
-}
-
-/// `[mqtt]`
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct MqttConfig {
-    /// Maximum packet size, both directions (bytes).
-    pub max_packet_size: u32,
-    /// Receive Maximum advertised; outgoing in-flight window per session.
-    pub max_inflight: u16,
-    /// Messages queued per session beyond those in flight.
-    pub max_queued_messages: usize,
-    /// `drop_oldest` or `drop_new`.
-    pub queue_overflow: QueueOverflow,
-    /// Maximum concurrent connections.
-    pub max_connections: usize,
-    /// Keepalive ceiling (seconds).
-    pub max_keepalive: u16,
-    /// Topic Alias Maximum advertised.
-    pub max_topic_alias: u16,
-    /// Ceiling on Session Expiry Interval (seconds).
-    pub max_session_expiry: u32,
-    /// Whether retained messages are supported.
-    pub retain_available: bool,
-    /// Time a new connection has to send CONNECT (ms).
-    pub connect_timeout_ms: u64,
-}
-
-impl Default for MqttConfig {
-    fn default() -> Self {
-        let defaults = MqttSettings::default();
-        Self {
-            max_packet_size: defaults.max_packet_size,
-            max_inflight: defaults.max_inflight,
-            max_queued_messages: defaults.max_queued_messages,
-            queue_overflow: defaults.queue_overflow,
-            max_connections: defaults.max_connections,
-            max_keepalive: defaults.max_keepalive,
-            max_topic_alias: defaults.max_topic_alias,
-            max_session_expiry: defaults.max_session_expiry,
-            retain_available: defaults.retain_available,
-            connect_timeout_ms: defaults.connect_timeout.as_millis() as u64,
-        }
     }
 }
 
@@ -360,23 +314,6 @@ impl Config {
     /// The durability policy of `storage.fsync`.
     pub fn fsync_policy(&self) -> Result<FsyncPolicy, ConfigError> {
         FsyncPolicy::from_str(&self.storage.fsync).map_err(|e| invalid("storage.fsync", e.to_string()))
-    }
-
-    /// The MQTT settings for the actors.
-    pub fn mqtt_settings(&self) -> MqttSettings {
-        let mqtt = &self.mqtt;
-        MqttSettings {
-            max_packet_size: mqtt.max_packet_size,
-            max_inflight: mqtt.max_inflight,
-            max_queued_messages: mqtt.max_queued_messages,
-            queue_overflow: mqtt.queue_overflow,
-            max_connections: mqtt.max_connections,
-            max_keepalive: mqtt.max_keepalive,
-            max_topic_alias: mqtt.max_topic_alias,
-            max_session_expiry: mqtt.max_session_expiry,
-            retain_available: mqtt.retain_available,
-            connect_timeout: Duration::from_millis(mqtt.connect_timeout_ms),
-        }
     }
 
     /// The Kafka settings for the actors.

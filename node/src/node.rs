@@ -32,7 +32,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let ctx = NodeContext::new(NodeParts {
         node_id: config.node_id,
-        mqtt: config.mqtt_settings(),
+        mqtt: config.mqtt.clone(),
         kafka: config.kafka_settings(),
         authorizer: config.authorizer(),
         state_store: Arc::clone(&state_store),

@@ -26,22 +26,11 @@ const MAX_FRAME: usize = 100 * 1024 * 1024;
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Accepts Kafka connections until `shutdown` turns true.
-pub async fn run_listener(ctx: NodeContext, listener: Box<dyn Listener>, mut shutdown: watch::Receiver<bool>) {
-    loop {
-        tokio::select! {
-            biased;
-            _ = shutdown.changed() => break,
-            accepted = listener.accept() => match accepted {
-                Ok((connection, peer)) => {
-                    tokio::spawn(serve(ctx.clone(), connection, peer));
-                }
-                Err(error) => {
-                    tracing::warn!(%error, "kafka accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-        }
-    }
+pub async fn run_listener(ctx: NodeContext, listener: Box<dyn Listener>, shutdown: watch::Receiver<bool>) {
+    crate::seams::serve_listener("kafka", listener, shutdown, move |connection, peer| {
+        serve(ctx.clone(), connection, peer)
+    })
+    .await
 }
 
 /// Messages of the `KafkaConnection` actor.

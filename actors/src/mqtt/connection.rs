@@ -31,23 +31,11 @@ const MAX_BATCH: usize = 256;
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Accepts MQTT connections until `shutdown` turns true.
-pub async fn run_listener(ctx: NodeContext, listener: Box<dyn Listener>, mut shutdown: watch::Receiver<bool>) {
-    loop {
-        tokio::select! {
-            biased;
-            _ = shutdown.changed() => break,
-            accepted = listener.accept() => match accepted {
-                Ok((connection, peer)) => {
-                    tokio::spawn(serve_connection(ctx.clone(), connection, peer));
-                }
-                Err(error) => {
-                    // e.g. out of file descriptors: back off instead of spinning
-                    tracing::warn!(%error, "mqtt accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-        }
-    }
+pub async fn run_listener(ctx: NodeContext, listener: Box<dyn Listener>, shutdown: watch::Receiver<bool>) {
+    crate::seams::serve_listener("mqtt", listener, shutdown, move |connection, peer| {
+        serve_connection(ctx.clone(), connection, peer)
+    })
+    .await
 }
 
 struct ConnectionCount(NodeContext);
@@ -74,7 +62,7 @@ pub async fn serve_connection(ctx: NodeContext, connection: Box<dyn Connection>,
     let mut buf = BytesMut::with_capacity(4096);
     let max_packet_size = ctx.mqtt.max_packet_size as usize;
 
-    let first = tokio::time::timeout(ctx.mqtt.connect_timeout, read_connect(&mut reader, &mut buf, max_packet_size));
+    let first = tokio::time::timeout(ctx.mqtt.connect_timeout(), read_connect(&mut reader, &mut buf, max_packet_size));
     let (version, connect) = match first.await {
         Ok(Ok(Some(found))) => found,
         Ok(Err(CodecError::UnsupportedProtocol(level))) => {
