@@ -102,10 +102,12 @@ fn load_offsets(store: &dyn StateStore, group_id: &str) -> Vec<OffsetRecord> {
     entries
         .into_iter()
         .filter_map(|(key, value)| {
+            // topic \0 partition: the partition is the last 4 bytes (and may contain zeros)
             let rest = &key[prefix.len()..];
-            let split = rest.iter().rposition(|b| *b == 0)?;
-            let topic = String::from_utf8(rest[..split].to_vec()).ok()?;
-            let partition = i32::from_be_bytes(rest[split + 1..].try_into().ok()?);
+            let (topic_and_separator, partition_bytes) = rest.split_at_checked(rest.len().checked_sub(4)?)?;
+            let topic_bytes = topic_and_separator.strip_suffix(&[0])?;
+            let topic = String::from_utf8(topic_bytes.to_vec()).ok()?;
+            let partition = i32::from_be_bytes(partition_bytes.try_into().ok()?);
             let stored: StoredOffset = persist::decode(GROUP_OFFSETS, &value).ok()?;
             Some(OffsetRecord {
                 topic,
@@ -328,5 +330,33 @@ impl GroupRegistry {
     /// Every group coordinator.
     pub async fn all(&self) -> Vec<ActorRef<GroupMsg>> {
         self.groups.lock().await.values().cloned().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tidewater_storage::MemoryStore;
+
+    #[test]
+    fn stored_offsets_load_back_for_any_partition_number() {
+        let store = MemoryStore::new();
+        for partition in [0, 1, 255, 256, 70_000] {
+            let value = persist::encode(&StoredOffset {
+                offset: 10 + i64::from(partition),
+                leader_epoch: 0,
+                metadata: "m".into(),
+                commit_timestamp_ms: 1,
+            });
+            store.put(GROUP_OFFSETS, &offset_key("g", "t\0x", partition), &value).unwrap();
+        }
+        let mut loaded: Vec<(String, i32, i64)> = load_offsets(&store, "g")
+            .into_iter()
+            .map(|r| (r.topic, r.partition, r.value.map_or(-1, |v| v.offset)))
+            .collect();
+        loaded.sort();
+        let expected: Vec<(String, i32, i64)> =
+            [0, 1, 255, 256, 70_000].iter().map(|p| ("t\0x".to_string(), *p, 10 + i64::from(*p))).collect();
+        assert_eq!(loaded, expected);
     }
 }

@@ -145,6 +145,7 @@ pub async fn serve(ctx: NodeContext, connection: Box<dyn Connection>, peer: Sock
                 }
             }
         }
+        buf.reserve(64 * 1024);
         tokio::select! {
             biased;
             _ = &mut handle => {

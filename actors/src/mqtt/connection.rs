@@ -29,6 +29,10 @@ const INBOUND_BATCHES: usize = 16;
 /// Packets per batch handed to the session.
 const MAX_BATCH: usize = 256;
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Bytes gathered before one write.
+const WRITE_BATCH: usize = 64 * 1024;
+/// Spare room made in the read buffer before each read.
+const READ_RESERVE: usize = 64 * 1024;
 
 /// Accepts MQTT connections until `shutdown` turns true.
 pub async fn run_listener(ctx: NodeContext, listener: Box<dyn Listener>, shutdown: watch::Receiver<bool>) {
@@ -272,6 +276,7 @@ async fn read_connect<R: AsyncRead + Unpin>(
         if let Some(found) = codec::read_connect(buf, max_packet_size)? {
             return Ok(Some(found));
         }
+        buf.reserve(4096);
         match reader.read_buf(buf).await {
             Ok(0) | Err(_) => return Ok(None),
             Ok(read) => metrics::counter!(names::MQTT_BYTES_RECEIVED).increment(read as u64),
@@ -330,6 +335,7 @@ async fn read_loop<R: AsyncRead + Unpin>(mut io: ReadLoop<'_, R>) {
                 break;
             }
         }
+        io.buf.reserve(READ_RESERVE);
         let read = async {
             match keepalive {
                 Some(limit) => tokio::time::timeout(limit, io.reader.read_buf(&mut io.buf)).await.ok(),
@@ -353,27 +359,58 @@ async fn read_loop<R: AsyncRead + Unpin>(mut io: ReadLoop<'_, R>) {
 }
 
 /// Drains the session's frames to the socket until told to close (or the socket fails).
+///
+/// Frames already queued are gathered into one buffer so that a busy connection costs one
+/// write syscall per batch, not per message.
 async fn write_loop<W: AsyncWrite + Unpin>(
     mut frames: mpsc::Receiver<Outbound>,
     mut writer: W,
     closed: watch::Sender<bool>,
 ) {
+    let mut batch = BytesMut::with_capacity(WRITE_BATCH);
     'outer: while let Some(frame) = frames.recv().await {
         let mut next = Some(frame);
+        let mut close = false;
         while let Some(frame) = next.take() {
             match frame {
-                Outbound::Data(bytes) => match tokio::time::timeout(WRITE_TIMEOUT, writer.write_all(&bytes)).await {
-                    Ok(Ok(())) => metrics::counter!(names::MQTT_BYTES_SENT).increment(bytes.len() as u64),
-                    _ => break 'outer,
-                },
-                Outbound::Close => break 'outer,
+                Outbound::Data(bytes) if batch.is_empty() && bytes.len() >= WRITE_BATCH => {
+                    // a large frame goes out as it is, without a copy
+                    if !write_all(&mut writer, &bytes).await {
+                        break 'outer;
+                    }
+                }
+                Outbound::Data(bytes) => batch.extend_from_slice(&bytes),
+                Outbound::Close => {
+                    close = true;
+                    break;
+                }
+            }
+            if batch.len() >= WRITE_BATCH {
+                break;
             }
             next = frames.try_recv().ok();
         }
-        if tokio::time::timeout(WRITE_TIMEOUT, writer.flush()).await.is_err() {
+        if !batch.is_empty() {
+            let ok = write_all(&mut writer, &batch).await;
+            batch.clear();
+            if !ok {
+                break;
+            }
+        }
+        if close {
             break;
         }
     }
     let _ = tokio::time::timeout(Duration::from_secs(1), writer.shutdown()).await;
     let _ = closed.send(true);
+}
+
+async fn write_all<W: AsyncWrite + Unpin>(writer: &mut W, bytes: &[u8]) -> bool {
+    match tokio::time::timeout(WRITE_TIMEOUT, writer.write_all(bytes)).await {
+        Ok(Ok(())) => {
+            metrics::counter!(names::MQTT_BYTES_SENT).increment(bytes.len() as u64);
+            true
+        }
+        _ => false,
+    }
 }

@@ -144,8 +144,16 @@ pub fn list_offsets(ctx: &NodeContext, request: ListOffsetsRequest, version: i16
                         EARLIEST => base.with_offset(offsets.log_start),
                         LATEST | MAX_TIMESTAMP => base.with_offset(offsets.high_watermark),
                         timestamp => match ctx.log_store.offset_for_timestamp(&partition.id, timestamp) {
-                            Ok(Some(offset)) if offset < offsets.high_watermark => {
-                                base.with_offset(offset).with_timestamp(timestamp)
+                            Ok(Some(batch_offset)) if batch_offset < offsets.high_watermark => {
+                                let (offset, found) = record_at_or_after(
+                                    ctx,
+                                    &partition.id,
+                                    batch_offset,
+                                    timestamp,
+                                    offsets.high_watermark,
+                                )
+                                .unwrap_or((batch_offset, timestamp));
+                                base.with_offset(offset.max(offsets.log_start)).with_timestamp(found)
                             }
                             Ok(_) => base,
                             Err(_) => base.with_error_code(codes::KAFKA_STORAGE_ERROR),
@@ -157,4 +165,19 @@ pub fn list_offsets(ctx: &NodeContext, request: ListOffsetsRequest, version: i16
         })
         .collect();
     ListOffsetsResponse::default().with_topics(topics)
+}
+
+/// The first record at or after `timestamp` inside the batch that starts at `batch_offset`
+/// (the index only knows batches): (offset, its timestamp). Any codec is decoded.
+fn record_at_or_after(
+    ctx: &NodeContext,
+    id: &tidewater_storage::PartitionId,
+    batch_offset: i64,
+    timestamp: i64,
+    high_watermark: i64,
+) -> Option<(i64, i64)> {
+    let batch = ctx.log_store.read(id, batch_offset, 1, high_watermark).ok()?.into_iter().next()?;
+    let mut bytes = batch.bytes;
+    let records = kafka_protocol::records::RecordBatchDecoder::decode(&mut bytes).ok()?;
+    records.records.iter().find(|record| record.timestamp >= timestamp).map(|record| (record.offset, record.timestamp))
 }
