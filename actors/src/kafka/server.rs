@@ -46,7 +46,7 @@ pub struct KafkaConnection;
 pub struct KafkaConnectionState {
     ctx: NodeContext,
     writer: WriteHalf<Box<dyn Connection>>,
-    out: BytesMut,
+    chunks: Vec<Bytes>,
     peer: SocketAddr,
 }
 
@@ -112,19 +112,27 @@ impl KafkaConnectionState {
             handlers::Reply::None => return true,
             handlers::Reply::Close => return false,
         };
-        self.out.clear();
-        if let Err(error) = wire::encode_response(api_key, api_version, correlation_id, &response, &mut self.out) {
+        // record sets stay their own chunks: fetched bytes are written as stored, never copied
+        self.chunks.clear();
+        if let Err(error) =
+            wire::encode_response_vectored(api_key, api_version, correlation_id, &response, &mut self.chunks)
+        {
             tracing::warn!(peer = %self.peer, %error, api_key, api_version, "cannot encode kafka response");
             return false;
         }
-        matches!(tokio::time::timeout(WRITE_TIMEOUT, self.writer.write_all(&self.out)).await, Ok(Ok(())))
+        for chunk in &self.chunks {
+            if !matches!(tokio::time::timeout(WRITE_TIMEOUT, self.writer.write_all(chunk)).await, Ok(Ok(()))) {
+                return false;
+            }
+        }
+        true
     }
 }
 
 /// Serves one connection: spawns its actor and feeds it frames.
 pub async fn serve(ctx: NodeContext, connection: Box<dyn Connection>, peer: SocketAddr) {
     let (mut reader, writer) = tokio::io::split(connection);
-    let state = KafkaConnectionState { ctx, writer, out: BytesMut::with_capacity(64 * 1024), peer };
+    let state = KafkaConnectionState { ctx, writer, chunks: Vec::new(), peer };
     let Ok((actor, mut handle)) = Actor::spawn(None, KafkaConnection, state).await else { return };
     let mut stopped = false;
     let permits = Arc::new(Semaphore::new(READ_AHEAD));

@@ -47,8 +47,8 @@ pub struct Message {
     pub expires_at_ms: Option<i64>,
     /// When the broker received it (ms since the epoch).
     pub received_at_ms: i64,
-    /// The client id of the publisher (for no-local).
-    pub publisher: String,
+    /// The client id of the publisher (for no-local), shared with its session.
+    pub publisher: std::sync::Arc<str>,
 }
 
 impl Message {

@@ -149,7 +149,7 @@ struct Connection {
 
 /// The state of one MQTT session.
 pub struct SessionState {
-    client_id: String,
+    client_id: Arc<str>,
     limits: SessionLimits,
     /// Session Expiry Interval in seconds (0 = ends with the connection).
     expiry_secs: u32,
@@ -167,7 +167,7 @@ impl SessionState {
     /// A new, empty, offline session.
     pub fn new(client_id: String, limits: SessionLimits) -> Self {
         Self {
-            client_id,
+            client_id: Arc::from(client_id),
             limits,
             expiry_secs: 0,
             subscriptions: BTreeMap::new(),
@@ -781,7 +781,7 @@ impl SessionState {
 }
 
 /// Converts an accepted PUBLISH into the broker's message.
-pub fn message_from_publish(publish: Publish, publisher: &str, now_ms: i64) -> Message {
+pub fn message_from_publish(publish: Publish, publisher: &Arc<str>, now_ms: i64) -> Message {
     let (properties, expires_at_ms) = match publish.properties {
         Some(p) => (
             MessageProperties {
@@ -803,7 +803,7 @@ pub fn message_from_publish(publish: Publish, publisher: &str, now_ms: i64) -> M
         properties,
         expires_at_ms,
         received_at_ms: now_ms,
-        publisher: publisher.to_string(),
+        publisher: Arc::clone(publisher),
     }
 }
 
@@ -830,7 +830,7 @@ pub fn message_from_will(will: &LastWill, publisher: &str, now_ms: i64) -> Messa
         properties,
         expires_at_ms,
         received_at_ms: now_ms,
-        publisher: publisher.to_string(),
+        publisher: Arc::from(publisher),
     }
 }
 

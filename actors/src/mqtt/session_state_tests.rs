@@ -239,7 +239,7 @@ fn qos2_incoming_routes_once_until_pubrel() {
     let first = handle(&mut state, Packet::Publish(incoming("a/b", QoS::ExactlyOnce, 7)));
     let routed = routes(&first);
     assert_eq!(routed.len(), 1);
-    assert_eq!((routed[0].topic.as_str(), routed[0].qos, routed[0].publisher.as_str()), ("a/b", 2, "c"));
+    assert_eq!((routed[0].topic.as_str(), routed[0].qos, &*routed[0].publisher), ("a/b", 2, "c"));
     assert_eq!(persists(&first), vec![PersistOp::PutIncoming(7)]);
     assert_eq!(acks(&first), vec![Packet::PubRec(PubRec::new(7))]);
 

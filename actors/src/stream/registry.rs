@@ -256,7 +256,7 @@ pub fn mqtt_record(message: &Message) -> MqttRecord {
     let mut headers = vec![
         ("mqtt.qos".to_string(), Bytes::from(message.qos.to_string())),
         ("mqtt.retain".to_string(), Bytes::from_static(if message.retain { b"true" } else { b"false" })),
-        ("mqtt.client_id".to_string(), Bytes::from(message.publisher.clone())),
+        ("mqtt.client_id".to_string(), Bytes::copy_from_slice(message.publisher.as_bytes())),
     ];
     if let Some(content_type) = &message.properties.content_type {
         headers.push(("mqtt.content_type".to_string(), Bytes::from(content_type.clone())));
