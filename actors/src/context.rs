@@ -142,6 +142,8 @@ pub struct NodeInner {
     pub groups: GroupRegistry,
     /// Open MQTT connections.
     pub connections: AtomicUsize,
+    /// MQTT counters, registered once.
+    pub mqtt_counters: crate::metrics::MqttCounters,
 }
 
 /// A cheap handle on the node's shared state.
@@ -205,6 +207,7 @@ impl NodeContext {
             streams,
             groups: GroupRegistry::default(),
             connections: AtomicUsize::new(0),
+            mqtt_counters: crate::metrics::MqttCounters::register(),
         }))
     }
 

@@ -104,7 +104,7 @@ pub async fn serve_connection(ctx: NodeContext, connection: Box<dyn Connection>,
     let conn_id = ctx.rng.next_u64();
     let (out_tx, out_rx) = mpsc::channel(OUTBOUND_QUEUE);
     let (closed_tx, closed_rx) = watch::channel(false);
-    tokio::spawn(write_loop(out_rx, writer, closed_tx));
+    tokio::spawn(write_loop(out_rx, writer, closed_tx, ctx.mqtt_counters.bytes_sent.clone()));
 
     let client_id = accepted.params.identity.client_id.clone();
     let keepalive = accepted.keepalive;
@@ -143,6 +143,7 @@ pub async fn serve_connection(ctx: NodeContext, connection: Box<dyn Connection>,
         conn_id,
         session,
         closed: closed_rx,
+        bytes_received: ctx.mqtt_counters.bytes_received.clone(),
     })
     .await;
 }
@@ -293,6 +294,7 @@ struct ReadLoop<'a, R> {
     conn_id: u64,
     session: ractor::ActorRef<SessionMsg>,
     closed: watch::Receiver<bool>,
+    bytes_received: metrics::Counter,
 }
 
 async fn read_loop<R: AsyncRead + Unpin>(mut io: ReadLoop<'_, R>) {
@@ -351,7 +353,7 @@ async fn read_loop<R: AsyncRead + Unpin>(mut io: ReadLoop<'_, R>) {
                     break;
                 }
                 Some(Ok(0)) | Some(Err(_)) => break,
-                Some(Ok(read)) => metrics::counter!(names::MQTT_BYTES_RECEIVED).increment(read as u64),
+                Some(Ok(read)) => io.bytes_received.increment(read as u64),
             }
         }
     }
@@ -366,6 +368,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     mut frames: mpsc::Receiver<Outbound>,
     mut writer: W,
     closed: watch::Sender<bool>,
+    bytes_sent: metrics::Counter,
 ) {
     let mut batch = BytesMut::with_capacity(WRITE_BATCH);
     'outer: while let Some(frame) = frames.recv().await {
@@ -375,7 +378,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
             match frame {
                 Outbound::Data(bytes) if batch.is_empty() && bytes.len() >= WRITE_BATCH => {
                     // a large frame goes out as it is, without a copy
-                    if !write_all(&mut writer, &bytes).await {
+                    if !write_all(&mut writer, &bytes, &bytes_sent).await {
                         break 'outer;
                     }
                 }
@@ -391,7 +394,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
             next = frames.try_recv().ok();
         }
         if !batch.is_empty() {
-            let ok = write_all(&mut writer, &batch).await;
+            let ok = write_all(&mut writer, &batch, &bytes_sent).await;
             batch.clear();
             if !ok {
                 break;
@@ -405,10 +408,10 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     let _ = closed.send(true);
 }
 
-async fn write_all<W: AsyncWrite + Unpin>(writer: &mut W, bytes: &[u8]) -> bool {
+async fn write_all<W: AsyncWrite + Unpin>(writer: &mut W, bytes: &[u8], bytes_sent: &metrics::Counter) -> bool {
     match tokio::time::timeout(WRITE_TIMEOUT, writer.write_all(bytes)).await {
         Ok(Ok(())) => {
-            metrics::counter!(names::MQTT_BYTES_SENT).increment(bytes.len() as u64);
+            bytes_sent.increment(bytes.len() as u64);
             true
         }
         _ => false,

@@ -134,41 +134,51 @@ impl Router {
         if message.retain {
             self.retain(&message);
         }
-        let mut direct: BTreeMap<Arc<str>, (SessionHandle, Delivery)> = BTreeMap::new();
+        // matches are gathered in a vec and merged per session after sorting: one allocation
+        // per publish instead of one map node per subscriber
+        let mut direct: Vec<(Arc<str>, SessionHandle, Delivery)> = Vec::new();
         let mut groups: BTreeMap<GroupKey, Vec<(Arc<str>, SubEntry)>> = BTreeMap::new();
         {
             let trie = self.trie.read();
-            trie.for_each_match(&message.topic, |key, entry| {
-                let qos = entry.options.qos.min(message.qos);
-                let retain = message.retain && entry.options.retain_as_published;
-                match &key.share_group {
-                    None => {
-                        if entry.options.no_local && *key.client_id == *message.publisher {
-                            return;
-                        }
-                        let (_, delivery) = direct.entry(Arc::clone(&key.client_id)).or_insert_with(|| {
-                            (
-                                entry.session.clone(),
-                                Delivery { message: Arc::clone(&message), qos, retain, subscription_ids: Vec::new() },
-                            )
-                        });
-                        delivery.qos = delivery.qos.max(qos);
-                        delivery.retain |= retain;
-                        if let Some(id) = entry.options.subscription_id {
-                            delivery.subscription_ids.push(id);
-                        }
+            trie.for_each_match(&message.topic, |key, entry| match &key.share_group {
+                None => {
+                    if entry.options.no_local && *key.client_id == *message.publisher {
+                        return;
                     }
-                    Some(group) => {
-                        groups
-                            .entry((Arc::clone(group), Arc::clone(&entry.filter)))
-                            .or_default()
-                            .push((Arc::clone(&key.client_id), entry.clone()));
-                    }
+                    direct.push((
+                        Arc::clone(&key.client_id),
+                        entry.session.clone(),
+                        Delivery {
+                            message: Arc::clone(&message),
+                            qos: entry.options.qos.min(message.qos),
+                            retain: message.retain && entry.options.retain_as_published,
+                            subscription_ids: entry.options.subscription_id.into_iter().collect(),
+                        },
+                    ));
+                }
+                Some(group) => {
+                    groups
+                        .entry((Arc::clone(group), Arc::clone(&entry.filter)))
+                        .or_default()
+                        .push((Arc::clone(&key.client_id), entry.clone()));
                 }
             });
         }
+        if direct.len() > 1 {
+            // one delivery per session: the highest QoS and every subscription id of its matches
+            direct.sort_by(|a, b| a.0.cmp(&b.0));
+            direct.dedup_by(|later, kept| {
+                if later.0 != kept.0 {
+                    return false;
+                }
+                kept.2.qos = kept.2.qos.max(later.2.qos);
+                kept.2.retain |= later.2.retain;
+                kept.2.subscription_ids.append(&mut later.2.subscription_ids);
+                true
+            });
+        }
         let mut count = 0;
-        for (_, (session, delivery)) in direct {
+        for (_, session, delivery) in direct {
             if session.actor.cast(SessionMsg::Deliver(delivery)).is_ok() {
                 count += 1;
             }

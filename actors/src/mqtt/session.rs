@@ -448,7 +448,7 @@ impl SessionShell {
                 }
             }
             Effect::Route(message) => {
-                metrics::counter!(names::MQTT_MESSAGES_RECEIVED, "qos" => qos_label(message.qos)).increment(1);
+                self.ctx.mqtt_counters.received(message.qos);
                 let token = self.acks.next_token;
                 let session = self.handle.actor.clone();
                 let wants_ack = message.qos > 0;
@@ -498,7 +498,7 @@ impl SessionShell {
                 }
             }
             Effect::Dropped(reason) => {
-                metrics::counter!(names::MQTT_MESSAGES_DROPPED, "reason" => reason).increment(1);
+                self.ctx.mqtt_counters.dropped(reason);
                 if reason == "queue_full" {
                     // warn once per overflow episode (until the queue drains), debug after that
                     if self.queue_overflowing {
@@ -522,7 +522,7 @@ impl SessionShell {
     fn write(&mut self, packet: Packet) {
         let Some(io) = self.io.as_mut() else { return };
         if let Packet::Publish(publish) = &packet {
-            metrics::counter!(names::MQTT_MESSAGES_SENT, "qos" => qos_label(publish.qos as u8)).increment(1);
+            self.ctx.mqtt_counters.sent(publish.qos as u8);
         }
         if let Err(error) = codec::write_packet(&packet, io.version, &mut io.out) {
             tracing::warn!(client_id = %self.state.client_id(), %error, "cannot encode packet");
@@ -625,10 +625,10 @@ impl SessionShell {
 
     fn publish_will(&mut self, will: Arc<Message>, identity: &Identity) {
         if !self.ctx.authorizer.may_publish(identity, &will.topic) {
-            metrics::counter!(names::MQTT_MESSAGES_DROPPED, "reason" => "not_authorized").increment(1);
+            self.ctx.mqtt_counters.dropped("not_authorized");
             return;
         }
-        metrics::counter!(names::MQTT_MESSAGES_RECEIVED, "qos" => qos_label(will.qos)).increment(1);
+        self.ctx.mqtt_counters.received(will.qos);
         self.ctx.router.publish(will);
     }
 
