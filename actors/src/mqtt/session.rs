@@ -90,11 +90,11 @@ pub enum SessionMsg {
     ExpiryElapsed(u64),
     /// The node is stopping: close the connection, persist, reply.
     Shutdown(RpcReplyPort<()>),
-    /// A stream append made for one of this session's publishes is durable (or failed).
+    /// Stream appends made for this session's publishes are durable (or failed).
     Durable {
-        /// The token given with the append.
-        token: u64,
-        /// Whether the append succeeded.
+        /// The tokens given with the appends.
+        tokens: Vec<u64>,
+        /// Whether the appends succeeded.
         ok: bool,
     },
 }
@@ -311,12 +311,14 @@ impl Actor for MqttSession {
                     shell.end_session(&myself).await;
                 }
             }
-            SessionMsg::Durable { token, ok } => {
+            SessionMsg::Durable { tokens, ok } => {
                 if !ok {
                     tracing::warn!(client_id = %shell.state.client_id(), "stream append failed; acknowledgement withheld");
                 }
-                for packet in shell.acks.durable(token, ok) {
-                    shell.write(packet);
+                for token in tokens {
+                    for packet in shell.acks.durable(token, ok) {
+                        shell.write(packet);
+                    }
                 }
                 shell.flush(&myself);
             }

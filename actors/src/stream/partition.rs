@@ -6,6 +6,7 @@
 //! are appended as sent, after the idempotent-producer sequence check. Readers do not go
 //! through the actor: they read the `LogStore` directly and wait on the high-watermark watch.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
@@ -23,8 +24,8 @@ pub struct MqttRecord {
     pub key: Bytes,
     /// Record value: the payload.
     pub value: Bytes,
-    /// Record headers.
-    pub headers: Arc<Vec<(String, Bytes)>>,
+    /// Record headers (the `mqtt.*` names are static: no allocation per message).
+    pub headers: Vec<(Cow<'static, str>, Bytes)>,
     /// Broker receive time (ms since the epoch).
     pub timestamp_ms: i64,
 }
@@ -183,7 +184,7 @@ impl PartitionState {
             let chunk = &pending[start..end];
             let header_refs: Vec<Vec<(&str, &[u8])>> = chunk
                 .iter()
-                .map(|(record, _)| record.headers.iter().map(|(k, v)| (k.as_str(), v.as_ref())).collect())
+                .map(|(record, _)| record.headers.iter().map(|(k, v)| (k.as_ref(), v.as_ref())).collect())
                 .collect();
             let records: Vec<NewRecord<'_>> = chunk
                 .iter()
@@ -208,10 +209,17 @@ impl PartitionState {
                     false
                 }
             };
-            for (_, notice) in chunk {
-                if let Some(notice) = notice {
-                    let _ = notice.session.cast(SessionMsg::Durable { token: notice.token, ok });
-                }
+            // one message per session per flush, not one per record
+            let mut notices: BTreeMap<ractor::ActorId, (ActorRef<SessionMsg>, Vec<u64>)> = BTreeMap::new();
+            for notice in chunk.iter().filter_map(|(_, notice)| notice.as_ref()) {
+                notices
+                    .entry(notice.session.get_id())
+                    .or_insert_with(|| (notice.session.clone(), Vec::new()))
+                    .1
+                    .push(notice.token);
+            }
+            for (_, (session, tokens)) in notices {
+                let _ = session.cast(SessionMsg::Durable { tokens, ok });
             }
             start = end;
         }

@@ -2,6 +2,7 @@
 //! `PartitionReplica` actor per partition, and the filters of bound streams that every
 //! MQTT publish is matched against.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -253,21 +254,23 @@ impl StreamRegistry {
 
 /// The record an MQTT message becomes: key = topic, value = payload, headers = MQTT metadata.
 pub fn mqtt_record(message: &Message) -> MqttRecord {
-    let mut headers = vec![
-        ("mqtt.qos".to_string(), Bytes::from(message.qos.to_string())),
-        ("mqtt.retain".to_string(), Bytes::from_static(if message.retain { b"true" } else { b"false" })),
-        ("mqtt.client_id".to_string(), Bytes::copy_from_slice(message.publisher.as_bytes())),
-    ];
+    let mut headers: Vec<(Cow<'static, str>, Bytes)> = Vec::with_capacity(4 + message.properties.user_properties.len());
+    headers.push((
+        Cow::Borrowed("mqtt.qos"),
+        Bytes::from_static(["0", "1", "2"][usize::from(message.qos.min(2))].as_bytes()),
+    ));
+    headers.push((Cow::Borrowed("mqtt.retain"), Bytes::from_static(if message.retain { b"true" } else { b"false" })));
+    headers.push((Cow::Borrowed("mqtt.client_id"), Bytes::copy_from_slice(message.publisher.as_bytes())));
     if let Some(content_type) = &message.properties.content_type {
-        headers.push(("mqtt.content_type".to_string(), Bytes::from(content_type.clone())));
+        headers.push((Cow::Borrowed("mqtt.content_type"), Bytes::copy_from_slice(content_type.as_bytes())));
     }
     for (key, value) in &message.properties.user_properties {
-        headers.push((key.clone(), Bytes::from(value.clone())));
+        headers.push((Cow::Owned(key.clone()), Bytes::copy_from_slice(value.as_bytes())));
     }
     MqttRecord {
-        key: Bytes::from(message.topic.clone()),
+        key: Bytes::copy_from_slice(message.topic.as_bytes()),
         value: message.payload.clone(),
-        headers: Arc::new(headers),
+        headers,
         timestamp_ms: message.received_at_ms,
     }
 }
