@@ -31,8 +31,10 @@ const MAX_BATCH: usize = 256;
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bytes gathered before one write.
 const WRITE_BATCH: usize = 64 * 1024;
-/// Spare room made in the read buffer before each read.
+/// Read buffer growth while reads fill it (a busy connection).
 const READ_RESERVE: usize = 64 * 1024;
+/// Spare room kept in the read buffer of a quiet connection.
+const READ_MIN_SPARE: usize = 1024;
 
 /// Accepts MQTT connections until `shutdown` turns true.
 pub async fn run_listener(ctx: NodeContext, listener: Box<dyn Listener>, shutdown: watch::Receiver<bool>) {
@@ -63,7 +65,7 @@ impl Drop for ConnectionCount {
 pub async fn serve_connection(ctx: NodeContext, connection: Box<dyn Connection>, peer: SocketAddr) {
     let (_count_guard, open_connections) = ConnectionCount::open(&ctx);
     let (mut reader, mut writer) = tokio::io::split(connection);
-    let mut buf = BytesMut::with_capacity(4096);
+    let mut buf = BytesMut::with_capacity(READ_MIN_SPARE);
     let max_packet_size = ctx.mqtt.max_packet_size as usize;
 
     let first = tokio::time::timeout(ctx.mqtt.connect_timeout(), read_connect(&mut reader, &mut buf, max_packet_size));
@@ -144,6 +146,7 @@ pub async fn serve_connection(ctx: NodeContext, connection: Box<dyn Connection>,
         session,
         closed: closed_rx,
         bytes_received: ctx.mqtt_counters.bytes_received.clone(),
+        last_read_filled: false,
     })
     .await;
 }
@@ -295,6 +298,8 @@ struct ReadLoop<'a, R> {
     session: ractor::ActorRef<SessionMsg>,
     closed: watch::Receiver<bool>,
     bytes_received: metrics::Counter,
+    /// Whether the last read filled the buffer's spare room (then the buffer grows).
+    last_read_filled: bool,
 }
 
 async fn read_loop<R: AsyncRead + Unpin>(mut io: ReadLoop<'_, R>) {
@@ -337,7 +342,12 @@ async fn read_loop<R: AsyncRead + Unpin>(mut io: ReadLoop<'_, R>) {
                 break;
             }
         }
-        io.buf.reserve(READ_RESERVE);
+        // grow the read buffer only while reads fill it: an idle connection keeps a small one
+        if io.buf.capacity() - io.buf.len() < READ_MIN_SPARE {
+            let grow = if io.last_read_filled { READ_RESERVE } else { READ_MIN_SPARE * 2 };
+            io.buf.reserve(grow);
+        }
+        let spare = io.buf.capacity() - io.buf.len();
         let read = async {
             match keepalive {
                 Some(limit) => tokio::time::timeout(limit, io.reader.read_buf(&mut io.buf)).await.ok(),
@@ -353,7 +363,10 @@ async fn read_loop<R: AsyncRead + Unpin>(mut io: ReadLoop<'_, R>) {
                     break;
                 }
                 Some(Ok(0)) | Some(Err(_)) => break,
-                Some(Ok(read)) => io.bytes_received.increment(read as u64),
+                Some(Ok(read)) => {
+                    io.last_read_filled = read >= spare;
+                    io.bytes_received.increment(read as u64);
+                }
             }
         }
     }
@@ -370,7 +383,8 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     closed: watch::Sender<bool>,
     bytes_sent: metrics::Counter,
 ) {
-    let mut batch = BytesMut::with_capacity(WRITE_BATCH);
+    // grows on demand and keeps its capacity: an idle connection never allocates 64 KiB
+    let mut batch = BytesMut::new();
     'outer: while let Some(frame) = frames.recv().await {
         let mut next = Some(frame);
         let mut close = false;

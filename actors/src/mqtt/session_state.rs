@@ -427,7 +427,8 @@ impl SessionState {
                 effects.push(Effect::Send(Packet::PubRec(pubrec(pkid, PubRecReason::Success))));
                 return;
             }
-            if self.incoming_qos2.len() >= usize::from(self.limits.max_inflight) {
+            // MQTT 5 advertises Receive Maximum; 3.1.1 has no way to tell the client a limit
+            if version == ProtocolVersion::V5 && self.incoming_qos2.len() >= usize::from(self.limits.max_inflight) {
                 effects.push(Effect::Close(DisconnectReasonCode::ReceiveMaximumExceeded));
                 return;
             }

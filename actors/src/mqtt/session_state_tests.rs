@@ -961,3 +961,15 @@ fn inflight_too_large_for_the_new_connection_is_dropped_on_attach() {
     assert_eq!(dropped(&effects), vec!["packet_too_large"]);
     assert_eq!(state.inflight_len(), 0);
 }
+
+#[test]
+fn qos2_incoming_beyond_the_limit_is_accepted_from_a_311_client() {
+    // 3.1.1 has no Receive Maximum to tell the client, so the server must not close on it
+    let mut state = connected(limits(), ConnectionParams { version: ProtocolVersion::V311, ..v5() });
+    for pkid in 1..=5 {
+        let effects = handle(&mut state, Packet::Publish(incoming("t", QoS::ExactlyOnce, pkid)));
+        assert!(closes(&effects).is_empty());
+        assert_eq!(routes(&effects).len(), 1);
+    }
+    assert_eq!(state.incoming_qos2().len(), 5);
+}
