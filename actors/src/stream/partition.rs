@@ -12,7 +12,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use tidewater_storage::{LogStore, NewRecord, PartitionId, StorageError, build_record_batch, validate_batch};
+use tidewater_storage::{
+    BatchHeader, LogStore, NewRecord, PartitionId, StorageError, build_record_batch, validate_batch,
+};
 use tokio::sync::watch;
 
 use crate::mqtt::session::SessionMsg;
@@ -130,7 +132,8 @@ impl Actor for PartitionReplica {
         // a single node commits what it stores: the high watermark is the log end
         args.store.set_high_watermark(&args.id, offsets.log_end)?;
         args.high_watermark.send_replace(offsets.log_end);
-        Ok(PartitionState { args, pending: Vec::new(), flush_scheduled: false, producers: BTreeMap::new() })
+        let producers = recover_producers(args.store.as_ref(), &args.id, offsets.log_start, offsets.log_end);
+        Ok(PartitionState { args, pending: Vec::new(), flush_scheduled: false, producers })
     }
 
     async fn handle(
@@ -163,6 +166,59 @@ impl Actor for PartitionReplica {
             }
         }
         Ok(())
+    }
+}
+
+/// How much of a partition's tail is read at start to rebuild idempotent-producer state.
+const PRODUCER_RECOVERY_BYTES: usize = 8 * 1024 * 1024;
+
+/// Rebuilds each producer's last sequence and recent batches from the log tail (batch headers
+/// carry producer id, epoch and sequence), so that a retry after a restart is still recognised
+/// as a duplicate — what Kafka's producer-state snapshots give it.
+fn recover_producers(
+    store: &dyn LogStore,
+    id: &PartitionId,
+    log_start: i64,
+    log_end: i64,
+) -> BTreeMap<i64, ProducerState> {
+    let mut producers: BTreeMap<i64, ProducerState> = BTreeMap::new();
+    if log_end <= log_start {
+        return producers;
+    }
+    // read whole batches from a point near the end; a batch header is enough per batch
+    let mut offset = log_start.max(log_end - 100_000);
+    let mut budget = PRODUCER_RECOVERY_BYTES;
+    while offset < log_end && budget > 0 {
+        let Ok(batches) = store.read(id, offset, budget.min(1024 * 1024), log_end) else { break };
+        let Some(last) = batches.last() else { break };
+        offset = last.last_offset + 1;
+        for batch in &batches {
+            budget = budget.saturating_sub(batch.bytes.len());
+            let Ok(header) = BatchHeader::parse(&batch.bytes) else { continue };
+            if header.producer_id < 0 || header.base_sequence < 0 {
+                continue;
+            }
+            record_producer_batch(&mut producers, &header, batch.base_offset);
+        }
+    }
+    producers
+}
+
+/// Remembers a producer's batch: its last sequence, and the batch for duplicate detection.
+fn record_producer_batch(producers: &mut BTreeMap<i64, ProducerState>, header: &BatchHeader, base_offset: i64) {
+    let producer = producers.entry(header.producer_id).or_insert_with(|| ProducerState {
+        epoch: header.producer_epoch,
+        last_sequence: -1,
+        recent: VecDeque::new(),
+    });
+    if header.producer_epoch != producer.epoch {
+        producer.epoch = header.producer_epoch;
+        producer.recent.clear();
+    }
+    producer.last_sequence = header.base_sequence.wrapping_add(header.last_offset_delta);
+    producer.recent.push_back((header.base_sequence, base_offset));
+    if producer.recent.len() > 5 {
+        producer.recent.pop_front();
     }
 }
 
@@ -258,20 +314,7 @@ impl PartitionState {
         let appended = self.args.store.append(&self.args.id, 0, batch).map_err(storage_error)?;
         self.publish_high_watermark(appended.last_offset + 1);
         if producer_id >= 0 && header.base_sequence >= 0 {
-            let producer = self.producers.entry(producer_id).or_insert_with(|| ProducerState {
-                epoch: header.producer_epoch,
-                last_sequence: -1,
-                recent: VecDeque::new(),
-            });
-            if producer.epoch != header.producer_epoch {
-                producer.epoch = header.producer_epoch;
-                producer.recent.clear();
-            }
-            producer.last_sequence = header.base_sequence.wrapping_add(header.last_offset_delta);
-            producer.recent.push_back((header.base_sequence, appended.base_offset));
-            if producer.recent.len() > 5 {
-                producer.recent.pop_front();
-            }
+            record_producer_batch(&mut self.producers, &header, appended.base_offset);
         }
         Ok(Produced { base_offset: appended.base_offset, duplicate: false })
     }
@@ -308,4 +351,51 @@ impl PartitionState {
 
 fn storage_error(error: StorageError) -> ProduceError {
     ProduceError::Storage(error.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ractor::call_t;
+    use tidewater_storage::MemoryStore;
+
+    /// A batch from producer 42, epoch 0, starting at `sequence` (header patched, CRC redone).
+    fn idempotent_batch(sequence: i32) -> Bytes {
+        let record = NewRecord { key: None, value: Some(b"v"), headers: &[], timestamp_ms: 1 };
+        let mut bytes = build_record_batch(&[record], 1).to_vec();
+        bytes[43..51].copy_from_slice(&42i64.to_be_bytes());
+        bytes[51..53].copy_from_slice(&0i16.to_be_bytes());
+        bytes[53..57].copy_from_slice(&sequence.to_be_bytes());
+        let crc = crc32c::crc32c(&bytes[21..]);
+        bytes[17..21].copy_from_slice(&crc.to_be_bytes());
+        Bytes::from(bytes)
+    }
+
+    async fn start(store: &Arc<MemoryStore>) -> ActorRef<PartitionMsg> {
+        let (high_watermark, _) = watch::channel(0);
+        let args = PartitionArgs {
+            id: PartitionId { stream: "s".into(), partition: 0 },
+            store: store.clone(),
+            high_watermark,
+            max_batch_bytes: 1 << 20,
+        };
+        Actor::spawn(None, PartitionReplica, args).await.unwrap().0
+    }
+
+    #[tokio::test]
+    async fn a_retry_after_restart_is_still_a_duplicate() {
+        let store = Arc::new(MemoryStore::new());
+        let first = start(&store).await;
+        let appended = call_t!(first, PartitionMsg::AppendBatch, 1000, idempotent_batch(0)).unwrap().unwrap();
+        assert_eq!(appended, Produced { base_offset: 0, duplicate: false });
+        first.stop(None);
+
+        let restarted = start(&store).await;
+        let retried = call_t!(restarted, PartitionMsg::AppendBatch, 1000, idempotent_batch(0)).unwrap().unwrap();
+        assert_eq!(retried, Produced { base_offset: 0, duplicate: true });
+        let gap = call_t!(restarted, PartitionMsg::AppendBatch, 1000, idempotent_batch(5)).unwrap();
+        assert_eq!(gap, Err(ProduceError::OutOfOrderSequence));
+        let next = call_t!(restarted, PartitionMsg::AppendBatch, 1000, idempotent_batch(1)).unwrap().unwrap();
+        assert_eq!(next, Produced { base_offset: 1, duplicate: false });
+    }
 }
