@@ -9,6 +9,11 @@ use clap::{Parser, Subcommand};
 
 use config::{Config, Overrides};
 
+/// jemalloc instead of glibc malloc: the broker allocates per message on several worker threads,
+/// and glibc's arena lock showed up as ≈ 18 % of broker time in profiles (BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser, Debug)]
 #[command(name = "tidewater", version, about = "MQTT broker and Kafka-protocol streaming server in one binary")]
 struct Cli {
