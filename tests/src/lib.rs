@@ -27,7 +27,13 @@ pub fn free_port() -> u16 {
 
 /// A `tidewater` command with every inherited `TIDEWATER_*` variable removed.
 pub fn command() -> Command {
-    let mut command = Command::new(binary());
+    command_for(&binary())
+}
+
+/// A command running `binary` with every inherited `TIDEWATER_*` variable removed: the node
+/// reads each of them as configuration and refuses unknown ones.
+pub fn command_for(binary: &Path) -> Command {
+    let mut command = Command::new(binary);
     for (key, _) in std::env::vars_os() {
         if key.to_string_lossy().starts_with("TIDEWATER_") {
             command.env_remove(key);

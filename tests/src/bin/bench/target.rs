@@ -87,12 +87,7 @@ impl Broker {
         let (rpc, gossip) = (loopback(free_port()?), loopback(free_port()?));
         // the child runs in the temporary dir: resolve a relative path first
         let binary = std::fs::canonicalize(binary).with_context(|| format!("cannot find {}", binary.display()))?;
-        let mut command = Command::new(&binary);
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("TIDEWATER_") {
-                command.env_remove(key);
-            }
-        }
+        let mut command = tidewater_tests::command_for(&binary);
         // the same window and queue the peers get (see peers.rs): a like-for-like comparison
         command
             .env("TIDEWATER_MQTT__MAX_INFLIGHT", PEER_INFLIGHT.to_string())
