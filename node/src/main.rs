@@ -11,6 +11,8 @@ use config::{Config, Overrides};
 
 /// jemalloc instead of glibc malloc: the broker allocates per message on several worker threads,
 /// and glibc's arena lock showed up as ≈ 18 % of broker time in profiles (BENCHMARKS.md).
+/// `--no-default-features` builds with the system allocator, for heaptrack and valgrind.
+#[cfg(feature = "jemalloc")]
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

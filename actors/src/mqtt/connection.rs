@@ -1,6 +1,10 @@
-//! One MQTT network connection: CONNECT validation and authentication, then a reader that
-//! decodes packets for the session actor and a writer task that drains what the session
-//! sends. Keepalive is enforced by the reader (1.5 × the keepalive without any byte).
+//! One MQTT network connection: CONNECT validation and authentication, then one task that
+//! owns the socket: it decodes packets for the session actor (in batches, with bounded read
+//! credit) and writes what the session put in the connection's [`Outbox`], all the session's
+//! bytes at once. Keepalive is enforced here (1.5 × the keepalive without any byte).
+//!
+//! An idle connection costs its task, the socket and the outbox: the read buffer is given
+//! back after [`IDLE_TRIM`] without traffic, and the write buffer once it is written.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -9,7 +13,8 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::watch;
+use tokio::time::Instant;
 
 use crate::context::NodeContext;
 use crate::metrics as names;
@@ -17,24 +22,27 @@ use crate::mqtt::auth::{AuthFailure, Identity};
 use crate::mqtt::codec::{
     self, CodecError, ConnAck, ConnAckProperties, Connect, ConnectReturnCode, Packet, ProtocolVersion,
 };
-use crate::mqtt::session::{AttachRequest, Outbound, SessionMsg};
+use crate::mqtt::outbox::Outbox;
+use crate::mqtt::session::{AttachRequest, SessionMsg};
 use crate::mqtt::session_state::ConnectionParams;
 use crate::mqtt::topic;
 use crate::seams::{Connection, Listener};
 
-/// Frames queued to a connection's writer before the session counts it as congested.
-const OUTBOUND_QUEUE: usize = 256;
-/// Decoded batches a reader may have in the session's mailbox at once.
-const INBOUND_BATCHES: usize = 16;
 /// Packets per batch handed to the session.
-const MAX_BATCH: usize = 256;
+const MAX_BATCH: usize = 64;
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
-/// Bytes gathered before one write.
-const WRITE_BATCH: usize = 64 * 1024;
+/// A write buffer that grew beyond this is given back once written.
+const WRITE_KEEP: usize = 128 * 1024;
 /// Read buffer growth while reads fill it (a busy connection).
 const READ_RESERVE: usize = 64 * 1024;
 /// Spare room kept in the read buffer of a quiet connection.
 const READ_MIN_SPARE: usize = 1024;
+/// Room for a typical CONNECT (a larger one takes more reads).
+const CONNECT_RESERVE: usize = 256;
+/// An empty read buffer is given back after this long without a read.
+const IDLE_TRIM: Duration = Duration::from_secs(2);
+/// How long a connection waits for its session to close it after DISCONNECT or a bad packet.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
 /// Accepts MQTT connections until `shutdown` turns true.
 pub async fn run_listener(ctx: NodeContext, listener: Box<dyn Listener>, shutdown: watch::Receiver<bool>) {
@@ -64,8 +72,29 @@ impl Drop for ConnectionCount {
 /// Serves one connection from CONNECT to close.
 pub async fn serve_connection(ctx: NodeContext, connection: Box<dyn Connection>, peer: SocketAddr) {
     let (_count_guard, open_connections) = ConnectionCount::open(&ctx);
+    // the handshake (CONNECT, session spawn and attach) runs in its own boxed future, freed
+    // once it is done: the task of an idle connection keeps only what `run` needs
+    let Some(mut io) = Box::pin(handshake(&ctx, connection, peer, open_connections)).await else { return };
+    let ended = io.run().await;
+    io.outbox.set_gone();
+    let _ = io
+        .session
+        .cast(SessionMsg::ConnectionLost { conn_id: io.conn_id, keepalive_timeout: ended == Ended::Keepalive });
+}
+
+type Reader = tokio::io::ReadHalf<Box<dyn Connection>>;
+type Writer = tokio::io::WriteHalf<Box<dyn Connection>>;
+
+/// Reads and checks CONNECT and attaches the connection to its session; `None` when the
+/// connection was refused or closed.
+async fn handshake(
+    ctx: &NodeContext,
+    connection: Box<dyn Connection>,
+    peer: SocketAddr,
+    open_connections: usize,
+) -> Option<ConnectionIo<Reader, Writer>> {
     let (mut reader, mut writer) = tokio::io::split(connection);
-    let mut buf = BytesMut::with_capacity(READ_MIN_SPARE);
+    let mut buf = BytesMut::new();
     let max_packet_size = ctx.mqtt.max_packet_size as usize;
 
     let first = tokio::time::timeout(ctx.mqtt.connect_timeout(), read_connect(&mut reader, &mut buf, max_packet_size));
@@ -75,22 +104,22 @@ pub async fn serve_connection(ctx: NodeContext, connection: Box<dyn Connection>,
             let mut out = BytesMut::new();
             codec::write_connack_unsupported(level, &mut out);
             let _ = tokio::time::timeout(WRITE_TIMEOUT, writer.write_all(&out)).await;
-            refused(&ctx, "unsupported_protocol");
-            return;
+            refused(ctx, "unsupported_protocol");
+            return None;
         }
         Ok(Err(error)) => {
             tracing::debug!(%peer, %error, "bad first packet");
-            refused(&ctx, "malformed");
-            return;
+            refused(ctx, "malformed");
+            return None;
         }
-        Ok(Ok(None)) => return,
+        Ok(Ok(None)) => return None,
         Err(_) => {
-            refused(&ctx, "connect_timeout");
-            return;
+            refused(ctx, "connect_timeout");
+            return None;
         }
     };
 
-    let accepted = match check_connect(&ctx, &connect, version, open_connections) {
+    let accepted = match check_connect(ctx, &connect, version, open_connections) {
         Ok(accepted) => accepted,
         Err(code) => {
             let mut out = BytesMut::new();
@@ -98,28 +127,25 @@ pub async fn serve_connection(ctx: NodeContext, connection: Box<dyn Connection>,
             let _ = codec::write_packet(&connack, version, &mut out);
             let _ = tokio::time::timeout(WRITE_TIMEOUT, writer.write_all(&out)).await;
             let _ = writer.shutdown().await;
-            refused(&ctx, "connect_refused");
-            return;
+            refused(ctx, "connect_refused");
+            return None;
         }
     };
 
     let conn_id = ctx.rng.next_u64();
-    let (out_tx, out_rx) = mpsc::channel(OUTBOUND_QUEUE);
-    let (closed_tx, closed_rx) = watch::channel(false);
-    tokio::spawn(write_loop(out_rx, writer, closed_tx, ctx.mqtt_counters.bytes_sent.clone()));
-
+    let outbox = Outbox::new();
     let client_id = accepted.params.identity.client_id.clone();
     let keepalive = accepted.keepalive;
     let request = AttachRequest {
         conn_id,
-        writer: out_tx.clone(),
+        outbox: Arc::clone(&outbox),
         params: accepted.params,
         clean_start: connect.clean_session,
         expiry_secs: accepted.expiry_secs,
         connack_properties: accepted.connack_properties,
     };
     tracing::debug!(%client_id, %peer, ?version, "client connected");
-    let session = match ctx.sessions.attach(&ctx, &client_id, request).await {
+    let session = match ctx.sessions.attach(ctx, &client_id, request).await {
         Ok(session) => session,
         Err(error) => {
             tracing::warn!(%client_id, %error, "cannot attach session");
@@ -130,25 +156,32 @@ pub async fn serve_connection(ctx: NodeContext, connection: Box<dyn Connection>,
                 properties: None,
             });
             let _ = codec::write_packet(&connack, version, &mut out);
-            let _ = out_tx.send(Outbound::Data(out.freeze())).await;
-            let _ = out_tx.send(Outbound::Close).await;
-            return;
+            let _ = tokio::time::timeout(WRITE_TIMEOUT, writer.write_all(&out)).await;
+            let _ = writer.shutdown().await;
+            return None;
         }
     };
-    drop(out_tx);
-    read_loop(ReadLoop {
-        reader: &mut reader,
+    // an idle connection keeps no read buffer (the next read allocates a small one)
+    if buf.is_empty() {
+        buf = BytesMut::new();
+    }
+    let io = ConnectionIo {
+        reader,
+        writer,
         buf,
+        wbuf: BytesMut::new(),
         version,
         max_packet_size,
-        keepalive,
+        keepalive: (keepalive > 0).then(|| Duration::from_millis(u64::from(keepalive) * 1500)),
         conn_id,
         session,
-        closed: closed_rx,
+        outbox,
         bytes_received: ctx.mqtt_counters.bytes_received.clone(),
+        bytes_sent: ctx.mqtt_counters.bytes_sent.clone(),
         last_read_filled: false,
-    })
-    .await;
+        reading: true,
+    };
+    Some(io)
 }
 
 struct Accepted {
@@ -280,7 +313,7 @@ async fn read_connect<R: AsyncRead + Unpin>(
         if let Some(found) = codec::read_connect(buf, max_packet_size)? {
             return Ok(Some(found));
         }
-        buf.reserve(4096);
+        buf.reserve(CONNECT_RESERVE);
         match reader.read_buf(buf).await {
             Ok(0) | Err(_) => return Ok(None),
             Ok(read) => metrics::counter!(names::MQTT_BYTES_RECEIVED).increment(read as u64),
@@ -288,146 +321,200 @@ async fn read_connect<R: AsyncRead + Unpin>(
     }
 }
 
-struct ReadLoop<'a, R> {
-    reader: &'a mut R,
-    buf: BytesMut,
-    version: ProtocolVersion,
-    max_packet_size: usize,
-    keepalive: u16,
-    conn_id: u64,
-    session: ractor::ActorRef<SessionMsg>,
-    closed: watch::Receiver<bool>,
-    bytes_received: metrics::Counter,
-    /// Whether the last read filled the buffer's spare room (then the buffer grows).
-    last_read_filled: bool,
+/// Why a connection's task ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    /// EOF, a socket error, a write timeout, a bad packet or DISCONNECT.
+    Closed,
+    /// The session closed the connection.
+    ByServer,
+    /// No byte within 1.5 × the keepalive.
+    Keepalive,
 }
 
-async fn read_loop<R: AsyncRead + Unpin>(mut io: ReadLoop<'_, R>) {
-    let permits = Arc::new(Semaphore::new(INBOUND_BATCHES));
-    let keepalive = (io.keepalive > 0).then(|| Duration::from_millis(u64::from(io.keepalive) * 1500));
-    let mut keepalive_timeout = false;
-    'read: loop {
-        // hand over everything already buffered
+/// The socket and buffers of one attached connection, driven by one task.
+struct ConnectionIo<R, W> {
+    reader: R,
+    writer: W,
+    /// Bytes read and not yet decoded.
+    buf: BytesMut,
+    /// Bytes taken from the outbox and not yet written.
+    wbuf: BytesMut,
+    version: ProtocolVersion,
+    max_packet_size: usize,
+    keepalive: Option<Duration>,
+    conn_id: u64,
+    session: ractor::ActorRef<SessionMsg>,
+    outbox: Arc<Outbox>,
+    bytes_received: metrics::Counter,
+    bytes_sent: metrics::Counter,
+    /// Whether the last read filled the buffer's spare room (then the buffer grows).
+    last_read_filled: bool,
+    /// False after DISCONNECT or a decode error: the task only flushes what is left.
+    reading: bool,
+}
+
+/// When a connection's timer has to look again: the keepalive, a stalled write, or an idle
+/// read buffer to give back.
+struct Deadlines {
+    last_read: Instant,
+    last_write_progress: Instant,
+    /// When DISCONNECT or a bad packet stopped reading.
+    stopped_reading: Option<Instant>,
+}
+
+impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ConnectionIo<R, W> {
+    async fn run(&mut self) -> Ended {
+        let start = Instant::now();
+        let mut times = Deadlines { last_read: start, last_write_progress: start, stopped_reading: None };
+        let mut armed: Option<Instant> = None;
+        let timer = tokio::time::sleep_until(start + IDLE_TRIM);
+        tokio::pin!(timer);
+        let mut closing = false;
         loop {
+            let credit_blocked = self.hand_over();
+            if !self.reading && times.stopped_reading.is_none() {
+                // DISCONNECT or a bad packet was handed over: the session closes the connection
+                // through the outbox; the timer ends the task should it never do so
+                times.stopped_reading = Some(Instant::now());
+            }
+            if self.wbuf.is_empty() {
+                let taken = self.outbox.take(&mut self.wbuf);
+                if taken.notify_writable {
+                    let _ = self.session.cast(SessionMsg::Writable { conn_id: self.conn_id });
+                }
+                if !self.wbuf.is_empty() {
+                    times.last_write_progress = Instant::now();
+                }
+                closing |= taken.close;
+            }
+            if self.wbuf.is_empty() && closing {
+                let _ = tokio::time::timeout(Duration::from_secs(1), self.writer.shutdown()).await;
+                return Ended::ByServer;
+            }
+            let deadline = self.next_deadline(&times);
+            if deadline != armed && (armed.is_none() || deadline < armed) {
+                if let Some(at) = deadline {
+                    timer.as_mut().reset(at);
+                }
+                armed = deadline;
+            }
+            let can_read = self.reading && !credit_blocked && !closing;
+            self.prepare_read();
+            let spare = self.buf.capacity() - self.buf.len();
+            tokio::select! {
+                biased;
+                _ = self.outbox.woken() => {}
+                written = self.writer.write_buf(&mut self.wbuf), if !self.wbuf.is_empty() => match written {
+                    Ok(0) | Err(_) => return Ended::Closed,
+                    Ok(n) => {
+                        self.bytes_sent.increment(n as u64);
+                        times.last_write_progress = Instant::now();
+                        if self.wbuf.is_empty() && self.wbuf.capacity() > WRITE_KEEP {
+                            self.wbuf = BytesMut::new();
+                        }
+                    }
+                },
+                read = self.reader.read_buf(&mut self.buf), if can_read => match read {
+                    Ok(0) | Err(_) => return Ended::Closed,
+                    Ok(n) => {
+                        self.last_read_filled = n >= spare;
+                        self.bytes_received.increment(n as u64);
+                        times.last_read = Instant::now();
+                    }
+                },
+                _ = &mut timer, if armed.is_some() => {
+                    armed = None;
+                    let now = Instant::now();
+                    if self.keepalive.is_some_and(|limit| now >= times.last_read + limit) {
+                        return Ended::Keepalive;
+                    }
+                    if !self.wbuf.is_empty() && now >= times.last_write_progress + WRITE_TIMEOUT {
+                        return Ended::Closed;
+                    }
+                    if times.stopped_reading.is_some_and(|at| now >= at + CLOSE_GRACE) {
+                        return Ended::Closed;
+                    }
+                    if now >= times.last_read.max(times.last_write_progress) + IDLE_TRIM {
+                        // every condition of `next_deadline` is acted on here: a deadline in the
+                        // past must not stay armed
+                        if self.buf.is_empty() {
+                            self.buf = BytesMut::new();
+                        }
+                        if self.wbuf.is_empty() {
+                            self.wbuf = BytesMut::new();
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Hands decoded packets to the session while it has credit; true when out of credit
+    /// with packets still buffered.
+    fn hand_over(&mut self) -> bool {
+        while self.reading && !self.buf.is_empty() {
+            // only this task takes credit: if there is some now, it is still there below (and a
+            // credit taken for nothing and returned would wake this task again)
+            if !self.outbox.has_credit() {
+                return true;
+            }
             let mut packets = Vec::new();
             let mut error = None;
-            let mut stop = false;
             while packets.len() < MAX_BATCH {
-                match codec::read_packet(&mut io.buf, io.version, io.max_packet_size) {
+                match codec::read_packet(&mut self.buf, self.version, self.max_packet_size) {
                     Ok(Some(packet)) => {
-                        stop = matches!(packet, Packet::Disconnect(_));
+                        let stop = matches!(packet, Packet::Disconnect(_));
                         packets.push(packet);
                         if stop {
+                            self.reading = false;
                             break;
                         }
                     }
                     Ok(None) => break,
                     Err(e) => {
                         error = Some(e);
-                        stop = true;
+                        self.reading = false;
                         break;
                     }
                 }
             }
             if packets.is_empty() && error.is_none() {
-                break;
+                return false;
             }
             let full = packets.len() == MAX_BATCH;
-            let Ok(permit) = Arc::clone(&permits).acquire_owned().await else { break 'read };
-            let inbound = SessionMsg::Inbound { conn_id: io.conn_id, packets, error, permit };
-            if io.session.cast(inbound).is_err() || stop {
-                break 'read;
+            let Some(credit) = self.outbox.try_take_credit() else { return true };
+            let inbound = SessionMsg::Inbound { conn_id: self.conn_id, packets, error, credit };
+            if self.session.cast(inbound).is_err() {
+                self.reading = false;
+                return false;
             }
             if !full {
-                break;
+                return false;
             }
         }
-        // grow the read buffer only while reads fill it: an idle connection keeps a small one
-        if io.buf.capacity() - io.buf.len() < READ_MIN_SPARE {
-            let grow = if io.last_read_filled { READ_RESERVE } else { READ_MIN_SPARE * 2 };
-            io.buf.reserve(grow);
+        false
+    }
+
+    /// Grows the read buffer while reads fill it; an empty buffer stays unallocated until the
+    /// read itself asks for room (then a small one).
+    fn prepare_read(&mut self) {
+        if self.buf.capacity() == 0 {
+            return;
         }
-        let spare = io.buf.capacity() - io.buf.len();
-        let read = async {
-            match keepalive {
-                Some(limit) => tokio::time::timeout(limit, io.reader.read_buf(&mut io.buf)).await.ok(),
-                None => Some(io.reader.read_buf(&mut io.buf).await),
-            }
-        };
-        tokio::select! {
-            biased;
-            _ = io.closed.changed() => break,
-            result = read => match result {
-                None => {
-                    keepalive_timeout = true;
-                    break;
-                }
-                Some(Ok(0)) | Some(Err(_)) => break,
-                Some(Ok(read)) => {
-                    io.last_read_filled = read >= spare;
-                    io.bytes_received.increment(read as u64);
-                }
-            }
+        if self.buf.capacity() - self.buf.len() < READ_MIN_SPARE {
+            let grow = if self.last_read_filled { READ_RESERVE } else { READ_MIN_SPARE * 2 };
+            self.buf.reserve(grow);
         }
     }
-    let _ = io.session.cast(SessionMsg::ConnectionLost { conn_id: io.conn_id, keepalive_timeout });
-}
 
-/// Drains the session's frames to the socket until told to close (or the socket fails).
-///
-/// Frames already queued are gathered into one buffer so that a busy connection costs one
-/// write syscall per batch, not per message.
-async fn write_loop<W: AsyncWrite + Unpin>(
-    mut frames: mpsc::Receiver<Outbound>,
-    mut writer: W,
-    closed: watch::Sender<bool>,
-    bytes_sent: metrics::Counter,
-) {
-    // grows on demand and keeps its capacity: an idle connection never allocates 64 KiB
-    let mut batch = BytesMut::new();
-    'outer: while let Some(frame) = frames.recv().await {
-        let mut next = Some(frame);
-        let mut close = false;
-        while let Some(frame) = next.take() {
-            match frame {
-                Outbound::Data(bytes) if batch.is_empty() && bytes.len() >= WRITE_BATCH => {
-                    // a large frame goes out as it is, without a copy
-                    if !write_all(&mut writer, &bytes, &bytes_sent).await {
-                        break 'outer;
-                    }
-                }
-                Outbound::Data(bytes) => batch.extend_from_slice(&bytes),
-                Outbound::Close => {
-                    close = true;
-                    break;
-                }
-            }
-            if batch.len() >= WRITE_BATCH {
-                break;
-            }
-            next = frames.try_recv().ok();
-        }
-        if !batch.is_empty() {
-            let ok = write_all(&mut writer, &batch, &bytes_sent).await;
-            batch.clear();
-            if !ok {
-                break;
-            }
-        }
-        if close {
-            break;
-        }
-    }
-    let _ = tokio::time::timeout(Duration::from_secs(1), writer.shutdown()).await;
-    let _ = closed.send(true);
-}
-
-async fn write_all<W: AsyncWrite + Unpin>(writer: &mut W, bytes: &[u8], bytes_sent: &metrics::Counter) -> bool {
-    match tokio::time::timeout(WRITE_TIMEOUT, writer.write_all(bytes)).await {
-        Ok(Ok(())) => {
-            bytes_sent.increment(bytes.len() as u64);
-            true
-        }
-        _ => false,
+    fn next_deadline(&self, times: &Deadlines) -> Option<Instant> {
+        let keepalive = self.keepalive.map(|limit| times.last_read + limit);
+        let write = (!self.wbuf.is_empty()).then(|| times.last_write_progress + WRITE_TIMEOUT);
+        let idle_buffers =
+            (self.buf.is_empty() && self.buf.capacity() > 0) || (self.wbuf.is_empty() && self.wbuf.capacity() > 0);
+        let trim = idle_buffers.then(|| times.last_read.max(times.last_write_progress) + IDLE_TRIM);
+        let stopped = times.stopped_reading.map(|at| at + CLOSE_GRACE);
+        [keepalive, write, trim, stopped].into_iter().flatten().min()
     }
 }

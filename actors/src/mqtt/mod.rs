@@ -4,6 +4,7 @@ pub mod auth;
 pub mod codec;
 pub mod connection;
 pub mod message;
+pub mod outbox;
 pub mod persist;
 pub mod registry;
 pub mod router;

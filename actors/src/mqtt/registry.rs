@@ -24,13 +24,31 @@ pub enum AttachError {
     Unresponsive,
 }
 
+/// Shards of the registry: a connect holds its shard's lock while it spawns the session actor
+/// (so that two connections with one client id cannot both spawn one), and with one lock for
+/// all of them every connect waited for the previous one's actor to start.
+const SHARDS: usize = 64;
+
+type Shard = tokio::sync::Mutex<HashMap<String, SessionHandle>>;
+
 /// The node's sessions by client id.
-#[derive(Default)]
 pub struct SessionRegistry {
-    sessions: tokio::sync::Mutex<HashMap<String, SessionHandle>>,
+    shards: Vec<Shard>,
+}
+
+impl Default for SessionRegistry {
+    fn default() -> Self {
+        Self { shards: (0..SHARDS).map(|_| Shard::default()).collect() }
+    }
 }
 
 impl SessionRegistry {
+    fn shard(&self, client_id: &str) -> &Shard {
+        use std::hash::{BuildHasher, BuildHasherDefault};
+        let hash = BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().hash_one(client_id);
+        &self.shards[(hash as usize) % SHARDS]
+    }
+
     /// Attaches a connection to the session of `client_id`, spawning it if there is none.
     pub async fn attach(
         &self,
@@ -40,15 +58,16 @@ impl SessionRegistry {
     ) -> Result<ActorRef<SessionMsg>, AttachError> {
         for _ in 0..3 {
             let handle = {
-                let mut sessions = self.sessions.lock().await;
+                let mut sessions = self.shard(client_id).lock().await;
                 match sessions.get(client_id) {
                     Some(handle) => handle.clone(),
                     None => {
-                        let handle = spawn_session(ctx, client_id.to_string(), None)
+                        // a new session takes the connection as it starts: no attach round trip
+                        let handle = spawn_session(ctx, client_id.to_string(), None, Some(request))
                             .await
                             .map_err(|e| AttachError::Spawn(e.to_string()))?;
                         sessions.insert(client_id.to_string(), handle.clone());
-                        handle
+                        return Ok(handle.actor);
                     }
                 }
             };
@@ -65,7 +84,7 @@ impl SessionRegistry {
 
     /// Forgets the session of `client_id` if it is still `actor`.
     pub async fn remove(&self, client_id: &str, actor: &ActorRef<SessionMsg>) {
-        let mut sessions = self.sessions.lock().await;
+        let mut sessions = self.shard(client_id).lock().await;
         if sessions.get(client_id).is_some_and(|handle| handle.actor.get_id() == actor.get_id()) {
             sessions.remove(client_id);
         }
@@ -75,12 +94,11 @@ impl SessionRegistry {
     pub async fn restore(&self, ctx: &NodeContext) -> Result<usize, persist::PersistError> {
         let loaded = persist::load_sessions(ctx.state_store.as_ref())?;
         let count = loaded.len();
-        let mut sessions = self.sessions.lock().await;
         for session in loaded {
             let client_id = session.client_id.clone();
-            match spawn_session(ctx, client_id.clone(), Some(session)).await {
+            match spawn_session(ctx, client_id.clone(), Some(session), None).await {
                 Ok(handle) => {
-                    sessions.insert(client_id, handle);
+                    self.shard(&client_id).lock().await.insert(client_id, handle);
                 }
                 Err(error) => tracing::error!(%client_id, %error, "cannot restore session"),
             }
@@ -90,7 +108,10 @@ impl SessionRegistry {
 
     /// Closes every connection and persists every session (graceful shutdown).
     pub async fn shutdown(&self) {
-        let handles: Vec<SessionHandle> = self.sessions.lock().await.values().cloned().collect();
+        let mut handles: Vec<SessionHandle> = Vec::new();
+        for shard in &self.shards {
+            handles.extend(shard.lock().await.values().cloned());
+        }
         for handle in handles {
             let _ = call_t!(handle.actor, SessionMsg::Shutdown, SHUTDOWN_TIMEOUT_MS);
             handle.actor.stop(None);
@@ -99,11 +120,15 @@ impl SessionRegistry {
 
     /// The number of sessions.
     pub async fn len(&self) -> usize {
-        self.sessions.lock().await.len()
+        let mut len = 0;
+        for shard in &self.shards {
+            len += shard.lock().await.len();
+        }
+        len
     }
 
     /// Whether there are no sessions.
     pub async fn is_empty(&self) -> bool {
-        self.sessions.lock().await.is_empty()
+        self.len().await == 0
     }
 }

@@ -21,6 +21,55 @@ use crate::mqtt::session::SessionMsg;
 use crate::mqtt::topic;
 use crate::mqtt::trie::SubscriptionTrie;
 
+/// Deliveries per `Deliver` message at most.
+const FANOUT_CHUNK: usize = 64;
+
+/// Deliveries routed by one session while it handles one message (up to a batch of
+/// PUBLISH packets), gathered per subscriber so that each subscriber gets one `Deliver`
+/// with all of them, in order, instead of one actor message per delivery.
+#[derive(Default)]
+pub struct Fanout {
+    index: HashMap<ractor::ActorId, usize>,
+    targets: Vec<(ActorRef<SessionMsg>, Vec<Delivery>)>,
+}
+
+impl Fanout {
+    /// Adds a delivery for `actor`, after the ones gathered for it before. A subscriber's
+    /// deliveries go out every [`FANOUT_CHUNK`], so that it works on the first ones while the
+    /// publisher routes the rest.
+    pub fn add(&mut self, actor: &ActorRef<SessionMsg>, delivery: Delivery) {
+        let id = actor.get_id();
+        let at = match self.targets.last() {
+            Some((last, _)) if last.get_id() == id => self.targets.len() - 1,
+            _ => match self.index.entry(id) {
+                std::collections::hash_map::Entry::Occupied(at) => *at.get(),
+                std::collections::hash_map::Entry::Vacant(slot) => {
+                    slot.insert(self.targets.len());
+                    self.targets.push((actor.clone(), Vec::new()));
+                    self.targets.len() - 1
+                }
+            },
+        };
+        let (actor, deliveries) = &mut self.targets[at];
+        deliveries.push(delivery);
+        if deliveries.len() >= FANOUT_CHUNK {
+            let _ = actor.cast(SessionMsg::Deliver(std::mem::take(deliveries)));
+        }
+    }
+
+    /// Casts the gathered deliveries, one message per subscriber; returns how many took it.
+    pub fn send(&mut self) -> usize {
+        let mut sent = 0;
+        for (actor, deliveries) in self.targets.drain(..) {
+            if !deliveries.is_empty() && actor.cast(SessionMsg::Deliver(deliveries)).is_ok() {
+                sent += 1;
+            }
+        }
+        self.index.clear();
+        sent
+    }
+}
+
 /// A session as the router sees it: its actor and whether a client is connected.
 #[derive(Debug, Clone)]
 pub struct SessionHandle {
@@ -128,9 +177,9 @@ impl Router {
     }
 
     /// Routes an accepted message: retains it if asked, then delivers it once to every
-    /// matching session and to one member of every matching share group. Returns the
-    /// number of deliveries.
-    pub fn publish(&self, message: Arc<Message>) -> usize {
+    /// matching session and to one member of every matching share group, through `fanout`
+    /// (which the caller sends once it routed its batch). Returns the number of deliveries.
+    pub fn publish(&self, message: Arc<Message>, fanout: &mut Fanout) -> usize {
         if message.retain {
             self.retain(&message);
         }
@@ -177,11 +226,9 @@ impl Router {
                 true
             });
         }
-        let mut count = 0;
+        let mut count = direct.len();
         for (_, session, delivery) in direct {
-            if session.actor.cast(SessionMsg::Deliver(delivery)).is_ok() {
-                count += 1;
-            }
+            fanout.add(&session.actor, delivery);
         }
         for (group_key, members) in groups {
             let chosen = self.choose_member(group_key, &members);
@@ -192,9 +239,8 @@ impl Router {
                 retain: message.retain && entry.options.retain_as_published,
                 subscription_ids: entry.options.subscription_id.into_iter().collect(),
             };
-            if entry.session.actor.cast(SessionMsg::Deliver(delivery)).is_ok() {
-                count += 1;
-            }
+            fanout.add(&entry.session.actor, delivery);
+            count += 1;
         }
         count
     }

@@ -2,16 +2,15 @@
 //!
 //! It owns the session across connections: a connection task feeds it decoded packets,
 //! the router feeds it deliveries, and it performs the state machine's effects — writing
-//! to the connection's writer task, routing, persisting, and the will and expiry timers.
+//! to the connection's outbox, routing, persisting, and the will and expiry timers.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use tokio::sync::{OwnedSemaphorePermit, mpsc};
 
 use crate::context::NodeContext;
 use crate::metrics as names;
@@ -20,28 +19,20 @@ use crate::mqtt::codec::{
     self, ConnAck, ConnAckProperties, ConnectReturnCode, Disconnect, DisconnectReasonCode, Packet, ProtocolVersion,
 };
 use crate::mqtt::message::{Delivery, Message, RetainHandling};
+use crate::mqtt::outbox::{InboundCredit, Outbox, Pushed};
 use crate::mqtt::persist::{self, LoadedSession, SessionRecord};
-use crate::mqtt::router::SessionHandle;
+use crate::mqtt::router::{Fanout, SessionHandle};
 use crate::mqtt::session_state::{ConnectionParams, Effect, PersistOp, SessionState, message_from_will};
 use crate::mqtt::topic;
 use crate::stream::partition::DurableNotice;
 
-/// What a connection's writer task is sent.
-#[derive(Debug)]
-pub enum Outbound {
-    /// Bytes to write.
-    Data(Bytes),
-    /// Flush what was sent before and close the connection.
-    Close,
-}
-
 /// A connection asking to be attached to a session (after CONNECT was accepted).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct AttachRequest {
     /// Identifies the connection, so that messages about an older one are ignored.
     pub conn_id: u64,
-    /// The connection's writer task.
-    pub writer: mpsc::Sender<Outbound>,
+    /// Where the session puts the bytes the connection writes.
+    pub outbox: Arc<Outbox>,
     /// What the client asked for in CONNECT.
     pub params: ConnectionParams,
     /// Clean Start / Clean Session.
@@ -65,8 +56,8 @@ pub enum SessionMsg {
         packets: Vec<Packet>,
         /// A decode error after the packets.
         error: Option<codec::CodecError>,
-        /// Released once processed: bounds how far the reader runs ahead.
-        permit: OwnedSemaphorePermit,
+        /// Returned once processed: bounds how far the reader runs ahead.
+        credit: InboundCredit,
     },
     /// The connection ended without DISCONNECT (EOF, error, keepalive timeout).
     ConnectionLost {
@@ -75,14 +66,12 @@ pub enum SessionMsg {
         /// Whether it was the keepalive that ran out.
         keepalive_timeout: bool,
     },
-    /// A message routed to this session.
-    Deliver(Delivery),
-    /// The writer has room again.
+    /// Messages routed to this session, in order (one cast per publishing batch).
+    Deliver(Vec<Delivery>),
+    /// The connection drained its outbox after it was congested.
     Writable {
         /// The connection.
         conn_id: u64,
-        /// A reserved slot in the writer's queue.
-        permit: mpsc::OwnedPermit<Outbound>,
     },
     /// The will delay of the connection of this epoch has passed.
     WillDelayElapsed(u64),
@@ -109,6 +98,8 @@ pub struct SessionArgs {
     pub restored: Option<LoadedSession>,
     /// Shared with the router: whether a client is connected.
     pub online: Arc<AtomicBool>,
+    /// A connection to attach right away (a new session), which saves the attach round trip.
+    pub attach: Option<AttachRequest>,
 }
 
 /// The `MqttSession` actor.
@@ -117,9 +108,10 @@ pub struct MqttSession;
 struct ConnIo {
     conn_id: u64,
     version: ProtocolVersion,
-    writer: mpsc::Sender<Outbound>,
+    outbox: Arc<Outbox>,
+    /// Packets encoded since the last flush.
     out: BytesMut,
-    pending: VecDeque<Bytes>,
+    /// The outbox is over its high-water mark: deliveries wait in the session queue.
     congested: bool,
 }
 
@@ -139,6 +131,8 @@ pub struct SessionShell {
     acks: AckGate,
     /// Whether the queue overflowed since it last drained (to warn once per episode).
     queue_overflowing: bool,
+    /// Deliveries routed while handling one message, cast per subscriber at its end.
+    fanout: Fanout,
 }
 
 /// Holds PUBACK/PUBREC until the stream appends of their PUBLISH are durable, releasing them
@@ -234,9 +228,15 @@ impl Actor for MqttSession {
             established: elapsed_secs.is_some(),
             acks: AckGate::default(),
             queue_overflowing: false,
+            fanout: Fanout::default(),
         };
+        let mut shell = shell;
         if let Some(elapsed_secs) = elapsed_secs {
             shell.schedule_expiry(&myself, elapsed_secs);
+        }
+        if let Some(request) = args.attach {
+            shell.attach(&myself, request);
+            shell.fanout.send();
         }
         Ok(shell)
     }
@@ -252,7 +252,7 @@ impl Actor for MqttSession {
                 shell.attach(&myself, request);
                 let _ = reply.send(true);
             }
-            SessionMsg::Inbound { conn_id, packets, error, permit } => {
+            SessionMsg::Inbound { conn_id, packets, error, credit } => {
                 if shell.io.as_ref().is_some_and(|io| io.conn_id == conn_id) {
                     let now = shell.ctx.now_ms();
                     let mut closed = false;
@@ -268,9 +268,10 @@ impl Actor for MqttSession {
                         metrics::counter!(names::MQTT_CONNECTIONS_REFUSED, "reason" => "malformed").increment(1);
                         shell.apply(&myself, vec![Effect::Close(error.disconnect_reason())]).await;
                     }
+                    shell.fanout.send();
                     shell.flush(&myself);
                 }
-                drop(permit);
+                drop(credit);
             }
             SessionMsg::ConnectionLost { conn_id, keepalive_timeout } => {
                 if shell.io.as_ref().is_some_and(|io| io.conn_id == conn_id) {
@@ -278,24 +279,27 @@ impl Actor for MqttSession {
                         tracing::debug!(client_id = %shell.state.client_id(), "keepalive timeout");
                         shell.apply(&myself, vec![Effect::Close(DisconnectReasonCode::KeepAliveTimeout)]).await;
                     } else {
-                        shell.close_connection(&myself, true).await;
+                        Box::pin(shell.close_connection(&myself, true)).await;
                     }
                 }
             }
-            SessionMsg::Deliver(delivery) => {
-                let effects = shell.state.deliver(delivery, shell.ctx.now_ms());
-                shell.apply(&myself, effects).await;
+            SessionMsg::Deliver(deliveries) => {
+                let now = shell.ctx.now_ms();
+                for delivery in deliveries {
+                    let effects = shell.state.deliver(delivery, now);
+                    shell.apply_sync(effects);
+                }
                 shell.flush(&myself);
                 if shell.queue_overflowing && shell.state.queued_len() == 0 {
                     shell.queue_overflowing = false;
                 }
             }
-            SessionMsg::Writable { conn_id, permit } => {
-                if let Some(io) = shell.io.as_mut().filter(|io| io.conn_id == conn_id) {
-                    if let Some(bytes) = io.pending.pop_front() {
-                        permit.send(Outbound::Data(bytes));
-                    }
-                    shell.drain_pending(&myself);
+            SessionMsg::Writable { conn_id } => {
+                if let Some(io) = shell.io.as_mut().filter(|io| io.conn_id == conn_id && io.congested) {
+                    io.congested = false;
+                    let effects = shell.state.set_writable(true, shell.ctx.now_ms());
+                    shell.apply_sync(effects);
+                    shell.flush(&myself);
                 }
             }
             SessionMsg::WillDelayElapsed(epoch) => {
@@ -308,7 +312,7 @@ impl Actor for MqttSession {
             SessionMsg::ExpiryElapsed(epoch) => {
                 if epoch == shell.epoch && !shell.state.is_connected() {
                     tracing::debug!(client_id = %shell.state.client_id(), "session expired");
-                    shell.end_session(&myself).await;
+                    Box::pin(shell.end_session(&myself)).await;
                 }
             }
             SessionMsg::Durable { tokens, ok } => {
@@ -327,7 +331,7 @@ impl Actor for MqttSession {
                     shell.write(Packet::Disconnect(disconnect(DisconnectReasonCode::ServerShuttingDown)));
                     shell.flush(&myself);
                     if let Some(io) = shell.io.take() {
-                        let _ = io.writer.try_send(Outbound::Close);
+                        io.outbox.close();
                     }
                     shell.state.detach();
                 }
@@ -337,6 +341,8 @@ impl Actor for MqttSession {
                 let _ = reply.send(());
             }
         }
+        // wills published while handling the message
+        shell.fanout.send();
         Ok(())
     }
 }
@@ -346,16 +352,16 @@ impl SessionShell {
         let now = self.ctx.now_ms();
         if let Some(old) = self.io.take() {
             // session takeover: tell the old client why and close it
+            let mut out = old.out;
             if old.version == ProtocolVersion::V5 {
-                let mut out = old.out;
                 let _ = codec::write_packet(
                     &Packet::Disconnect(disconnect(DisconnectReasonCode::SessionTakenOver)),
                     old.version,
                     &mut out,
                 );
-                let _ = old.writer.try_send(Outbound::Data(out.freeze()));
             }
-            let _ = old.writer.try_send(Outbound::Close);
+            old.outbox.push(&mut out);
+            old.outbox.close();
             if let Some((will, delay)) = self.state.will().cloned()
                 && (delay == 0 || request.clean_start)
             {
@@ -379,9 +385,8 @@ impl SessionShell {
         self.io = Some(ConnIo {
             conn_id: request.conn_id,
             version: request.params.version,
-            writer: request.writer,
-            out: BytesMut::with_capacity(256),
-            pending: VecDeque::new(),
+            outbox: request.outbox,
+            out: BytesMut::new(),
             congested: false,
         });
         self.write(Packet::ConnAck(ConnAck {
@@ -402,6 +407,9 @@ impl SessionShell {
     }
 
     /// Applies effects; returns true when the connection was closed by one of them.
+    ///
+    /// Closing and ending are boxed where they are awaited: the actor's message loop future is
+    /// allocated for its largest await, once per session, and these rare paths were most of it.
     async fn apply(&mut self, myself: &ActorRef<SessionMsg>, effects: Vec<Effect>) -> bool {
         let mut work: VecDeque<Effect> = effects.into();
         while let Some(effect) = work.pop_front() {
@@ -410,14 +418,14 @@ impl SessionShell {
                     if !publish_will {
                         self.state.clear_will();
                     }
-                    self.close_connection(myself, true).await;
+                    Box::pin(self.close_connection(myself, true)).await;
                     return true;
                 }
                 Effect::Close(reason) => {
                     if self.io.as_ref().is_some_and(|io| io.version == ProtocolVersion::V5) {
                         self.write(Packet::Disconnect(disconnect(reason)));
                     }
-                    self.close_connection(myself, true).await;
+                    Box::pin(self.close_connection(myself, true)).await;
                     return true;
                 }
                 other => {
@@ -464,7 +472,7 @@ impl SessionShell {
                     self.acks.outstanding.insert(token, appends);
                     self.acks.last_route = Some(token);
                 }
-                self.ctx.router.publish(message);
+                self.ctx.router.publish(message, &mut self.fanout);
             }
             Effect::Subscribed { raw_filter, options, is_new } => {
                 let client_id = self.state.client_id().to_string();
@@ -531,48 +539,16 @@ impl SessionShell {
         }
     }
 
-    /// Hands buffered bytes to the writer; marks the session unwritable when the writer is full.
-    fn flush(&mut self, myself: &ActorRef<SessionMsg>) {
+    /// Hands the encoded packets to the connection; once it is behind, deliveries wait in the
+    /// session queue until it reports `Writable`.
+    fn flush(&mut self, _myself: &ActorRef<SessionMsg>) {
         let Some(io) = self.io.as_mut() else { return };
-        if !io.out.is_empty() {
-            let bytes = io.out.split().freeze();
-            io.pending.push_back(bytes);
+        if io.out.is_empty() {
+            return;
         }
-        self.drain_pending(myself);
-    }
-
-    fn drain_pending(&mut self, myself: &ActorRef<SessionMsg>) {
-        let Some(io) = self.io.as_mut() else { return };
-        while let Some(bytes) = io.pending.pop_front() {
-            match io.writer.try_send(Outbound::Data(bytes)) {
-                Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(Outbound::Data(bytes))) => {
-                    io.pending.push_front(bytes);
-                    if !io.congested {
-                        io.congested = true;
-                        let writer = io.writer.clone();
-                        let conn_id = io.conn_id;
-                        let me = myself.clone();
-                        tokio::spawn(async move {
-                            if let Ok(permit) = writer.reserve_owned().await {
-                                let _ = me.cast(SessionMsg::Writable { conn_id, permit });
-                            }
-                        });
-                        self.state.set_writable(false, 0);
-                    }
-                    return;
-                }
-                Err(_) => {
-                    io.pending.clear();
-                    return;
-                }
-            }
-        }
-        if io.congested {
-            io.congested = false;
-            let effects = self.state.set_writable(true, self.ctx.now_ms());
-            self.apply_sync(effects);
-            self.flush(myself);
+        if io.outbox.push(&mut io.out) == Pushed::Congested && !io.congested {
+            io.congested = true;
+            self.state.set_writable(false, 0);
         }
     }
 
@@ -580,14 +556,7 @@ impl SessionShell {
     async fn close_connection(&mut self, myself: &ActorRef<SessionMsg>, with_will: bool) {
         self.flush(myself);
         if let Some(io) = self.io.take() {
-            let _ = io.writer.try_send(Outbound::Close);
-            if io.writer.capacity() == 0 {
-                // the writer is full: close it from a task so that Close is not lost
-                let writer = io.writer.clone();
-                tokio::spawn(async move {
-                    let _ = tokio::time::timeout(Duration::from_secs(5), writer.send(Outbound::Close)).await;
-                });
-            }
+            io.outbox.close();
         }
         let will = if with_will { self.state.will().cloned() } else { None };
         self.acks.clear();
@@ -608,7 +577,7 @@ impl SessionShell {
             }
         }
         if self.state.expiry_secs() == 0 {
-            self.end_session(myself).await;
+            Box::pin(self.end_session(myself)).await;
         } else {
             self.persist_record();
             self.schedule_expiry(myself, 0);
@@ -631,7 +600,7 @@ impl SessionShell {
             return;
         }
         self.ctx.mqtt_counters.received(will.qos);
-        self.ctx.router.publish(will);
+        self.ctx.router.publish(will, &mut self.fanout);
     }
 
     async fn end_session(&mut self, myself: &ActorRef<SessionMsg>) {
@@ -717,14 +686,15 @@ pub fn qos_label(qos: u8) -> &'static str {
     }
 }
 
-/// Spawns a session actor and returns its handle.
+/// Spawns a session actor (attaching `attach` first if given) and returns its handle.
 pub async fn spawn_session(
     ctx: &NodeContext,
     client_id: String,
     restored: Option<LoadedSession>,
+    attach: Option<AttachRequest>,
 ) -> Result<SessionHandle, ractor::SpawnErr> {
     let online = Arc::new(AtomicBool::new(false));
-    let args = SessionArgs { ctx: ctx.clone(), client_id, restored, online: Arc::clone(&online) };
+    let args = SessionArgs { ctx: ctx.clone(), client_id, restored, online: Arc::clone(&online), attach };
     let (actor, _) = Actor::spawn(None, MqttSession, args).await?;
     Ok(SessionHandle { actor, online })
 }
