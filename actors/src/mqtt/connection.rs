@@ -518,3 +518,40 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ConnectionIo<R, W> {
         [keepalive, write, trim, stopped].into_iter().flatten().min()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mqtt::session::footprint_tests::context;
+    use crate::mqtt::session::spawn_session;
+
+    #[tokio::test]
+    async fn an_idle_connection_task_stays_small() {
+        let ctx = context();
+        let handle = spawn_session(&ctx, "c".into(), None, None).await.expect("spawn");
+        let (ours, _theirs) = tokio::io::duplex(64);
+        let (reader, writer) = tokio::io::split(Box::new(ours) as Box<dyn Connection>);
+        let mut io: ConnectionIo<Reader, Writer> = ConnectionIo {
+            reader,
+            writer,
+            buf: BytesMut::new(),
+            wbuf: BytesMut::new(),
+            version: ProtocolVersion::V311,
+            max_packet_size: 1024,
+            keepalive: None,
+            conn_id: 1,
+            session: handle.actor.clone(),
+            outbox: Outbox::new(),
+            bytes_received: metrics::Counter::noop(),
+            bytes_sent: metrics::Counter::noop(),
+            last_read_filled: false,
+            reading: true,
+        };
+        let size = std::mem::size_of_val(&io.run());
+        assert!(size <= 512, "ConnectionIo::run's future is {size} bytes");
+        let task = serve_connection(ctx, Box::new(tokio::io::duplex(64).0), "127.0.0.1:1".parse().expect("addr"));
+        let size = std::mem::size_of_val(&task);
+        assert!(size <= 1024, "serve_connection's future is {size} bytes: box the handshake's awaits");
+        handle.actor.stop(None);
+    }
+}

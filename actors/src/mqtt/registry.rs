@@ -71,7 +71,7 @@ impl SessionRegistry {
                     }
                 }
             };
-            match call_t!(handle.actor, SessionMsg::Attach, ATTACH_TIMEOUT_MS, request.clone()) {
+            match call_t!(handle.actor, SessionMsg::Attach, ATTACH_TIMEOUT_MS, Box::new(request.clone())) {
                 Ok(true) => return Ok(handle.actor),
                 _ => {
                     // the session ended between lookup and attach: forget it and try again

@@ -44,10 +44,9 @@ pub struct AttachRequest {
 }
 
 /// Messages of the `MqttSession` actor.
-#[allow(clippy::large_enum_variant)] // Attach is rare; the hot variants are small
 pub enum SessionMsg {
     /// Attach a new connection (session takeover if one is attached); replies once CONNACK is queued.
-    Attach(AttachRequest, RpcReplyPort<bool>),
+    Attach(Box<AttachRequest>, RpcReplyPort<bool>),
     /// Packets decoded from the connection, and the decode error that ended them if any.
     Inbound {
         /// The connection they came from.
@@ -247,99 +246,10 @@ impl Actor for MqttSession {
         message: SessionMsg,
         shell: &mut SessionShell,
     ) -> Result<(), ActorProcessingErr> {
-        match message {
-            SessionMsg::Attach(request, reply) => {
-                shell.attach(&myself, request);
-                let _ = reply.send(true);
-            }
-            SessionMsg::Inbound { conn_id, packets, error, credit } => {
-                if shell.io.as_ref().is_some_and(|io| io.conn_id == conn_id) {
-                    let now = shell.ctx.now_ms();
-                    let mut closed = false;
-                    for packet in packets {
-                        let effects = shell.state.handle_packet(packet, now, &shell.ctx.authorizer);
-                        if shell.apply(&myself, effects).await {
-                            closed = true;
-                            break;
-                        }
-                    }
-                    if !closed && let Some(error) = error {
-                        tracing::debug!(client_id = %shell.state.client_id(), %error, "closing connection on bad packet");
-                        metrics::counter!(names::MQTT_CONNECTIONS_REFUSED, "reason" => "malformed").increment(1);
-                        shell.apply(&myself, vec![Effect::Close(error.disconnect_reason())]).await;
-                    }
-                    shell.fanout.send();
-                    shell.flush(&myself);
-                }
-                drop(credit);
-            }
-            SessionMsg::ConnectionLost { conn_id, keepalive_timeout } => {
-                if shell.io.as_ref().is_some_and(|io| io.conn_id == conn_id) {
-                    if keepalive_timeout {
-                        tracing::debug!(client_id = %shell.state.client_id(), "keepalive timeout");
-                        shell.apply(&myself, vec![Effect::Close(DisconnectReasonCode::KeepAliveTimeout)]).await;
-                    } else {
-                        Box::pin(shell.close_connection(&myself, true)).await;
-                    }
-                }
-            }
-            SessionMsg::Deliver(deliveries) => {
-                let now = shell.ctx.now_ms();
-                for delivery in deliveries {
-                    let effects = shell.state.deliver(delivery, now);
-                    shell.apply_sync(effects);
-                }
-                shell.flush(&myself);
-                if shell.queue_overflowing && shell.state.queued_len() == 0 {
-                    shell.queue_overflowing = false;
-                }
-            }
-            SessionMsg::Writable { conn_id } => {
-                if let Some(io) = shell.io.as_mut().filter(|io| io.conn_id == conn_id && io.congested) {
-                    io.congested = false;
-                    let effects = shell.state.set_writable(true, shell.ctx.now_ms());
-                    shell.apply_sync(effects);
-                    shell.flush(&myself);
-                }
-            }
-            SessionMsg::WillDelayElapsed(epoch) => {
-                if epoch == shell.epoch
-                    && let Some((will, identity)) = shell.pending_will.take()
-                {
-                    shell.publish_will(will, &identity);
-                }
-            }
-            SessionMsg::ExpiryElapsed(epoch) => {
-                if epoch == shell.epoch && !shell.state.is_connected() {
-                    tracing::debug!(client_id = %shell.state.client_id(), "session expired");
-                    Box::pin(shell.end_session(&myself)).await;
-                }
-            }
-            SessionMsg::Durable { tokens, ok } => {
-                if !ok {
-                    tracing::warn!(client_id = %shell.state.client_id(), "stream append failed; acknowledgement withheld");
-                }
-                for token in tokens {
-                    for packet in shell.acks.durable(token, ok) {
-                        shell.write(packet);
-                    }
-                }
-                shell.flush(&myself);
-            }
-            SessionMsg::Shutdown(reply) => {
-                if shell.io.is_some() {
-                    shell.write(Packet::Disconnect(disconnect(DisconnectReasonCode::ServerShuttingDown)));
-                    shell.flush(&myself);
-                    if let Some(io) = shell.io.take() {
-                        io.outbox.close();
-                    }
-                    shell.state.detach();
-                }
-                if shell.state.is_persistent() {
-                    shell.persist_record();
-                }
-                let _ = reply.send(());
-            }
+        if let Some(tail) = shell.on_message(&myself, message) {
+            // the rare asynchronous part runs boxed: this future is allocated for its largest
+            // await in every session's message loop, so it stays a few pointers wide
+            Box::pin(shell.finish(&myself, tail)).await;
         }
         // wills published while handling the message
         shell.fanout.send();
@@ -347,7 +257,123 @@ impl Actor for MqttSession {
     }
 }
 
+/// What is left of handling a message once its synchronous part is done.
+enum Tail {
+    /// Close the connection (publishing or scheduling the will).
+    CloseConnection,
+    /// The session expired.
+    EndSession,
+}
+
 impl SessionShell {
+    /// Handles a message up to its asynchronous tail, if it has one.
+    fn on_message(&mut self, myself: &ActorRef<SessionMsg>, message: SessionMsg) -> Option<Tail> {
+        match message {
+            SessionMsg::Attach(request, reply) => {
+                self.attach(myself, *request);
+                let _ = reply.send(true);
+            }
+            SessionMsg::Inbound { conn_id, packets, error, credit } => {
+                if self.io.as_ref().is_some_and(|io| io.conn_id == conn_id) {
+                    let now = self.ctx.now_ms();
+                    let mut closed = false;
+                    for packet in packets {
+                        let effects = self.state.handle_packet(packet, now, &self.ctx.authorizer);
+                        if self.apply(effects) {
+                            closed = true;
+                            break;
+                        }
+                    }
+                    if !closed && let Some(error) = error {
+                        tracing::debug!(client_id = %self.state.client_id(), %error, "closing connection on bad packet");
+                        metrics::counter!(names::MQTT_CONNECTIONS_REFUSED, "reason" => "malformed").increment(1);
+                        closed = self.apply(vec![Effect::Close(error.disconnect_reason())]);
+                    }
+                    self.fanout.send();
+                    self.flush(myself);
+                    if closed {
+                        return Some(Tail::CloseConnection);
+                    }
+                }
+                drop(credit);
+            }
+            SessionMsg::ConnectionLost { conn_id, keepalive_timeout } => {
+                if self.io.as_ref().is_some_and(|io| io.conn_id == conn_id) {
+                    if keepalive_timeout {
+                        tracing::debug!(client_id = %self.state.client_id(), "keepalive timeout");
+                        self.apply(vec![Effect::Close(DisconnectReasonCode::KeepAliveTimeout)]);
+                    }
+                    return Some(Tail::CloseConnection);
+                }
+            }
+            SessionMsg::Deliver(deliveries) => {
+                let now = self.ctx.now_ms();
+                for delivery in deliveries {
+                    let effects = self.state.deliver(delivery, now);
+                    self.apply_sync(effects);
+                }
+                self.flush(myself);
+                if self.queue_overflowing && self.state.queued_len() == 0 {
+                    self.queue_overflowing = false;
+                }
+            }
+            SessionMsg::Writable { conn_id } => {
+                if let Some(io) = self.io.as_mut().filter(|io| io.conn_id == conn_id && io.congested) {
+                    io.congested = false;
+                    let effects = self.state.set_writable(true, self.ctx.now_ms());
+                    self.apply_sync(effects);
+                    self.flush(myself);
+                }
+            }
+            SessionMsg::WillDelayElapsed(epoch) => {
+                if epoch == self.epoch
+                    && let Some((will, identity)) = self.pending_will.take()
+                {
+                    self.publish_will(will, &identity);
+                }
+            }
+            SessionMsg::ExpiryElapsed(epoch) => {
+                if epoch == self.epoch && !self.state.is_connected() {
+                    tracing::debug!(client_id = %self.state.client_id(), "session expired");
+                    return Some(Tail::EndSession);
+                }
+            }
+            SessionMsg::Durable { tokens, ok } => {
+                if !ok {
+                    tracing::warn!(client_id = %self.state.client_id(), "stream append failed; acknowledgement withheld");
+                }
+                for token in tokens {
+                    for packet in self.acks.durable(token, ok) {
+                        self.write(packet);
+                    }
+                }
+                self.flush(myself);
+            }
+            SessionMsg::Shutdown(reply) => {
+                if self.io.is_some() {
+                    self.write(Packet::Disconnect(disconnect(DisconnectReasonCode::ServerShuttingDown)));
+                    self.flush(myself);
+                    if let Some(io) = self.io.take() {
+                        io.outbox.close();
+                    }
+                    self.state.detach();
+                }
+                if self.state.is_persistent() {
+                    self.persist_record();
+                }
+                let _ = reply.send(());
+            }
+        }
+        None
+    }
+
+    async fn finish(&mut self, myself: &ActorRef<SessionMsg>, tail: Tail) {
+        match tail {
+            Tail::CloseConnection => self.close_connection(myself, true).await,
+            Tail::EndSession => self.end_session(myself).await,
+        }
+    }
+
     fn attach(&mut self, myself: &ActorRef<SessionMsg>, request: AttachRequest) {
         let now = self.ctx.now_ms();
         if let Some(old) = self.io.take() {
@@ -406,11 +432,9 @@ impl SessionShell {
         self.flush(myself);
     }
 
-    /// Applies effects; returns true when the connection was closed by one of them.
-    ///
-    /// Closing and ending are boxed where they are awaited: the actor's message loop future is
-    /// allocated for its largest await, once per session, and these rare paths were most of it.
-    async fn apply(&mut self, myself: &ActorRef<SessionMsg>, effects: Vec<Effect>) -> bool {
+    /// Applies effects; returns true when one of them closes the connection (the caller then
+    /// runs [`Tail::CloseConnection`]).
+    fn apply(&mut self, effects: Vec<Effect>) -> bool {
         let mut work: VecDeque<Effect> = effects.into();
         while let Some(effect) = work.pop_front() {
             match effect {
@@ -418,14 +442,12 @@ impl SessionShell {
                     if !publish_will {
                         self.state.clear_will();
                     }
-                    Box::pin(self.close_connection(myself, true)).await;
                     return true;
                 }
                 Effect::Close(reason) => {
                     if self.io.as_ref().is_some_and(|io| io.version == ProtocolVersion::V5) {
                         self.write(Packet::Disconnect(disconnect(reason)));
                     }
-                    Box::pin(self.close_connection(myself, true)).await;
                     return true;
                 }
                 other => {
@@ -577,7 +599,7 @@ impl SessionShell {
             }
         }
         if self.state.expiry_secs() == 0 {
-            Box::pin(self.end_session(myself)).await;
+            self.end_session(myself).await;
         } else {
             self.persist_record();
             self.schedule_expiry(myself, 0);
@@ -697,4 +719,56 @@ pub async fn spawn_session(
     let args = SessionArgs { ctx: ctx.clone(), client_id, restored, online: Arc::clone(&online), attach };
     let (actor, _) = Actor::spawn(None, MqttSession, args).await?;
     Ok(SessionHandle { actor, online })
+}
+
+#[cfg(test)]
+pub(crate) mod footprint_tests {
+    //! Every session keeps its actor's message loop future for its whole life, sized for the
+    //! largest await of `handle`: these bounds keep an idle session small (BENCHMARKS.md).
+    use super::*;
+    use crate::context::{KafkaSettings, MqttSettings, NodeParts};
+    use crate::mqtt::auth::Authorizer;
+    use crate::seams::{NodeRng, SystemClock, TokioNet};
+    use tidewater_storage::MemoryStore;
+
+    pub(crate) fn context() -> NodeContext {
+        let store = Arc::new(MemoryStore::new());
+        NodeContext::new(NodeParts {
+            node_id: 1,
+            mqtt: MqttSettings::default(),
+            kafka: KafkaSettings::default(),
+            authorizer: Authorizer::allow_all(),
+            state_store: store.clone(),
+            log_store: store,
+            net: Arc::new(TokioNet),
+            clock: Arc::new(SystemClock),
+            rng: NodeRng::seeded(7),
+        })
+    }
+
+    #[tokio::test]
+    async fn the_session_message_loop_stays_small() {
+        let ctx = context();
+        let handle = spawn_session(&ctx, "c".into(), None, None).await.expect("spawn");
+        let mut shell = SessionShell {
+            ctx: ctx.clone(),
+            state: SessionState::new("x".into(), ctx.mqtt.session_limits()),
+            io: None,
+            handle: handle.clone(),
+            epoch: 0,
+            pending_will: None,
+            identity: Identity { client_id: "x".into(), username: None },
+            established: false,
+            acks: AckGate::default(),
+            queue_overflowing: false,
+            fanout: Fanout::default(),
+        };
+        let future = MqttSession.handle(handle.actor.clone(), SessionMsg::ExpiryElapsed(0), &mut shell);
+        let size = std::mem::size_of_val(&future);
+        assert!(size <= 256, "MqttSession::handle's future is {size} bytes: box the new await");
+        drop(future);
+        let size = std::mem::size_of::<SessionMsg>();
+        assert!(size <= 96, "SessionMsg is {size} bytes: box the large variant");
+        handle.actor.stop(None);
+    }
 }
