@@ -61,6 +61,10 @@ pub struct MqttCounters {
     /// Bytes written to MQTT connections.
     pub bytes_sent: metrics::Counter,
     dropped: [(&'static str, metrics::Counter); 4],
+    /// Open MQTT connections.
+    pub connections: metrics::Gauge,
+    /// MQTT sessions (connected or not).
+    pub sessions: metrics::Gauge,
 }
 
 impl MqttCounters {
@@ -74,6 +78,8 @@ impl MqttCounters {
             bytes_sent: metrics::counter!(MQTT_BYTES_SENT),
             dropped: ["queue_full", "expired", "packet_too_large", "not_authorized"]
                 .map(|reason| (reason, metrics::counter!(MQTT_MESSAGES_DROPPED, "reason" => reason))),
+            connections: metrics::gauge!(MQTT_CONNECTIONS),
+            sessions: metrics::gauge!(MQTT_SESSIONS),
         }
     }
 

@@ -106,7 +106,15 @@ fn main() -> std::process::ExitCode {
                 }
             };
             init_logging(&config.log_level);
-            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.enable_all();
+            // A message crosses four tasks (connection, publisher's session, subscriber's session,
+            // subscriber's connection). Tokio's LIFO slot runs each woken task next on the waking
+            // worker, where no other worker may steal it: the whole chain ran on one core while
+            // the other idled (BENCHMARKS.md, "latency").
+            #[cfg(tokio_unstable)]
+            builder.disable_lifo_slot();
+            let runtime = match builder.build() {
                 Ok(runtime) => runtime,
                 Err(error) => {
                     eprintln!("tidewater: cannot start the runtime: {error}");

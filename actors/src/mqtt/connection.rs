@@ -57,7 +57,7 @@ struct ConnectionCount(NodeContext);
 impl ConnectionCount {
     fn open(ctx: &NodeContext) -> (Self, usize) {
         let count = ctx.connections.fetch_add(1, Ordering::Relaxed) + 1;
-        metrics::gauge!(names::MQTT_CONNECTIONS).increment(1.0);
+        ctx.mqtt_counters.connections.increment(1.0);
         (Self(ctx.clone()), count)
     }
 }
@@ -65,7 +65,7 @@ impl ConnectionCount {
 impl Drop for ConnectionCount {
     fn drop(&mut self) {
         self.0.connections.fetch_sub(1, Ordering::Relaxed);
-        metrics::gauge!(names::MQTT_CONNECTIONS).decrement(1.0);
+        self.0.mqtt_counters.connections.decrement(1.0);
     }
 }
 

@@ -132,6 +132,9 @@ pub struct SessionShell {
     queue_overflowing: bool,
     /// Deliveries routed while handling one message, cast per subscriber at its end.
     fanout: Fanout,
+    /// Whether anything of this session may be in the store (restored, or persisted since):
+    /// a clean session that never was skips the store when it ends.
+    on_disk: std::cell::Cell<bool>,
 }
 
 /// Holds PUBACK/PUBREC until the stream appends of their PUBLISH are durable, releasing them
@@ -206,7 +209,7 @@ impl Actor for MqttSession {
         let ctx = args.ctx;
         let mut state = SessionState::new(args.client_id.clone(), ctx.mqtt.session_limits());
         let handle = SessionHandle { actor: myself.clone(), online: args.online };
-        metrics::gauge!(names::MQTT_SESSIONS).increment(1.0);
+        ctx.mqtt_counters.sessions.increment(1.0);
         let mut elapsed_secs = None;
         if let Some(loaded) = args.restored {
             let subscriptions = loaded.record.subscriptions.into_iter().collect();
@@ -228,6 +231,7 @@ impl Actor for MqttSession {
             acks: AckGate::default(),
             queue_overflowing: false,
             fanout: Fanout::default(),
+            on_disk: std::cell::Cell::new(elapsed_secs.is_some()),
         };
         let mut shell = shell;
         if let Some(elapsed_secs) = elapsed_secs {
@@ -639,6 +643,7 @@ impl SessionShell {
     }
 
     fn persist(&self, op: PersistOp) {
+        self.on_disk.set(true);
         let store = self.ctx.state_store.as_ref();
         let client_id = self.state.client_id();
         let result = match op {
@@ -672,6 +677,7 @@ impl SessionShell {
     fn persist_all(&self) {
         self.delete_persisted();
         self.persist(PersistOp::Session);
+        self.on_disk.set(true);
         let store = self.ctx.state_store.as_ref();
         let client_id = self.state.client_id();
         for pkid in self.state.incoming_qos2() {
@@ -683,6 +689,9 @@ impl SessionShell {
     }
 
     fn delete_persisted(&self) {
+        if !self.on_disk.replace(false) {
+            return;
+        }
         if let Err(error) = persist::delete_session(self.ctx.state_store.as_ref(), self.state.client_id()) {
             tracing::error!(client_id = %self.state.client_id(), %error, "cannot delete persisted session");
         }
@@ -691,7 +700,7 @@ impl SessionShell {
 
 impl Drop for SessionShell {
     fn drop(&mut self) {
-        metrics::gauge!(names::MQTT_SESSIONS).decrement(1.0);
+        self.ctx.mqtt_counters.sessions.decrement(1.0);
     }
 }
 
@@ -762,6 +771,7 @@ pub(crate) mod footprint_tests {
             acks: AckGate::default(),
             queue_overflowing: false,
             fanout: Fanout::default(),
+            on_disk: std::cell::Cell::new(false),
         };
         let future = MqttSession.handle(handle.actor.clone(), SessionMsg::ExpiryElapsed(0), &mut shell);
         let size = std::mem::size_of_val(&future);

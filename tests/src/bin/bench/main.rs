@@ -9,6 +9,7 @@
 
 mod conn;
 mod e2e;
+mod footprint;
 mod kafka;
 mod kafka_client;
 mod kafka_group;
@@ -47,6 +48,8 @@ enum Mode {
     E2e(e2e::E2eArgs),
     /// The same MQTT scenarios against Tidewater, Mosquitto and rumqttd in one run.
     Peers(peers::PeersArgs),
+    /// What an idle ractor actor and an idle tokio task cost, measured in this process.
+    Footprint(footprint::FootprintArgs),
 }
 
 /// Where the broker under test is: started by the bench, or already running.
@@ -91,6 +94,7 @@ fn main() -> anyhow::Result<()> {
             Mode::Kafka(args) => kafka::main(args, threads).await,
             Mode::E2e(args) => e2e::main(args, threads).await,
             Mode::Peers(args) => peers::main(args, threads).await,
+            Mode::Footprint(args) => footprint::main(args, threads).await,
         }
     })
 }
