@@ -126,13 +126,33 @@ impl std::fmt::Debug for NodeRng {
 }
 
 /// Accepts connections on `listener` until `shutdown` turns true, spawning `serve` for each.
+///
+/// Two accept loops share the listener (`accept` takes `&self`): `accept4` and the new
+/// socket's registration are the serial part of a connect, and a second loop lets the other
+/// worker thread take half of them.
 pub async fn serve_listener<F, Fut>(
     protocol: &'static str,
     listener: Box<dyn Listener>,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
     serve: F,
 ) where
-    F: Fn(Box<dyn Connection>, SocketAddr) -> Fut,
+    F: Fn(Box<dyn Connection>, SocketAddr) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let listener: Arc<dyn Listener> = Arc::from(listener);
+    let serve = Arc::new(serve);
+    let second = tokio::spawn(accept_loop(protocol, Arc::clone(&listener), shutdown.clone(), Arc::clone(&serve)));
+    accept_loop(protocol, listener, shutdown, serve).await;
+    let _ = second.await;
+}
+
+async fn accept_loop<F, Fut>(
+    protocol: &'static str,
+    listener: Arc<dyn Listener>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    serve: Arc<F>,
+) where
+    F: Fn(Box<dyn Connection>, SocketAddr) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     loop {

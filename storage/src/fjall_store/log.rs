@@ -225,7 +225,8 @@ impl LogStore for FjallStore {
                 base_offset,
                 last_offset: base_offset + i64::from(header.last_offset_delta),
                 max_timestamp: header.max_timestamp,
-                bytes: Bytes::copy_from_slice(&value),
+                // fjall built with `bytes_1`: the value is a `Bytes` view of the block it was read into
+                bytes: Bytes::from(value),
             })
         });
         log_rules::collect_read(batches, offset, max_bytes, upper_bound)
