@@ -75,11 +75,10 @@ pub async fn serve_connection(ctx: NodeContext, connection: Box<dyn Connection>,
     // the handshake (CONNECT, session spawn and attach) runs in its own boxed future, freed
     // once it is done: the task of an idle connection keeps only what `run` needs
     let Some(mut io) = Box::pin(handshake(&ctx, connection, peer, open_connections)).await else { return };
-    let ended = io.run().await;
+    io.run().await;
     io.outbox.set_gone();
-    let _ = io
-        .session
-        .cast(SessionMsg::ConnectionLost { conn_id: io.conn_id, keepalive_timeout: ended == Ended::Keepalive });
+    // after a close by the session this is stale, and the session ignores it
+    let _ = io.session.cast(SessionMsg::ConnectionLost { conn_id: io.conn_id, keepalive_timeout: false });
 }
 
 type Reader = tokio::io::ReadHalf<Box<dyn Connection>>;
@@ -324,12 +323,11 @@ async fn read_connect<R: AsyncRead + Unpin>(
 /// Why a connection's task ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Ended {
-    /// EOF, a socket error, a write timeout, a bad packet or DISCONNECT.
+    /// EOF, a socket error, a write timeout, or no close from the session in time.
     Closed,
-    /// The session closed the connection.
+    /// The session closed the connection (after DISCONNECT, a bad packet, a keepalive timeout,
+    /// a takeover or at shutdown).
     ByServer,
-    /// No byte within 1.5 × the keepalive.
-    Keepalive,
 }
 
 /// The socket and buffers of one attached connection, driven by one task.
@@ -426,8 +424,15 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ConnectionIo<R, W> {
                 _ = &mut timer, if armed.is_some() => {
                     armed = None;
                     let now = Instant::now();
-                    if self.keepalive.is_some_and(|limit| now >= times.last_read + limit) {
-                        return Ended::Keepalive;
+                    if self.reading && self.keepalive.is_some_and(|limit| now >= times.last_read + limit) {
+                        // the session writes a v5 DISCONNECT 0x8D and closes the connection
+                        // through the outbox; until then this task only writes
+                        self.reading = false;
+                        let lost = SessionMsg::ConnectionLost { conn_id: self.conn_id, keepalive_timeout: true };
+                        if self.session.cast(lost).is_err() {
+                            return Ended::Closed;
+                        }
+                        continue;
                     }
                     if !self.wbuf.is_empty() && now >= times.last_write_progress + WRITE_TIMEOUT {
                         return Ended::Closed;
@@ -509,7 +514,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ConnectionIo<R, W> {
     }
 
     fn next_deadline(&self, times: &Deadlines) -> Option<Instant> {
-        let keepalive = self.keepalive.map(|limit| times.last_read + limit);
+        let keepalive = self.keepalive.filter(|_| self.reading).map(|limit| times.last_read + limit);
         let write = (!self.wbuf.is_empty()).then(|| times.last_write_progress + WRITE_TIMEOUT);
         let idle_buffers =
             (self.buf.is_empty() && self.buf.capacity() > 0) || (self.wbuf.is_empty() && self.wbuf.capacity() > 0);
