@@ -107,16 +107,22 @@ impl KafkaConnectionState {
                 return false;
             }
         };
-        let response = match response {
-            handlers::Reply::Send(response) => response,
+        let (response, record_sets) = match response {
+            handlers::Reply::Send(response) => (response, Vec::new()),
+            handlers::Reply::SendFetch(response, sets) => (response, sets),
             handlers::Reply::None => return true,
             handlers::Reply::Close => return false,
         };
         // record sets stay their own chunks: fetched bytes are written as stored, never copied
         self.chunks.clear();
-        if let Err(error) =
-            wire::encode_response_vectored(api_key, api_version, correlation_id, &response, &mut self.chunks)
-        {
+        if let Err(error) = wire::encode_response_vectored(
+            api_key,
+            api_version,
+            correlation_id,
+            &response,
+            &record_sets,
+            &mut self.chunks,
+        ) {
             tracing::warn!(peer = %self.peer, %error, api_key, api_version, "cannot encode kafka response");
             return false;
         }

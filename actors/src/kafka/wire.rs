@@ -221,22 +221,46 @@ pub fn encode_response(
 
 /// Encodes a response like [`encode_response`] as chunks to write in order (e.g. with vectored writes);
 /// a Fetch response's record sets stay their own chunks instead of being copied.
+///
+/// `record_sets` may give a Fetch partition's record set as several stored batches, one entry per
+/// partition in response order (an empty entry keeps the partition's `records`): they are written
+/// one after the other, still without being joined.
 pub fn encode_response_vectored(
     api_key: i16,
     api_version: i16,
     correlation_id: i32,
     body: &ResponseKind,
+    record_sets: &[Vec<Bytes>],
     chunks: &mut Vec<Bytes>,
 ) -> Result<(), WireError> {
-    if let (ResponseKind::Fetch(fetch), Ok(ApiKey::Fetch)) = (body, ApiKey::try_from(api_key))
-        && encode_fetch_vectored(fetch, api_version, correlation_id, chunks)?
-    {
-        return Ok(());
+    if let (ResponseKind::Fetch(fetch), Ok(ApiKey::Fetch)) = (body, ApiKey::try_from(api_key)) {
+        if encode_fetch_vectored(fetch, api_version, correlation_id, record_sets, chunks)? {
+            return Ok(());
+        }
+        if record_sets.iter().any(|set| !set.is_empty()) {
+            let joined = ResponseKind::Fetch(join_record_sets(fetch, record_sets));
+            let mut out = BytesMut::new();
+            encode_response(api_key, api_version, correlation_id, &joined, &mut out)?;
+            chunks.push(out.freeze());
+            return Ok(());
+        }
     }
     let mut out = BytesMut::new();
     encode_response(api_key, api_version, correlation_id, body, &mut out)?;
     chunks.push(out.freeze());
     Ok(())
+}
+
+/// The Fetch response with each partition's batches from `record_sets` joined into its `records`.
+fn join_record_sets(fetch: &FetchResponse, record_sets: &[Vec<Bytes>]) -> FetchResponse {
+    let mut joined = fetch.clone();
+    let partitions = joined.responses.iter_mut().flat_map(|topic| topic.partitions.iter_mut());
+    for (partition, set) in partitions.zip(record_sets) {
+        if !set.is_empty() {
+            partition.records = Some(Bytes::from(set.concat()));
+        }
+    }
+    joined
 }
 
 /// The error response a request gets when its version is not supported or it cannot be served: for
@@ -377,12 +401,17 @@ fn encode_fetch_vectored(
     fetch: &FetchResponse,
     version: i16,
     correlation_id: i32,
+    record_sets: &[Vec<Bytes>],
     chunks: &mut Vec<Bytes>,
 ) -> Result<bool, WireError> {
     let mut shell = fetch.clone();
-    let mut records = Vec::new();
-    for partition in shell.responses.iter_mut().flat_map(|topic| topic.partitions.iter_mut()) {
-        records.push(partition.records.replace(Bytes::new()));
+    let mut records: Vec<Option<Vec<Bytes>>> = Vec::new();
+    for (index, partition) in shell.responses.iter_mut().flat_map(|topic| topic.partitions.iter_mut()).enumerate() {
+        let own = partition.records.replace(Bytes::new());
+        records.push(match record_sets.get(index) {
+            Some(set) if !set.is_empty() => Some(set.clone()),
+            _ => own.map(|own| vec![own]),
+        });
     }
     let key = ApiKey::Fetch as i16;
     let mut shell = ResponseKind::Fetch(shell);
@@ -409,16 +438,19 @@ fn encode_fetch_vectored(
             meta.extend_from_slice(&null[at..last]);
             continue;
         };
-        let Ok(len) = u32::try_from(record_set.len()) else { return Ok(false) };
+        let total: usize = record_set.iter().map(Bytes::len).sum();
+        let Ok(len) = u32::try_from(total) else { return Ok(false) };
         if flexible {
             put_unsigned_varint(&mut meta, len.saturating_add(1));
         } else {
             meta.put_i32(len as i32);
         }
-        if record_set.len() < INLINE_RECORDS_MAX {
-            meta.extend_from_slice(&record_set);
-        } else {
-            cuts.push((meta.len(), record_set));
+        for batch in record_set {
+            if batch.len() < INLINE_RECORDS_MAX {
+                meta.extend_from_slice(&batch);
+            } else {
+                cuts.push((meta.len(), batch));
+            }
         }
     }
     meta.extend_from_slice(&empty[last..]);

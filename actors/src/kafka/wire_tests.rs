@@ -353,7 +353,7 @@ fn vectored_fetch_matches_the_copying_encoder_and_does_not_copy_big_record_sets(
         let body = ResponseKind::Fetch(fetch_response(&records));
         for version in [4, 11, 12] {
             let mut chunks = Vec::new();
-            encode_response_vectored(1, version, 21, &body, &mut chunks).unwrap();
+            encode_response_vectored(1, version, 21, &body, &[], &mut chunks).unwrap();
             assert_eq!(chunks.concat(), encoded(ApiKey::Fetch, version, 21, &body).to_vec(), "v{version}");
             let big_chunks = chunks.iter().filter(|c| c.as_ptr() == big.as_ptr() && c.len() == big.len()).count();
             let expected = records.iter().filter(|r| r.as_ref().is_some_and(|r| r.len() == big.len())).count();
@@ -362,8 +362,27 @@ fn vectored_fetch_matches_the_copying_encoder_and_does_not_copy_big_record_sets(
     }
     let mut chunks = Vec::new();
     let metadata = ResponseKind::Metadata(MetadataResponse::default());
-    encode_response_vectored(3, 9, 1, &metadata, &mut chunks).unwrap();
+    encode_response_vectored(3, 9, 1, &metadata, &[], &mut chunks).unwrap();
     assert_eq!(chunks, vec![encoded(ApiKey::Metadata, 9, 1, &metadata)]);
+}
+
+#[test]
+fn vectored_fetch_writes_several_stored_batches_of_a_partition_without_joining_them() {
+    let big = Bytes::from(vec![0xcd; 200_000]);
+    let small = Bytes::from(vec![7; 100]);
+    // partition 0: one record set; partition 1: three batches given apart; partition 2: none
+    let records = [Some(small.clone()), Some(Bytes::new()), None];
+    let sets = vec![Vec::new(), vec![big.clone(), small.clone(), big.clone()], Vec::new()];
+    let joined = [Some(small.clone()), Some(Bytes::from([&big[..], &small[..], &big[..]].concat())), None];
+    for version in [4, 11, 12] {
+        let mut chunks = Vec::new();
+        let body = ResponseKind::Fetch(fetch_response(&records));
+        encode_response_vectored(1, version, 21, &body, &sets, &mut chunks).unwrap();
+        let expected = encoded(ApiKey::Fetch, version, 21, &ResponseKind::Fetch(fetch_response(&joined)));
+        assert_eq!(chunks.concat(), expected.to_vec(), "v{version}");
+        let big_chunks = chunks.iter().filter(|c| c.as_ptr() == big.as_ptr() && c.len() == big.len()).count();
+        assert_eq!(big_chunks, 2, "v{version}: the stored batches were copied");
+    }
 }
 
 #[test]

@@ -188,7 +188,7 @@ async fn every_response_encodes_at_every_advertised_version() {
             let request =
                 Request { api_key, api_version: version, correlation_id: 7, client_id: Some("c".into()), body };
             let response = match dispatch(&ctx, request, "127.0.0.1").await {
-                Reply::Send(response) => response,
+                Reply::Send(response) | Reply::SendFetch(response, _) => response,
                 Reply::None => continue,
                 Reply::Close => panic!("api {api_key} v{version} closed the connection"),
             };

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use kafka_protocol::messages::fetch_response::{FetchResponse, FetchableTopicResponse, PartitionData};
 use kafka_protocol::messages::list_offsets_response::{
     ListOffsetsPartitionResponse, ListOffsetsResponse, ListOffsetsTopicResponse,
@@ -21,20 +21,26 @@ const LATEST: i64 = -1;
 const EARLIEST: i64 = -2;
 const MAX_TIMESTAMP: i64 = -3;
 
+/// A fetched partition's stored batches when there are several, one entry per partition in
+/// response order (empty: the partition's `records` say it all). The connection writes them one
+/// after the other instead of joining them into one buffer (`wire::encode_response_vectored`).
+pub type RecordSets = Vec<Vec<Bytes>>;
+
 /// Answers Fetch, waiting up to `max_wait_ms` for `min_bytes`.
-pub async fn fetch(ctx: &NodeContext, request: FetchRequest, version: i16) -> FetchResponse {
+pub async fn fetch(ctx: &NodeContext, request: FetchRequest, version: i16) -> (FetchResponse, RecordSets) {
     let deadline = tokio::time::Instant::now() + Duration::from_millis(request.max_wait_ms.max(0) as u64);
     let min_bytes = request.min_bytes.max(0) as usize;
     loop {
-        let (response, bytes, mut watches) = read_once(ctx, &request, version);
+        let (response, sets, bytes, mut watches) = read_once(ctx, &request, version);
         let now = tokio::time::Instant::now();
         if bytes >= min_bytes.max(1) || now >= deadline || watches.is_empty() {
-            return response;
+            return (response, sets);
         }
         // wait for any partition's high watermark to move, or the deadline
         let changed = futures::future::select_all(watches.iter_mut().map(|w| Box::pin(w.changed())));
         if tokio::time::timeout_at(deadline, changed).await.is_err() {
-            return read_once(ctx, &request, version).0;
+            let (response, sets, _, _) = read_once(ctx, &request, version);
+            return (response, sets);
         }
     }
 }
@@ -43,14 +49,16 @@ fn read_once(
     ctx: &NodeContext,
     request: &FetchRequest,
     version: i16,
-) -> (FetchResponse, usize, Vec<watch::Receiver<i64>>) {
+) -> (FetchResponse, RecordSets, usize, Vec<watch::Receiver<i64>>) {
     let mut total = 0usize;
     let max_total = if request.max_bytes > 0 { request.max_bytes as usize } else { usize::MAX };
     let mut watches = Vec::new();
+    let mut sets: RecordSets = Vec::new();
     let mut responses = Vec::with_capacity(request.topics.len());
     for topic in &request.topics {
         let stream = ctx.streams.get(topic.topic.0.as_str());
         let mut partitions = Vec::with_capacity(topic.partitions.len());
+        let partitions_before: usize = responses.iter().map(|t: &FetchableTopicResponse| t.partitions.len()).sum();
         for wanted in &topic.partitions {
             let index = wanted.partition;
             let data = PartitionData::default()
@@ -96,9 +104,12 @@ fn read_once(
                         0 => Bytes::new(),
                         1 => batches.into_iter().next().map(|b| b.bytes).unwrap_or_default(),
                         _ => {
-                            let mut joined = BytesMut::with_capacity(batches.iter().map(|b| b.bytes.len()).sum());
-                            batches.iter().for_each(|b| joined.extend_from_slice(&b.bytes));
-                            joined.freeze()
+                            // the batches go out as stored, after the response's other bytes
+                            let set: Vec<Bytes> = batches.into_iter().map(|b| b.bytes).collect();
+                            total += set.iter().map(Bytes::len).sum::<usize>();
+                            sets.resize(partitions_before + partitions.len() + 1, Vec::new());
+                            sets[partitions_before + partitions.len()] = set;
+                            Bytes::new()
                         }
                     };
                     total += records.len();
@@ -110,7 +121,7 @@ fn read_once(
         responses.push(FetchableTopicResponse::default().with_topic(topic.topic.clone()).with_partitions(partitions));
     }
     // session id 0 (v7+ field; 0 is also its default): no incremental fetch sessions, clients send full fetches (KIP-227)
-    (FetchResponse::default().with_session_id(0).with_responses(responses), total, watches)
+    (FetchResponse::default().with_session_id(0).with_responses(responses), sets, total, watches)
 }
 
 /// Answers ListOffsets (v1+): earliest, latest, or the first offset at or after a timestamp.

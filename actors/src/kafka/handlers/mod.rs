@@ -18,6 +18,8 @@ use crate::kafka::wire::{self, Request};
 pub enum Reply {
     /// Send this response.
     Send(ResponseKind),
+    /// Send this Fetch response, writing the stored batches of `RecordSets` as they are.
+    SendFetch(ResponseKind, fetch::RecordSets),
     /// Send nothing (Produce with acks=0).
     None,
     /// Close the connection.
@@ -49,7 +51,10 @@ pub async fn dispatch(ctx: &NodeContext, request: Request, client_host: &str) ->
             }
             ResponseKind::Produce(response)
         }
-        RequestKind::Fetch(body) => ResponseKind::Fetch(fetch::fetch(ctx, body, version).await),
+        RequestKind::Fetch(body) => {
+            let (response, sets) = fetch::fetch(ctx, body, version).await;
+            return Reply::SendFetch(ResponseKind::Fetch(response), sets);
+        }
         RequestKind::ListOffsets(body) => ResponseKind::ListOffsets(fetch::list_offsets(ctx, body, version)),
         RequestKind::InitProducerId(body) => ResponseKind::InitProducerId(produce::init_producer_id(ctx, body)),
         RequestKind::CreateTopics(body) => ResponseKind::CreateTopics(admin::create_topics(ctx, body, version).await),
