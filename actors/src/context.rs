@@ -215,4 +215,21 @@ impl NodeContext {
     pub fn now_ms(&self) -> i64 {
         self.clock.now_millis()
     }
+
+    /// A node with default settings and in-memory storage, for unit tests.
+    #[cfg(test)]
+    pub(crate) fn for_tests() -> Self {
+        let store = Arc::new(tidewater_storage::MemoryStore::new());
+        Self::new(NodeParts {
+            node_id: 1,
+            mqtt: MqttSettings::default(),
+            kafka: KafkaSettings::default(),
+            authorizer: Authorizer::allow_all(),
+            state_store: store.clone(),
+            log_store: store,
+            net: Arc::new(crate::seams::TokioNet),
+            clock: Arc::new(crate::seams::SystemClock),
+            rng: NodeRng::seeded(7),
+        })
+    }
 }

@@ -121,11 +121,7 @@ async fn handshake(
     let accepted = match check_connect(ctx, &connect, version, open_connections) {
         Ok(accepted) => accepted,
         Err(code) => {
-            let mut out = BytesMut::new();
-            let connack = Packet::ConnAck(ConnAck { session_present: false, code, properties: None });
-            let _ = codec::write_packet(&connack, version, &mut out);
-            let _ = tokio::time::timeout(WRITE_TIMEOUT, writer.write_all(&out)).await;
-            let _ = writer.shutdown().await;
+            refuse(&mut writer, version, code).await;
             refused(ctx, "connect_refused");
             return None;
         }
@@ -148,15 +144,7 @@ async fn handshake(
         Ok(session) => session,
         Err(error) => {
             tracing::warn!(%client_id, %error, "cannot attach session");
-            let mut out = BytesMut::new();
-            let connack = Packet::ConnAck(ConnAck {
-                session_present: false,
-                code: ConnectReturnCode::ServerUnavailable,
-                properties: None,
-            });
-            let _ = codec::write_packet(&connack, version, &mut out);
-            let _ = tokio::time::timeout(WRITE_TIMEOUT, writer.write_all(&out)).await;
-            let _ = writer.shutdown().await;
+            refuse(&mut writer, version, ConnectReturnCode::ServerUnavailable).await;
             return None;
         }
     };
@@ -181,6 +169,15 @@ async fn handshake(
         reading: true,
     };
     Some(io)
+}
+
+/// Answers CONNECT with a refusing CONNACK and closes.
+async fn refuse<W: AsyncWrite + Unpin>(writer: &mut W, version: ProtocolVersion, code: ConnectReturnCode) {
+    let mut out = BytesMut::new();
+    let connack = Packet::ConnAck(ConnAck { session_present: false, code, properties: None });
+    let _ = codec::write_packet(&connack, version, &mut out);
+    let _ = tokio::time::timeout(WRITE_TIMEOUT, writer.write_all(&out)).await;
+    let _ = writer.shutdown().await;
 }
 
 struct Accepted {
@@ -320,16 +317,6 @@ async fn read_connect<R: AsyncRead + Unpin>(
     }
 }
 
-/// Why a connection's task ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Ended {
-    /// EOF, a socket error, a write timeout, or no close from the session in time.
-    Closed,
-    /// The session closed the connection (after DISCONNECT, a bad packet, a keepalive timeout,
-    /// a takeover or at shutdown).
-    ByServer,
-}
-
 /// The socket and buffers of one attached connection, driven by one task.
 struct ConnectionIo<R, W> {
     reader: R,
@@ -362,7 +349,10 @@ struct Deadlines {
 }
 
 impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ConnectionIo<R, W> {
-    async fn run(&mut self) -> Ended {
+    /// Runs until the session closes the connection (after DISCONNECT, a bad packet, a keepalive
+    /// timeout, a takeover or at shutdown), or EOF, a socket error, a write timeout, or no close
+    /// from the session in time.
+    async fn run(&mut self) {
         let start = Instant::now();
         let mut times = Deadlines { last_read: start, last_write_progress: start, stopped_reading: None };
         let mut armed: Option<Instant> = None;
@@ -388,7 +378,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ConnectionIo<R, W> {
             }
             if self.wbuf.is_empty() && closing {
                 let _ = tokio::time::timeout(Duration::from_secs(1), self.writer.shutdown()).await;
-                return Ended::ByServer;
+                return;
             }
             let deadline = self.next_deadline(&times);
             if deadline != armed && (armed.is_none() || deadline < armed) {
@@ -404,7 +394,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ConnectionIo<R, W> {
                 biased;
                 _ = self.outbox.woken() => {}
                 written = self.writer.write_buf(&mut self.wbuf), if !self.wbuf.is_empty() => match written {
-                    Ok(0) | Err(_) => return Ended::Closed,
+                    Ok(0) | Err(_) => return,
                     Ok(n) => {
                         self.bytes_sent.increment(n as u64);
                         times.last_write_progress = Instant::now();
@@ -414,7 +404,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ConnectionIo<R, W> {
                     }
                 },
                 read = self.reader.read_buf(&mut self.buf), if can_read => match read {
-                    Ok(0) | Err(_) => return Ended::Closed,
+                    Ok(0) | Err(_) => return,
                     Ok(n) => {
                         self.last_read_filled = n >= spare;
                         self.bytes_received.increment(n as u64);
@@ -430,15 +420,13 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ConnectionIo<R, W> {
                         self.reading = false;
                         let lost = SessionMsg::ConnectionLost { conn_id: self.conn_id, keepalive_timeout: true };
                         if self.session.cast(lost).is_err() {
-                            return Ended::Closed;
+                            return;
                         }
                         continue;
                     }
-                    if !self.wbuf.is_empty() && now >= times.last_write_progress + WRITE_TIMEOUT {
-                        return Ended::Closed;
-                    }
-                    if times.stopped_reading.is_some_and(|at| now >= at + CLOSE_GRACE) {
-                        return Ended::Closed;
+                    let write_stalled = !self.wbuf.is_empty() && now >= times.last_write_progress + WRITE_TIMEOUT;
+                    if write_stalled || times.stopped_reading.is_some_and(|at| now >= at + CLOSE_GRACE) {
+                        return;
                     }
                     if now >= times.last_read.max(times.last_write_progress) + IDLE_TRIM {
                         // every condition of `next_deadline` is acted on here: a deadline in the
@@ -527,12 +515,11 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ConnectionIo<R, W> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mqtt::session::footprint_tests::context;
     use crate::mqtt::session::spawn_session;
 
     #[tokio::test]
     async fn an_idle_connection_task_stays_small() {
-        let ctx = context();
+        let ctx = NodeContext::for_tests();
         let handle = spawn_session(&ctx, "c".into(), None, None).await.expect("spawn");
         let (ours, _theirs) = tokio::io::duplex(64);
         let (reader, writer) = tokio::io::split(Box::new(ours) as Box<dyn Connection>);

@@ -57,16 +57,14 @@ impl Fanout {
         }
     }
 
-    /// Casts the gathered deliveries, one message per subscriber; returns how many took it.
-    pub fn send(&mut self) -> usize {
-        let mut sent = 0;
+    /// Casts the gathered deliveries, one message per subscriber.
+    pub fn send(&mut self) {
         for (actor, deliveries) in self.targets.drain(..) {
-            if !deliveries.is_empty() && actor.cast(SessionMsg::Deliver(deliveries)).is_ok() {
-                sent += 1;
+            if !deliveries.is_empty() {
+                let _ = actor.cast(SessionMsg::Deliver(deliveries));
             }
         }
         self.index.clear();
-        sent
     }
 }
 

@@ -219,26 +219,12 @@ impl Actor for MqttSession {
             }
             elapsed_secs = Some(((ctx.now_ms() - loaded.record.saved_at_ms).max(0) / 1000) as u64);
         }
-        let shell = SessionShell {
-            identity: Identity { client_id: args.client_id, username: None },
-            ctx,
-            state,
-            io: None,
-            handle,
-            epoch: 0,
-            pending_will: None,
-            established: elapsed_secs.is_some(),
-            acks: AckGate::default(),
-            queue_overflowing: false,
-            fanout: Fanout::default(),
-            on_disk: std::cell::Cell::new(elapsed_secs.is_some()),
-        };
-        let mut shell = shell;
+        let mut shell = SessionShell::new(ctx, state, handle, elapsed_secs.is_some());
         if let Some(elapsed_secs) = elapsed_secs {
             shell.schedule_expiry(&myself, elapsed_secs);
         }
         if let Some(request) = args.attach {
-            shell.attach(&myself, request);
+            shell.attach(request);
             shell.fanout.send();
         }
         Ok(shell)
@@ -250,7 +236,7 @@ impl Actor for MqttSession {
         message: SessionMsg,
         shell: &mut SessionShell,
     ) -> Result<(), ActorProcessingErr> {
-        if let Some(tail) = shell.on_message(&myself, message) {
+        if let Some(tail) = shell.on_message(message) {
             // the rare asynchronous part runs boxed: this future is allocated for its largest
             // await in every session's message loop, so it stays a few pointers wide
             Box::pin(shell.finish(&myself, tail)).await;
@@ -270,11 +256,29 @@ enum Tail {
 }
 
 impl SessionShell {
+    /// A session's shell around `state`; `restored` when it was loaded from the store.
+    fn new(ctx: NodeContext, state: SessionState, handle: SessionHandle, restored: bool) -> Self {
+        Self {
+            identity: Identity { client_id: state.client_id().to_string(), username: None },
+            ctx,
+            state,
+            io: None,
+            handle,
+            epoch: 0,
+            pending_will: None,
+            established: restored,
+            acks: AckGate::default(),
+            queue_overflowing: false,
+            fanout: Fanout::default(),
+            on_disk: std::cell::Cell::new(restored),
+        }
+    }
+
     /// Handles a message up to its asynchronous tail, if it has one.
-    fn on_message(&mut self, myself: &ActorRef<SessionMsg>, message: SessionMsg) -> Option<Tail> {
+    fn on_message(&mut self, message: SessionMsg) -> Option<Tail> {
         match message {
             SessionMsg::Attach(request, reply) => {
-                self.attach(myself, *request);
+                self.attach(*request);
                 let _ = reply.send(true);
             }
             SessionMsg::Inbound { conn_id, packets, error, credit } => {
@@ -294,7 +298,7 @@ impl SessionShell {
                         closed = self.apply(vec![Effect::Close(error.disconnect_reason())]);
                     }
                     self.fanout.send();
-                    self.flush(myself);
+                    self.flush();
                     if closed {
                         return Some(Tail::CloseConnection);
                     }
@@ -316,7 +320,7 @@ impl SessionShell {
                     let effects = self.state.deliver(delivery, now);
                     self.apply_sync(effects);
                 }
-                self.flush(myself);
+                self.flush();
                 if self.queue_overflowing && self.state.queued_len() == 0 {
                     self.queue_overflowing = false;
                 }
@@ -326,7 +330,7 @@ impl SessionShell {
                     io.congested = false;
                     let effects = self.state.set_writable(true, self.ctx.now_ms());
                     self.apply_sync(effects);
-                    self.flush(myself);
+                    self.flush();
                 }
             }
             SessionMsg::WillDelayElapsed(epoch) => {
@@ -351,12 +355,12 @@ impl SessionShell {
                         self.write(packet);
                     }
                 }
-                self.flush(myself);
+                self.flush();
             }
             SessionMsg::Shutdown(reply) => {
                 if self.io.is_some() {
                     self.write(Packet::Disconnect(disconnect(DisconnectReasonCode::ServerShuttingDown)));
-                    self.flush(myself);
+                    self.flush();
                     if let Some(io) = self.io.take() {
                         io.outbox.close();
                     }
@@ -378,7 +382,7 @@ impl SessionShell {
         }
     }
 
-    fn attach(&mut self, myself: &ActorRef<SessionMsg>, request: AttachRequest) {
+    fn attach(&mut self, request: AttachRequest) {
         let now = self.ctx.now_ms();
         if let Some(old) = self.io.take() {
             // session takeover: tell the old client why and close it
@@ -433,7 +437,7 @@ impl SessionShell {
         }
         let effects = self.state.attach(request.params, now);
         self.apply_sync(effects);
-        self.flush(myself);
+        self.flush();
     }
 
     /// Applies effects; returns true when one of them closes the connection (the caller then
@@ -567,7 +571,7 @@ impl SessionShell {
 
     /// Hands the encoded packets to the connection; once it is behind, deliveries wait in the
     /// session queue until it reports `Writable`.
-    fn flush(&mut self, _myself: &ActorRef<SessionMsg>) {
+    fn flush(&mut self) {
         let Some(io) = self.io.as_mut() else { return };
         if io.out.is_empty() {
             return;
@@ -580,7 +584,7 @@ impl SessionShell {
 
     /// Ends the current connection; publishes or schedules the will when asked and one is set.
     async fn close_connection(&mut self, myself: &ActorRef<SessionMsg>, with_will: bool) {
-        self.flush(myself);
+        self.flush();
         if let Some(io) = self.io.take() {
             io.outbox.close();
         }
@@ -677,7 +681,6 @@ impl SessionShell {
     fn persist_all(&self) {
         self.delete_persisted();
         self.persist(PersistOp::Session);
-        self.on_disk.set(true);
         let store = self.ctx.state_store.as_ref();
         let client_id = self.state.client_id();
         for pkid in self.state.incoming_qos2() {
@@ -731,48 +734,17 @@ pub async fn spawn_session(
 }
 
 #[cfg(test)]
-pub(crate) mod footprint_tests {
+mod footprint_tests {
     //! Every session keeps its actor's message loop future for its whole life, sized for the
     //! largest await of `handle`: these bounds keep an idle session small (BENCHMARKS.md).
     use super::*;
-    use crate::context::{KafkaSettings, MqttSettings, NodeParts};
-    use crate::mqtt::auth::Authorizer;
-    use crate::seams::{NodeRng, SystemClock, TokioNet};
-    use tidewater_storage::MemoryStore;
-
-    pub(crate) fn context() -> NodeContext {
-        let store = Arc::new(MemoryStore::new());
-        NodeContext::new(NodeParts {
-            node_id: 1,
-            mqtt: MqttSettings::default(),
-            kafka: KafkaSettings::default(),
-            authorizer: Authorizer::allow_all(),
-            state_store: store.clone(),
-            log_store: store,
-            net: Arc::new(TokioNet),
-            clock: Arc::new(SystemClock),
-            rng: NodeRng::seeded(7),
-        })
-    }
 
     #[tokio::test]
     async fn the_session_message_loop_stays_small() {
-        let ctx = context();
+        let ctx = NodeContext::for_tests();
         let handle = spawn_session(&ctx, "c".into(), None, None).await.expect("spawn");
-        let mut shell = SessionShell {
-            ctx: ctx.clone(),
-            state: SessionState::new("x".into(), ctx.mqtt.session_limits()),
-            io: None,
-            handle: handle.clone(),
-            epoch: 0,
-            pending_will: None,
-            identity: Identity { client_id: "x".into(), username: None },
-            established: false,
-            acks: AckGate::default(),
-            queue_overflowing: false,
-            fanout: Fanout::default(),
-            on_disk: std::cell::Cell::new(false),
-        };
+        let state = SessionState::new("x".into(), ctx.mqtt.session_limits());
+        let mut shell = SessionShell::new(ctx.clone(), state, handle.clone(), false);
         let future = MqttSession.handle(handle.actor.clone(), SessionMsg::ExpiryElapsed(0), &mut shell);
         let size = std::mem::size_of_val(&future);
         assert!(size <= 256, "MqttSession::handle's future is {size} bytes: box the new await");

@@ -2,8 +2,6 @@
 //! kafka-protocol refuses a field that a version does not have, and such a refusal closes
 //! the client's connection.
 
-use std::sync::Arc;
-
 use bytes::BytesMut;
 use kafka_protocol::messages::create_partitions_request::CreatePartitionsTopic;
 use kafka_protocol::messages::create_topics_request::CreatableTopic;
@@ -21,13 +19,11 @@ use kafka_protocol::messages::offset_fetch_request::{
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
-use tidewater_storage::{MemoryStore, NewRecord, build_record_batch};
+use tidewater_storage::{NewRecord, build_record_batch};
 
 use super::{Reply, dispatch};
-use crate::context::{KafkaSettings, MqttSettings, NodeContext, NodeParts};
+use crate::context::NodeContext;
 use crate::kafka::wire::{self, Request};
-use crate::mqtt::auth::Authorizer;
-use crate::seams::{NodeRng, SystemClock, TokioNet};
 use crate::stream::def::StreamDef;
 
 fn s(text: &str) -> StrBytes {
@@ -36,21 +32,6 @@ fn s(text: &str) -> StrBytes {
 
 fn topic(text: &str) -> TopicName {
     TopicName(s(text))
-}
-
-fn context() -> NodeContext {
-    let store = Arc::new(MemoryStore::new());
-    NodeContext::new(NodeParts {
-        node_id: 1,
-        mqtt: MqttSettings::default(),
-        kafka: KafkaSettings::default(),
-        authorizer: Authorizer::allow_all(),
-        state_store: store.clone(),
-        log_store: store,
-        net: Arc::new(TokioNet),
-        clock: Arc::new(SystemClock),
-        rng: NodeRng::seeded(7),
-    })
 }
 
 /// A typical request of each API, shaped for `version`.
@@ -177,7 +158,7 @@ fn sample(api_key: i16, version: i16) -> Option<RequestKind> {
 
 #[tokio::test]
 async fn every_response_encodes_at_every_advertised_version() {
-    let ctx = context();
+    let ctx = NodeContext::for_tests();
     ctx.streams.create(StreamDef::free("t", 2)).await.unwrap();
     let mut checked = 0;
     for (api_key, min, max) in wire::supported_versions() {

@@ -54,11 +54,12 @@ fn read_once(
     let max_total = if request.max_bytes > 0 { request.max_bytes as usize } else { usize::MAX };
     let mut watches = Vec::new();
     let mut sets: RecordSets = Vec::new();
+    // partitions answered in the topics before this one (the index into `sets`)
+    let mut partitions_before = 0;
     let mut responses = Vec::with_capacity(request.topics.len());
     for topic in &request.topics {
         let stream = ctx.streams.get(topic.topic.0.as_str());
         let mut partitions = Vec::with_capacity(topic.partitions.len());
-        let partitions_before: usize = responses.iter().map(|t: &FetchableTopicResponse| t.partitions.len()).sum();
         for wanted in &topic.partitions {
             let index = wanted.partition;
             let data = PartitionData::default()
@@ -107,8 +108,9 @@ fn read_once(
                             // the batches go out as stored, after the response's other bytes
                             let set: Vec<Bytes> = batches.into_iter().map(|b| b.bytes).collect();
                             total += set.iter().map(Bytes::len).sum::<usize>();
-                            sets.resize(partitions_before + partitions.len() + 1, Vec::new());
-                            sets[partitions_before + partitions.len()] = set;
+                            let index = partitions_before + partitions.len();
+                            sets.resize(index + 1, Vec::new());
+                            sets[index] = set;
                             Bytes::new()
                         }
                     };
@@ -118,6 +120,7 @@ fn read_once(
                 Err(_) => partitions.push(data.with_error_code(codes::OFFSET_OUT_OF_RANGE)),
             }
         }
+        partitions_before += partitions.len();
         responses.push(FetchableTopicResponse::default().with_topic(topic.topic.clone()).with_partitions(partitions));
     }
     // session id 0 (v7+ field; 0 is also its default): no incremental fetch sessions, clients send full fetches (KIP-227)
