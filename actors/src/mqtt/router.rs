@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use parking_lot::{Mutex, RwLock};
 use ractor::ActorRef;
+use smallvec::SmallVec;
 use tidewater_storage::StateStore;
 
 use crate::metrics as names;
@@ -29,7 +30,7 @@ const FANOUT_CHUNK: usize = 64;
 /// with all of them, in order, instead of one actor message per delivery.
 #[derive(Default)]
 pub struct Fanout {
-    index: HashMap<ractor::ActorId, usize>,
+    index: HashMap<ractor::ActorId, usize, foldhash::fast::RandomState>,
     targets: Vec<(ActorRef<SessionMsg>, Vec<Delivery>)>,
 }
 
@@ -181,9 +182,9 @@ impl Router {
         if message.retain {
             self.retain(&message);
         }
-        // matches are gathered in a vec and merged per session after sorting: one allocation
-        // per publish instead of one map node per subscriber
-        let mut direct: Vec<(Arc<str>, SessionHandle, Delivery)> = Vec::new();
+        // matches are gathered in a vec and merged per session after sorting (no allocation
+        // up to a few subscribers, one beyond) instead of one map node per subscriber
+        let mut direct: SmallVec<[(Arc<str>, SessionHandle, Delivery); 4]> = SmallVec::new();
         let mut groups: BTreeMap<GroupKey, Vec<(Arc<str>, SubEntry)>> = BTreeMap::new();
         {
             let trie = self.trie.read();

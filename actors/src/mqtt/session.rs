@@ -148,7 +148,7 @@ struct AckGate {
     failed: std::collections::BTreeSet<u64>,
     /// The token of the PUBLISH routed last, until its ack is emitted.
     last_route: Option<u64>,
-    deferred: VecDeque<(Option<u64>, Packet)>,
+    deferred: VecDeque<(Option<u64>, Box<Packet>)>,
 }
 
 impl AckGate {
@@ -160,8 +160,8 @@ impl AckGate {
     }
 
     /// Returns the packet back if it can be written now.
-    fn gate(&mut self, packet: Packet) -> Option<Packet> {
-        let is_ack = matches!(packet, Packet::PubAck(_) | Packet::PubRec(_));
+    fn gate(&mut self, packet: Box<Packet>) -> Option<Box<Packet>> {
+        let is_ack = matches!(*packet, Packet::PubAck(_) | Packet::PubRec(_));
         if !is_ack || (self.last_route.is_none() && self.deferred.is_empty()) {
             self.last_route = None;
             return Some(packet);
@@ -190,7 +190,7 @@ impl AckGate {
             if token.is_some_and(|t| self.failed.remove(&t)) {
                 continue;
             }
-            ready.push(packet);
+            ready.push(*packet);
         }
         ready
     }
@@ -352,14 +352,14 @@ impl SessionShell {
                 }
                 for token in tokens {
                     for packet in self.acks.durable(token, ok) {
-                        self.write(packet);
+                        self.write(&packet);
                     }
                 }
                 self.flush();
             }
             SessionMsg::Shutdown(reply) => {
                 if self.io.is_some() {
-                    self.write(Packet::Disconnect(disconnect(DisconnectReasonCode::ServerShuttingDown)));
+                    self.write(&Packet::Disconnect(disconnect(DisconnectReasonCode::ServerShuttingDown)));
                     self.flush();
                     if let Some(io) = self.io.take() {
                         io.outbox.close();
@@ -423,7 +423,7 @@ impl SessionShell {
             out: BytesMut::new(),
             congested: false,
         });
-        self.write(Packet::ConnAck(ConnAck {
+        self.write(&Packet::ConnAck(ConnAck {
             session_present,
             code: ConnectReturnCode::Success,
             properties: request.connack_properties,
@@ -454,7 +454,7 @@ impl SessionShell {
                 }
                 Effect::Close(reason) => {
                     if self.io.as_ref().is_some_and(|io| io.version == ProtocolVersion::V5) {
-                        self.write(Packet::Disconnect(disconnect(reason)));
+                        self.write(&Packet::Disconnect(disconnect(reason)));
                     }
                     return true;
                 }
@@ -480,11 +480,10 @@ impl SessionShell {
 
     /// Applies one effect; returns the effects it caused in turn.
     fn apply_one(&mut self, effect: Effect) -> Vec<Effect> {
-        let now = self.ctx.now_ms();
         match effect {
             Effect::Send(packet) => {
                 if let Some(packet) = self.acks.gate(packet) {
-                    self.write(packet);
+                    self.write(&packet);
                 }
             }
             Effect::Route(message) => {
@@ -515,6 +514,7 @@ impl SessionShell {
                         RetainHandling::Never => false,
                     };
                 if send_retained {
+                    let now = self.ctx.now_ms();
                     let mut effects = Vec::new();
                     for message in self.ctx.router.retained_matching(parsed.filter, now) {
                         let delivery = Delivery {
@@ -559,12 +559,12 @@ impl SessionShell {
         Vec::new()
     }
 
-    fn write(&mut self, packet: Packet) {
+    fn write(&mut self, packet: &Packet) {
         let Some(io) = self.io.as_mut() else { return };
-        if let Packet::Publish(publish) = &packet {
+        if let Packet::Publish(publish) = packet {
             self.ctx.mqtt_counters.sent(publish.qos as u8);
         }
-        if let Err(error) = codec::write_packet(&packet, io.version, &mut io.out) {
+        if let Err(error) = codec::write_packet(packet, io.version, &mut io.out) {
             tracing::warn!(client_id = %self.state.client_id(), %error, "cannot encode packet");
         }
     }

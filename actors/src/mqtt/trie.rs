@@ -2,24 +2,61 @@
 //!
 //! Generic over the key and value so that it is property-tested on its own; the router
 //! keys subscribers by client id (and share group) and stores their options as values.
+//!
+//! Every PUBLISH is matched here (by the router, and by the stream registry for bound
+//! streams), so matching allocates nothing: the topic is split level by level as the walk
+//! goes, the `+` and `#` children sit in their own fields instead of being looked up by name
+//! at every level, and the children map uses foldhash instead of SipHash.
 
 use std::collections::{BTreeMap, HashMap};
 
+type Children<K, V> = HashMap<Box<str>, Node<K, V>, foldhash::fast::RandomState>;
+
 #[derive(Debug)]
 struct Node<K, V> {
-    children: HashMap<Box<str>, Node<K, V>>,
+    children: Children<K, V>,
+    /// The `+` child.
+    plus: Option<Box<Node<K, V>>>,
+    /// The `#` child.
+    hash: Option<Box<Node<K, V>>>,
     subscribers: BTreeMap<K, V>,
 }
 
 impl<K, V> Default for Node<K, V> {
     fn default() -> Self {
-        Self { children: HashMap::new(), subscribers: BTreeMap::new() }
+        Self { children: Children::default(), plus: None, hash: None, subscribers: BTreeMap::new() }
     }
 }
 
 impl<K: Ord, V> Node<K, V> {
     fn is_empty(&self) -> bool {
-        self.children.is_empty() && self.subscribers.is_empty()
+        self.children.is_empty() && self.plus.is_none() && self.hash.is_none() && self.subscribers.is_empty()
+    }
+
+    fn child_mut(&mut self, level: &str) -> &mut Node<K, V> {
+        match level {
+            "+" => self.plus.get_or_insert_default(),
+            "#" => self.hash.get_or_insert_default(),
+            _ => self.children.entry(level.into()).or_default(),
+        }
+    }
+
+    fn existing_child_mut(&mut self, level: &str) -> Option<&mut Node<K, V>> {
+        match level {
+            "+" => self.plus.as_deref_mut(),
+            "#" => self.hash.as_deref_mut(),
+            _ => self.children.get_mut(level),
+        }
+    }
+
+    fn remove_child(&mut self, level: &str) {
+        match level {
+            "+" => self.plus = None,
+            "#" => self.hash = None,
+            _ => {
+                self.children.remove(level);
+            }
+        }
     }
 }
 
@@ -41,7 +78,7 @@ impl<K: Ord + Clone, V> SubscriptionTrie<K, V> {
     pub fn insert(&mut self, filter: &str, key: K, value: V) -> Option<V> {
         let mut node = &mut self.root;
         for level in filter.split('/') {
-            node = node.children.entry(level.into()).or_default();
+            node = node.child_mut(level);
         }
         let previous = node.subscribers.insert(key, value);
         if previous.is_none() {
@@ -64,10 +101,10 @@ impl<K: Ord + Clone, V> SubscriptionTrie<K, V> {
         let Some((first, rest)) = levels.split_first() else {
             return node.subscribers.remove(key);
         };
-        let child = node.children.get_mut(*first)?;
+        let child = node.existing_child_mut(first)?;
         let removed = Self::remove_at(child, rest, key);
         if child.is_empty() {
-            node.children.remove(*first);
+            node.remove_child(first);
         }
         removed
     }
@@ -84,23 +121,27 @@ impl<K: Ord + Clone, V> SubscriptionTrie<K, V> {
 
     /// Calls `visit(key, value)` for every subscription whose filter matches `topic`.
     pub fn for_each_match(&self, topic: &str, mut visit: impl FnMut(&K, &V)) {
-        let levels: Vec<&str> = topic.split('/').collect();
         let dollar = topic.starts_with('$');
-        Self::match_at(&self.root, &levels, dollar, &mut visit);
+        Self::match_at(&self.root, Some(topic), dollar, &mut visit);
     }
 
-    fn match_at(node: &Node<K, V>, levels: &[&str], no_wildcard_here: bool, visit: &mut impl FnMut(&K, &V)) {
-        if !no_wildcard_here && let Some(hash) = node.children.get("#") {
+    /// Matches the levels in `rest` (`None` once every level is consumed) below `node`.
+    fn match_at(node: &Node<K, V>, rest: Option<&str>, no_wildcard_here: bool, visit: &mut impl FnMut(&K, &V)) {
+        if !no_wildcard_here && let Some(hash) = &node.hash {
             hash.subscribers.iter().for_each(|(k, v)| visit(k, v));
         }
-        let Some((first, rest)) = levels.split_first() else {
+        let Some(rest) = rest else {
             node.subscribers.iter().for_each(|(k, v)| visit(k, v));
             return;
         };
-        if !no_wildcard_here && let Some(plus) = node.children.get("+") {
+        let (first, rest) = match rest.split_once('/') {
+            Some((first, rest)) => (first, Some(rest)),
+            None => (rest, None),
+        };
+        if !no_wildcard_here && let Some(plus) = &node.plus {
             Self::match_at(plus, rest, false, visit);
         }
-        if let Some(exact) = node.children.get(*first) {
+        if let Some(exact) = node.children.get(first) {
             Self::match_at(exact, rest, false, visit);
         }
     }
@@ -132,6 +173,21 @@ mod tests {
         assert_eq!(trie.remove("a/+", &1), None);
         assert_eq!(matched(&trie, "a/c"), vec!["#", "a/#"]);
         assert_eq!(trie.len(), 5);
+    }
+
+    #[test]
+    fn removing_every_filter_prunes_the_wildcard_children_too() {
+        let filters = ["#", "+", "+/+/#", "a/+/c", "a/#", "$SYS/+/x"];
+        let mut trie = SubscriptionTrie::default();
+        for (key, filter) in filters.iter().enumerate() {
+            trie.insert(filter, key as u32, filter.to_string());
+        }
+        assert_eq!(matched(&trie, "a/b/c"), vec!["#", "+/+/#", "a/#", "a/+/c"]);
+        assert_eq!(matched(&trie, "$SYS/b/x"), vec!["$SYS/+/x"]);
+        for (key, filter) in filters.iter().enumerate() {
+            assert_eq!(trie.remove(filter, &(key as u32)), Some(filter.to_string()));
+        }
+        assert!(trie.is_empty() && trie.root.is_empty(), "nodes left behind: {:?}", trie.root);
     }
 
     fn filter_strategy() -> impl Strategy<Value = String> {
