@@ -6,10 +6,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
-use bytes::Bytes;
-use clap::Args;
+use bytes::{Bytes, BytesMut};
+use clap::{Args, ValueEnum};
 use kafka_protocol::messages::ProduceRequest;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::records::{
+    Compression, NO_PARTITION_LEADER_EPOCH, NO_PRODUCER_EPOCH, NO_PRODUCER_ID, NO_SEQUENCE, Record, RecordBatchEncoder,
+    RecordEncodeOptions, TimestampType,
+};
 use serde_json::{Value, json};
 use tidewater_storage::{NewRecord, build_record_batch};
 
@@ -37,6 +41,10 @@ pub(crate) struct KafkaArgs {
     /// Records per produced batch (one batch per Produce request).
     #[arg(long, default_value_t = 256)]
     batch: usize,
+    /// Compression of the produced batch (the latency phase's batches stay uncompressed).
+    /// Values are random hex digits, so they compress to about half.
+    #[arg(long, value_enum, default_value_t = Codec::None)]
+    codec: Codec,
     /// Produce acks: 0, 1 or -1.
     #[arg(long, default_value_t = 1, allow_hyphen_values = true)]
     acks: i16,
@@ -61,6 +69,81 @@ pub(crate) struct KafkaArgs {
     /// Skip the consumer-group phase.
     #[arg(long)]
     no_group: bool,
+}
+
+/// Compression codecs of the produced batches.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Codec {
+    None,
+    Gzip,
+    Snappy,
+    Lz4,
+    Zstd,
+}
+
+impl Codec {
+    fn compression(self) -> Compression {
+        match self {
+            Codec::None => Compression::None,
+            Codec::Gzip => Compression::Gzip,
+            Codec::Snappy => Compression::Snappy,
+            Codec::Lz4 => Compression::Lz4,
+            Codec::Zstd => Compression::Zstd,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Codec::None => "none",
+            Codec::Gzip => "gzip",
+            Codec::Snappy => "snappy",
+            Codec::Lz4 => "lz4",
+            Codec::Zstd => "zstd",
+        }
+    }
+}
+
+/// One batch of `count` records of `size` random hex digits (xorshift, fixed seed), compressed
+/// with `codec`.
+fn produce_batch(count: usize, size: usize, codec: Codec, now_ms: i64) -> anyhow::Result<Bytes> {
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let mut hex = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        b"0123456789abcdef"[(state & 15) as usize]
+    };
+    let values: Vec<Vec<u8>> = (0..count).map(|_| (0..size).map(|_| hex()).collect()).collect();
+    if codec == Codec::None {
+        let records: Vec<NewRecord<'_>> =
+            values.iter().map(|v| NewRecord { key: None, value: Some(v), headers: &[], timestamp_ms: 0 }).collect();
+        return Ok(build_record_batch(&records, now_ms));
+    }
+    let records: Vec<Record> = values
+        .into_iter()
+        .enumerate()
+        .map(|(i, value)| Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: NO_PARTITION_LEADER_EPOCH,
+            producer_id: NO_PRODUCER_ID,
+            producer_epoch: NO_PRODUCER_EPOCH,
+            timestamp_type: TimestampType::Creation,
+            offset: i as i64,
+            // the encoder starts a new batch unless offset − sequence stays the same; the batch's
+            // base sequence is then NO_SEQUENCE (-1), as for any non-idempotent producer
+            sequence: NO_SEQUENCE.wrapping_add(i as i32),
+            timestamp: now_ms,
+            key: None,
+            value: Some(Bytes::from(value)),
+            headers: Default::default(),
+        })
+        .collect();
+    let mut buf = BytesMut::new();
+    let options = RecordEncodeOptions { version: 2, compression: codec.compression() };
+    RecordBatchEncoder::encode(&mut buf, &records, &options).map_err(|e| anyhow::anyhow!("encoding the batch: {e}"))?;
+    Ok(buf.freeze())
 }
 
 /// Throughput of one phase.
@@ -148,7 +231,7 @@ pub(crate) async fn main(args: KafkaArgs, threads: usize) -> anyhow::Result<()> 
         "topic": topic, "partitions": args.partitions, "record_size": args.record_size, "batch": args.batch,
         "acks": args.acks, "producers": args.producers.unwrap_or(args.partitions as usize), "inflight": args.inflight,
         "duration_s": args.duration, "fetch_bytes": args.fetch_bytes, "latency_rate": args.latency_rate,
-        "codec": "none", "broker_rss_mib_at_end": rss,
+        "codec": args.codec.name(), "broker_rss_mib_at_end": rss,
     });
     report::finish("kafka", threads, params, &table, Value::Array(phases.iter().map(Phase::json).collect()));
     Ok(())
@@ -185,11 +268,8 @@ fn produce_errors(response: &kafka_protocol::messages::ProduceResponse) -> Optio
 async fn produce(broker: &Broker, args: &KafkaArgs, topic: &str) -> anyhow::Result<Phase> {
     broker.settle().await;
     let producers = args.producers.unwrap_or(args.partitions as usize).max(1);
-    let value = vec![0x5Au8; args.record_size];
-    let records: Vec<NewRecord<'_>> =
-        (0..args.batch).map(|_| NewRecord { key: None, value: Some(&value), headers: &[], timestamp_ms: 0 }).collect();
     let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64;
-    let batch = build_record_batch(&records, now_ms);
+    let batch = produce_batch(args.batch, args.record_size, args.codec, now_ms)?;
     let wire_per_batch = batch.len() as u64;
     let acked = Arc::new(AtomicU64::new(0));
     let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(args.duration);
@@ -267,7 +347,7 @@ async fn produce(broker: &Broker, args: &KafkaArgs, topic: &str) -> anyhow::Resu
     drop(progress);
     let records = acked.load(Ordering::Relaxed);
     Ok(Phase {
-        name: format!("produce {}B×{} acks={}", args.record_size, args.batch, args.acks),
+        name: format!("produce {}B×{} acks={} {}", args.record_size, args.batch, args.acks, args.codec.name()),
         records,
         value_bytes: records * args.record_size as u64,
         wire_bytes: records / args.batch as u64 * wire_per_batch,
