@@ -247,7 +247,11 @@ pub(crate) async fn run(broker: &Broker, scenario: &Scenario, label: &str) -> an
     }
     let start = tokio::time::Instant::now();
     let deadline = start + Duration::from_secs_f64(scenario.duration);
-    let warmup = Duration::from_secs_f64(scenario.warmup.min(scenario.duration / 2.0));
+    // a run by --count measures every message, from the first to the last delivery: it may well
+    // be over before a warm-up would end
+    let counted = scenario.count > 0;
+    let warmup =
+        if counted { Duration::ZERO } else { Duration::from_secs_f64(scenario.warmup.min(scenario.duration / 2.0)) };
     shared.measure_from_ns.store(shared.now_ns() + warmup.as_nanos() as u64, Ordering::Relaxed);
     let drain = Duration::from_secs_f64(scenario.drain);
     let mut pub_tasks = Vec::with_capacity(publishers);
@@ -305,8 +309,11 @@ pub(crate) async fn run(broker: &Broker, scenario: &Scenario, label: &str) -> an
             _ = tokio::time::sleep_until(deadline) => {}
         }
     }
-    let (in1, out1) = (in_count(&shared), shared.received.load(Ordering::Relaxed));
-    let (cpu, secs) = cpu.stop(broker);
+    let (in1, out_at_deadline) = (in_count(&shared), shared.received.load(Ordering::Relaxed));
+    let in_secs = (start + warmup).elapsed().as_secs_f64();
+    // a duration run is measured up to the deadline (Ok: stopped now); a counted one until its
+    // last delivery (Err: the window keeps running through the drain below)
+    let timed = if counted { Err(cpu) } else { Ok(cpu.stop(broker)) };
     let rss = broker.sample().map(|s| s.rss_kib as f64 / 1024.0);
     let outcomes = match outcomes {
         Some(done) => done,
@@ -325,6 +332,10 @@ pub(crate) async fn run(broker: &Broker, scenario: &Scenario, label: &str) -> an
     while shared.received.load(Ordering::Relaxed) < expected && Instant::now() < drain_until {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    let (out1, (cpu, secs)) = match timed {
+        Ok(measured) => (out_at_deadline, measured),
+        Err(window) => (shared.received.load(Ordering::Relaxed), window.stop(broker)),
+    };
     let _ = stop_tx.send(true);
     drop(progress);
     let mut latency = report::histogram();
@@ -345,7 +356,8 @@ pub(crate) async fn run(broker: &Broker, scenario: &Scenario, label: &str) -> an
     }
     Ok(MqttResult {
         name: scenario.name(),
-        in_rate: (in1 - in0) as f64 / secs,
+        // a counted run's publishers finish before its last delivery: in is over their time
+        in_rate: (in1 - in0) as f64 / if counted { in_secs.max(1e-3) } else { secs },
         out_rate: (out1 - out0) as f64 / secs,
         latency,
         lost,
