@@ -40,6 +40,10 @@ pub struct MqttSettings {
     pub retain_available: bool,
     /// How long a new connection has to send CONNECT (ms).
     pub connect_timeout_ms: u64,
+    /// Test-only, never read from configuration: acknowledge PUBLISH before what it promises
+    /// is durable, so that the simulation can show its checker catches a lost acknowledgement.
+    #[serde(skip)]
+    pub test_ack_before_durable: bool,
 }
 
 impl Default for MqttSettings {
@@ -55,6 +59,7 @@ impl Default for MqttSettings {
             max_session_expiry: u32::MAX,
             retain_available: true,
             connect_timeout_ms: 10_000,
+            test_ack_before_durable: false,
         }
     }
 }
@@ -228,7 +233,7 @@ impl NodeContext {
             state_store: store.clone(),
             log_store: store,
             net: Arc::new(crate::seams::TokioNet),
-            clock: Arc::new(crate::seams::SystemClock),
+            clock: Arc::new(crate::seams::MonotonicClock::from_system()),
             rng: NodeRng::seeded(7),
         })
     }

@@ -7,7 +7,7 @@ pub mod context;
 pub mod kafka;
 pub mod metrics;
 pub mod mqtt;
-pub mod seams;
+pub use tidewater_cluster::{check_invariant, invariants, seams};
 pub mod stream;
 
 pub use context::{KafkaSettings, MqttSettings, NodeContext, NodeParts};

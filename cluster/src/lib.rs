@@ -1,5 +1,11 @@
-//! Cluster membership (chitchat), partition placement and the data-plane RPC channel.
+//! The layer below the actors: the seams through which node code reaches sockets, time and
+//! randomness (so that the simulation can swap them), and the invariant catalogue that
+//! production code and the simulation's checker share.
 //!
-//! Empty until the cluster issue: a single node needs none of it. The seams it will plug
-//! into (`Net`, `LogStore`, clock, RNG) already exist in `tidewater-actors` and
-//! `tidewater-storage`.
+//! Membership (chitchat), placement and the data-plane RPC channel join this crate with the
+//! cluster issue.
+
+pub mod invariants;
+pub mod seams;
+
+pub use invariants::InvariantId;

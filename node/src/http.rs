@@ -9,18 +9,21 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use bytes::Bytes;
-use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::{Value, json};
 use tidewater_actors::NodeContext;
+use tidewater_actors::seams::{Connection, Listener};
 use tidewater_actors::stream::def::StreamDef;
 use tidewater_actors::stream::registry::{Stream, StreamError};
 use tokio::sync::watch;
 
+/// Renders the Prometheus text of `/metrics` (the process's recorder lives in `main`).
+pub type MetricsRender = Arc<dyn Fn() -> String + Send + Sync>;
+
 /// What the HTTP handlers read.
 #[derive(Clone)]
 pub struct HttpState {
-    /// Renders /metrics.
-    pub metrics: PrometheusHandle,
+    /// Renders /metrics; `None` when no recorder is installed (simulation).
+    pub metrics: Option<MetricsRender>,
     /// True once every listener is bound.
     pub ready: Arc<AtomicBool>,
     /// The node.
@@ -46,20 +49,45 @@ async fn health(State(state): State<HttpState>) -> impl IntoResponse {
 }
 
 async fn metrics_text(State(state): State<HttpState>) -> impl IntoResponse {
-    ([("content-type", "text/plain; version=0.0.4")], state.metrics.render())
+    let text = state.metrics.as_ref().map(|render| render()).unwrap_or_default();
+    ([("content-type", "text/plain; version=0.0.4")], text)
 }
 
-/// Serves HTTP until `shutdown` turns true.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    state: HttpState,
-    mut shutdown: watch::Receiver<bool>,
-) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
+/// Serves HTTP on a listener of the `Net` seam until `shutdown` turns true.
+pub async fn serve(listener: Box<dyn Listener>, state: HttpState, mut shutdown: watch::Receiver<bool>) {
+    let served = axum::serve(NetListener(listener), router(state))
         .with_graceful_shutdown(async move {
             let _ = shutdown.changed().await;
         })
-        .await
+        .await;
+    if let Err(error) = served {
+        tracing::error!(%error, "http listener failed");
+    }
+}
+
+/// A `Net` listener as axum's listener.
+struct NetListener(Box<dyn Listener>);
+
+impl axum::serve::Listener for NetListener {
+    type Io = Box<dyn Connection>;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            match self.0.accept().await {
+                Ok(accepted) => return accepted,
+                Err(error) => {
+                    // e.g. out of file descriptors: back off instead of spinning
+                    tracing::warn!(protocol = "http", %error, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.0.local_addr()
+    }
 }
 
 fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {

@@ -1,11 +1,16 @@
 //! `tidewater`: one binary that is an MQTT broker, a Kafka-protocol server and a cluster node.
 
-use tidewater_node::{config, node};
+use tidewater_node::config;
+use tidewater_node::node::{Node, Parts};
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
+use tidewater_actors::seams::{MonotonicClock, NodeRng, TokioNet};
+use tidewater_storage::FjallStore;
 
 use config::{Config, Overrides};
 
@@ -121,7 +126,7 @@ fn main() -> std::process::ExitCode {
                     return std::process::ExitCode::FAILURE;
                 }
             };
-            match runtime.block_on(node::run(config)) {
+            match runtime.block_on(run(config)) {
                 Ok(()) => std::process::ExitCode::SUCCESS,
                 Err(error) => {
                     eprintln!("tidewater: {error:#}");
@@ -129,6 +134,50 @@ fn main() -> std::process::ExitCode {
                 }
             }
         }
+    }
+}
+
+/// The process around one node: the metrics recorder, the data directory and fjall, the OS
+/// seams, and the signals that stop it.
+async fn run(config: Config) -> anyhow::Result<()> {
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .context("cannot install the metrics recorder")?;
+    tidewater_actors::metrics::describe();
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
+    let store = Arc::new(
+        FjallStore::open(&config.data_dir.join("store"), config.fsync_policy()?)
+            .with_context(|| format!("cannot open storage in {}", config.data_dir.display()))?,
+    );
+    let node = Node::start(Parts {
+        config,
+        state_store: store.clone(),
+        log_store: store,
+        net: Arc::new(TokioNet),
+        clock: Arc::new(MonotonicClock::from_system()),
+        rng: NodeRng::from_os(),
+        metrics: Some(Arc::new(move || recorder.render())),
+    })
+    .await?;
+    wait_for_signal().await;
+    node.shutdown().await?;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(signal) => signal,
+        Err(error) => {
+            tracing::warn!(%error, "cannot watch SIGTERM; only SIGINT stops the node");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        biased;
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
     }
 }
 

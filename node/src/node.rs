@@ -1,124 +1,214 @@
-//! Wiring one node: storage, context, listeners, and graceful shutdown.
+//! Assembling one node from its parts, and stopping it again.
+//!
+//! [`Node::start`] takes everything process-wide from its caller (storage already open, the
+//! socket, clock and randomness seams, the metrics renderer), so that `main` runs one node on
+//! real sockets and fjall while the simulation runs several in one process on simulated
+//! ones. [`NodeHandle::shutdown`] stops every listener, connection, actor and task it started.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use anyhow::Context;
-use tidewater_actors::seams::{Net, NodeRng, SystemClock, TokioNet};
+use tidewater_actors::seams::{Clock, Net, NodeRng};
 use tidewater_actors::{NodeContext, NodeParts};
-use tidewater_storage::{FjallStore, LogStore, StateStore};
+use tidewater_storage::{LogStore, StateStore, StorageError};
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 use crate::config::Config;
-use crate::http::{self, HttpState};
+use crate::http::{self, HttpState, MetricsRender};
 
-/// Runs a node until SIGINT or SIGTERM.
-pub async fn run(config: Config) -> anyhow::Result<()> {
-    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
-        .install_recorder()
-        .context("cannot install the metrics recorder")?;
-    tidewater_actors::metrics::describe();
+/// How long each listener has to stop accepting at shutdown.
+const LISTENER_STOP_TIMEOUT: Duration = Duration::from_secs(2);
 
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
-    let store = Arc::new(
-        FjallStore::open(&config.data_dir.join("store"), config.fsync_policy()?)
-            .with_context(|| format!("cannot open storage in {}", config.data_dir.display()))?,
-    );
-    let state_store: Arc<dyn StateStore> = store.clone();
-    let log_store: Arc<dyn LogStore> = store.clone();
-    let net: Arc<dyn Net> = Arc::new(TokioNet);
-
-    let ctx = NodeContext::new(NodeParts {
-        node_id: config.node_id,
-        mqtt: config.mqtt.clone(),
-        kafka: config.kafka_settings(),
-        authorizer: config.authorizer(),
-        state_store: Arc::clone(&state_store),
-        log_store,
-        net: Arc::clone(&net),
-        clock: Arc::new(SystemClock),
-        rng: NodeRng::from_os(),
-    });
-    let span = tracing::info_span!("node", node = config.node_id);
-    let _entered = span.enter();
-
-    let retained = ctx.router.load_retained().context("cannot load retained messages")?;
-    let sessions = ctx.sessions.restore(&ctx).await.context("cannot load persistent sessions")?;
-    let streams = ctx.streams.restore(&config.streams).await.context("cannot start streams")?;
-    let groups = ctx.groups.restore(&ctx).await;
-    tracing::info!(retained, sessions, streams, groups, data_dir = %config.data_dir.display(), "storage opened");
-    if config.auth.allow_anonymous {
-        tracing::warn!("anonymous access is on: clients without a username may connect (auth.allow_anonymous)");
-    }
-
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let mqtt_listener = net
-        .bind(config.listeners.mqtt)
-        .await
-        .with_context(|| format!("cannot listen for MQTT on {}", config.listeners.mqtt))?;
-    tracing::info!(addr = %mqtt_listener.local_addr()?, "mqtt listening");
-    let mqtt_task =
-        tokio::spawn(tidewater_actors::mqtt::connection::run_listener(ctx.clone(), mqtt_listener, shutdown_rx.clone()));
-
-    let kafka_listener = net
-        .bind(config.listeners.kafka)
-        .await
-        .with_context(|| format!("cannot listen for Kafka on {}", config.listeners.kafka))?;
-    tracing::info!(addr = %kafka_listener.local_addr()?, advertised = %format!("{}:{}", ctx.kafka.advertised_host, ctx.kafka.advertised_port), "kafka listening");
-    let kafka_task =
-        tokio::spawn(tidewater_actors::kafka::server::run_listener(ctx.clone(), kafka_listener, shutdown_rx.clone()));
-
-    let ready = Arc::new(AtomicBool::new(false));
-    let http_listener = tokio::net::TcpListener::bind(config.listeners.http)
-        .await
-        .with_context(|| format!("cannot listen for HTTP on {}", config.listeners.http))?;
-    tracing::info!(addr = %http_listener.local_addr()?, "http listening");
-    let http_state = HttpState { metrics, ready: Arc::clone(&ready), ctx: ctx.clone() };
-    let http_task = tokio::spawn(http::serve(http_listener, http_state, shutdown_rx.clone()));
-    tracing::info!(
-        rpc = %config.listeners.rpc,
-        gossip = %config.listeners.gossip,
-        "rpc and gossip listeners are not served yet: this build runs a single node"
-    );
-
-    let retention_task = tokio::spawn(run_retention(
-        ctx.clone(),
-        Duration::from_millis(config.kafka.retention_check_ms),
-        shutdown_rx.clone(),
-    ));
-
-    ready.store(true, Ordering::Release);
-    tracing::info!(node_id = config.node_id, "tidewater node ready");
-
-    wait_for_signal().await;
-    tracing::info!("shutting down");
-    ready.store(false, Ordering::Release);
-    let _ = shutdown_tx.send(true);
-    let _ = tokio::time::timeout(Duration::from_secs(2), mqtt_task).await;
-    let _ = tokio::time::timeout(Duration::from_secs(2), kafka_task).await;
-    ctx.sessions.shutdown().await;
-    state_store.sync().context("cannot flush storage")?;
-    let _ = tokio::time::timeout(Duration::from_secs(2), http_task).await;
-    retention_task.abort();
-    tracing::info!("stopped");
-    Ok(())
+/// What a node is built from: its configuration and every process-wide resource.
+pub struct Parts {
+    /// The node's configuration (listeners, limits, streams, users).
+    pub config: Config,
+    /// Keyed state, already open.
+    pub state_store: Arc<dyn StateStore>,
+    /// Partition logs, already open.
+    pub log_store: Arc<dyn LogStore>,
+    /// Sockets (every listener goes through it, HTTP included).
+    pub net: Arc<dyn Net>,
+    /// Wall and monotonic time.
+    pub clock: Arc<dyn Clock>,
+    /// The node's random numbers.
+    pub rng: NodeRng,
+    /// Renders `/metrics` (the process's recorder); `None` serves an empty page.
+    pub metrics: Option<MetricsRender>,
 }
 
-async fn wait_for_signal() {
-    let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(signal) => signal,
-        Err(error) => {
-            tracing::warn!(%error, "cannot watch SIGTERM; only SIGINT stops the node");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
+/// Why a node could not start or stop cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// A listener could not bind.
+    #[error("cannot listen for {protocol} on {addr}: {source}")]
+    Listen {
+        /// mqtt, kafka or http.
+        protocol: &'static str,
+        /// The configured address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Stored state could not be loaded.
+    #[error("cannot load {what}: {detail}")]
+    Restore {
+        /// What was being loaded.
+        what: &'static str,
+        /// Why.
+        detail: String,
+    },
+    /// Storage could not be flushed at shutdown.
+    #[error("cannot flush storage: {0}")]
+    Flush(#[from] StorageError),
+}
+
+/// Starts nodes.
+pub struct Node;
+
+/// A running node: its addresses and the means to stop it.
+pub struct NodeHandle {
+    ctx: NodeContext,
+    span: tracing::Span,
+    mqtt_addr: SocketAddr,
+    kafka_addr: SocketAddr,
+    http_addr: SocketAddr,
+    ready: Arc<AtomicBool>,
+    shutdown: watch::Sender<bool>,
+    listeners: Vec<JoinHandle<()>>,
+    background: Vec<JoinHandle<()>>,
+}
+
+impl Node {
+    /// Loads the node's state from its stores, binds its listeners and starts serving.
+    pub async fn start(parts: Parts) -> Result<NodeHandle, NodeError> {
+        let span = tracing::info_span!("node", node = parts.config.node_id);
+        Self::start_in_span(parts, span.clone()).instrument(span).await
+    }
+
+    async fn start_in_span(parts: Parts, span: tracing::Span) -> Result<NodeHandle, NodeError> {
+        let Parts { config, state_store, log_store, net, clock, rng, metrics } = parts;
+        let ctx = NodeContext::new(NodeParts {
+            node_id: config.node_id,
+            mqtt: config.mqtt.clone(),
+            kafka: config.kafka_settings(),
+            authorizer: config.authorizer(),
+            state_store,
+            log_store,
+            net: Arc::clone(&net),
+            clock,
+            rng,
+        });
+        let restore = |what: &'static str| move |error: String| NodeError::Restore { what, detail: error };
+        let retained = ctx.router.load_retained().map_err(|e| restore("retained messages")(e.to_string()))?;
+        let sessions = ctx.sessions.restore(&ctx).await.map_err(|e| restore("persistent sessions")(e.to_string()))?;
+        let streams = ctx.streams.restore(&config.streams).await.map_err(|e| restore("streams")(e.to_string()))?;
+        let groups = ctx.groups.restore(&ctx).await;
+        ctx.sessions.resume().await;
+        tracing::info!(retained, sessions, streams, groups, data_dir = %config.data_dir.display(), "storage opened");
+        if config.auth.allow_anonymous {
+            tracing::warn!("anonymous access is on: clients without a username may connect (auth.allow_anonymous)");
         }
-    };
-    tokio::select! {
-        biased;
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate.recv() => {}
+
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let bind = |protocol: &'static str, addr: SocketAddr| {
+            let net = Arc::clone(&net);
+            async move { net.bind(addr).await.map_err(|source| NodeError::Listen { protocol, addr, source }) }
+        };
+        let mqtt_listener = bind("mqtt", config.listeners.mqtt).await?;
+        let kafka_listener = bind("kafka", config.listeners.kafka).await?;
+        let http_listener = bind("http", config.listeners.http).await?;
+        let local = |listener: &dyn tidewater_actors::seams::Listener, configured: SocketAddr| {
+            listener.local_addr().unwrap_or(configured)
+        };
+        let mqtt_addr = local(mqtt_listener.as_ref(), config.listeners.mqtt);
+        let kafka_addr = local(kafka_listener.as_ref(), config.listeners.kafka);
+        let http_addr = local(http_listener.as_ref(), config.listeners.http);
+        tracing::info!(addr = %mqtt_addr, "mqtt listening");
+        tracing::info!(addr = %kafka_addr, advertised = %format!("{}:{}", ctx.kafka.advertised_host, ctx.kafka.advertised_port), "kafka listening");
+        tracing::info!(addr = %http_addr, "http listening");
+        tracing::info!(
+            rpc = %config.listeners.rpc,
+            gossip = %config.listeners.gossip,
+            "rpc and gossip listeners are not served yet: this build runs a single node"
+        );
+
+        let ready = Arc::new(AtomicBool::new(false));
+        let listeners = vec![
+            tokio::spawn(
+                tidewater_actors::mqtt::connection::run_listener(ctx.clone(), mqtt_listener, shutdown_rx.clone())
+                    .in_current_span(),
+            ),
+            tokio::spawn(
+                tidewater_actors::kafka::server::run_listener(ctx.clone(), kafka_listener, shutdown_rx.clone())
+                    .in_current_span(),
+            ),
+        ];
+        let http_state = HttpState { metrics, ready: Arc::clone(&ready), ctx: ctx.clone() };
+        let background = vec![
+            tokio::spawn(http::serve(http_listener, http_state, shutdown_rx.clone()).in_current_span()),
+            tokio::spawn(
+                run_retention(ctx.clone(), Duration::from_millis(config.kafka.retention_check_ms), shutdown_rx)
+                    .in_current_span(),
+            ),
+        ];
+        ready.store(true, Ordering::Release);
+        tracing::info!(node_id = config.node_id, "tidewater node ready");
+        Ok(NodeHandle { ctx, span, mqtt_addr, kafka_addr, http_addr, ready, shutdown, listeners, background })
+    }
+}
+
+impl NodeHandle {
+    /// The node's shared context (streams, sessions, stores).
+    pub fn context(&self) -> &NodeContext {
+        &self.ctx
+    }
+
+    /// The bound MQTT address.
+    pub fn mqtt_addr(&self) -> SocketAddr {
+        self.mqtt_addr
+    }
+
+    /// The bound Kafka address.
+    pub fn kafka_addr(&self) -> SocketAddr {
+        self.kafka_addr
+    }
+
+    /// The bound HTTP address.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// Stops the node: listeners and connections first, then sessions (persisted), consumer
+    /// groups and partitions (after writing what they hold), then flushes storage.
+    pub async fn shutdown(self) -> Result<(), NodeError> {
+        let span = self.span.clone();
+        self.stop().instrument(span).await
+    }
+
+    async fn stop(self) -> Result<(), NodeError> {
+        tracing::info!("shutting down");
+        self.ready.store(false, Ordering::Release);
+        let _ = self.shutdown.send(true);
+        for task in self.listeners {
+            let _ = tokio::time::timeout(LISTENER_STOP_TIMEOUT, task).await;
+        }
+        self.ctx.sessions.shutdown().await;
+        self.ctx.groups.shutdown().await;
+        self.ctx.streams.shutdown().await;
+        self.ctx.state_store.sync()?;
+        self.ctx.log_store.sync()?;
+        for mut task in self.background {
+            if tokio::time::timeout(LISTENER_STOP_TIMEOUT, &mut task).await.is_err() {
+                task.abort();
+            }
+        }
+        tracing::info!("stopped");
+        Ok(())
     }
 }
 

@@ -1,5 +1,6 @@
 //! Helpers for black-box tests: find the `tidewater` binary, start it on free ports, wait
-//! for it to be ready, and stop it.
+//! for it to be ready, and stop it; and the lean MQTT and Kafka clients ([`clients`]) that the
+//! bench and the deterministic simulation share.
 //!
 //! Black-box tests run real processes in real time, so the seam lints do not apply here.
 #![allow(clippy::disallowed_methods)]
@@ -9,6 +10,8 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
+
+pub mod clients;
 
 /// The `tidewater` binary under test: `$TIDEWATER_BIN`, else the workspace's release or debug build.
 pub fn binary() -> PathBuf {

@@ -2,7 +2,7 @@
 //! spawns it. The actor is a thin shell over [`GroupState`]: it maps reply tokens to reply
 //! ports, stores committed offsets, and keeps one timer for the state machine's deadlines.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
@@ -272,7 +272,7 @@ impl GroupShell {
 /// The node's consumer groups.
 #[derive(Default)]
 pub struct GroupRegistry {
-    groups: tokio::sync::Mutex<HashMap<String, ActorRef<GroupMsg>>>,
+    groups: tokio::sync::Mutex<BTreeMap<String, ActorRef<GroupMsg>>>,
 }
 
 impl std::fmt::Debug for GroupRegistry {
@@ -327,9 +327,17 @@ impl GroupRegistry {
         ids.len()
     }
 
-    /// Every group coordinator.
+    /// Every group coordinator, by group id.
     pub async fn all(&self) -> Vec<ActorRef<GroupMsg>> {
         self.groups.lock().await.values().cloned().collect()
+    }
+
+    /// Stops every coordinator after the requests it holds (node shutdown).
+    pub async fn shutdown(&self) {
+        let groups = std::mem::take(&mut *self.groups.lock().await);
+        for actor in groups.values() {
+            let _ = actor.drain_and_wait(Some(Duration::from_secs(5))).await;
+        }
     }
 }
 

@@ -27,8 +27,9 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Accepts Kafka connections until `shutdown` turns true.
 pub async fn run_listener(ctx: NodeContext, listener: Box<dyn Listener>, shutdown: watch::Receiver<bool>) {
+    let stop = shutdown.clone();
     crate::seams::serve_listener("kafka", listener, shutdown, move |connection, peer| {
-        serve(ctx.clone(), connection, peer)
+        serve(ctx.clone(), connection, peer, stop.clone())
     })
     .await
 }
@@ -135,8 +136,13 @@ impl KafkaConnectionState {
     }
 }
 
-/// Serves one connection: spawns its actor and feeds it frames.
-pub async fn serve(ctx: NodeContext, connection: Box<dyn Connection>, peer: SocketAddr) {
+/// Serves one connection until it closes or the node stops: spawns its actor and feeds it frames.
+pub async fn serve(
+    ctx: NodeContext,
+    connection: Box<dyn Connection>,
+    peer: SocketAddr,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let (mut reader, writer) = tokio::io::split(connection);
     let state = KafkaConnectionState { ctx, writer, chunks: Vec::new(), peer };
     let Ok((actor, mut handle)) = Actor::spawn(None, KafkaConnection, state).await else { return };
@@ -162,6 +168,7 @@ pub async fn serve(ctx: NodeContext, connection: Box<dyn Connection>, peer: Sock
         buf.reserve(64 * 1024);
         tokio::select! {
             biased;
+            _ = shutdown.changed() => break,
             _ = &mut handle => {
                 stopped = true;
                 break;

@@ -1,5 +1,6 @@
 //! The MQTT 3.1.1 and 5.0 broker: codec, topics, sessions, routing, auth.
 
+mod ack_gate;
 pub mod auth;
 pub mod codec;
 pub mod connection;

@@ -22,7 +22,8 @@ pub const INCOMING: &str = "mqtt_incoming";
 /// Retained messages: topic → [`Message`].
 pub const RETAINED: &str = "mqtt_retained";
 
-const FORMAT_VERSION: u8 = 1;
+/// 2: session records carry the will (data written by version 1 is refused at start).
+const FORMAT_VERSION: u8 = 2;
 
 /// Why a stored value could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +50,22 @@ pub struct SessionRecord {
     pub subscriptions: Vec<(String, SubOptions)>,
     /// When the record was written (ms since the epoch); expiry counts from here after a restart.
     pub saved_at_ms: i64,
+    /// The will still to be published, if any.
+    pub will: Option<StoredWill>,
+}
+
+/// A will that must outlive the node: set by a connected client, or pending its delay.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredWill {
+    /// The message to publish.
+    pub message: Message,
+    /// The username of the client that set it (the ACL is checked when it is published).
+    pub username: Option<String>,
+    /// Will Delay Interval, seconds.
+    pub delay_secs: u32,
+    /// When it is due (ms since the epoch); `None` while its client was connected, which a
+    /// restart turns into a lost connection: due `delay_secs` after the node is back.
+    pub publish_at_ms: Option<i64>,
 }
 
 /// A persisted session, as loaded at start.
@@ -100,6 +117,43 @@ fn prefix(client_id: &str) -> Vec<u8> {
 /// Writes the session record.
 pub fn put_session(store: &dyn StateStore, client_id: &str, record: &SessionRecord) -> Result<(), PersistError> {
     Ok(store.put(SESSIONS, client_id.as_bytes(), &encode(record))?)
+}
+
+/// Replaces everything stored for a session in one atomic write: a crash leaves either the
+/// old session or the new one, never a session half deleted.
+pub fn replace_session<'a>(
+    store: &dyn StateStore,
+    client_id: &str,
+    record: &SessionRecord,
+    incoming: impl Iterator<Item = u16>,
+    outgoing: impl Iterator<Item = (u64, &'a Outgoing)>,
+) -> Result<(), PersistError> {
+    let mut puts = vec![StateOp::Put { space: SESSIONS, key: client_id.as_bytes().to_vec(), value: encode(record) }];
+    for pkid in incoming {
+        puts.push(StateOp::Put { space: INCOMING, key: key(client_id, &pkid.to_be_bytes()), value: Vec::new() });
+    }
+    for (seq, entry) in outgoing {
+        puts.push(StateOp::Put { space: OUTGOING, key: key(client_id, &seq.to_be_bytes()), value: encode(entry) });
+    }
+    let written: BTreeSet<(&'static str, Vec<u8>)> = puts
+        .iter()
+        .filter_map(|op| match op {
+            StateOp::Put { space, key, .. } => Some((*space, key.clone())),
+            StateOp::Delete { .. } => None,
+        })
+        .collect();
+    // stale entries are deleted, but never a key that is written in the same batch (a batch
+    // holding both for one key leaves the outcome to the store)
+    let mut ops = Vec::new();
+    for space in [OUTGOING, INCOMING] {
+        for (key, _) in store.scan_prefix(space, &prefix(client_id))? {
+            if !written.contains(&(space, key.clone())) {
+                ops.push(StateOp::Delete { space, key });
+            }
+        }
+    }
+    ops.extend(puts);
+    Ok(store.write_batch(ops)?)
 }
 
 /// Writes one outgoing entry.

@@ -1,7 +1,7 @@
 //! Sessions by client id: find or spawn the session a new connection attaches to, restore
 //! persisted sessions at start, and stop them all at shutdown.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
 use ractor::{ActorRef, call_t};
 
@@ -29,7 +29,7 @@ pub enum AttachError {
 /// all of them every connect waited for the previous one's actor to start.
 const SHARDS: usize = 64;
 
-type Shard = tokio::sync::Mutex<HashMap<String, SessionHandle>>;
+type Shard = tokio::sync::Mutex<BTreeMap<String, SessionHandle>>;
 
 /// The node's sessions by client id.
 pub struct SessionRegistry {
@@ -104,6 +104,16 @@ impl SessionRegistry {
             }
         }
         Ok(count)
+    }
+
+    /// Starts the timers of restored sessions (wills, expiry): called once the whole node
+    /// (every session and stream) is restored, so that a will due at once finds its audience.
+    pub async fn resume(&self) {
+        for shard in &self.shards {
+            for handle in shard.lock().await.values() {
+                let _ = handle.actor.cast(SessionMsg::Resume);
+            }
+        }
     }
 
     /// Closes every connection and persists every session (graceful shutdown).

@@ -21,6 +21,7 @@ use crate::mqtt::persist;
 use crate::mqtt::session::SessionMsg;
 use crate::mqtt::topic;
 use crate::mqtt::trie::SubscriptionTrie;
+use crate::stream::partition::DurableNotice;
 
 /// Deliveries per `Deliver` message at most.
 const FANOUT_CHUNK: usize = 64;
@@ -31,51 +32,69 @@ const FANOUT_CHUNK: usize = 64;
 #[derive(Default)]
 pub struct Fanout {
     index: HashMap<ractor::ActorId, usize, foldhash::fast::RandomState>,
-    targets: Vec<(ActorRef<SessionMsg>, Vec<Delivery>)>,
+    targets: Vec<(ActorRef<SessionMsg>, Vec<Delivery>, Vec<DurableNotice>)>,
 }
 
 impl Fanout {
     /// Adds a delivery for `actor`, after the ones gathered for it before. A subscriber's
     /// deliveries go out every [`FANOUT_CHUNK`], so that it works on the first ones while the
     /// publisher routes the rest.
-    pub fn add(&mut self, actor: &ActorRef<SessionMsg>, delivery: Delivery) {
+    /// `notice`, when given, is answered once the subscriber has stored the delivery.
+    pub fn add(&mut self, actor: &ActorRef<SessionMsg>, delivery: Delivery, notice: Option<DurableNotice>) {
         let id = actor.get_id();
         let at = match self.targets.last() {
-            Some((last, _)) if last.get_id() == id => self.targets.len() - 1,
+            Some((last, _, _)) if last.get_id() == id => self.targets.len() - 1,
             _ => match self.index.entry(id) {
                 std::collections::hash_map::Entry::Occupied(at) => *at.get(),
                 std::collections::hash_map::Entry::Vacant(slot) => {
                     slot.insert(self.targets.len());
-                    self.targets.push((actor.clone(), Vec::new()));
+                    self.targets.push((actor.clone(), Vec::new(), Vec::new()));
                     self.targets.len() - 1
                 }
             },
         };
-        let (actor, deliveries) = &mut self.targets[at];
+        let (actor, deliveries, notices) = &mut self.targets[at];
         deliveries.push(delivery);
+        notices.extend(notice);
         if deliveries.len() >= FANOUT_CHUNK {
-            let _ = actor.cast(SessionMsg::Deliver(std::mem::take(deliveries)));
+            deliver(actor, std::mem::take(deliveries), std::mem::take(notices));
         }
     }
 
     /// Casts the gathered deliveries, one message per subscriber.
     pub fn send(&mut self) {
-        for (actor, deliveries) in self.targets.drain(..) {
+        for (actor, deliveries, notices) in self.targets.drain(..) {
             if !deliveries.is_empty() {
-                let _ = actor.cast(SessionMsg::Deliver(deliveries));
+                deliver(&actor, deliveries, notices);
             }
         }
         self.index.clear();
     }
 }
 
-/// A session as the router sees it: its actor and whether a client is connected.
+/// Casts deliveries to a session. A session that has stopped has ended (expired or taken
+/// over): nothing of it is left to store into, so its notices are answered at once.
+fn deliver(actor: &ActorRef<SessionMsg>, deliveries: Vec<Delivery>, notices: Vec<DurableNotice>) {
+    if let Err(ractor::MessagingErr::SendErr(SessionMsg::Deliver(_, notices))) =
+        actor.cast(SessionMsg::Deliver(deliveries, notices))
+    {
+        for notice in notices {
+            let _ = notice.session.cast(SessionMsg::Durable { tokens: vec![notice.token], ok: true });
+        }
+    }
+}
+
+/// A session as the router sees it: its actor, whether a client is connected, and whether
+/// the session outlives its connection.
 #[derive(Debug, Clone)]
 pub struct SessionHandle {
     /// The session's actor.
     pub actor: ActorRef<SessionMsg>,
     /// Whether a client is connected (shared subscriptions prefer connected members).
     pub online: Arc<AtomicBool>,
+    /// Whether the session is persistent: a QoS 1/2 delivery to it is part of what the
+    /// publisher's acknowledgement promises, so it answers once the delivery is stored.
+    pub persistent: Arc<AtomicBool>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -177,8 +196,14 @@ impl Router {
 
     /// Routes an accepted message: retains it if asked, then delivers it once to every
     /// matching session and to one member of every matching share group, through `fanout`
-    /// (which the caller sends once it routed its batch). Returns the number of deliveries.
-    pub fn publish(&self, message: Arc<Message>, fanout: &mut Fanout) -> usize {
+    /// (which the caller sends once it routed its batch). Each QoS 1/2 delivery to a persistent
+    /// session carries a `notice()`; returns how many were attached.
+    pub fn publish(
+        &self,
+        message: Arc<Message>,
+        fanout: &mut Fanout,
+        notice: &dyn Fn() -> Option<DurableNotice>,
+    ) -> usize {
         if message.retain {
             self.retain(&message);
         }
@@ -225,9 +250,14 @@ impl Router {
                 true
             });
         }
-        let mut count = direct.len();
+        let mut count = 0;
+        let mut add = |session: &SessionHandle, delivery: Delivery, fanout: &mut Fanout| {
+            let notice = if delivery.qos > 0 && session.persistent.load(Ordering::Relaxed) { notice() } else { None };
+            count += usize::from(notice.is_some());
+            fanout.add(&session.actor, delivery, notice);
+        };
         for (_, session, delivery) in direct {
-            fanout.add(&session.actor, delivery);
+            add(&session, delivery, fanout);
         }
         for (group_key, members) in groups {
             let chosen = self.choose_member(group_key, &members);
@@ -238,8 +268,7 @@ impl Router {
                 retain: message.retain && entry.options.retain_as_published,
                 subscription_ids: entry.options.subscription_id.into_iter().collect(),
             };
-            fanout.add(&entry.session.actor, delivery);
-            count += 1;
+            add(&entry.session, delivery, fanout);
         }
         count
     }

@@ -4,7 +4,7 @@
 //! the router feeds it deliveries, and it performs the state machine's effects — writing
 //! to the connection's outbox, routing, persisting, and the will and expiry timers.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -14,13 +14,14 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use crate::context::NodeContext;
 use crate::metrics as names;
+use crate::mqtt::ack_gate::{AckGate, Released};
 use crate::mqtt::auth::Identity;
 use crate::mqtt::codec::{
     self, ConnAck, ConnAckProperties, ConnectReturnCode, Disconnect, DisconnectReasonCode, Packet, ProtocolVersion,
 };
 use crate::mqtt::message::{Delivery, Message, RetainHandling};
 use crate::mqtt::outbox::{InboundCredit, Outbox, Pushed};
-use crate::mqtt::persist::{self, LoadedSession, SessionRecord};
+use crate::mqtt::persist::{self, LoadedSession, SessionRecord, StoredWill};
 use crate::mqtt::router::{Fanout, SessionHandle};
 use crate::mqtt::session_state::{ConnectionParams, Effect, PersistOp, SessionState, message_from_will};
 use crate::mqtt::topic;
@@ -65,8 +66,9 @@ pub enum SessionMsg {
         /// Whether it was the keepalive that ran out.
         keepalive_timeout: bool,
     },
-    /// Messages routed to this session, in order (one cast per publishing batch).
-    Deliver(Vec<Delivery>),
+    /// Messages routed to this session, in order (one cast per publishing batch), and the
+    /// publishers to tell once the deliveries are stored.
+    Deliver(Vec<Delivery>, Vec<DurableNotice>),
     /// The connection drained its outbox after it was congested.
     Writable {
         /// The connection.
@@ -78,7 +80,11 @@ pub enum SessionMsg {
     ExpiryElapsed(u64),
     /// The node is stopping: close the connection, persist, reply.
     Shutdown(RpcReplyPort<()>),
-    /// Stream appends made for this session's publishes are durable (or failed).
+    /// Every session and stream of the node is restored: start the timers of a restored
+    /// session (its will, its expiry), whose firing must find the whole node in place.
+    Resume,
+    /// Stream appends, or deliveries to persistent sessions, made for this session's
+    /// publishes are durable (or failed).
     Durable {
         /// The tokens given with the appends.
         tokens: Vec<u64>,
@@ -97,6 +103,8 @@ pub struct SessionArgs {
     pub restored: Option<LoadedSession>,
     /// Shared with the router: whether a client is connected.
     pub online: Arc<AtomicBool>,
+    /// Shared with the router: whether the session is persistent.
+    pub persistent: Arc<AtomicBool>,
     /// A connection to attach right away (a new session), which saves the attach round trip.
     pub attach: Option<AttachRequest>,
 }
@@ -122,7 +130,22 @@ pub struct SessionShell {
     handle: SessionHandle,
     /// Changes at every attach and detach; timers carry it to recognise stale firings.
     epoch: u64,
-    pending_will: Option<(Arc<Message>, Identity)>,
+    /// A will waiting for its delay: the message, who set it, when it is due (ms).
+    pending_will: Option<(Arc<Message>, Identity, i64)>,
+    /// A will published and waiting for the subscribers' notices before it is removed from the
+    /// store: its token and the notices still outstanding.
+    will_publication: Option<(u64, usize)>,
+    /// The next will publication's token.
+    next_will_token: u64,
+    /// The will being published, kept in the session record until its notices are in.
+    published_will: Option<StoredWill>,
+    /// Seconds the session was down before a restart, until [`SessionMsg::Resume`] starts its timers.
+    restored_elapsed_secs: Option<u64>,
+    /// QoS 2 packet ids whose PUBREC was withheld after a failed append: their retry is
+    /// appended to streams again but not routed to subscribers a second time.
+    reappend_only: BTreeSet<u16>,
+    /// Store writes that failed since the session started (a delivery notice reports them).
+    persist_failures: std::cell::Cell<u64>,
     identity: Identity,
     /// Whether the session existed before the current connection (CONNACK session present).
     established: bool,
@@ -137,64 +160,8 @@ pub struct SessionShell {
     on_disk: std::cell::Cell<bool>,
 }
 
-/// Holds PUBACK/PUBREC until the stream appends of their PUBLISH are durable, releasing them
-/// in the order the PUBLISH packets arrived ([MQTT-4.6.0-2]).
-#[derive(Default)]
-struct AckGate {
-    next_token: u64,
-    /// Appends still outstanding per token.
-    outstanding: std::collections::BTreeMap<u64, usize>,
-    /// Tokens whose append failed: their acks are never sent, so the client retries.
-    failed: std::collections::BTreeSet<u64>,
-    /// The token of the PUBLISH routed last, until its ack is emitted.
-    last_route: Option<u64>,
-    deferred: VecDeque<(Option<u64>, Box<Packet>)>,
-}
-
-impl AckGate {
-    fn clear(&mut self) {
-        self.outstanding.clear();
-        self.failed.clear();
-        self.last_route = None;
-        self.deferred.clear();
-    }
-
-    /// Returns the packet back if it can be written now.
-    fn gate(&mut self, packet: Box<Packet>) -> Option<Box<Packet>> {
-        let is_ack = matches!(*packet, Packet::PubAck(_) | Packet::PubRec(_));
-        if !is_ack || (self.last_route.is_none() && self.deferred.is_empty()) {
-            self.last_route = None;
-            return Some(packet);
-        }
-        self.deferred.push_back((self.last_route.take(), packet));
-        None
-    }
-
-    /// Records a durable (or failed) append; returns the acks now releasable, in order.
-    fn durable(&mut self, token: u64, ok: bool) -> Vec<Packet> {
-        if let Some(left) = self.outstanding.get_mut(&token) {
-            *left -= 1;
-            if !ok {
-                self.failed.insert(token);
-            }
-            if *left == 0 {
-                self.outstanding.remove(&token);
-            }
-        }
-        let mut ready = Vec::new();
-        while let Some((token, _)) = self.deferred.front() {
-            if token.is_some_and(|t| self.outstanding.contains_key(&t)) {
-                break;
-            }
-            let (token, packet) = self.deferred.pop_front().expect("front exists");
-            if token.is_some_and(|t| self.failed.remove(&t)) {
-                continue;
-            }
-            ready.push(*packet);
-        }
-        ready
-    }
-}
+/// Will publications' tokens live in the upper half of the token space, the ack gate's in the lower.
+const WILL_TOKEN: u64 = 1 << 63;
 
 impl Actor for MqttSession {
     type Msg = SessionMsg;
@@ -208,20 +175,30 @@ impl Actor for MqttSession {
     ) -> Result<SessionShell, ActorProcessingErr> {
         let ctx = args.ctx;
         let mut state = SessionState::new(args.client_id.clone(), ctx.mqtt.session_limits());
-        let handle = SessionHandle { actor: myself.clone(), online: args.online };
+        let handle = SessionHandle { actor: myself.clone(), online: args.online, persistent: args.persistent };
         ctx.mqtt_counters.sessions.increment(1.0);
         let mut elapsed_secs = None;
+        let mut will = None;
         if let Some(loaded) = args.restored {
             let subscriptions = loaded.record.subscriptions.into_iter().collect();
             state.restore(loaded.record.expiry_secs, subscriptions, loaded.outgoing, loaded.incoming_qos2);
+            handle.persistent.store(state.is_persistent(), Ordering::Relaxed);
             for (raw_filter, options) in state.subscriptions() {
                 ctx.router.subscribe(&args.client_id, raw_filter, options.clone(), handle.clone());
             }
             elapsed_secs = Some(((ctx.now_ms() - loaded.record.saved_at_ms).max(0) / 1000) as u64);
+            will = loaded.record.will;
         }
         let mut shell = SessionShell::new(ctx, state, handle, elapsed_secs.is_some());
-        if let Some(elapsed_secs) = elapsed_secs {
-            shell.schedule_expiry(&myself, elapsed_secs);
+        shell.restored_elapsed_secs = elapsed_secs;
+        if let Some(stored) = will {
+            // a will set by a client that was connected when the node went down is due its
+            // delay after the node is back, as if the connection had just been lost
+            let now = shell.ctx.now_ms();
+            let delay_ms = i64::from(stored.delay_secs.min(shell.state.expiry_secs())) * 1000;
+            let due = stored.publish_at_ms.unwrap_or(now + delay_ms);
+            let identity = Identity { client_id: args.client_id.clone(), username: stored.username };
+            shell.pending_will = Some((Arc::new(stored.message), identity, due));
         }
         if let Some(request) = args.attach {
             shell.attach(request);
@@ -260,14 +237,20 @@ impl SessionShell {
     fn new(ctx: NodeContext, state: SessionState, handle: SessionHandle, restored: bool) -> Self {
         Self {
             identity: Identity { client_id: state.client_id().to_string(), username: None },
+            acks: AckGate::new(ctx.mqtt.test_ack_before_durable),
             ctx,
             state,
             io: None,
             handle,
             epoch: 0,
             pending_will: None,
+            will_publication: None,
+            next_will_token: 0,
+            published_will: None,
+            restored_elapsed_secs: None,
+            reappend_only: BTreeSet::new(),
+            persist_failures: std::cell::Cell::new(0),
             established: restored,
-            acks: AckGate::default(),
             queue_overflowing: false,
             fanout: Fanout::default(),
             on_disk: std::cell::Cell::new(restored),
@@ -299,6 +282,7 @@ impl SessionShell {
                     }
                     self.fanout.send();
                     self.flush();
+                    self.handle.persistent.store(self.state.is_persistent(), Ordering::Relaxed);
                     if closed {
                         return Some(Tail::CloseConnection);
                     }
@@ -314,8 +298,9 @@ impl SessionShell {
                     return Some(Tail::CloseConnection);
                 }
             }
-            SessionMsg::Deliver(deliveries) => {
+            SessionMsg::Deliver(deliveries, notices) => {
                 let now = self.ctx.now_ms();
+                let failures = self.persist_failures.get();
                 for delivery in deliveries {
                     let effects = self.state.deliver(delivery, now);
                     self.apply_sync(effects);
@@ -323,6 +308,20 @@ impl SessionShell {
                 self.flush();
                 if self.queue_overflowing && self.state.queued_len() == 0 {
                     self.queue_overflowing = false;
+                }
+                // the deliveries are in the store now (or dropped by policy): the publishers'
+                // acknowledgements may go
+                answer_notices(notices, self.persist_failures.get() == failures);
+            }
+            SessionMsg::Resume => {
+                let myself = self.handle.actor.clone();
+                if let Some(elapsed_secs) = self.restored_elapsed_secs.take() {
+                    self.schedule_expiry(&myself, elapsed_secs);
+                }
+                if let Some((_, _, due)) = &self.pending_will {
+                    let delay = Duration::from_millis((due - self.ctx.now_ms()).max(0) as u64);
+                    let epoch = self.epoch;
+                    myself.send_after(delay, move || SessionMsg::WillDelayElapsed(epoch));
                 }
             }
             SessionMsg::Writable { conn_id } => {
@@ -335,7 +334,7 @@ impl SessionShell {
             }
             SessionMsg::WillDelayElapsed(epoch) => {
                 if epoch == self.epoch
-                    && let Some((will, identity)) = self.pending_will.take()
+                    && let Some((will, identity, _)) = self.pending_will.take()
                 {
                     self.publish_will(will, &identity);
                 }
@@ -348,17 +347,28 @@ impl SessionShell {
             }
             SessionMsg::Durable { tokens, ok } => {
                 if !ok {
-                    tracing::warn!(client_id = %self.state.client_id(), "stream append failed; acknowledgement withheld");
+                    tracing::warn!(client_id = %self.state.client_id(), "storing a publish failed; acknowledgement withheld");
                 }
                 for token in tokens {
-                    for packet in self.acks.durable(token, ok) {
-                        self.write(&packet);
+                    if token & WILL_TOKEN != 0 {
+                        self.will_stored(token);
+                        continue;
                     }
+                    let released = self.acks.durable(token, ok);
+                    self.release(released);
                 }
                 self.flush();
             }
             SessionMsg::Shutdown(reply) => {
                 if self.io.is_some() {
+                    // the node closes the connection: its will is due after its delay, also
+                    // across the restart (kept in the session record below)
+                    if let Some((will, delay)) = self.state.will().cloned() {
+                        let now = self.ctx.now_ms();
+                        let message = Arc::new(message_from_will(&will, self.state.client_id(), now));
+                        let delay_ms = i64::from(delay.min(self.state.expiry_secs())) * 1000;
+                        self.pending_will = Some((message, self.identity.clone(), now + delay_ms));
+                    }
                     self.write(&Packet::Disconnect(disconnect(DisconnectReasonCode::ServerShuttingDown)));
                     self.flush();
                     if let Some(io) = self.io.take() {
@@ -412,9 +422,11 @@ impl SessionShell {
         if request.clean_start {
             let effects = self.state.reset();
             self.apply_sync(effects);
+            self.reappend_only.clear();
         }
         let was_persistent = self.state.is_persistent();
         self.state.set_expiry_secs(request.expiry_secs);
+        self.handle.persistent.store(self.state.is_persistent(), Ordering::Relaxed);
         self.identity = request.params.identity.clone();
         self.io = Some(ConnIo {
             conn_id: request.conn_id,
@@ -430,12 +442,12 @@ impl SessionShell {
         }));
         self.handle.online.store(true, Ordering::Relaxed);
         self.established = true;
+        let effects = self.state.attach(request.params, now);
         if self.state.is_persistent() {
             self.persist_all();
         } else if was_persistent {
             self.delete_persisted();
         }
-        let effects = self.state.attach(request.params, now);
         self.apply_sync(effects);
         self.flush();
     }
@@ -482,26 +494,23 @@ impl SessionShell {
     fn apply_one(&mut self, effect: Effect) -> Vec<Effect> {
         match effect {
             Effect::Send(packet) => {
-                if let Some(packet) = self.acks.gate(packet) {
-                    self.write(&packet);
-                }
+                let released = self.acks.gate(packet);
+                self.release(released);
             }
-            Effect::Route(message) => {
+            Effect::Route { message, pkid } => {
                 self.ctx.mqtt_counters.received(message.qos);
-                let token = self.acks.next_token;
+                let token = self.acks.next_token();
                 let session = self.handle.actor.clone();
                 let wants_ack = message.qos > 0;
-                let appends = self
-                    .ctx
-                    .streams
-                    .ingest_mqtt(&message, || wants_ack.then(|| DurableNotice { session: session.clone(), token }));
-                self.acks.last_route = None;
-                if appends > 0 && wants_ack {
-                    self.acks.next_token += 1;
-                    self.acks.outstanding.insert(token, appends);
-                    self.acks.last_route = Some(token);
+                let notice = || wants_ack.then(|| DurableNotice { session: session.clone(), token });
+                let ingest = self.ctx.streams.ingest_mqtt(&message, &notice);
+                // the retry of a QoS 2 message whose append failed reached subscribers the first time
+                let to_subscribers = !(message.qos == 2 && self.reappend_only.remove(&pkid));
+                let stored =
+                    if to_subscribers { self.ctx.router.publish(message, &mut self.fanout, &notice) } else { 0 };
+                if wants_ack {
+                    self.acks.routed(ingest.appends + stored, ingest.refused > 0);
                 }
-                self.ctx.router.publish(message, &mut self.fanout);
             }
             Effect::Subscribed { raw_filter, options, is_new } => {
                 let client_id = self.state.client_id().to_string();
@@ -559,6 +568,22 @@ impl SessionShell {
         Vec::new()
     }
 
+    /// Writes what the ack gate released; a refused QoS 2 acknowledgement forgets its packet
+    /// id, so that the client's retry is stored again.
+    fn release(&mut self, released: Vec<Released>) {
+        for item in released {
+            match item {
+                Released::Send(packet) => self.write(&packet),
+                Released::Refused(Packet::PubRec(rec)) => {
+                    let effects = self.state.forget_incoming_qos2(rec.pkid);
+                    self.apply_sync(effects);
+                    self.reappend_only.insert(rec.pkid);
+                }
+                Released::Refused(_) => {}
+            }
+        }
+    }
+
     fn write(&mut self, packet: &Packet) {
         let Some(io) = self.io.as_mut() else { return };
         if let Packet::Publish(publish) = packet {
@@ -600,9 +625,9 @@ impl SessionShell {
             if delay == 0 || self.state.expiry_secs() == 0 {
                 self.publish_will(message, &identity);
             } else {
-                self.pending_will = Some((message, identity));
-                let epoch = self.epoch;
                 let delay = Duration::from_secs(u64::from(delay.min(self.state.expiry_secs())));
+                self.pending_will = Some((message, identity, now + delay.as_millis() as i64));
+                let epoch = self.epoch;
                 myself.send_after(delay, move || SessionMsg::WillDelayElapsed(epoch));
             }
         }
@@ -624,17 +649,62 @@ impl SessionShell {
         myself.send_after(Duration::from_secs(remaining), move || SessionMsg::ExpiryElapsed(epoch));
     }
 
+    /// Publishes a will to subscribers and bound streams. A stored will is removed from the
+    /// store only once every persistent subscriber and stream has stored it, so that a crash
+    /// in between publishes it again rather than never.
     fn publish_will(&mut self, will: Arc<Message>, identity: &Identity) {
         if !self.ctx.authorizer.may_publish(identity, &will.topic) {
             self.ctx.mqtt_counters.dropped("not_authorized");
+            self.will_published(0);
             return;
         }
         self.ctx.mqtt_counters.received(will.qos);
-        self.ctx.router.publish(will, &mut self.fanout);
+        let token = WILL_TOKEN | self.next_will_token;
+        self.next_will_token += 1;
+        let session = self.handle.actor.clone();
+        let wants_notice = will.qos > 0 && self.state.is_persistent();
+        let notice = || wants_notice.then(|| DurableNotice { session: session.clone(), token });
+        let ingest = self.ctx.streams.ingest_mqtt(&will, &notice);
+        let username = identity.username.clone();
+        let now = self.ctx.now_ms();
+        let stored_will =
+            StoredWill { message: Message::clone(&will), username, delay_secs: 0, publish_at_ms: Some(now) };
+        let stored = self.ctx.router.publish(will, &mut self.fanout, &notice);
+        self.published_will = Some(stored_will);
+        self.will_publication = Some((token, ingest.appends + stored));
+        self.will_published(0);
+    }
+
+    /// A notice of the will publication `token` came back.
+    fn will_stored(&mut self, token: u64) {
+        if self.will_publication.is_some_and(|(current, _)| current == token) {
+            self.will_published(1);
+        }
+    }
+
+    /// Counts `answered` notices of the will publication; once none is outstanding, the
+    /// session record is written without the will.
+    fn will_published(&mut self, answered: usize) {
+        let Some((token, left)) = self.will_publication else {
+            if self.state.is_persistent() && answered == 0 {
+                self.persist_record();
+            }
+            return;
+        };
+        let left = left.saturating_sub(answered);
+        if left > 0 {
+            self.will_publication = Some((token, left));
+            return;
+        }
+        self.will_publication = None;
+        self.published_will = None;
+        if self.state.is_persistent() {
+            self.persist_record();
+        }
     }
 
     async fn end_session(&mut self, myself: &ActorRef<SessionMsg>) {
-        if let Some((will, identity)) = self.pending_will.take() {
+        if let Some((will, identity, _)) = self.pending_will.take() {
             self.publish_will(will, &identity);
         }
         let client_id = self.state.client_id().to_string();
@@ -661,15 +731,35 @@ impl SessionShell {
             PersistOp::DeleteIncoming(pkid) => persist::delete_incoming(store, client_id, pkid),
         };
         if let Err(error) = result {
+            self.persist_failures.set(self.persist_failures.get() + 1);
             tracing::error!(client_id, %error, "cannot persist session state");
         }
     }
 
     fn record(&self) -> SessionRecord {
+        let now = self.ctx.now_ms();
+        let will = if self.state.is_connected() {
+            self.state.will().map(|(will, delay)| StoredWill {
+                message: message_from_will(will, self.state.client_id(), now),
+                username: self.identity.username.clone(),
+                delay_secs: *delay,
+                publish_at_ms: None,
+            })
+        } else {
+            self.pending_will.as_ref().map(|(message, identity, due)| StoredWill {
+                message: Message::clone(message),
+                username: identity.username.clone(),
+                delay_secs: 0,
+                publish_at_ms: Some(*due),
+            })
+        };
+        // a will being published stays stored until its subscribers have it
+        let will = will.or_else(|| self.published_will.clone());
         SessionRecord {
             expiry_secs: self.state.expiry_secs(),
             subscriptions: self.state.subscriptions().iter().map(|(f, o)| (f.clone(), o.clone())).collect(),
-            saved_at_ms: self.ctx.now_ms(),
+            saved_at_ms: now,
+            will,
         }
     }
 
@@ -677,17 +767,20 @@ impl SessionShell {
         self.persist(PersistOp::Session);
     }
 
-    /// Writes the whole session (when it becomes persistent at connect).
+    /// Writes the whole session in one atomic write (at connect).
     fn persist_all(&self) {
-        self.delete_persisted();
-        self.persist(PersistOp::Session);
-        let store = self.ctx.state_store.as_ref();
-        let client_id = self.state.client_id();
-        for pkid in self.state.incoming_qos2() {
-            let _ = persist::put_incoming(store, client_id, *pkid);
-        }
-        for seq in self.state.outgoing_seqs() {
-            self.persist(PersistOp::PutOutgoing(seq));
+        self.on_disk.set(true);
+        let outgoing = self.state.outgoing_seqs();
+        let result = persist::replace_session(
+            self.ctx.state_store.as_ref(),
+            self.state.client_id(),
+            &self.record(),
+            self.state.incoming_qos2().iter().copied(),
+            outgoing.iter().filter_map(|seq| self.state.outgoing(*seq).map(|entry| (*seq, entry))),
+        );
+        if let Err(error) = result {
+            self.persist_failures.set(self.persist_failures.get() + 1);
+            tracing::error!(client_id = %self.state.client_id(), %error, "cannot persist session");
         }
     }
 
@@ -720,6 +813,22 @@ pub fn qos_label(qos: u8) -> &'static str {
     }
 }
 
+/// Tells each publisher that the deliveries it is waiting for are stored (or not), one
+/// message per publisher in the order they first appear.
+fn answer_notices(notices: Vec<DurableNotice>, ok: bool) {
+    let mut by_publisher: Vec<(ActorRef<SessionMsg>, Vec<u64>)> = Vec::new();
+    for notice in notices {
+        let id = notice.session.get_id();
+        match by_publisher.iter_mut().find(|(session, _)| session.get_id() == id) {
+            Some((_, tokens)) => tokens.push(notice.token),
+            None => by_publisher.push((notice.session, vec![notice.token])),
+        }
+    }
+    for (session, tokens) in by_publisher {
+        let _ = session.cast(SessionMsg::Durable { tokens, ok });
+    }
+}
+
 /// Spawns a session actor (attaching `attach` first if given) and returns its handle.
 pub async fn spawn_session(
     ctx: &NodeContext,
@@ -728,9 +837,17 @@ pub async fn spawn_session(
     attach: Option<AttachRequest>,
 ) -> Result<SessionHandle, ractor::SpawnErr> {
     let online = Arc::new(AtomicBool::new(false));
-    let args = SessionArgs { ctx: ctx.clone(), client_id, restored, online: Arc::clone(&online), attach };
+    let persistent = Arc::new(AtomicBool::new(false));
+    let args = SessionArgs {
+        ctx: ctx.clone(),
+        client_id,
+        restored,
+        online: Arc::clone(&online),
+        persistent: Arc::clone(&persistent),
+        attach,
+    };
     let (actor, _) = Actor::spawn(None, MqttSession, args).await?;
-    Ok(SessionHandle { actor, online })
+    Ok(SessionHandle { actor, online, persistent })
 }
 
 #[cfg(test)]

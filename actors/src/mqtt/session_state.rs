@@ -70,8 +70,13 @@ pub enum Effect {
     /// half a dozen times on its way to the encoder (one allocation costs less than those
     /// copies, which were 13 % of the broker's CPU at 550k msg/s).
     Send(Box<Packet>),
-    /// Route a message accepted from the client to subscribers.
-    Route(Arc<Message>),
+    /// Route a message accepted from the client to subscribers and bound streams.
+    Route {
+        /// The message.
+        message: Arc<Message>,
+        /// The packet id it came with (0 at QoS 0).
+        pkid: u16,
+    },
     /// A subscription was added or replaced; the host updates the router and, per the
     /// options, delivers retained messages (not for shared subscriptions).
     Subscribed {
@@ -443,7 +448,10 @@ impl SessionState {
         }
         let allowed = authorizer.may_publish(&connection.params.identity, &publish.topic);
         if allowed {
-            effects.push(Effect::Route(Arc::new(message_from_publish(publish, &self.client_id, now_ms))));
+            effects.push(Effect::Route {
+                message: Arc::new(message_from_publish(publish, &self.client_id, now_ms)),
+                pkid,
+            });
         } else {
             effects.push(Effect::Dropped("not_authorized"));
         }
@@ -465,6 +473,15 @@ impl SessionState {
             }
             _ => {}
         }
+    }
+
+    /// Forgets an incoming QoS 2 packet id whose PUBREC was withheld because storing the
+    /// message failed, so that the client's retry is stored again instead of acknowledged.
+    pub fn forget_incoming_qos2(&mut self, pkid: u16) -> Vec<Effect> {
+        if self.incoming_qos2.remove(&pkid) {
+            return vec![Effect::Persist(PersistOp::DeleteIncoming(pkid))];
+        }
+        Vec::new()
     }
 
     fn on_puback(&mut self, pkid: u16, now_ms: i64, effects: &mut Vec<Effect>) {

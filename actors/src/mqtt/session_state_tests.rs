@@ -116,7 +116,7 @@ fn closes(effects: &[Effect]) -> Vec<DisconnectReasonCode> {
 }
 
 fn routes(effects: &[Effect]) -> Vec<Arc<Message>> {
-    pick!(effects, Effect::Route(m) => Arc::clone(m))
+    pick!(effects, Effect::Route { message, .. } => Arc::clone(message))
 }
 
 /// Packets other than PUBLISH that were sent, in order.

@@ -147,7 +147,8 @@ impl Actor for PartitionReplica {
                 state.pending.push((record, notice));
                 if !state.flush_scheduled {
                     state.flush_scheduled = true;
-                    myself.cast(PartitionMsg::Flush)?;
+                    // refused only while draining at shutdown, and post_stop flushes then
+                    let _ = myself.cast(PartitionMsg::Flush);
                 }
             }
             PartitionMsg::Flush => {
@@ -165,6 +166,11 @@ impl Actor for PartitionReplica {
                 }
             }
         }
+        Ok(())
+    }
+
+    async fn post_stop(&self, _: ActorRef<PartitionMsg>, state: &mut PartitionState) -> Result<(), ActorProcessingErr> {
+        state.flush();
         Ok(())
     }
 }
@@ -265,16 +271,18 @@ impl PartitionState {
                     false
                 }
             };
-            // one message per session per flush, not one per record
-            let mut notices: BTreeMap<ractor::ActorId, (ActorRef<SessionMsg>, Vec<u64>)> = BTreeMap::new();
+            // one message per session per flush, not one per record, in the order the sessions
+            // first appear (never by ActorId: it comes from a process-wide counter)
+            let mut notices: Vec<(ActorRef<SessionMsg>, Vec<u64>)> = Vec::new();
+            let mut index: std::collections::HashMap<ractor::ActorId, usize> = std::collections::HashMap::new();
             for notice in chunk.iter().filter_map(|(_, notice)| notice.as_ref()) {
-                notices
-                    .entry(notice.session.get_id())
-                    .or_insert_with(|| (notice.session.clone(), Vec::new()))
-                    .1
-                    .push(notice.token);
+                let at = *index.entry(notice.session.get_id()).or_insert_with(|| {
+                    notices.push((notice.session.clone(), Vec::new()));
+                    notices.len() - 1
+                });
+                notices[at].1.push(notice.token);
             }
-            for (_, (session, tokens)) in notices {
+            for (session, tokens) in notices {
                 let _ = session.cast(SessionMsg::Durable { tokens, ok });
             }
             start = end;

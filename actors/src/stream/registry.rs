@@ -21,6 +21,8 @@ use crate::stream::partition::{DurableNotice, MqttRecord, PartitionArgs, Partiti
 
 /// Stream definitions: name → [`StreamDef`].
 pub const STREAMS: &str = "streams";
+/// How long a partition has to write what it holds when the node stops.
+const SHUTDOWN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 /// Record batches are cut at about this size.
 const MAX_BATCH_BYTES: usize = 1024 * 1024;
 
@@ -71,6 +73,15 @@ pub struct Stream {
     /// Its partitions, by index.
     pub partitions: Vec<PartitionHandle>,
     round_robin: AtomicU32,
+}
+
+/// What [`StreamRegistry::ingest_mqtt`] did with a message.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Ingest {
+    /// Appends requested that will answer their notice.
+    pub appends: usize,
+    /// Appends that could not be requested (the partition is not running).
+    pub refused: usize,
 }
 
 /// The node's streams.
@@ -211,15 +222,15 @@ impl StreamRegistry {
     }
 
     /// Appends an MQTT message to every bound stream whose filter matches its topic; each
-    /// append that carries `notice` answers it once durable. Returns the number of appends.
-    pub fn ingest_mqtt(&self, message: &Message, notice: impl Fn() -> Option<DurableNotice>) -> usize {
+    /// append that carries `notice` answers it once durable.
+    pub fn ingest_mqtt(&self, message: &Message, notice: &dyn Fn() -> Option<DurableNotice>) -> Ingest {
         let mut names = Vec::new();
         self.bound.read().for_each_match(&message.topic, |name, _| names.push(name.clone()));
+        let mut ingest = Ingest::default();
         if names.is_empty() {
-            return 0;
+            return ingest;
         }
         let record = mqtt_record(message);
-        let mut count = 0;
         for name in names {
             let Some(stream) = self.get(&name) else { continue };
             let index = match stream.def.partition_strategy {
@@ -228,11 +239,28 @@ impl StreamRegistry {
                 PartitionStrategy::RoundRobin => stream.round_robin.fetch_add(1, Ordering::Relaxed),
             } % stream.def.partitions;
             let partition = &stream.partitions[index as usize];
-            if partition.actor.cast(PartitionMsg::AppendMqtt(record.clone(), notice())).is_ok() {
-                count += 1;
+            let notice = notice();
+            let answers = notice.is_some();
+            match partition.actor.cast(PartitionMsg::AppendMqtt(record.clone(), notice)) {
+                Ok(()) => ingest.appends += usize::from(answers),
+                Err(_) => {
+                    // the partition's actor has stopped: this append will never happen, so the
+                    // publish must not be acknowledged as if it had
+                    tracing::error!(stream = %name, partition = index, "partition is not running; append refused");
+                    ingest.refused += 1;
+                }
             }
         }
-        count
+        ingest
+    }
+
+    /// Stops every partition actor after it has written what it holds (node shutdown).
+    pub async fn shutdown(&self) {
+        for stream in self.list() {
+            for partition in &stream.partitions {
+                let _ = partition.actor.drain_and_wait(Some(SHUTDOWN_TIMEOUT)).await;
+            }
+        }
     }
 
     /// Applies each stream's retention (called periodically).

@@ -7,13 +7,13 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use serde_json::json;
+use tidewater_tests::clients::kafka::{self as client, KafkaConn};
+use tidewater_tests::clients::mqtt_wire;
 use tokio::sync::watch;
 
 use crate::TargetArgs;
 use crate::kafka::create_stream;
-use crate::kafka_client::{self as client, KafkaConn};
 use crate::mqtt_load::{self, PublisherPlan, SeenSet, Shared};
-use crate::mqtt_wire;
 use crate::report::{self, Progress, Table, human, opt};
 use crate::target::{CPU_HEADER, CpuWindow};
 

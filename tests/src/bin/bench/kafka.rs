@@ -9,18 +9,17 @@ use anyhow::bail;
 use bytes::{Bytes, BytesMut};
 use clap::{Args, ValueEnum};
 use kafka_protocol::messages::ProduceRequest;
-use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::records::{
     Compression, NO_PARTITION_LEADER_EPOCH, NO_PRODUCER_EPOCH, NO_PRODUCER_ID, NO_SEQUENCE, Record, RecordBatchEncoder,
     RecordEncodeOptions, TimestampType,
 };
 use serde_json::{Value, json};
 use tidewater_storage::{NewRecord, build_record_batch};
+use tidewater_tests::clients::kafka::{self as client, KafkaConn, PRODUCE_VERSION, produce_errors};
+use tidewater_tests::clients::mqtt_wire;
 
 use crate::TargetArgs;
-use crate::kafka_client::{self as client, KafkaConn, PRODUCE_VERSION};
 use crate::kafka_group;
-use crate::mqtt_wire;
 use crate::report::{self, Progress, Table, human};
 use crate::target::{Broker, CPU_HEADER, Cpu, CpuWindow, http_request};
 
@@ -245,19 +244,11 @@ pub(crate) async fn create_stream(broker: &Broker, def: &Value) -> anyhow::Resul
     }
 }
 
-fn produce_request(topic: &str, partition: i32, acks: i16, batch: Bytes) -> ProduceRequest {
-    ProduceRequest::default().with_acks(acks).with_timeout_ms(30_000).with_topic_data(vec![
-        TopicProduceData::default()
-            .with_name(client::topic_name(topic))
-            .with_partition_data(vec![PartitionProduceData::default().with_index(partition).with_records(Some(batch))]),
-    ])
-}
+/// Produce requests wait at most this long for their acks.
+const PRODUCE_TIMEOUT_MS: i32 = 30_000;
 
-/// The errors of a produce response, or none.
-fn produce_errors(response: &kafka_protocol::messages::ProduceResponse) -> Option<String> {
-    response.responses.iter().flat_map(|t| &t.partition_responses).find(|p| p.error_code != 0).map(|p| {
-        format!("partition {}: error {} {:?}", p.index, p.error_code, p.error_message.as_ref().map(|m| m.to_string()))
-    })
+fn produce_request(topic: &str, partition: i32, acks: i16, batch: Bytes) -> ProduceRequest {
+    client::produce_request(topic, partition, acks, PRODUCE_TIMEOUT_MS, batch)
 }
 
 async fn produce(broker: &Broker, args: &KafkaArgs, topic: &str) -> anyhow::Result<Phase> {

@@ -17,9 +17,10 @@ use kafka_protocol::messages::{
     JoinGroupRequest, LeaveGroupRequest, OffsetCommitRequest, OffsetFetchRequest, SyncGroupRequest,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use tidewater_tests::clients::kafka::{self as client, KafkaConn};
+use tokio::net::TcpStream;
 
 use crate::kafka::Phase;
-use crate::kafka_client::{self as client, KafkaConn};
 use crate::report::Progress;
 use crate::target::{Broker, CpuWindow};
 
@@ -187,7 +188,7 @@ pub(crate) async fn consume_in_group(
 }
 
 async fn commit(
-    conn: &mut KafkaConn,
+    conn: &mut KafkaConn<TcpStream>,
     group_id: &GroupId,
     generation: i32,
     member_id: &StrBytes,

@@ -9,11 +9,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
+use tidewater_tests::clients::mqtt_wire::{self as wire, CONNACK, PUBACK, PUBCOMP, PUBLISH, PUBREC, PUBREL, SUBACK};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{Notify, watch};
 
-use crate::mqtt_wire::{self as wire, CONNACK, PUBACK, PUBCOMP, PUBLISH, PUBREC, PUBREL, SUBACK};
 use crate::report;
 
 const BATCH_BYTES: usize = 64 * 1024;

@@ -1,4 +1,4 @@
-//! The seams between node code and the outside world: sockets, wall-clock time and randomness.
+//! The seams between node code and the outside world: sockets, time and randomness.
 //!
 //! Production wires tokio sockets, the system clock and an OS-seeded RNG; the deterministic
 //! simulation wires turmoil sockets, simulated time and a seeded RNG. Node code reaches
@@ -13,6 +13,7 @@ use parking_lot::Mutex;
 use rand::rngs::StdRng;
 use rand::{RngCore, SeedableRng};
 use tokio::io::{AsyncRead, AsyncWrite};
+use tracing::Instrument;
 
 /// A byte stream between two hosts.
 pub trait Connection: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
@@ -71,24 +72,48 @@ impl Net for TokioNet {
     }
 }
 
-/// Wall-clock time. Monotonic time for timers comes from `tokio::time`, which the
-/// simulation already controls.
+/// The node's one source of time: wall-clock milliseconds for timestamps and deadlines, and
+/// the monotonic instant that tokio's timers run on, kept in step so that a deadline computed
+/// from one and a timer armed on the other agree.
 pub trait Clock: Send + Sync + 'static {
     /// Milliseconds since the Unix epoch.
     fn now_millis(&self) -> i64;
+    /// The monotonic instant tokio's timers (`sleep`, `interval`, `send_after`) use.
+    fn now(&self) -> tokio::time::Instant {
+        tokio::time::Instant::now()
+    }
 }
 
-/// The operating system's clock.
-#[derive(Debug, Default, Clone)]
-pub struct SystemClock;
+/// Wall-clock time derived from tokio's monotonic clock: read once at start, then advanced by
+/// tokio's elapsed time. Production reads the OS clock once ([`MonotonicClock::from_system`]);
+/// the simulation starts at a fixed epoch, and tokio's time is simulated, so both worlds get
+/// the same code and a wall clock that never jumps backwards.
+#[derive(Debug, Clone)]
+pub struct MonotonicClock {
+    base_wall_ms: i64,
+    base: tokio::time::Instant,
+}
 
-impl Clock for SystemClock {
+impl MonotonicClock {
+    /// A clock that reads `wall_ms` now.
+    pub fn starting_at(wall_ms: i64) -> Self {
+        Self { base_wall_ms: wall_ms, base: tokio::time::Instant::now() }
+    }
+
+    /// A clock that starts at the operating system's time.
     #[allow(clippy::disallowed_methods)] // this is the seam itself
-    fn now_millis(&self) -> i64 {
-        std::time::SystemTime::now()
+    pub fn from_system() -> Self {
+        let wall_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|elapsed| elapsed.as_millis() as i64)
-            .unwrap_or(0)
+            .unwrap_or(0);
+        Self::starting_at(wall_ms)
+    }
+}
+
+impl Clock for MonotonicClock {
+    fn now_millis(&self) -> i64 {
+        self.base_wall_ms + tokio::time::Instant::now().duration_since(self.base).as_millis() as i64
     }
 }
 
@@ -141,7 +166,9 @@ pub async fn serve_listener<F, Fut>(
 {
     let listener: Arc<dyn Listener> = Arc::from(listener);
     let serve = Arc::new(serve);
-    let second = tokio::spawn(accept_loop(protocol, Arc::clone(&listener), shutdown.clone(), Arc::clone(&serve)));
+    let second = tokio::spawn(
+        accept_loop(protocol, Arc::clone(&listener), shutdown.clone(), Arc::clone(&serve)).in_current_span(),
+    );
     accept_loop(protocol, listener, shutdown, serve).await;
     let _ = second.await;
 }
@@ -161,7 +188,7 @@ async fn accept_loop<F, Fut>(
             _ = shutdown.changed() => break,
             accepted = listener.accept() => match accepted {
                 Ok((connection, peer)) => {
-                    tokio::spawn(serve(connection, peer));
+                    tokio::spawn(serve(connection, peer).in_current_span());
                 }
                 Err(error) => {
                     // e.g. out of file descriptors: back off instead of spinning
