@@ -17,13 +17,18 @@ use crate::mqtt::session_state::Outgoing;
 pub const SESSIONS: &str = "mqtt_sessions";
 /// Messages on their way to a session: client id \0 seq → [`Outgoing`].
 pub const OUTGOING: &str = "mqtt_outgoing";
-/// Incoming QoS 2 packet ids awaiting PUBREL: client id \0 pkid → empty.
+/// Incoming QoS 2 packet ids: client id \0 pkid → empty (PUBREC sent, awaiting PUBREL) or
+/// [`REAPPEND`] (routed to subscribers, but not acknowledged: its retry is appended to the
+/// streams only).
 pub const INCOMING: &str = "mqtt_incoming";
 /// Retained messages: topic → [`Message`].
 pub const RETAINED: &str = "mqtt_retained";
 
 /// 2: session records carry the will (data written by version 1 is refused at start).
 const FORMAT_VERSION: u8 = 2;
+
+/// The value of an incoming QoS 2 entry whose retry must be appended again (see [`INCOMING`]).
+pub const REAPPEND: &[u8] = b"r";
 
 /// Why a stored value could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +84,8 @@ pub struct LoadedSession {
     pub outgoing: BTreeMap<u64, Outgoing>,
     /// Incoming QoS 2 packet ids awaiting PUBREL.
     pub incoming_qos2: BTreeSet<u16>,
+    /// Incoming QoS 2 packet ids routed to subscribers but never acknowledged.
+    pub reappend: BTreeSet<u16>,
 }
 
 /// Encodes a value with the format version byte.
@@ -126,11 +133,15 @@ pub fn replace_session<'a>(
     client_id: &str,
     record: &SessionRecord,
     incoming: impl Iterator<Item = u16>,
+    reappend: impl Iterator<Item = u16>,
     outgoing: impl Iterator<Item = (u64, &'a Outgoing)>,
 ) -> Result<(), PersistError> {
     let mut puts = vec![StateOp::Put { space: SESSIONS, key: client_id.as_bytes().to_vec(), value: encode(record) }];
     for pkid in incoming {
         puts.push(StateOp::Put { space: INCOMING, key: key(client_id, &pkid.to_be_bytes()), value: Vec::new() });
+    }
+    for pkid in reappend {
+        puts.push(StateOp::Put { space: INCOMING, key: key(client_id, &pkid.to_be_bytes()), value: REAPPEND.to_vec() });
     }
     for (seq, entry) in outgoing {
         puts.push(StateOp::Put { space: OUTGOING, key: key(client_id, &seq.to_be_bytes()), value: encode(entry) });
@@ -166,6 +177,11 @@ pub fn delete_outgoing(store: &dyn StateStore, client_id: &str, seq: u64) -> Res
     Ok(store.delete(OUTGOING, &key(client_id, &seq.to_be_bytes()))?)
 }
 
+/// Remembers an incoming QoS 2 packet id whose retry must be appended again.
+pub fn put_reappend(store: &dyn StateStore, client_id: &str, pkid: u16) -> Result<(), PersistError> {
+    Ok(store.put(INCOMING, &key(client_id, &pkid.to_be_bytes()), REAPPEND)?)
+}
+
 /// Remembers an incoming QoS 2 packet id.
 pub fn put_incoming(store: &dyn StateStore, client_id: &str, pkid: u16) -> Result<(), PersistError> {
     Ok(store.put(INCOMING, &key(client_id, &pkid.to_be_bytes()), &[])?)
@@ -197,13 +213,15 @@ pub fn load_sessions(store: &dyn StateStore) -> Result<Vec<LoadedSession>, Persi
             outgoing.insert(u64::from_be_bytes(seq_bytes), decode(OUTGOING, &value)?);
         }
         let mut incoming_qos2 = BTreeSet::new();
-        for (entry_key, _) in store.scan_prefix(INCOMING, &prefix(&client_id))? {
+        let mut reappend = BTreeSet::new();
+        for (entry_key, value) in store.scan_prefix(INCOMING, &prefix(&client_id))? {
             let suffix = &entry_key[client_id.len() + 1..];
             if let Ok(pkid_bytes) = <[u8; 2]>::try_from(suffix) {
-                incoming_qos2.insert(u16::from_be_bytes(pkid_bytes));
+                let pkid = u16::from_be_bytes(pkid_bytes);
+                if value == REAPPEND { reappend.insert(pkid) } else { incoming_qos2.insert(pkid) };
             }
         }
-        sessions.push(LoadedSession { client_id, record, outgoing, incoming_qos2 });
+        sessions.push(LoadedSession { client_id, record, outgoing, incoming_qos2, reappend });
     }
     Ok(sessions)
 }

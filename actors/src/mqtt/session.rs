@@ -141,9 +141,12 @@ pub struct SessionShell {
     published_will: Option<StoredWill>,
     /// Seconds the session was down before a restart, until [`SessionMsg::Resume`] starts its timers.
     restored_elapsed_secs: Option<u64>,
-    /// QoS 2 packet ids whose PUBREC was withheld after a failed append: their retry is
-    /// appended to streams again but not routed to subscribers a second time.
+    /// QoS 2 packet ids routed to subscribers whose PUBREC was never sent (a failed append,
+    /// or the connection ended first): their retry is appended to streams again but not
+    /// routed to subscribers a second time. Persisted (`persist::REAPPEND`).
     reappend_only: BTreeSet<u16>,
+    /// QoS 2 packet ids routed on this connection whose PUBREC is still held by the ack gate.
+    unacked_qos2: BTreeSet<u16>,
     /// Store writes that failed since the session started (a delivery notice reports them).
     persist_failures: std::cell::Cell<u64>,
     identity: Identity,
@@ -179,6 +182,7 @@ impl Actor for MqttSession {
         ctx.mqtt_counters.sessions.increment(1.0);
         let mut elapsed_secs = None;
         let mut will = None;
+        let mut reappend = BTreeSet::new();
         if let Some(loaded) = args.restored {
             let subscriptions = loaded.record.subscriptions.into_iter().collect();
             state.restore(loaded.record.expiry_secs, subscriptions, loaded.outgoing, loaded.incoming_qos2);
@@ -188,9 +192,11 @@ impl Actor for MqttSession {
             }
             elapsed_secs = Some(((ctx.now_ms() - loaded.record.saved_at_ms).max(0) / 1000) as u64);
             will = loaded.record.will;
+            reappend = loaded.reappend;
         }
         let mut shell = SessionShell::new(ctx, state, handle, elapsed_secs.is_some());
         shell.restored_elapsed_secs = elapsed_secs;
+        shell.reappend_only = reappend;
         if let Some(stored) = will {
             // a will set by a client that was connected when the node went down is due its
             // delay after the node is back, as if the connection had just been lost
@@ -249,6 +255,7 @@ impl SessionShell {
             published_will: None,
             restored_elapsed_secs: None,
             reappend_only: BTreeSet::new(),
+            unacked_qos2: BTreeSet::new(),
             persist_failures: std::cell::Cell::new(0),
             established: restored,
             queue_overflowing: false,
@@ -417,7 +424,7 @@ impl SessionShell {
         }
         self.epoch += 1;
         self.pending_will = None;
-        self.acks.clear();
+        self.abandon_held_acks();
         let session_present = !request.clean_start && self.established;
         if request.clean_start {
             let effects = self.state.reset();
@@ -506,6 +513,9 @@ impl SessionShell {
                 let ingest = self.ctx.streams.ingest_mqtt(&message, &notice);
                 // the retry of a QoS 2 message whose append failed reached subscribers the first time
                 let to_subscribers = !(message.qos == 2 && self.reappend_only.remove(&pkid));
+                if message.qos == 2 {
+                    self.unacked_qos2.insert(pkid);
+                }
                 let stored =
                     if to_subscribers { self.ctx.router.publish(message, &mut self.fanout, &notice) } else { 0 };
                 if wants_ack {
@@ -541,6 +551,8 @@ impl SessionShell {
                 let client_id = self.state.client_id().to_string();
                 self.ctx.router.unsubscribe(&client_id, &raw_filter);
             }
+            // PutIncoming is written when its PUBREC leaves the ack gate (see `release`)
+            Effect::Persist(PersistOp::PutIncoming(_)) => {}
             Effect::Persist(op) => {
                 if self.state.is_persistent() {
                     self.persist(op);
@@ -573,14 +585,49 @@ impl SessionShell {
     fn release(&mut self, released: Vec<Released>) {
         for item in released {
             match item {
-                Released::Send(packet) => self.write(&packet),
+                Released::Send(packet) => {
+                    // a QoS 2 packet id is stored only with its PUBREC: stored before, a crash
+                    // between it and the append would answer the retry with a PUBREC for a
+                    // message that was never appended
+                    if let Packet::PubRec(rec) = &packet
+                        && (rec.reason as u8) < 0x80
+                    {
+                        self.unacked_qos2.remove(&rec.pkid);
+                        if self.state.is_persistent() {
+                            self.persist(PersistOp::PutIncoming(rec.pkid));
+                        }
+                    }
+                    self.write(&packet);
+                }
                 Released::Refused(Packet::PubRec(rec)) => {
-                    let effects = self.state.forget_incoming_qos2(rec.pkid);
-                    self.apply_sync(effects);
-                    self.reappend_only.insert(rec.pkid);
+                    self.unacked_qos2.remove(&rec.pkid);
+                    self.mark_reappend(rec.pkid);
                 }
                 Released::Refused(_) => {}
             }
+        }
+    }
+
+    /// Marks a QoS 2 packet id routed to subscribers but not acknowledged: forgotten as
+    /// received (so that its retry is stored again), remembered for the streams only.
+    fn mark_reappend(&mut self, pkid: u16) {
+        let effects = self.state.forget_incoming_qos2(pkid);
+        self.apply_sync(effects);
+        self.reappend_only.insert(pkid);
+        if self.state.is_persistent()
+            && let Err(error) = persist::put_reappend(self.ctx.state_store.as_ref(), self.state.client_id(), pkid)
+        {
+            self.persist_failures.set(self.persist_failures.get() + 1);
+            tracing::error!(client_id = %self.state.client_id(), %error, "cannot persist session state");
+        }
+    }
+
+    /// The connection ended with acknowledgements held: the QoS 2 ones among them are marked
+    /// for re-append, since whether their appends completed is no longer tracked.
+    fn abandon_held_acks(&mut self) {
+        self.acks.clear();
+        for pkid in std::mem::take(&mut self.unacked_qos2) {
+            self.mark_reappend(pkid);
         }
     }
 
@@ -614,7 +661,7 @@ impl SessionShell {
             io.outbox.close();
         }
         let will = if with_will { self.state.will().cloned() } else { None };
-        self.acks.clear();
+        self.abandon_held_acks();
         self.state.detach();
         self.handle.online.store(false, Ordering::Relaxed);
         self.epoch += 1;
@@ -776,6 +823,7 @@ impl SessionShell {
             self.state.client_id(),
             &self.record(),
             self.state.incoming_qos2().iter().copied(),
+            self.reappend_only.iter().copied(),
             outgoing.iter().filter_map(|seq| self.state.outgoing(*seq).map(|entry| (*seq, entry))),
         );
         if let Err(error) = result {

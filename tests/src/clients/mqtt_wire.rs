@@ -82,6 +82,44 @@ pub fn connect_with(
     }
 }
 
+/// Appends an MQTT 5 CONNECT with a Session Expiry Interval and an optional will with a Will
+/// Delay Interval: `will` is (topic, payload, qos, delay seconds).
+pub fn connect_v5(
+    out: &mut Vec<u8>,
+    client_id: &str,
+    keepalive: u16,
+    clean_start: bool,
+    session_expiry_secs: u32,
+    will: Option<(&str, &[u8], u8, u32)>,
+) {
+    let mut flags = if clean_start { 0x02 } else { 0 };
+    // variable header: name, level, flags, keepalive, properties (length 5: Session Expiry Interval)
+    let mut len = 10 + 1 + 5 + 2 + client_id.len();
+    if let Some((topic, payload, qos, _)) = will {
+        flags |= 0x04 | ((qos & 0x03) << 3);
+        // will properties (length 5: Will Delay Interval), topic, payload
+        len += 1 + 5 + 2 + topic.len() + 2 + payload.len();
+    }
+    out.push(0x10);
+    put_remaining_length(out, len);
+    put_str(out, "MQTT");
+    out.push(5);
+    out.push(flags);
+    out.extend_from_slice(&keepalive.to_be_bytes());
+    out.push(5);
+    out.push(0x11);
+    out.extend_from_slice(&session_expiry_secs.to_be_bytes());
+    put_str(out, client_id);
+    if let Some((topic, payload, _, delay_secs)) = will {
+        out.push(5);
+        out.push(0x18);
+        out.extend_from_slice(&delay_secs.to_be_bytes());
+        put_str(out, topic);
+        out.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+        out.extend_from_slice(payload);
+    }
+}
+
 /// Appends SUBSCRIBE for one filter.
 pub fn subscribe(out: &mut Vec<u8>, packet_id: u16, filter: &str, qos: u8) {
     out.push(0x82);
@@ -292,6 +330,21 @@ pub fn stamp_into(payload: &mut Vec<u8>, stamp: (u32, u64, u64), len: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn connect_v5_carries_expiry_and_will_delay() {
+        let mut out = Vec::new();
+        connect_v5(&mut out, "w", 30, false, 600, Some(("t/w", b"gone", 1, 2)));
+        let (frame, len) = parse(&out).unwrap().unwrap();
+        assert_eq!((frame.kind, len), (1, out.len()));
+        let body = frame.body;
+        assert_eq!(&body[..7], b"\0\x04MQTT\x05");
+        assert_eq!(body[7], 0x04 | 0x08, "will flag and will qos 1, no clean start");
+        assert_eq!(&body[10..16], &[5, 0x11, 0, 0, 2, 88]);
+        assert_eq!(&body[16..19], b"\0\x01w");
+        assert_eq!(&body[19..25], &[5, 0x18, 0, 0, 0, 2]);
+        assert!(body.ends_with(b"\0\x03t/w\0\x04gone"));
+    }
 
     #[test]
     fn publish_round_trips_through_parse() {
