@@ -41,6 +41,7 @@ pub trait Net: Send + Sync + 'static {
 #[derive(Debug, Default, Clone)]
 pub struct TokioNet;
 
+#[allow(clippy::disallowed_types)] // this is the seam itself
 struct TokioListener(tokio::net::TcpListener);
 
 #[async_trait]
@@ -57,6 +58,7 @@ impl Listener for TokioListener {
 }
 
 #[async_trait]
+#[allow(clippy::disallowed_types)] // this is the seam itself
 impl Net for TokioNet {
     async fn bind(&self, addr: SocketAddr) -> io::Result<Box<dyn Listener>> {
         let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
@@ -129,6 +131,7 @@ impl NodeRng {
     }
 
     /// A generator seeded from the operating system.
+    #[allow(clippy::disallowed_methods)] // this is the seam itself
     pub fn from_os() -> Self {
         Self(Arc::new(Mutex::new(StdRng::from_os_rng())))
     }

@@ -350,6 +350,7 @@ impl Config {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // tests write configuration files
 mod tests {
     use super::*;
 

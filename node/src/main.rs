@@ -1,4 +1,7 @@
 //! `tidewater`: one binary that is an MQTT broker, a Kafka-protocol server and a cluster node.
+//!
+//! `main` is the process around one node: signals, the data directory, fjall, the OS seams.
+#![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
 use tidewater_node::config;
 use tidewater_node::node::{Node, Parts};

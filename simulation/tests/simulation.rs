@@ -1,6 +1,7 @@
 //! The simulation's own guarantees: the committed regression seeds pass, a seed replays to
 //! the same trace in another process, and the checker reports a lost acknowledgement when
 //! the node acknowledges before the append is durable.
+#![allow(clippy::disallowed_methods)] // a test harness: reads its seed list, starts processes
 
 use std::process::Command;
 

@@ -3,7 +3,7 @@
 //! bench and the deterministic simulation share.
 //!
 //! Black-box tests run real processes in real time, so the seam lints do not apply here.
-#![allow(clippy::disallowed_methods)]
+#![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

@@ -1,6 +1,6 @@
 //! The binary's command line: a bare `start` serves on the documented default ports with
 //! data in ./data, stops cleanly on SIGTERM, and `passwd` prints a usable hash.
-#![allow(clippy::disallowed_methods)]
+#![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;

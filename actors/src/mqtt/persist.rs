@@ -218,7 +218,11 @@ pub fn load_sessions(store: &dyn StateStore) -> Result<Vec<LoadedSession>, Persi
             let suffix = &entry_key[client_id.len() + 1..];
             if let Ok(pkid_bytes) = <[u8; 2]>::try_from(suffix) {
                 let pkid = u16::from_be_bytes(pkid_bytes);
-                if value == REAPPEND { reappend.insert(pkid) } else { incoming_qos2.insert(pkid) };
+                if value == REAPPEND {
+                    reappend.insert(pkid)
+                } else {
+                    incoming_qos2.insert(pkid)
+                };
             }
         }
         sessions.push(LoadedSession { client_id, record, outgoing, incoming_qos2, reappend });

@@ -6,7 +6,9 @@
 //! sent straight to the subscribers' actors, so a message costs one actor hop instead of
 //! two. Mutations (subscribe, unsubscribe, retain) take the write lock briefly.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use crate::lookup::{LookupEntry, LookupMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -31,7 +33,7 @@ const FANOUT_CHUNK: usize = 64;
 /// with all of them, in order, instead of one actor message per delivery.
 #[derive(Default)]
 pub struct Fanout {
-    index: HashMap<ractor::ActorId, usize, foldhash::fast::RandomState>,
+    index: LookupMap<ractor::ActorId, usize, foldhash::fast::RandomState>,
     targets: Vec<(ActorRef<SessionMsg>, Vec<Delivery>, Vec<DurableNotice>)>,
 }
 
@@ -45,8 +47,8 @@ impl Fanout {
         let at = match self.targets.last() {
             Some((last, _, _)) if last.get_id() == id => self.targets.len() - 1,
             _ => match self.index.entry(id) {
-                std::collections::hash_map::Entry::Occupied(at) => *at.get(),
-                std::collections::hash_map::Entry::Vacant(slot) => {
+                LookupEntry::Occupied(at) => *at.get(),
+                LookupEntry::Vacant(slot) => {
                     slot.insert(self.targets.len());
                     self.targets.push((actor.clone(), Vec::new(), Vec::new()));
                     self.targets.len() - 1
@@ -117,7 +119,7 @@ struct SubEntry {
 /// Subscriptions, retained messages and message fan-out for one node.
 pub struct Router {
     trie: RwLock<SubscriptionTrie<SubKey, SubEntry>>,
-    share_cursors: Mutex<HashMap<GroupKey, usize>>,
+    share_cursors: Mutex<LookupMap<GroupKey, usize>>,
     retained: RwLock<BTreeMap<String, Arc<Message>>>,
     store: Arc<dyn StateStore>,
 }
@@ -133,7 +135,7 @@ impl Router {
     pub fn new(store: Arc<dyn StateStore>) -> Self {
         Self {
             trie: RwLock::new(SubscriptionTrie::default()),
-            share_cursors: Mutex::new(HashMap::new()),
+            share_cursors: Mutex::new(LookupMap::new()),
             retained: RwLock::new(BTreeMap::new()),
             store,
         }

@@ -6,12 +6,13 @@
 //! gives [`Effect`]s out; the `MqttSession` actor performs them (socket writes, routing,
 //! storage). No clocks, sockets or actors here: the current time is an argument.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use crate::lookup::LookupMap;
 use crate::mqtt::auth::{Authorizer, Identity};
 use crate::mqtt::codec::{
     self, DisconnectReasonCode, LastWill, Packet, ProtocolVersion, PubAck, PubAckReason, PubComp, PubCompReason,
@@ -156,8 +157,8 @@ pub struct Outgoing {
 struct Connection {
     params: ConnectionParams,
     writable: bool,
-    inbound_aliases: HashMap<u16, String>,
-    outbound_aliases: HashMap<String, u16>,
+    inbound_aliases: LookupMap<u16, String>,
+    outbound_aliases: LookupMap<String, u16>,
 }
 
 /// The state of one MQTT session.
@@ -316,8 +317,8 @@ impl SessionState {
         self.connection = Some(Connection {
             params,
             writable: true,
-            inbound_aliases: HashMap::new(),
-            outbound_aliases: HashMap::new(),
+            inbound_aliases: LookupMap::new(),
+            outbound_aliases: LookupMap::new(),
         });
         let mut effects = Vec::new();
         // re-send in the order first sent (sequence order), not packet id order: ids wrap

@@ -8,9 +8,11 @@
 //! goes, the `+` and `#` children sit in their own fields instead of being looked up by name
 //! at every level, and the children map uses foldhash instead of SipHash.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
-type Children<K, V> = HashMap<Box<str>, Node<K, V>, foldhash::fast::RandomState>;
+use crate::lookup::LookupMap;
+
+type Children<K, V> = LookupMap<Box<str>, Node<K, V>, foldhash::fast::RandomState>;
 
 #[derive(Debug)]
 struct Node<K, V> {

@@ -274,7 +274,7 @@ impl PartitionState {
             // one message per session per flush, not one per record, in the order the sessions
             // first appear (never by ActorId: it comes from a process-wide counter)
             let mut notices: Vec<(ActorRef<SessionMsg>, Vec<u64>)> = Vec::new();
-            let mut index: std::collections::HashMap<ractor::ActorId, usize> = std::collections::HashMap::new();
+            let mut index: crate::lookup::LookupMap<ractor::ActorId, usize> = crate::lookup::LookupMap::new();
             for notice in chunk.iter().filter_map(|(_, notice)| notice.as_ref()) {
                 let at = *index.entry(notice.session.get_id()).or_insert_with(|| {
                     notices.push((notice.session.clone(), Vec::new()));

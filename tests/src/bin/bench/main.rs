@@ -5,7 +5,7 @@
 //! Tidewater and its peers (Mosquitto, rumqttd) in the same run, on the same machine, with the
 //! same generator. See BENCHMARKS.md for the measured tables and the commands behind them.
 // Benchmarks measure real time: the seam lints (clock, threads) do not apply to this program.
-#![allow(clippy::disallowed_methods)]
+#![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
 mod conn;
 mod e2e;
