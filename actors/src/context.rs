@@ -194,7 +194,8 @@ pub struct NodeParts {
 impl NodeContext {
     /// Builds a node's context from its seams and settings.
     pub fn new(parts: NodeParts) -> Self {
-        let router = Router::new(Arc::clone(&parts.state_store));
+        let mqtt_counters = crate::metrics::MqttCounters::register(parts.node_id);
+        let router = Router::new(Arc::clone(&parts.state_store), &mqtt_counters);
         let streams = StreamRegistry::new(Arc::clone(&parts.state_store), Arc::clone(&parts.log_store));
         Self(Arc::new(NodeInner {
             node_id: parts.node_id,
@@ -212,7 +213,7 @@ impl NodeContext {
             streams,
             groups: GroupRegistry::default(),
             connections: AtomicUsize::new(0),
-            mqtt_counters: crate::metrics::MqttCounters::register(),
+            mqtt_counters,
         }))
     }
 

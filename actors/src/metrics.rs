@@ -1,4 +1,7 @@
 //! Every metric this crate emits, in one place (documented in the README).
+//!
+//! Every series carries a `node` label: several simulated nodes share one process (and one
+//! recorder, when one is installed), and their series must not overwrite each other.
 
 /// Open MQTT network connections (gauge).
 pub const MQTT_CONNECTIONS: &str = "tidewater_mqtt_connections";
@@ -22,7 +25,7 @@ pub const MQTT_MESSAGES_DROPPED: &str = "tidewater_mqtt_messages_dropped_total";
 /// Connections refused or closed for a protocol reason, by `reason` (counter).
 pub const MQTT_CONNECTIONS_REFUSED: &str = "tidewater_mqtt_connections_refused_total";
 
-/// Registers descriptions so that `/metrics` shows every metric from the start.
+/// Registers descriptions of every metric (once per process, by `main`).
 pub fn describe() {
     use metrics::{describe_counter, describe_gauge};
     describe_gauge!(MQTT_CONNECTIONS, "open MQTT network connections");
@@ -35,19 +38,7 @@ pub fn describe() {
     describe_counter!(MQTT_BYTES_SENT, "bytes written to MQTT connections");
     describe_counter!(MQTT_MESSAGES_DROPPED, "messages dropped, by reason");
     describe_counter!(MQTT_CONNECTIONS_REFUSED, "connections refused or closed for a protocol reason");
-    for qos in ["0", "1", "2"] {
-        metrics::counter!(MQTT_MESSAGES_RECEIVED, "qos" => qos).absolute(0);
-        metrics::counter!(MQTT_MESSAGES_SENT, "qos" => qos).absolute(0);
-    }
-    for reason in ["queue_full", "expired", "packet_too_large", "not_authorized"] {
-        metrics::counter!(MQTT_MESSAGES_DROPPED, "reason" => reason).absolute(0);
-    }
-    metrics::counter!(MQTT_BYTES_RECEIVED).absolute(0);
-    metrics::counter!(MQTT_BYTES_SENT).absolute(0);
-    metrics::gauge!(MQTT_CONNECTIONS).set(0.0);
-    metrics::gauge!(MQTT_SESSIONS).set(0.0);
-    metrics::gauge!(MQTT_SUBSCRIPTIONS).set(0.0);
-    metrics::gauge!(MQTT_RETAINED).set(0.0);
+    describe_counter!(tidewater_cluster::invariants::INVARIANT_VIOLATIONS, "invariant violations seen by the node");
 }
 
 /// Counter handles registered once per node, so the per-message path does no key hashing
@@ -65,22 +56,49 @@ pub struct MqttCounters {
     pub connections: metrics::Gauge,
     /// MQTT sessions (connected or not).
     pub sessions: metrics::Gauge,
+    /// Subscriptions held.
+    pub subscriptions: metrics::Gauge,
+    /// Retained messages stored.
+    pub retained: metrics::Gauge,
+    node: String,
 }
 
 impl MqttCounters {
-    /// Registers the handles with the installed recorder.
-    pub fn register() -> Self {
-        let by_qos = |name: &'static str| ["0", "1", "2"].map(|qos| metrics::counter!(name, "qos" => qos));
-        Self {
+    /// Registers node `node_id`'s handles with the installed recorder, every series at zero.
+    pub fn register(node_id: u64) -> Self {
+        let node = node_id.to_string();
+        let by_qos = |name: &'static str| {
+            ["0", "1", "2"].map(|qos| metrics::counter!(name, "node" => node.clone(), "qos" => qos))
+        };
+        let counters = Self {
             received: by_qos(MQTT_MESSAGES_RECEIVED),
             sent: by_qos(MQTT_MESSAGES_SENT),
-            bytes_received: metrics::counter!(MQTT_BYTES_RECEIVED),
-            bytes_sent: metrics::counter!(MQTT_BYTES_SENT),
-            dropped: ["queue_full", "expired", "packet_too_large", "not_authorized"]
-                .map(|reason| (reason, metrics::counter!(MQTT_MESSAGES_DROPPED, "reason" => reason))),
-            connections: metrics::gauge!(MQTT_CONNECTIONS),
-            sessions: metrics::gauge!(MQTT_SESSIONS),
+            bytes_received: metrics::counter!(MQTT_BYTES_RECEIVED, "node" => node.clone()),
+            bytes_sent: metrics::counter!(MQTT_BYTES_SENT, "node" => node.clone()),
+            dropped: ["queue_full", "expired", "packet_too_large", "not_authorized"].map(|reason| {
+                (reason, metrics::counter!(MQTT_MESSAGES_DROPPED, "node" => node.clone(), "reason" => reason))
+            }),
+            connections: metrics::gauge!(MQTT_CONNECTIONS, "node" => node.clone()),
+            sessions: metrics::gauge!(MQTT_SESSIONS, "node" => node.clone()),
+            subscriptions: metrics::gauge!(MQTT_SUBSCRIPTIONS, "node" => node.clone()),
+            retained: metrics::gauge!(MQTT_RETAINED, "node" => node.clone()),
+            node,
+        };
+        for counter in counters.received.iter().chain(&counters.sent).chain(counters.dropped.iter().map(|(_, c)| c)) {
+            counter.increment(0);
         }
+        counters.bytes_received.increment(0);
+        counters.bytes_sent.increment(0);
+        counters.connections.increment(0.0);
+        counters.sessions.increment(0.0);
+        counters.subscriptions.set(0.0);
+        counters.retained.set(0.0);
+        counters
+    }
+
+    /// Counts a connection refused or closed for a protocol reason.
+    pub fn refused(&self, reason: &'static str) {
+        metrics::counter!(MQTT_CONNECTIONS_REFUSED, "node" => self.node.clone(), "reason" => reason).increment(1);
     }
 
     /// Counts a PUBLISH accepted from a client.
@@ -97,7 +115,9 @@ impl MqttCounters {
     pub fn dropped(&self, reason: &'static str) {
         match self.dropped.iter().find(|(known, _)| *known == reason) {
             Some((_, counter)) => counter.increment(1),
-            None => metrics::counter!(MQTT_MESSAGES_DROPPED, "reason" => reason).increment(1),
+            None => {
+                metrics::counter!(MQTT_MESSAGES_DROPPED, "node" => self.node.clone(), "reason" => reason).increment(1)
+            }
         }
     }
 }

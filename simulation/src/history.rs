@@ -33,6 +33,8 @@ pub struct History {
     pub mqtt_acked: BTreeMap<MessageId, (u8, u64)>,
     /// Deliveries to the persistent subscriber: id → count.
     pub delivered: BTreeMap<MessageId, u32>,
+    /// When the node sent the subscriber a new QoS 2 message under a packet id still in flight (ms).
+    pub pkid_collisions: Vec<u64>,
     /// When the persistent subscriber's SUBACK arrived (ms).
     pub subscribed_at: Option<u64>,
     /// Kafka batches acknowledged: (producer, sequence) → (base offset, values, ack time ms).
@@ -74,6 +76,8 @@ pub struct WillRound {
     pub delay_ms: u64,
     /// Deliveries of this round's will to the subscriber.
     pub seen: u32,
+    /// Deliveries without DUP (a QoS 1 redelivery after a lost PUBACK is not a second publication).
+    pub seen_fresh: u32,
 }
 
 /// The history shared by every client of the run (turmoil runs them on one thread).

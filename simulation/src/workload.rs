@@ -3,7 +3,7 @@
 //! the shared [`History`](crate::history::History) and tolerates the node going away: every
 //! wait is bounded, every failure reconnects and retries.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -201,7 +201,8 @@ pub async fn publisher(history: Shared, id: u32, qos: u8, count: u32, seed: u64,
 pub async fn subscriber(history: Shared, seed: u64, drops: bool, writers: u32) -> turmoil::Result {
     let mut rng = StdRng::seed_from_u64(seed ^ 0x5ab5_c41b);
     let mut subscribed = false;
-    let mut qos2_received: BTreeSet<u16> = BTreeSet::new();
+    // QoS 2 packet ids received and not released yet, with their payloads
+    let mut qos2_received: BTreeMap<u16, Vec<u8>> = BTreeMap::new();
     let mut idle = 0u32;
     for _ in 0..5000 {
         let mut connect = Vec::new();
@@ -244,16 +245,44 @@ pub async fn subscriber(history: Shared, seed: u64, drops: bool, writers: u32) -
             let mut out = Vec::new();
             if kind == wire::PUBLISH {
                 let Some(publish) = wire::parse_publish_full(flags, &body) else { break };
-                let first = publish.qos < 2 || qos2_received.insert(publish.packet_id);
+                let first = publish.qos < 2 || !qos2_received.contains_key(&publish.packet_id);
+                if publish.qos == 2 {
+                    match qos2_received.get(&publish.packet_id) {
+                        None => {
+                            qos2_received.insert(publish.packet_id, publish.payload.to_vec());
+                        }
+                        Some(pending) if pending.as_slice() != publish.payload => {
+                            // the node reused a packet id the subscriber still holds: the
+                            // subscriber must take it as a retransmission and drop the message
+                            let text = String::from_utf8_lossy(publish.payload).into_owned();
+                            let mut h = history.borrow_mut();
+                            h.pkid_collisions.push(now_ms());
+                            h.trace(
+                                now_ms(),
+                                format!("sub drops {text}: packet id {} still in flight", publish.packet_id),
+                            );
+                        }
+                        Some(_) => {}
+                    }
+                }
                 if first {
                     let mut h = history.borrow_mut();
                     if let Some(message) = parse_message_id(publish.payload) {
                         *h.delivered.entry(message).or_default() += 1;
+                        h.trace(
+                            now_ms(),
+                            format!(
+                                "sub got p{}:{} as {} dup {}",
+                                message.0, message.1, publish.packet_id, publish.dup
+                            ),
+                        );
                     } else if publish.topic == WILL_TOPIC
                         && let Some(round) = std::str::from_utf8(publish.payload).ok().and_then(|p| p.strip_prefix('w'))
                         && let Ok(round) = round.parse::<u32>()
                     {
-                        h.wills.entry(round).or_default().seen += 1;
+                        let will = h.wills.entry(round).or_default();
+                        will.seen += 1;
+                        will.seen_fresh += u32::from(!publish.dup);
                         h.trace(now_ms(), format!("will {round} delivered"));
                     }
                 }
@@ -265,6 +294,7 @@ pub async fn subscriber(history: Shared, seed: u64, drops: bool, writers: u32) -
             } else if kind == wire::PUBREL {
                 let pkid = wire::packet_id(&body);
                 qos2_received.remove(&pkid);
+                history.borrow_mut().trace(now_ms(), format!("sub released {pkid}"));
                 wire::ack(&mut out, wire::PUBCOMP, pkid);
             }
             if rng.random_bool(0.05) {

@@ -107,7 +107,12 @@ impl AckGate {
             }
             let (token, packet) = self.deferred.pop_front().expect("front exists");
             if let Some(token) = token {
-                self.outstanding.remove(&token);
+                let removed = self.outstanding.remove(&token);
+                crate::check_invariant!(
+                    crate::invariants::InvariantId::AckBeforeDurable,
+                    removed.is_none_or(|p| p.left == 0),
+                    "acknowledgement of token {token} released with completions outstanding"
+                );
             }
             if pending.is_some_and(|p| p.failed) {
                 ready.push(Released::Refused(*packet));

@@ -17,7 +17,6 @@ use ractor::ActorRef;
 use smallvec::SmallVec;
 use tidewater_storage::StateStore;
 
-use crate::metrics as names;
 use crate::mqtt::message::{Delivery, Message, SubOptions};
 use crate::mqtt::persist;
 use crate::mqtt::session::SessionMsg;
@@ -122,6 +121,8 @@ pub struct Router {
     share_cursors: Mutex<LookupMap<GroupKey, usize>>,
     retained: RwLock<BTreeMap<String, Arc<Message>>>,
     store: Arc<dyn StateStore>,
+    subscriptions_gauge: metrics::Gauge,
+    retained_gauge: metrics::Gauge,
 }
 
 impl std::fmt::Debug for Router {
@@ -131,13 +132,15 @@ impl std::fmt::Debug for Router {
 }
 
 impl Router {
-    /// An empty router persisting retained messages in `store`.
-    pub fn new(store: Arc<dyn StateStore>) -> Self {
+    /// An empty router persisting retained messages in `store`, reporting to the node's gauges.
+    pub fn new(store: Arc<dyn StateStore>, counters: &crate::metrics::MqttCounters) -> Self {
         Self {
             trie: RwLock::new(SubscriptionTrie::default()),
             share_cursors: Mutex::new(LookupMap::new()),
             retained: RwLock::new(BTreeMap::new()),
             store,
+            subscriptions_gauge: counters.subscriptions.clone(),
+            retained_gauge: counters.retained.clone(),
         }
     }
 
@@ -148,7 +151,7 @@ impl Router {
         for message in messages {
             retained.insert(message.topic.clone(), Arc::new(message));
         }
-        metrics::gauge!(names::MQTT_RETAINED).set(retained.len() as f64);
+        self.retained_gauge.set(retained.len() as f64);
         Ok(retained.len())
     }
 
@@ -158,7 +161,7 @@ impl Router {
         let key = SubKey { share_group: parsed.share_group.map(Arc::from), client_id: Arc::from(client_id) };
         let mut trie = self.trie.write();
         trie.insert(parsed.filter, key, SubEntry { session, options, filter: Arc::from(parsed.filter) });
-        metrics::gauge!(names::MQTT_SUBSCRIPTIONS).set(trie.len() as f64);
+        self.subscriptions_gauge.set(trie.len() as f64);
     }
 
     /// Removes a session's subscription.
@@ -167,7 +170,7 @@ impl Router {
         let key = SubKey { share_group: parsed.share_group.map(Arc::from), client_id: Arc::from(client_id) };
         let mut trie = self.trie.write();
         trie.remove(parsed.filter, &key);
-        metrics::gauge!(names::MQTT_SUBSCRIPTIONS).set(trie.len() as f64);
+        self.subscriptions_gauge.set(trie.len() as f64);
     }
 
     /// Stores or clears (empty payload) a retained message.
@@ -183,7 +186,7 @@ impl Router {
         if let Err(error) = result {
             tracing::error!(topic = %message.topic, %error, "cannot persist retained message");
         }
-        metrics::gauge!(names::MQTT_RETAINED).set(retained.len() as f64);
+        self.retained_gauge.set(retained.len() as f64);
     }
 
     /// Retained messages whose topic matches `filter`, skipping expired ones.

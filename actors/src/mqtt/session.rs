@@ -13,7 +13,6 @@ use bytes::BytesMut;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use crate::context::NodeContext;
-use crate::metrics as names;
 use crate::mqtt::ack_gate::{AckGate, Released};
 use crate::mqtt::auth::Identity;
 use crate::mqtt::codec::{
@@ -284,7 +283,7 @@ impl SessionShell {
                     }
                     if !closed && let Some(error) = error {
                         tracing::debug!(client_id = %self.state.client_id(), %error, "closing connection on bad packet");
-                        metrics::counter!(names::MQTT_CONNECTIONS_REFUSED, "reason" => "malformed").increment(1);
+                        self.ctx.mqtt_counters.refused("malformed");
                         closed = self.apply(vec![Effect::Close(error.disconnect_reason())]);
                     }
                     self.fanout.send();

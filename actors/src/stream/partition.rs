@@ -290,6 +290,14 @@ impl PartitionState {
     }
 
     fn publish_high_watermark(&self, high_watermark: i64) {
+        let previous = *self.args.high_watermark.borrow();
+        crate::check_invariant!(
+            crate::invariants::InvariantId::HighWatermarkBackwards,
+            high_watermark >= previous,
+            "{}/{}: high watermark {previous} -> {high_watermark}",
+            self.args.id.stream,
+            self.args.id.partition
+        );
         if let Err(error) = self.args.store.set_high_watermark(&self.args.id, high_watermark) {
             tracing::error!(%error, "cannot record high watermark");
         }
