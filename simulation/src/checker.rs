@@ -113,8 +113,14 @@ pub fn check(history: &History, fsync: Fsync, writers: u32) -> Vec<Violation> {
         // a power loss under `interval` may take the QoS 2 exchange's progress with it (the
         // subscriber's PUBCOMP, the publisher's PUBREC state): a second delivery is within
         // what that setting promises, as a loss is
+        let times = history.delivered_at.get(&(publisher, seq));
+        let (first, last) = times.map_or((0, 0), |t| (t.first().copied().unwrap_or(0), t.last().copied().unwrap_or(0)));
         let power_loss_after = fsync != Fsync::Always
-            && history.outages.iter().any(|(at, power)| *power && *at + history.max_latency_ms >= acked_at);
+            && history.outages.iter().any(|(at, power)| {
+                *power
+                    && ((*at + history.max_latency_ms >= acked_at)
+                        || (*at + history.max_latency_ms >= first && *at <= last))
+            });
         if qos == 2 && delivered > 1 && !power_loss_after {
             violate(
                 InvariantId::Qos2Duplicated,

@@ -35,6 +35,8 @@ pub struct History {
     pub delivered: BTreeMap<MessageId, u32>,
     /// When the node sent the subscriber a new QoS 2 message under a packet id still in flight (ms).
     pub pkid_collisions: Vec<u64>,
+    /// When each delivery to the persistent subscriber arrived (ms).
+    pub delivered_at: BTreeMap<MessageId, Vec<u64>>,
     /// When the persistent subscriber's SUBACK arrived (ms).
     pub subscribed_at: Option<u64>,
     /// Kafka batches acknowledged: (producer, sequence) → (base offset, values, ack time ms).
@@ -61,6 +63,8 @@ pub struct History {
     pub syncs: Vec<u64>,
     /// Set by the driver once the faults are over and the node is up.
     pub liveness: bool,
+    /// Whether the will client finished its rounds.
+    pub willer_done: bool,
     /// Whether every publisher, producer and committer finished its work.
     pub writers_done: u32,
 }

@@ -51,6 +51,12 @@ fn main() -> std::process::ExitCode {
         let mut options = Options::draw(seed);
         options.ack_before_durable = cli.ack_before_durable;
         options.print_trace = std::env::var_os("SIM_TRACE").is_some();
+        if options.print_trace {
+            // the node's own logs too (RUST_LOG picks the level, info by default)
+            let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+            tracing_subscriber::fmt().with_env_filter(filter).with_target(false).without_time().init();
+        }
         let started = Instant::now();
         let report = run_seed(&options);
         print_report(&report, started.elapsed().as_secs_f64(), true);

@@ -240,6 +240,11 @@ pub fn run_seed(options: &Options) -> SeedReport {
             h.trace(now, "liveness phase");
         }
     }
+    if options.print_trace
+        && let Some(ctx) = context.borrow().as_ref()
+    {
+        println!("  node at the end: {} subscriptions", ctx.router.subscription_count());
+    }
     let simulated_ms = sim.elapsed().as_millis() as u64;
     drop(sim);
     let history = history.borrow();

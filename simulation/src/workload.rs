@@ -203,14 +203,15 @@ pub async fn subscriber(history: Shared, seed: u64, drops: bool, writers: u32) -
     let mut subscribed = false;
     // QoS 2 packet ids received and not released yet, with their payloads
     let mut qos2_received: BTreeMap<u16, Vec<u8>> = BTreeMap::new();
-    let mut idle = 0u32;
     for _ in 0..5000 {
         let mut connect = Vec::new();
         wire::connect_with(&mut connect, "sub", 30, false, None);
-        let Some((mut mqtt, _)) = Mqtt::open(&connect).await else {
+        let Some((mut mqtt, present)) = Mqtt::open(&connect).await else {
             sleep_ms(100).await;
             continue;
         };
+        history.borrow_mut().trace(now_ms(), format!("sub connected, session present {present}"));
+        let mut idle = 0u32;
         if !subscribed {
             let mut out = Vec::new();
             wire::subscribe(&mut out, 1, "sim/#", 2);
@@ -231,7 +232,12 @@ pub async fn subscriber(history: Shared, seed: u64, drops: bool, writers: u32) -
             let frame = match mqtt.next(Duration::from_millis(1000)).await {
                 Ok(Some(frame)) => frame,
                 Ok(None) => {
-                    let done = history.borrow().writers_done >= writers;
+                    // done once every writer and the will client are, the faults are over, and
+                    // nothing came for a few seconds
+                    let done = {
+                        let h = history.borrow();
+                        h.writers_done >= writers && h.liveness && h.willer_done
+                    };
                     idle = if done { idle + 1 } else { 0 };
                     if idle >= 4 {
                         return Ok(());
@@ -269,6 +275,7 @@ pub async fn subscriber(history: Shared, seed: u64, drops: bool, writers: u32) -
                     let mut h = history.borrow_mut();
                     if let Some(message) = parse_message_id(publish.payload) {
                         *h.delivered.entry(message).or_default() += 1;
+                        h.delivered_at.entry(message).or_default().push(now_ms());
                         h.trace(
                             now_ms(),
                             format!(
@@ -329,10 +336,11 @@ pub async fn will_client(history: Shared, seed: u64, rounds: u32) -> turmoil::Re
         let payload = format!("w{round}");
         let mut connect = Vec::new();
         wire::connect_v5(&mut connect, "willer", 30, false, 60, Some((WILL_TOPIC, payload.as_bytes(), 1, DELAY_SECS)));
-        let Some((mqtt, _)) = Mqtt::open(&connect).await else {
+        let Some((mqtt, present)) = Mqtt::open(&connect).await else {
             sleep_ms(300).await;
             continue;
         };
+        history.borrow_mut().trace(now_ms(), format!("willer connected for round {round}, session present {present}"));
         if round > 0
             && let Some(previous) = history.borrow_mut().wills.get_mut(&(round - 1))
             && previous.back_at.is_none()
@@ -355,6 +363,7 @@ pub async fn will_client(history: Shared, seed: u64, rounds: u32) -> turmoil::Re
     }
     // the last round stays away: its will is due
     sleep_ms(3000).await;
+    history.borrow_mut().willer_done = true;
     Ok(())
 }
 

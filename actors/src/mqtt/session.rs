@@ -449,6 +449,13 @@ impl SessionShell {
         self.handle.online.store(true, Ordering::Relaxed);
         self.established = true;
         let effects = self.state.attach(request.params, now);
+        tracing::debug!(
+            client_id = %self.state.client_id(),
+            session_present,
+            in_flight = self.state.inflight_len(),
+            queued = self.state.queued_len(),
+            "session attached"
+        );
         if self.state.is_persistent() {
             self.persist_all();
         } else if was_persistent {
@@ -705,6 +712,7 @@ impl SessionShell {
             return;
         }
         self.ctx.mqtt_counters.received(will.qos);
+        tracing::debug!(client_id = %self.state.client_id(), topic = %will.topic, received_at_ms = will.received_at_ms, "publishing will");
         let token = WILL_TOKEN | self.next_will_token;
         self.next_will_token += 1;
         let session = self.handle.actor.clone();
