@@ -32,11 +32,13 @@ pub enum InvariantId {
     HighWatermarkBackwards,
     /// A durable acknowledgement was released for an append that had not completed.
     AckBeforeDurable,
+    /// A new subscriber got an older retained message than the last one acknowledged.
+    RetainedLost,
 }
 
 impl InvariantId {
     /// Every invariant, in catalogue order.
-    pub const ALL: [InvariantId; 11] = [
+    pub const ALL: [InvariantId; 12] = [
         InvariantId::AckedRecordLost,
         InvariantId::AckedRecordChanged,
         InvariantId::OffsetsNotIncreasing,
@@ -48,6 +50,7 @@ impl InvariantId {
         InvariantId::WillUnexpected,
         InvariantId::HighWatermarkBackwards,
         InvariantId::AckBeforeDurable,
+        InvariantId::RetainedLost,
     ];
 
     /// The invariant's stable name (metric label, checker report).
@@ -64,6 +67,7 @@ impl InvariantId {
             InvariantId::WillUnexpected => "will_unexpected",
             InvariantId::HighWatermarkBackwards => "high_watermark_backwards",
             InvariantId::AckBeforeDurable => "ack_before_durable",
+            InvariantId::RetainedLost => "retained_lost",
         }
     }
 }

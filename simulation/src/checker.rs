@@ -157,6 +157,17 @@ pub fn check(history: &History, fsync: Fsync, writers: u32) -> Vec<Violation> {
         }
     }
 
+    // a new subscriber gets the last retained value acknowledged (or a later one)
+    if let Some(&(last, acked_at)) = history.retained_acked.iter().rev().find(|(_, acked_at)| !may_be_lost(*acked_at)) {
+        let read = history.retained_read.flatten();
+        if read.is_none_or(|value| value < last) {
+            violate(
+                InvariantId::RetainedLost,
+                format!("retained r{last} acknowledged at {acked_at} ms, a new subscriber got {read:?}"),
+            );
+        }
+    }
+
     // committed offsets never go backwards
     for &(fetched, at) in &history.fetched_commits {
         let committed = history.commits.iter().filter(|(_, acked)| *acked <= at).max_by_key(|(offset, _)| *offset);

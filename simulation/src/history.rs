@@ -63,6 +63,10 @@ pub struct History {
     pub syncs: Vec<u64>,
     /// Set by the driver once the faults are over and the node is up.
     pub liveness: bool,
+    /// Retained values acknowledged, in order: (value number, ack time ms).
+    pub retained_acked: Vec<(u32, u64)>,
+    /// The retained value a new subscriber got after the liveness phase (`None`: none came).
+    pub retained_read: Option<Option<u32>>,
     /// Whether the will client finished its rounds.
     pub willer_done: bool,
     /// Whether every publisher, producer and committer finished its work.

@@ -28,6 +28,8 @@ pub struct Options {
     pub append_faults: u32,
     /// Failed syncs injected.
     pub sync_faults: u32,
+    /// Whether the periodic sync of `interval` is now and then late (a slow disk).
+    pub sync_delays: bool,
     /// Whether clients drop their connections now and then.
     pub client_drops: bool,
     /// Whether latency spikes hit the network.
@@ -47,7 +49,8 @@ pub struct Options {
 }
 
 impl Options {
-    /// The scenario drawn from `seed`.
+    /// The scenario drawn from `seed`. Fields are drawn in declaration order of this function:
+    /// add new ones at the end.
     pub fn draw(seed: u64) -> Self {
         let mut rng = StdRng::seed_from_u64(seed ^ 0x005e_ed0f_0b7e_u64);
         let fsync = if rng.random_bool(0.5) { Fsync::Always } else { Fsync::Interval(rng.random_range(5..=50)) };
@@ -66,6 +69,8 @@ impl Options {
             kafka_batches: rng.random_range(10..=40),
             ack_before_durable: false,
             print_trace: false,
+            // new draws go last, so that the scenarios of committed seeds stay what they were
+            sync_delays: rng.random_bool(0.3),
         }
     }
 }

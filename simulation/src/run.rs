@@ -178,7 +178,10 @@ pub fn run_seed(options: &Options) -> SeedReport {
                 match options.fsync {
                     Fsync::Always => std::future::pending::<()>().await,
                     Fsync::Interval(ms) => loop {
-                        tokio::time::sleep(Duration::from_millis(ms)).await;
+                        let mut late = StdRng::seed_from_u64(options.seed ^ boot ^ now_ms());
+                        let delay =
+                            if options.sync_delays && late.random_bool(0.1) { late.random_range(0..500) } else { 0 };
+                        tokio::time::sleep(Duration::from_millis(ms + delay)).await;
                         if store.sync().is_ok() {
                             history.borrow_mut().syncs.push(now_ms());
                         }
@@ -189,7 +192,7 @@ pub fn run_seed(options: &Options) -> SeedReport {
         });
     }
 
-    let writers = options.publishers + 2;
+    let writers = options.publishers + 3;
     sim.client("sub", workload::subscriber(history.clone(), options.seed, options.client_drops, writers));
     for id in 0..options.publishers {
         let qos = if id % 2 == 0 { 1 } else { 2 };
@@ -200,6 +203,7 @@ pub fn run_seed(options: &Options) -> SeedReport {
     sim.client("producer", workload::producer(history.clone(), options.seed, options.kafka_batches));
     sim.client("committer", workload::committer(history.clone(), 20));
     sim.client("willer", workload::will_client(history.clone(), options.seed, 4));
+    sim.client("retainer", workload::retainer(history.clone(), options.seed, 12));
     sim.client("reader", workload::reader(history.clone(), writers));
 
     let mut plan = plan(options);

@@ -27,6 +27,8 @@ pub const BOUND_PARTITIONS: i32 = 2;
 pub const FREE_STREAM: &str = "kafka-in";
 /// The topic wills are published on.
 pub const WILL_TOPIC: &str = "sim/will";
+/// The topic of the retained messages.
+pub const RETAINED_TOPIC: &str = "sim/retained";
 
 /// One MQTT connection: a socket and the bytes read but not parsed yet.
 struct Mqtt {
@@ -367,6 +369,66 @@ pub async fn will_client(history: Shared, seed: u64, rounds: u32) -> turmoil::Re
     Ok(())
 }
 
+/// Publishes retained QoS 1 messages `r0`, `r1`, ... one at a time, each until acknowledged.
+pub async fn retainer(history: Shared, seed: u64, count: u32) -> turmoil::Result {
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x7e7a);
+    let mut next = 0u32;
+    let mut dup = false;
+    let mut attempts = 0u32;
+    while next < count && attempts < 3000 {
+        attempts += 1;
+        let mut connect = Vec::new();
+        wire::connect_with(&mut connect, "retainer", 30, true, None);
+        let Some((mut mqtt, _)) = Mqtt::open(&connect).await else {
+            sleep_ms(100).await;
+            continue;
+        };
+        while next < count {
+            let mut out = Vec::new();
+            wire::publish_retained(&mut out, RETAINED_TOPIC, 1, 1, dup, format!("r{next}").as_bytes());
+            if mqtt.send(&out).await.is_err() {
+                dup = true;
+                break;
+            }
+            match mqtt.next(Duration::from_millis(1500)).await {
+                Ok(Some((kind, _, _))) if kind == wire::PUBACK => {
+                    history.borrow_mut().retained_acked.push((next, now_ms()));
+                    next += 1;
+                    dup = false;
+                    sleep_ms(rng.random_range(0..600)).await;
+                }
+                _ => {
+                    dup = true;
+                    break;
+                }
+            }
+        }
+    }
+    history.borrow_mut().writers_done += 1;
+    Ok(())
+}
+
+/// A new subscriber of the retained topic: the retained value it is given, if any.
+async fn read_retained() -> Option<Option<u32>> {
+    let mut connect = Vec::new();
+    wire::connect_with(&mut connect, "retained-reader", 30, true, None);
+    let (mut mqtt, _) = Mqtt::open(&connect).await?;
+    let mut out = Vec::new();
+    wire::subscribe(&mut out, 1, RETAINED_TOPIC, 1);
+    mqtt.send(&out).await.ok()?;
+    loop {
+        match mqtt.next(Duration::from_secs(2)).await.ok()? {
+            None => return Some(None),
+            Some((kind, flags, body)) if kind == wire::PUBLISH => {
+                let publish = wire::parse_publish_full(flags, &body)?;
+                let value = std::str::from_utf8(publish.payload).ok()?.strip_prefix('r')?.parse().ok()?;
+                return Some(Some(value));
+            }
+            Some(_) => {}
+        }
+    }
+}
+
 async fn kafka_connect() -> Option<KafkaConn<TcpStream>> {
     let stream = tokio::time::timeout(Duration::from_secs(1), TcpStream::connect((NODE, 9092))).await.ok()?.ok()?;
     Some(KafkaConn::new(stream))
@@ -478,9 +540,11 @@ pub async fn reader(history: Shared, writers: u32) -> turmoil::Result {
         };
         let bound = read_all(&mut conn, BOUND_STREAM, BOUND_PARTITIONS).await;
         let free = read_all(&mut conn, FREE_STREAM, 1).await;
-        if let (Some(bound), Some(free)) = (bound, free) {
+        let retained = read_retained().await;
+        if let (Some(bound), Some(free), Some(retained)) = (bound, free, retained) {
             let mut h = history.borrow_mut();
-            h.trace(now_ms(), format!("read back {} + {} records", bound.len(), free.len()));
+            h.retained_read = Some(retained);
+            h.trace(now_ms(), format!("read back {} + {} records, retained {retained:?}", bound.len(), free.len()));
             h.bound_read = bound;
             h.free_read = free;
             h.read_done = true;

@@ -85,6 +85,15 @@ fn deliver(actor: &ActorRef<SessionMsg>, deliveries: Vec<Delivery>, notices: Vec
     }
 }
 
+/// What routing one message did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Routed {
+    /// Deliveries that carry a notice (to persistent sessions, QoS 1/2).
+    pub notices: usize,
+    /// The message was to be retained and storing it failed.
+    pub retain_failed: bool,
+}
+
 /// A session as the router sees it: its actor, whether a client is connected, and whether
 /// the session outlives its connection.
 #[derive(Debug, Clone)]
@@ -173,8 +182,9 @@ impl Router {
         self.subscriptions_gauge.set(trie.len() as f64);
     }
 
-    /// Stores or clears (empty payload) a retained message.
-    pub fn retain(&self, message: &Arc<Message>) {
+    /// Stores or clears (empty payload) a retained message; false when the store failed (the
+    /// publish must then not be acknowledged).
+    pub fn retain(&self, message: &Arc<Message>) -> bool {
         let mut retained = self.retained.write();
         let result = if message.payload.is_empty() {
             retained.remove(&message.topic);
@@ -183,10 +193,12 @@ impl Router {
             retained.insert(message.topic.clone(), Arc::clone(message));
             persist::put_retained(self.store.as_ref(), message)
         };
+        self.retained_gauge.set(retained.len() as f64);
         if let Err(error) = result {
             tracing::error!(topic = %message.topic, %error, "cannot persist retained message");
+            return false;
         }
-        self.retained_gauge.set(retained.len() as f64);
+        true
     }
 
     /// Retained messages whose topic matches `filter`, skipping expired ones.
@@ -202,15 +214,16 @@ impl Router {
     /// Routes an accepted message: retains it if asked, then delivers it once to every
     /// matching session and to one member of every matching share group, through `fanout`
     /// (which the caller sends once it routed its batch). Each QoS 1/2 delivery to a persistent
-    /// session carries a `notice()`; returns how many were attached.
+    /// session carries a `notice()`.
     pub fn publish(
         &self,
         message: Arc<Message>,
         fanout: &mut Fanout,
         notice: &dyn Fn() -> Option<DurableNotice>,
-    ) -> usize {
-        if message.retain {
-            self.retain(&message);
+    ) -> Routed {
+        let mut routed = Routed::default();
+        if message.retain && !self.retain(&message) {
+            routed.retain_failed = true;
         }
         // matches are gathered in a vec and merged per session after sorting (no allocation
         // up to a few subscribers, one beyond) instead of one map node per subscriber
@@ -275,7 +288,8 @@ impl Router {
             };
             add(&entry.session, delivery, fanout);
         }
-        count
+        routed.notices = count;
+        routed
     }
 
     /// Round robin over the group's members, preferring connected ones.

@@ -21,7 +21,7 @@ use crate::mqtt::codec::{
 use crate::mqtt::message::{Delivery, Message, RetainHandling};
 use crate::mqtt::outbox::{InboundCredit, Outbox, Pushed};
 use crate::mqtt::persist::{self, LoadedSession, SessionRecord, StoredWill};
-use crate::mqtt::router::{Fanout, SessionHandle};
+use crate::mqtt::router::{Fanout, Routed, SessionHandle};
 use crate::mqtt::session_state::{ConnectionParams, Effect, PersistOp, SessionState, message_from_will};
 use crate::mqtt::topic;
 use crate::stream::partition::DurableNotice;
@@ -522,10 +522,13 @@ impl SessionShell {
                 if message.qos == 2 {
                     self.unacked_qos2.insert(pkid);
                 }
-                let stored =
-                    if to_subscribers { self.ctx.router.publish(message, &mut self.fanout, &notice) } else { 0 };
+                let routed = if to_subscribers {
+                    self.ctx.router.publish(message, &mut self.fanout, &notice)
+                } else {
+                    Routed::default()
+                };
                 if wants_ack {
-                    self.acks.routed(ingest.appends + stored, ingest.refused > 0);
+                    self.acks.routed(ingest.appends + routed.notices, ingest.refused > 0 || routed.retain_failed);
                 }
             }
             Effect::Subscribed { raw_filter, options, is_new } => {
@@ -723,9 +726,9 @@ impl SessionShell {
         let now = self.ctx.now_ms();
         let stored_will =
             StoredWill { message: Message::clone(&will), username, delay_secs: 0, publish_at_ms: Some(now) };
-        let stored = self.ctx.router.publish(will, &mut self.fanout, &notice);
+        let routed = self.ctx.router.publish(will, &mut self.fanout, &notice);
         self.published_will = Some(stored_will);
-        self.will_publication = Some((token, ingest.appends + stored));
+        self.will_publication = Some((token, ingest.appends + routed.notices));
         self.will_published(0);
     }
 

@@ -153,8 +153,17 @@ pub fn publish(out: &mut Vec<u8>, topic: &str, qos: u8, packet_id: u16, stamp: (
 
 /// Appends a PUBLISH (no retain) of `payload`; `packet_id` is written only at QoS 1 and 2.
 pub fn publish_payload(out: &mut Vec<u8>, topic: &str, qos: u8, packet_id: u16, dup: bool, payload: &[u8]) {
+    publish_flagged(out, topic, qos, packet_id, dup, false, payload);
+}
+
+/// Appends a PUBLISH with RETAIN set.
+pub fn publish_retained(out: &mut Vec<u8>, topic: &str, qos: u8, packet_id: u16, dup: bool, payload: &[u8]) {
+    publish_flagged(out, topic, qos, packet_id, dup, true, payload);
+}
+
+fn publish_flagged(out: &mut Vec<u8>, topic: &str, qos: u8, packet_id: u16, dup: bool, retain: bool, payload: &[u8]) {
     let qos = qos & 0x03;
-    out.push(0x30 | (u8::from(dup) << 3) | (qos << 1));
+    out.push(0x30 | (u8::from(dup) << 3) | (qos << 1) | u8::from(retain));
     let id_len = if qos > 0 { 2 } else { 0 };
     put_remaining_length(out, 2 + topic.len() + id_len + payload.len());
     put_str(out, topic);
