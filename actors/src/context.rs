@@ -149,6 +149,9 @@ pub struct NodeInner {
     pub connections: AtomicUsize,
     /// MQTT counters, registered once.
     pub mqtt_counters: crate::metrics::MqttCounters,
+    /// The node's tracing span (`node = <id>`): actors run their messages inside it, since
+    /// ractor starts an actor's loop outside the spawning task's span.
+    pub span: tracing::Span,
 }
 
 /// A cheap handle on the node's shared state.
@@ -197,6 +200,7 @@ impl NodeContext {
         let mqtt_counters = crate::metrics::MqttCounters::register(parts.node_id);
         let router = Router::new(Arc::clone(&parts.state_store), &mqtt_counters);
         let streams = StreamRegistry::new(Arc::clone(&parts.state_store), Arc::clone(&parts.log_store));
+        // (captured by NodeContext::new's caller, Node::start, inside the node's span)
         Self(Arc::new(NodeInner {
             node_id: parts.node_id,
             mqtt: parts.mqtt,
@@ -214,6 +218,7 @@ impl NodeContext {
             groups: GroupRegistry::default(),
             connections: AtomicUsize::new(0),
             mqtt_counters,
+            span: tracing::Span::current(),
         }))
     }
 

@@ -8,6 +8,7 @@ use std::time::Duration;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde::{Deserialize, Serialize};
 use tidewater_storage::{StateOp, StateStore};
+use tracing::Instrument;
 
 use crate::context::NodeContext;
 use crate::kafka::group_state::{
@@ -144,6 +145,14 @@ impl Actor for GroupCoordinator {
         message: GroupMsg,
         shell: &mut GroupShell,
     ) -> Result<(), ActorProcessingErr> {
+        let span = shell.ctx.span.clone();
+        shell.on_message(myself, message).instrument(span).await
+    }
+}
+
+impl GroupShell {
+    async fn on_message(&mut self, myself: ActorRef<GroupMsg>, message: GroupMsg) -> Result<(), ActorProcessingErr> {
+        let shell = self;
         let now = shell.ctx.now_ms();
         let outputs = match message {
             GroupMsg::Join(request, reply) => {

@@ -13,6 +13,7 @@ use bytes::{Bytes, BytesMut};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, WriteHalf};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tracing::Instrument;
 
 use crate::context::NodeContext;
 use crate::kafka::handlers;
@@ -71,7 +72,8 @@ impl Actor for KafkaConnection {
         state: &mut KafkaConnectionState,
     ) -> Result<(), ActorProcessingErr> {
         let KafkaConnectionMsg::Frame(frame, permit) = message;
-        let keep_open = state.handle_frame(frame).await;
+        let span = state.ctx.span.clone();
+        let keep_open = state.handle_frame(frame).instrument(span).await;
         drop(permit);
         if !keep_open {
             let _ = state.writer.shutdown().await;

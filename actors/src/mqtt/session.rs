@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tracing::Instrument;
 
 use crate::context::NodeContext;
 use crate::mqtt::ack_gate::{AckGate, Released};
@@ -218,10 +219,11 @@ impl Actor for MqttSession {
         message: SessionMsg,
         shell: &mut SessionShell,
     ) -> Result<(), ActorProcessingErr> {
-        if let Some(tail) = shell.on_message(message) {
+        let span = shell.ctx.span.clone();
+        if let Some(tail) = span.in_scope(|| shell.on_message(message)) {
             // the rare asynchronous part runs boxed: this future is allocated for its largest
             // await in every session's message loop, so it stays a few pointers wide
-            Box::pin(shell.finish(&myself, tail)).await;
+            Box::pin(shell.finish(&myself, tail).instrument(span)).await;
         }
         // wills published while handling the message
         shell.fanout.send();

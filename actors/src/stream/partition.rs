@@ -96,6 +96,8 @@ pub struct PartitionArgs {
     pub high_watermark: watch::Sender<i64>,
     /// Record batches are cut at about this many bytes.
     pub max_batch_bytes: usize,
+    /// The node's span, which the actor's messages run in.
+    pub span: tracing::Span,
 }
 
 /// The `PartitionReplica` actor.
@@ -142,6 +144,8 @@ impl Actor for PartitionReplica {
         message: PartitionMsg,
         state: &mut PartitionState,
     ) -> Result<(), ActorProcessingErr> {
+        let span = state.args.span.clone();
+        let _entered = span.enter(); // the handler does not await
         match message {
             PartitionMsg::AppendMqtt(record, notice) => {
                 state.pending.push((record, notice));
@@ -394,6 +398,7 @@ mod tests {
             store: store.clone(),
             high_watermark,
             max_batch_bytes: 1 << 20,
+            span: tracing::Span::none(),
         };
         Actor::spawn(None, PartitionReplica, args).await.unwrap().0
     }

@@ -92,6 +92,8 @@ pub struct StreamRegistry {
     log_store: Arc<dyn LogStore>,
     /// Serialises create/delete/extend so that concurrent admin calls do not interleave.
     admin: tokio::sync::Mutex<()>,
+    /// The node's span, for the partition actors.
+    span: tracing::Span,
 }
 
 impl std::fmt::Debug for StreamRegistry {
@@ -109,6 +111,7 @@ impl StreamRegistry {
             state_store,
             log_store,
             admin: tokio::sync::Mutex::new(()),
+            span: tracing::Span::current(),
         }
     }
 
@@ -164,6 +167,7 @@ impl StreamRegistry {
             store: Arc::clone(&self.log_store),
             high_watermark,
             max_batch_bytes: MAX_BATCH_BYTES,
+            span: self.span.clone(),
         };
         let (actor, _) =
             Actor::spawn(None, PartitionReplica, args).await.map_err(|e| StreamError::Spawn(e.to_string()))?;
