@@ -168,17 +168,23 @@ pub fn check(history: &History, fsync: Fsync, writers: u32) -> Vec<Violation> {
         }
     }
 
-    // committed offsets never go backwards
-    for &(fetched, at) in &history.fetched_commits {
-        let committed = history.commits.iter().filter(|(_, acked)| *acked <= at).max_by_key(|(offset, _)| *offset);
-        if let Some(&(offset, acked_at)) = committed
-            && fetched < offset
-            && !may_be_lost(acked_at)
-        {
-            violate(
-                InvariantId::GroupOffsetBackwards,
-                format!("group offset {offset} committed at {acked_at} ms read back as {fetched} at {at} ms"),
-            );
+    // committed offsets never go backwards: a member-less group, and a member of a real one
+    for (group, commits, fetches) in
+        [("g", &history.commits, &history.fetched_commits), ("cg", &history.group_commits, &history.group_fetched)]
+    {
+        for &(fetched, at) in fetches {
+            let committed = commits.iter().filter(|(_, acked)| *acked <= at).max_by_key(|(offset, _)| *offset);
+            if let Some(&(offset, acked_at)) = committed
+                && fetched < offset
+                && !may_be_lost(acked_at)
+            {
+                violate(
+                    InvariantId::GroupOffsetBackwards,
+                    format!(
+                        "group {group}: offset {offset} committed at {acked_at} ms read back as {fetched} at {at} ms"
+                    ),
+                );
+            }
         }
     }
 

@@ -45,6 +45,12 @@ pub struct History {
     pub commits: Vec<(i64, u64)>,
     /// Committed offsets fetched back: (offset, fetch time ms).
     pub fetched_commits: Vec<(i64, u64)>,
+    /// The consumer group member's commits acknowledged: (offset, ack time ms).
+    pub group_commits: Vec<(i64, u64)>,
+    /// The committed offset the member found at each (re)join: (offset, time ms).
+    pub group_fetched: Vec<(i64, u64)>,
+    /// Whether the producer finished.
+    pub producer_done: bool,
     /// Will rounds: round → (published expected, judged, will deliveries seen).
     pub wills: BTreeMap<u32, WillRound>,
     /// Records read back from the bound stream (MQTT) after the liveness phase.

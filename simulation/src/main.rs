@@ -1,8 +1,8 @@
 //! `tidewater-simulation`: run seeds, print a summary, replay one with `SIM_SEED=<n>`.
 //!
-//!     cargo run -p tidewater-simulation --release -- --seeds 100 [--first-seed S]
-//!     cargo run -p tidewater-simulation --release -- --regressions simulation/regression-seeds.txt --minutes 3
-//!     SIM_SEED=42 cargo run -p tidewater-simulation --release
+//!     simulation/run --seeds 100 [--first-seed S]
+//!     simulation/run --regressions simulation/regression-seeds.txt --minutes 3
+//!     SIM_SEED=42 simulation/run
 #![allow(clippy::disallowed_methods)] // a campaign measures wall time and draws its first seed from the OS
 
 use std::collections::BTreeMap;
@@ -41,7 +41,9 @@ struct Cli {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     if !cfg!(tokio_unstable) {
-        eprintln!("warning: built without --cfg tokio_unstable: tokio's own randomness is not seeded");
+        eprintln!(
+            "warning: built without --cfg tokio_unstable (use simulation/run): tokio's own randomness is not seeded"
+        );
     }
     if let Ok(seed) = std::env::var("SIM_SEED") {
         let Ok(seed) = seed.trim().parse::<u64>() else {
@@ -91,6 +93,7 @@ fn main() -> std::process::ExitCode {
     );
 
     let started = Instant::now();
+    let interactive = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let mut summary = Summary::default();
     let mut next_random = first.wrapping_add(cli.seeds);
     let mut index = 0usize;
@@ -109,21 +112,30 @@ fn main() -> std::process::ExitCode {
         let wall = seed_started.elapsed().as_secs_f64();
         summary.add(&report, wall);
         if !report.violations.is_empty() || cli.verbose {
-            eprint!("\r\x1b[K");
+            if interactive {
+                eprint!("\r\x1b[K");
+            }
             print_report(&report, wall, !report.violations.is_empty());
         }
-        let total = seeds.len().max(index);
-        let filled = (index * 30 / total.max(1)).min(30);
-        eprint!(
-            "\r[{}{}] {index} seeds, {} failed, {:.0} s",
-            "#".repeat(filled),
-            ".".repeat(30 - filled),
-            summary.failed_seeds.len(),
-            started.elapsed().as_secs_f64()
-        );
-        let _ = std::io::stderr().flush();
+        if interactive {
+            let total = seeds.len().max(index);
+            let filled = (index * 30 / total.max(1)).min(30);
+            eprint!(
+                "\r[{}{}] {index} seeds, {} failed, {:.0} s",
+                "#".repeat(filled),
+                ".".repeat(30 - filled),
+                summary.failed_seeds.len(),
+                started.elapsed().as_secs_f64()
+            );
+            let _ = std::io::stderr().flush();
+        } else if index.is_multiple_of(250) {
+            // a log, not a terminal: a line now and then instead of a bar
+            eprintln!("{index} seeds, {} failed, {:.0} s", summary.failed_seeds.len(), started.elapsed().as_secs_f64());
+        }
     }
-    eprintln!();
+    if interactive {
+        eprintln!();
+    }
     summary.print(started.elapsed());
     if summary.failed_seeds.is_empty() { std::process::ExitCode::SUCCESS } else { std::process::ExitCode::FAILURE }
 }
@@ -156,7 +168,7 @@ fn print_report(report: &SeedReport, wall: f64, details: bool) {
             println!("  ... and {} more", report.violations.len() - 20);
         }
         if !report.violations.is_empty() {
-            println!("  replay: SIM_SEED={} cargo run -p tidewater-simulation --release", report.options.seed);
+            println!("  replay: SIM_SEED={} simulation/run", report.options.seed);
         }
     }
 }

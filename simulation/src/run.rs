@@ -192,7 +192,7 @@ pub fn run_seed(options: &Options) -> SeedReport {
         });
     }
 
-    let writers = options.publishers + 3;
+    let writers = options.publishers + 4;
     sim.client("sub", workload::subscriber(history.clone(), options.seed, options.client_drops, writers));
     for id in 0..options.publishers {
         let qos = if id % 2 == 0 { 1 } else { 2 };
@@ -202,6 +202,7 @@ pub fn run_seed(options: &Options) -> SeedReport {
     }
     sim.client("producer", workload::producer(history.clone(), options.seed, options.kafka_batches));
     sim.client("committer", workload::committer(history.clone(), 20));
+    sim.client("member", workload::group_consumer(history.clone()));
     sim.client("willer", workload::will_client(history.clone(), options.seed, 4));
     sim.client("retainer", workload::retainer(history.clone(), options.seed, 12));
     sim.client("reader", workload::reader(history.clone(), writers));

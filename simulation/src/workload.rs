@@ -484,6 +484,107 @@ pub async fn producer(history: Shared, seed: u64, batches: u32) -> turmoil::Resu
         }
         sleep_ms(rng.random_range(0..400)).await;
     }
+    let mut h = history.borrow_mut();
+    h.writers_done += 1;
+    h.producer_done = true;
+    Ok(())
+}
+
+/// Kafka error codes that send a group member back to JoinGroup.
+const REJOIN: [i16; 4] = [22, 25, 27, 16];
+
+/// A consumer group member (JoinGroup, SyncGroup, Heartbeat, OffsetFetch, OffsetCommit with its
+/// generation) consuming the free stream until it has committed its end.
+pub async fn group_consumer(history: Shared) -> turmoil::Result {
+    const GROUP: &str = "cg";
+    let mut conn: Option<KafkaConn<TcpStream>> = None;
+    let mut member = String::new();
+    let mut generation = -1;
+    let mut position = 0i64;
+    let wait = Duration::from_secs(2);
+    for _ in 0..5000 {
+        let Some(c) = conn.as_mut() else {
+            conn = kafka_connect().await;
+            if conn.is_none() {
+                sleep_ms(100).await;
+            }
+            continue;
+        };
+        if generation < 0 {
+            let Ok(Ok((code, joined, member_id, leader))) =
+                tokio::time::timeout(wait, c.join_group(GROUP, &member, 6000)).await
+            else {
+                conn = None;
+                continue;
+            };
+            if code != 0 {
+                if code == 25 {
+                    member.clear();
+                }
+                sleep_ms(200).await;
+                continue;
+            }
+            member = member_id;
+            let assignment = (leader == member).then(|| Bytes::from_static(b"\0\0"));
+            match tokio::time::timeout(wait, c.sync_group(GROUP, joined, &member, assignment)).await {
+                Ok(Ok((0, _))) => {}
+                Ok(Ok(_)) => {
+                    sleep_ms(200).await;
+                    continue;
+                }
+                _ => {
+                    conn = None;
+                    continue;
+                }
+            }
+            let Ok(Ok(committed)) = tokio::time::timeout(wait, c.offset_fetch(GROUP, FREE_STREAM, 0)).await else {
+                conn = None;
+                continue;
+            };
+            generation = joined;
+            position = committed.max(0);
+            let mut h = history.borrow_mut();
+            h.group_fetched.push((committed, now_ms()));
+            h.trace(now_ms(), format!("group member joined generation {joined} at {committed}"));
+        }
+        let Ok(Ok(fetched)) = tokio::time::timeout(wait, c.fetch(FREE_STREAM, &[(0, position)], 1 << 16, 200)).await
+        else {
+            conn = None;
+            continue;
+        };
+        let mut next = position;
+        if let Some((_, Ok(data))) = fetched.into_iter().next() {
+            kafka::for_each_batch(&data.records, |_, _, end| next = next.max(end));
+        }
+        if next > position {
+            match tokio::time::timeout(wait, c.offset_commit_as(GROUP, generation, &member, FREE_STREAM, 0, next)).await
+            {
+                Ok(Ok(0)) => {
+                    history.borrow_mut().group_commits.push((next, now_ms()));
+                    position = next;
+                }
+                Ok(Ok(code)) if REJOIN.contains(&code) => generation = -1,
+                Ok(Ok(_)) => sleep_ms(100).await,
+                _ => conn = None,
+            }
+            continue;
+        }
+        match tokio::time::timeout(wait, c.heartbeat(GROUP, generation, &member)).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(_)) => generation = -1,
+            _ => {
+                conn = None;
+                continue;
+            }
+        }
+        if history.borrow().producer_done
+            && let Ok(Ok(ends)) = tokio::time::timeout(wait, c.list_offsets(FREE_STREAM, 1, -1)).await
+            && position >= ends[0]
+        {
+            break;
+        }
+        sleep_ms(300).await;
+    }
     history.borrow_mut().writers_done += 1;
     Ok(())
 }

@@ -119,7 +119,50 @@ pub fn validate_batch(bytes: &[u8]) -> Result<BatchHeader, StorageError> {
     if header.last_offset_delta < 0 {
         return Err(StorageError::invalid_batch(format!("negative last offset delta {}", header.last_offset_delta)));
     }
+    if header.compression() == 0 {
+        check_records(&bytes[BATCH_HEADER_LEN..], &header)?;
+    }
     Ok(header)
+}
+
+/// Checks the records of a batch (uncompressed bytes after the header) against its header:
+/// as many records as its record count, offset deltas strictly increasing, the last one equal
+/// to the last offset delta, nothing after the last record. A batch that disagrees with its
+/// own header would be stored with offsets no reader can follow.
+pub fn check_records(records: &[u8], header: &BatchHeader) -> Result<(), StorageError> {
+    let mut reader = Reader { bytes: records };
+    let mut count: i64 = 0;
+    let mut last_delta: Option<i32> = None;
+    while !reader.bytes.is_empty() {
+        let length =
+            usize::try_from(reader.varint()?).map_err(|_| StorageError::invalid_batch("negative record length"))?;
+        let mut record = Reader { bytes: reader.take(length)? };
+        let _attributes = record.take(1)?;
+        let _timestamp_delta = record.varlong()?;
+        let offset_delta = record.varint()?;
+        if last_delta.is_some_and(|previous| offset_delta <= previous) || offset_delta < 0 {
+            return Err(StorageError::invalid_batch(format!(
+                "record offset delta {offset_delta} after {}",
+                last_delta.unwrap_or(-1)
+            )));
+        }
+        last_delta = Some(offset_delta);
+        count += 1;
+    }
+    if count != i64::from(header.record_count) {
+        return Err(StorageError::invalid_batch(format!(
+            "record count {} but the batch holds {count} records",
+            header.record_count
+        )));
+    }
+    if last_delta.is_some_and(|delta| delta != header.last_offset_delta) {
+        return Err(StorageError::invalid_batch(format!(
+            "last offset delta {} but the last record has {}",
+            header.last_offset_delta,
+            last_delta.unwrap_or(-1)
+        )));
+    }
+    Ok(())
 }
 
 /// Splits concatenated RecordBatch v2 bytes (a Kafka produce `records` field) into batches,
@@ -391,6 +434,27 @@ mod tests {
         assert_eq!(header.max_timestamp, 1_005);
         assert_eq!(header.producer_id, -1);
         assert_eq!(header.batch_length as usize, bytes.len() - 12);
+    }
+
+    /// `sample()` with its header field at `at` (4 bytes) replaced and the CRC redone.
+    fn patched(at: usize, value: i32) -> Vec<u8> {
+        let mut bytes = sample().to_vec();
+        bytes[at..at + 4].copy_from_slice(&value.to_be_bytes());
+        let crc = crc32c::crc32c(&bytes[CRC_COVERS_FROM..]);
+        bytes[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_be_bytes());
+        bytes
+    }
+
+    #[test]
+    fn a_batch_whose_header_disagrees_with_its_records_is_refused() {
+        // record count (at 57) and last offset delta (at 23), with a valid CRC each time
+        for (at, value, expected) in
+            [(57, 3, "record count 3"), (57, 1, "record count 1"), (23, 5, "last offset delta 5")]
+        {
+            let error = validate_batch(&patched(at, value)).unwrap_err().to_string();
+            assert!(error.contains(expected), "{error}");
+        }
+        assert!(validate_batch(&patched(57, 2)).is_ok());
     }
 
     #[test]

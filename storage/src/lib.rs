@@ -20,8 +20,8 @@ mod memory;
 mod conformance_tests;
 
 pub use batch::{
-    BATCH_HEADER_LEN, BatchHeader, DecodedRecord, NewRecord, build_record_batch, decode_records, split_batches,
-    validate_batch,
+    BATCH_HEADER_LEN, BatchHeader, DecodedRecord, NewRecord, build_record_batch, check_records, decode_records,
+    split_batches, validate_batch,
 };
 pub use error::StorageError;
 pub use fjall_store::{FjallStore, FsyncPolicy};

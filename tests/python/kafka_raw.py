@@ -47,11 +47,12 @@ def _vbytes(data) -> bytes:
     return _varint(-1) if data is None else _varint(len(data)) + data
 
 
-def record_batch(values, keys=None, timestamp_ms=None, corrupt=False, producer=(-1, -1, -1)) \
-        -> bytes:
+def record_batch(values, keys=None, timestamp_ms=None, corrupt=False, producer=(-1, -1, -1),
+                 record_count=None, last_offset_delta=None) -> bytes:
     """An uncompressed RecordBatch v2 with base offset 0; `producer` is (producer id, epoch,
     base sequence) for an idempotent producer; `corrupt` flips a byte of the last record after
-    the CRC was computed."""
+    the CRC was computed; `record_count` and `last_offset_delta` override the header's (with a
+    valid CRC: a batch that lies about its records)."""
     ts = int(time.time() * 1000) if timestamp_ms is None else timestamp_ms
     keys = keys or [None] * len(values)
     records = b""
@@ -60,8 +61,9 @@ def record_batch(values, keys=None, timestamp_ms=None, corrupt=False, producer=(
                 + _varint(0))
         records += _varint(len(body)) + body
     pid, epoch, sequence = producer
-    after_crc = (struct.pack(">hiqqqhii", 0, len(values) - 1, ts, ts, pid, epoch, sequence,
-                             len(values)) + records)
+    count = len(values) if record_count is None else record_count
+    last = len(values) - 1 if last_offset_delta is None else last_offset_delta
+    after_crc = struct.pack(">hiqqqhii", 0, last, ts, ts, pid, epoch, sequence, count) + records
     crc = crc32c(after_crc)
     if corrupt:
         after_crc = after_crc[:-2] + bytes([after_crc[-2] ^ 0xFF]) + after_crc[-1:]

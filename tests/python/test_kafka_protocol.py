@@ -72,6 +72,20 @@ def test_crc_checked_and_batches_served_as_sent(make_broker):
         (0, b"k1", b"one"), (1, None, b"two"), (2, b"k3", b"three")]
 
 
+def test_a_batch_that_lies_about_its_records_is_corrupt(make_broker):
+    """Record count or last offset delta that disagree with the records (CRC valid) get
+    CORRUPT_MESSAGE and nothing is stored; kafka-python could not read past such a batch."""
+    broker = kafka_broker(make_broker)
+    topic = unique("lies")
+    create_stream(broker, topic, partitions=1)
+    with RawKafka(broker) as raw:
+        for lie in ({"record_count": 2}, {"record_count": 4}, {"last_offset_delta": 7}):
+            error, _, message = raw.produce(topic, 0, record_batch([b"a", b"b", b"c"], **lie))
+            assert error == CORRUPT_MESSAGE, (lie, error, message)
+        assert raw.list_offsets(topic, 0) == (0, 0), "a lying batch was appended"
+        assert raw.produce(topic, 0, record_batch([b"a", b"b", b"c"]))[:2] == (0, 0)
+
+
 def test_produce_errors(make_broker):
     bound = unique("bound")
     broker = kafka_broker(make_broker, kafka={"max_message_bytes": 2048}, streams=[

@@ -543,8 +543,7 @@ mod tests {
             reading: true,
         };
         let size = std::mem::size_of_val(&io.run());
-        // 512 bytes before every build used --cfg tokio_unstable (tokio's timer grows with it)
-        assert!(size <= 576, "ConnectionIo::run's future is {size} bytes");
+        assert!(size <= 512, "ConnectionIo::run's future is {size} bytes");
         let task = serve_connection(ctx, Box::new(tokio::io::duplex(64).0), "127.0.0.1:1".parse().expect("addr"));
         let size = std::mem::size_of_val(&task);
         assert!(size <= 1024, "serve_connection's future is {size} bytes: box the handshake's awaits");

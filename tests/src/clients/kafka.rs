@@ -11,20 +11,28 @@ use anyhow::{Context, bail};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::offset_commit_request::{OffsetCommitRequestPartition, OffsetCommitRequestTopic};
 use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::sync_group_request::SyncGroupRequestAssignment;
 use kafka_protocol::messages::{
-    ApiKey, BrokerId, CreateTopicsRequest, FetchRequest, FetchResponse, GroupId, InitProducerIdRequest,
-    ListOffsetsRequest, OffsetCommitRequest, OffsetFetchRequest, ProduceRequest, ProduceResponse, ProducerId,
-    RequestHeader, ResponseHeader, TopicName,
+    ApiKey, BrokerId, CreateTopicsRequest, FetchRequest, FetchResponse, GroupId, HeartbeatRequest,
+    InitProducerIdRequest, JoinGroupRequest, ListOffsetsRequest, OffsetCommitRequest, OffsetFetchRequest,
+    ProduceRequest, ProduceResponse, ProducerId, RequestHeader, ResponseHeader, SyncGroupRequest, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, Request, StrBytes};
 use tidewater_storage::{NewRecord, build_record_batch};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+/// JoinGroup version the client speaks (member ids assigned by the coordinator).
+pub const JOIN_GROUP_VERSION: i16 = 5;
+/// SyncGroup version the client speaks.
+pub const SYNC_GROUP_VERSION: i16 = 5;
+/// Heartbeat version the client speaks.
+pub const HEARTBEAT_VERSION: i16 = 4;
 /// Produce version the client speaks (flexible, no topic ids).
 pub const PRODUCE_VERSION: i16 = 9;
 /// Fetch version the client speaks (flexible, topic names).
@@ -244,10 +252,95 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> KafkaConn<S> {
         partition: i32,
         offset: i64,
     ) -> anyhow::Result<i16> {
+        self.offset_commit_as(group, -1, "", topic, partition, offset).await
+    }
+
+    /// Joins `group` (the classic protocol, "consumer" type, one range protocol); answers the
+    /// member id the coordinator asks for (MEMBER_ID_REQUIRED) by joining again with it.
+    /// Returns (error code, generation, member id, leader id).
+    pub async fn join_group(
+        &mut self,
+        group: &str,
+        member_id: &str,
+        session_timeout_ms: i32,
+    ) -> anyhow::Result<(i16, i32, String, String)> {
+        let mut member = member_id.to_string();
+        for _ in 0..2 {
+            let request = JoinGroupRequest::default()
+                .with_group_id(group_id(group))
+                .with_session_timeout_ms(session_timeout_ms)
+                .with_rebalance_timeout_ms(session_timeout_ms)
+                .with_member_id(StrBytes::from_string(member.clone()))
+                .with_protocol_type(StrBytes::from_static_str("consumer"))
+                .with_protocols(vec![
+                    JoinGroupRequestProtocol::default()
+                        .with_name(StrBytes::from_static_str("range"))
+                        .with_metadata(Bytes::from_static(b"\0\0\0\0\0\0\0\0")),
+                ]);
+            let response = self.call(JOIN_GROUP_VERSION, &request).await?;
+            member = response.member_id.to_string();
+            // 79: MEMBER_ID_REQUIRED
+            if response.error_code == 79 {
+                continue;
+            }
+            return Ok((response.error_code, response.generation_id, member, response.leader.to_string()));
+        }
+        bail!("join group {group}: the coordinator kept asking for a member id")
+    }
+
+    /// SyncGroup: the leader gives `assignment` to itself (a one-member group), a follower
+    /// gives none. Returns (error code, assignment).
+    pub async fn sync_group(
+        &mut self,
+        group: &str,
+        generation: i32,
+        member_id: &str,
+        assignment: Option<Bytes>,
+    ) -> anyhow::Result<(i16, Bytes)> {
+        let assignments = assignment
+            .map(|bytes| {
+                vec![
+                    SyncGroupRequestAssignment::default()
+                        .with_member_id(StrBytes::from_string(member_id.to_string()))
+                        .with_assignment(bytes),
+                ]
+            })
+            .unwrap_or_default();
+        let request = SyncGroupRequest::default()
+            .with_group_id(group_id(group))
+            .with_generation_id(generation)
+            .with_member_id(StrBytes::from_string(member_id.to_string()))
+            .with_protocol_type(Some(StrBytes::from_static_str("consumer")))
+            .with_protocol_name(Some(StrBytes::from_static_str("range")))
+            .with_assignments(assignments);
+        let response = self.call(SYNC_GROUP_VERSION, &request).await?;
+        Ok((response.error_code, response.assignment))
+    }
+
+    /// Heartbeat of a member; the error code.
+    pub async fn heartbeat(&mut self, group: &str, generation: i32, member_id: &str) -> anyhow::Result<i16> {
+        let request = HeartbeatRequest::default()
+            .with_group_id(group_id(group))
+            .with_generation_id(generation)
+            .with_member_id(StrBytes::from_string(member_id.to_string()));
+        Ok(self.call(HEARTBEAT_VERSION, &request).await?.error_code)
+    }
+
+    /// Commits `offset` for `group` as member `member_id` of `generation` (-1 and "" for a
+    /// simple consumer); the partition's error code.
+    pub async fn offset_commit_as(
+        &mut self,
+        group: &str,
+        generation: i32,
+        member_id: &str,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+    ) -> anyhow::Result<i16> {
         let request = OffsetCommitRequest::default()
             .with_group_id(group_id(group))
-            .with_generation_id_or_member_epoch(-1)
-            .with_member_id(StrBytes::default())
+            .with_generation_id_or_member_epoch(generation)
+            .with_member_id(StrBytes::from_string(member_id.to_string()))
             .with_topics(vec![OffsetCommitRequestTopic::default().with_name(topic_name(topic)).with_partitions(vec![
                 OffsetCommitRequestPartition::default().with_partition_index(partition).with_committed_offset(offset),
             ])]);

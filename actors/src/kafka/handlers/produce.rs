@@ -56,7 +56,7 @@ pub async fn produce(ctx: &NodeContext, request: ProduceRequest, version: i16) -
                 ));
                 continue;
             }
-            let batches = match split_batches(&records) {
+            let batches = match split_batches(&records).and_then(check_compressed) {
                 Ok(batches) if !batches.is_empty() => batches,
                 Ok(_) => {
                     partition_responses.push(reply(codes::CORRUPT_MESSAGE, Some("no record batch".to_string())));
@@ -136,4 +136,36 @@ pub fn init_producer_id(ctx: &NodeContext, request: InitProducerIdRequest) -> In
                 .with_producer_epoch(-1)
         }
     }
+}
+
+/// Checks compressed batches against their headers, as `validate_batch` does for uncompressed
+/// ones (record count, last offset delta): the records are decompressed to be counted.
+fn check_compressed(batches: Vec<Bytes>) -> Result<Vec<Bytes>, tidewater_storage::StorageError> {
+    for batch in &batches {
+        let header = tidewater_storage::BatchHeader::parse(batch)?;
+        if header.compression() == 0 {
+            continue;
+        }
+        let invalid = |reason: String| tidewater_storage::StorageError::InvalidBatch(reason);
+        let mut bytes = batch.clone();
+        let decoded = kafka_protocol::records::RecordBatchDecoder::decode(&mut bytes)
+            .map_err(|error| invalid(format!("cannot decompress: {error}")))?;
+        let records = decoded.records;
+        if records.len() as i64 != i64::from(header.record_count) {
+            return Err(invalid(format!(
+                "record count {} but the batch holds {} records",
+                header.record_count,
+                records.len()
+            )));
+        }
+        let last = header.base_offset + i64::from(header.last_offset_delta);
+        if records.last().is_some_and(|record| record.offset != last) {
+            return Err(invalid(format!(
+                "last offset delta {} but the last record has {}",
+                header.last_offset_delta,
+                records.last().map_or(-1, |record| record.offset - header.base_offset)
+            )));
+        }
+    }
+    Ok(batches)
 }
