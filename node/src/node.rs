@@ -103,11 +103,14 @@ impl Node {
             clock,
             rng,
         });
-        let restore = |what: &'static str| move |error: String| NodeError::Restore { what, detail: error };
-        let retained = ctx.router.load_retained().map_err(|e| restore("retained messages")(e.to_string()))?;
-        let sessions = ctx.sessions.restore(&ctx).await.map_err(|e| restore("persistent sessions")(e.to_string()))?;
-        let streams = ctx.streams.restore(&config.streams).await.map_err(|e| restore("streams")(e.to_string()))?;
-        let groups = ctx.groups.restore(&ctx).await;
+        let (retained, sessions, streams, groups) = match restore(&ctx, &config).await {
+            Ok(counts) => counts,
+            Err(error) => {
+                // what was restored before the failure must not live on beside a later start
+                stop_actors(&ctx).await;
+                return Err(error);
+            }
+        };
         ctx.sessions.resume().await;
         tracing::info!(retained, sessions, streams, groups, data_dir = %config.data_dir.display(), "storage opened");
         if config.auth.allow_anonymous {
@@ -197,9 +200,7 @@ impl NodeHandle {
         for task in self.listeners {
             let _ = tokio::time::timeout(LISTENER_STOP_TIMEOUT, task).await;
         }
-        self.ctx.sessions.shutdown().await;
-        self.ctx.groups.shutdown().await;
-        self.ctx.streams.shutdown().await;
+        stop_actors(&self.ctx).await;
         self.ctx.state_store.sync()?;
         self.ctx.log_store.sync()?;
         for mut task in self.background {
@@ -210,6 +211,23 @@ impl NodeHandle {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// Loads retained messages, sessions, streams and groups; their counts.
+async fn restore(ctx: &NodeContext, config: &Config) -> Result<(usize, usize, usize, usize), NodeError> {
+    let failed = |what: &'static str| move |error: String| NodeError::Restore { what, detail: error };
+    let retained = ctx.router.load_retained().map_err(|e| failed("retained messages")(e.to_string()))?;
+    let sessions = ctx.sessions.restore(ctx).await.map_err(|e| failed("persistent sessions")(e.to_string()))?;
+    let streams = ctx.streams.restore(&config.streams).await.map_err(|e| failed("streams")(e.to_string()))?;
+    let groups = ctx.groups.restore(ctx).await;
+    Ok((retained, sessions, streams, groups))
+}
+
+/// Stops sessions (persisting them), consumer groups and partitions (after what they hold).
+async fn stop_actors(ctx: &NodeContext) {
+    ctx.sessions.shutdown().await;
+    ctx.groups.shutdown().await;
+    ctx.streams.shutdown().await;
 }
 
 /// Applies stream retention every `period` until shutdown.

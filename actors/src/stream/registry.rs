@@ -147,9 +147,18 @@ impl StreamRegistry {
     }
 
     async fn start(&self, def: StreamDef) -> Result<Arc<Stream>, StreamError> {
-        let mut partitions = Vec::with_capacity(def.partitions as usize);
+        let mut partitions: Vec<PartitionHandle> = Vec::with_capacity(def.partitions as usize);
         for index in 0..def.partitions {
-            partitions.push(self.start_partition(&def.name, index).await?);
+            match self.start_partition(&def.name, index).await {
+                Ok(partition) => partitions.push(partition),
+                Err(error) => {
+                    // a stream starts whole or not at all
+                    for started in &partitions {
+                        let _ = started.actor.drain_and_wait(Some(SHUTDOWN_TIMEOUT)).await;
+                    }
+                    return Err(error);
+                }
+            }
         }
         let stream = Arc::new(Stream { def, partitions, round_robin: AtomicU32::new(0) });
         if let (StreamKind::Bound, Some(filter)) = (stream.def.kind, &stream.def.filter) {
