@@ -429,6 +429,14 @@ async fn read_retained() -> Option<Option<u32>> {
     }
 }
 
+/// Opens a Kafka connection into `conn`, or waits a little when the node does not answer.
+async fn reconnect(conn: &mut Option<KafkaConn<TcpStream>>) {
+    *conn = kafka_connect().await;
+    if conn.is_none() {
+        sleep_ms(100).await;
+    }
+}
+
 async fn kafka_connect() -> Option<KafkaConn<TcpStream>> {
     let stream = tokio::time::timeout(Duration::from_secs(1), TcpStream::connect((NODE, 9092))).await.ok()?.ok()?;
     Some(KafkaConn::new(stream))
@@ -449,10 +457,7 @@ pub async fn producer(history: Shared, seed: u64, batches: u32) -> turmoil::Resu
     while batch < batches && attempts < 3000 {
         attempts += 1;
         let Some(c) = conn.as_mut() else {
-            conn = kafka_connect().await;
-            if conn.is_none() {
-                sleep_ms(100).await;
-            }
+            reconnect(&mut conn).await;
             continue;
         };
         let Some((producer_id, epoch)) = producer else {
@@ -504,10 +509,7 @@ pub async fn group_consumer(history: Shared) -> turmoil::Result {
     let wait = Duration::from_secs(2);
     for _ in 0..5000 {
         let Some(c) = conn.as_mut() else {
-            conn = kafka_connect().await;
-            if conn.is_none() {
-                sleep_ms(100).await;
-            }
+            reconnect(&mut conn).await;
             continue;
         };
         if generation < 0 {
@@ -597,10 +599,7 @@ pub async fn committer(history: Shared, commits: i64) -> turmoil::Result {
     while offset <= commits && attempts < 3000 {
         attempts += 1;
         let Some(c) = conn.as_mut() else {
-            conn = kafka_connect().await;
-            if conn.is_none() {
-                sleep_ms(100).await;
-            }
+            reconnect(&mut conn).await;
             continue;
         };
         match tokio::time::timeout(Duration::from_secs(2), c.offset_commit("g", FREE_STREAM, 0, offset)).await {

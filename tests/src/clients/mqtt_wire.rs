@@ -252,16 +252,23 @@ pub struct Publish {
 /// Parses a PUBLISH body.
 #[inline]
 pub fn parse_publish(flags: u8, body: &[u8]) -> Option<Publish> {
+    let (qos, _, packet_id, payload) = split_publish(flags, body)?;
+    Some(Publish { qos, packet_id, stamp: parse_stamp(payload) })
+}
+
+/// A PUBLISH body's parts: (qos, topic bytes, packet id, payload).
+#[inline]
+fn split_publish(flags: u8, body: &[u8]) -> Option<(u8, &[u8], u16, &[u8])> {
     let qos = (flags >> 1) & 0x03;
     let topic_len = u16::from_be_bytes([*body.first()?, *body.get(1)?]) as usize;
+    let topic = body.get(2..2 + topic_len)?;
     let mut at = 2 + topic_len;
     let mut packet_id = 0;
     if qos > 0 {
         packet_id = u16::from_be_bytes([*body.get(at)?, *body.get(at + 1)?]);
         at += 2;
     }
-    let payload = body.get(at..)?;
-    Some(Publish { qos, packet_id, stamp: parse_stamp(payload) })
+    Some((qos, topic, packet_id, body.get(at..)?))
 }
 
 /// A received PUBLISH borrowed from the read buffer, every field of it.
@@ -283,19 +290,11 @@ pub struct PublishPacket<'a> {
 
 /// Parses a PUBLISH's flags and body into topic, payload, flags and packet id; None if malformed.
 pub fn parse_publish_full(flags: u8, body: &[u8]) -> Option<PublishPacket<'_>> {
-    let qos = (flags >> 1) & 0x03;
+    let (qos, topic, packet_id, payload) = split_publish(flags, body)?;
     if qos == 3 {
         return None;
     }
-    let topic_len = u16::from_be_bytes([*body.first()?, *body.get(1)?]) as usize;
-    let topic = std::str::from_utf8(body.get(2..2 + topic_len)?).ok()?;
-    let mut at = 2 + topic_len;
-    let mut packet_id = 0;
-    if qos > 0 {
-        packet_id = u16::from_be_bytes([*body.get(at)?, *body.get(at + 1)?]);
-        at += 2;
-    }
-    let payload = body.get(at..)?;
+    let topic = std::str::from_utf8(topic).ok()?;
     Some(PublishPacket { topic, payload, dup: flags & 0x08 != 0, qos, retain: flags & 0x01 != 0, packet_id })
 }
 
