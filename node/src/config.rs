@@ -12,7 +12,7 @@ use tidewater_actors::mqtt::auth::{AclRule, Authorizer, PasswordHash, Permission
 use tidewater_actors::mqtt::topic;
 use tidewater_actors::stream::def::StreamDef;
 use tidewater_actors::{KafkaSettings, MqttSettings};
-use tidewater_storage::FsyncPolicy;
+use tidewater_storage::{FsyncPolicy, SegmentOptions};
 
 /// A configuration that cannot be used; the message names the key.
 #[derive(Debug, thiserror::Error)]
@@ -150,11 +150,21 @@ pub struct ClusterConfig {
 pub struct StorageConfig {
     /// `always` or `interval:<ms>`.
     pub fsync: String,
+    /// A partition's segment file is rolled before it grows past this (as Kafka's `segment.bytes`).
+    pub segment_bytes: u64,
+    /// A segment is rolled when a batch is this much younger than its first (ms of record time,
+    /// as Kafka's `segment.ms`).
+    pub segment_ms: u64,
 }
 
 impl Default for StorageConfig {
     fn default() -> Self {
-        Self { fsync: "interval:100".to_string() }
+        let segments = SegmentOptions::default();
+        Self {
+            fsync: "interval:100".to_string(),
+            segment_bytes: segments.segment_bytes,
+            segment_ms: segments.segment_ms as u64,
+        }
     }
 }
 
@@ -275,7 +285,7 @@ impl Config {
         if mqtt.connect_timeout_ms == 0 {
             return Err(invalid("mqtt.connect_timeout_ms", "must be at least 1"));
         }
-        self.fsync_policy()?;
+        self.segment_options()?;
         if !(1..=10_000).contains(&self.kafka.default_partitions) {
             return Err(invalid("kafka.default_partitions", "must be between 1 and 10000"));
         }
@@ -314,6 +324,23 @@ impl Config {
     /// The durability policy of `storage.fsync`.
     pub fn fsync_policy(&self) -> Result<FsyncPolicy, ConfigError> {
         FsyncPolicy::from_str(&self.storage.fsync).map_err(|e| invalid("storage.fsync", e.to_string()))
+    }
+
+    /// How partition logs are laid out and synced (`[storage]`).
+    pub fn segment_options(&self) -> Result<SegmentOptions, ConfigError> {
+        let storage = &self.storage;
+        if !(4096..=SegmentOptions::MAX_SEGMENT_BYTES).contains(&storage.segment_bytes) {
+            let reason = format!("must be between 4096 and {}", SegmentOptions::MAX_SEGMENT_BYTES);
+            return Err(invalid("storage.segment_bytes", reason));
+        }
+        let segment_ms = i64::try_from(storage.segment_ms).ok().filter(|ms| *ms >= 1);
+        let segment_ms = segment_ms.ok_or_else(|| invalid("storage.segment_ms", "must be between 1 and 2^63-1"))?;
+        Ok(SegmentOptions {
+            fsync: self.fsync_policy()?,
+            segment_bytes: storage.segment_bytes,
+            segment_ms,
+            ..SegmentOptions::default()
+        })
     }
 
     /// The Kafka settings for the actors.
@@ -382,6 +409,10 @@ mod tests {
         assert!(error.contains("mqtt.max_inflight"), "{error}");
         let error = load_toml("[storage]\nfsync = \"sometimes\"\n").unwrap_err().to_string();
         assert!(error.contains("storage.fsync"), "{error}");
+        let error = load_toml("[storage]\nsegment_bytes = 100\n").unwrap_err().to_string();
+        assert!(error.contains("storage.segment_bytes"), "{error}");
+        let error = load_toml("[storage]\nsegment_ms = 0\n").unwrap_err().to_string();
+        assert!(error.contains("storage.segment_ms"), "{error}");
         let error = load_toml("[mqtt]\nmax_inflight = \"many\"\n").unwrap_err().to_string();
         assert!(error.contains("max_inflight"), "{error}");
     }

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tidewater_actors::seams::{MonotonicClock, NodeRng, TokioNet};
-use tidewater_storage::FjallStore;
+use tidewater_storage::{FjallStore, SegmentStore};
 
 use config::{Config, Overrides};
 
@@ -149,14 +149,19 @@ async fn run(config: Config) -> anyhow::Result<()> {
     tidewater_actors::metrics::describe();
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
-    let store = Arc::new(
+    // small state in fjall, partition logs as segment files (storage/src/segment_store.rs)
+    let state_store = Arc::new(
         FjallStore::open(&config.data_dir.join("store"), config.fsync_policy()?)
             .with_context(|| format!("cannot open storage in {}", config.data_dir.display()))?,
     );
+    let log_store = Arc::new(
+        SegmentStore::open(&config.data_dir.join("logs"), config.segment_options()?)
+            .with_context(|| format!("cannot open the partition logs in {}", config.data_dir.display()))?,
+    );
     let node = Node::start(Parts {
         config,
-        state_store: store.clone(),
-        log_store: store,
+        state_store,
+        log_store,
         net: Arc::new(TokioNet),
         clock: Arc::new(MonotonicClock::from_system()),
         rng: NodeRng::from_os(),

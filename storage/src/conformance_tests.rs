@@ -1,4 +1,5 @@
-//! One test suite run against both stores, so the in-memory twin and fjall cannot drift.
+//! One test suite per seam run against every store behind it, so the in-memory twin cannot
+//! drift from production: the state suite against fjall, the log suite against segment files.
 
 use bytes::Bytes;
 
@@ -6,10 +7,6 @@ use crate::{
     LogStore, NewRecord, PartitionId, PartitionOffsets, StateOp, StateStore, StorageError, build_record_batch,
     decode_records,
 };
-
-/// A store under test, with whatever keeps it alive (a temporary directory).
-pub(crate) trait Store: StateStore + LogStore {}
-impl<T: StateStore + LogStore> Store for T {}
 
 pub(crate) fn pid(stream: &str, partition: u32) -> PartitionId {
     PartitionId { stream: stream.to_owned(), partition }
@@ -36,7 +33,7 @@ fn offsets(log_start: i64, log_end: i64, high_watermark: i64) -> PartitionOffset
 }
 
 /// Appends batches of the given sizes with increasing timestamps; returns their bases.
-fn fill(store: &dyn Store, id: &PartitionId, sizes: &[usize]) -> Vec<i64> {
+fn fill(store: &dyn LogStore, id: &PartitionId, sizes: &[usize]) -> Vec<i64> {
     sizes
         .iter()
         .enumerate()
@@ -48,7 +45,7 @@ fn bases(batches: &[crate::FetchedBatch]) -> Vec<i64> {
     batches.iter().map(|batch| batch.base_offset).collect()
 }
 
-pub(crate) fn state_put_get_delete(store: &dyn Store) {
+pub(crate) fn state_put_get_delete(store: &dyn StateStore) {
     assert_eq!(store.get("sessions", b"a").unwrap(), None);
     store.put("sessions", b"a", b"1").unwrap();
     store.put("sessions", b"a", b"2").unwrap();
@@ -59,10 +56,10 @@ pub(crate) fn state_put_get_delete(store: &dyn Store) {
     store.delete("never-written", b"a").unwrap();
     assert_eq!(store.get("sessions", b"a").unwrap(), None);
     assert_eq!(store.get("retained", b"a").unwrap(), Some(b"other space".to_vec()));
-    StateStore::sync(store).unwrap();
+    store.sync().unwrap();
 }
 
-pub(crate) fn state_scan_and_delete_prefix(store: &dyn Store) {
+pub(crate) fn state_scan_and_delete_prefix(store: &dyn StateStore) {
     for key in [&b"ab"[..], b"a", b"abc", b"ab\xff", b"ac", b"b"] {
         store.put("space", key, key).unwrap();
     }
@@ -78,7 +75,7 @@ pub(crate) fn state_scan_and_delete_prefix(store: &dyn Store) {
     assert_eq!(left, vec![b"a".to_vec(), b"ac".to_vec(), b"b".to_vec()]);
 }
 
-pub(crate) fn state_write_batch(store: &dyn Store) {
+pub(crate) fn state_write_batch(store: &dyn StateStore) {
     store.put("one", b"gone", b"x").unwrap();
     store
         .write_batch(vec![
@@ -94,7 +91,7 @@ pub(crate) fn state_write_batch(store: &dyn Store) {
     assert_eq!(store.get("one", b"gone").unwrap(), None);
 }
 
-pub(crate) fn log_partitions_lifecycle(store: &dyn Store) {
+pub(crate) fn log_partitions_lifecycle(store: &dyn LogStore) {
     let (b, a1, a0) = (pid("b", 0), pid("a", 1), pid("a", 0));
     assert!(matches!(store.offsets(&a0), Err(StorageError::UnknownPartition { .. })));
     assert!(matches!(store.append(&a0, 0, batch(1, 1)), Err(StorageError::UnknownPartition { .. })));
@@ -116,7 +113,7 @@ pub(crate) fn log_partitions_lifecycle(store: &dyn Store) {
     assert_eq!(store.offsets(&a1).unwrap(), offsets(0, 0, 0), "other partitions untouched");
 }
 
-pub(crate) fn log_append_assigns_contiguous_offsets(store: &dyn Store) {
+pub(crate) fn log_append_assigns_contiguous_offsets(store: &dyn LogStore) {
     let id = pid("s", 0);
     store.create_partition(&id).unwrap();
     let mut expected_end = 0;
@@ -145,7 +142,7 @@ pub(crate) fn log_append_assigns_contiguous_offsets(store: &dyn Store) {
     assert_eq!(store.size_bytes(&id).unwrap(), total);
 }
 
-pub(crate) fn log_append_rejects_invalid_batches(store: &dyn Store) {
+pub(crate) fn log_append_rejects_invalid_batches(store: &dyn LogStore) {
     let id = pid("s", 0);
     store.create_partition(&id).unwrap();
     let good = batch(2, 5);
@@ -161,7 +158,7 @@ pub(crate) fn log_append_rejects_invalid_batches(store: &dyn Store) {
     assert_eq!(store.append(&id, 0, good).unwrap().base_offset, 0);
 }
 
-pub(crate) fn log_read_from_the_middle_of_a_batch(store: &dyn Store) {
+pub(crate) fn log_read_from_the_middle_of_a_batch(store: &dyn LogStore) {
     let id = pid("s", 0);
     store.create_partition(&id).unwrap();
     fill(store, &id, &[4, 4, 4]);
@@ -176,7 +173,7 @@ pub(crate) fn log_read_from_the_middle_of_a_batch(store: &dyn Store) {
     assert!(matches!(store.read(&id, -1, 1, i64::MAX), Err(StorageError::OffsetOutOfRange { .. })));
 }
 
-pub(crate) fn log_read_respects_max_bytes_and_upper_bound(store: &dyn Store) {
+pub(crate) fn log_read_respects_max_bytes_and_upper_bound(store: &dyn LogStore) {
     let id = pid("s", 0);
     store.create_partition(&id).unwrap();
     fill(store, &id, &[3, 3, 3, 3]);
@@ -193,7 +190,7 @@ pub(crate) fn log_read_respects_max_bytes_and_upper_bound(store: &dyn Store) {
     assert_eq!(bases(&store.read(&id, 5, 0, 9).unwrap()), vec![3]);
 }
 
-pub(crate) fn log_high_watermark_is_clamped(store: &dyn Store) {
+pub(crate) fn log_high_watermark_is_clamped(store: &dyn LogStore) {
     let id = pid("s", 0);
     store.create_partition(&id).unwrap();
     fill(store, &id, &[5]);
@@ -205,7 +202,7 @@ pub(crate) fn log_high_watermark_is_clamped(store: &dyn Store) {
     assert_eq!(store.offsets(&id).unwrap().high_watermark, 0);
 }
 
-pub(crate) fn log_offset_for_timestamp(store: &dyn Store) {
+pub(crate) fn log_offset_for_timestamp(store: &dyn LogStore) {
     let id = pid("s", 0);
     store.create_partition(&id).unwrap();
     assert_eq!(store.offset_for_timestamp(&id, 0).unwrap(), None);
@@ -230,7 +227,7 @@ pub(crate) fn log_offset_for_timestamp(store: &dyn Store) {
     assert_eq!(store.offset_for_timestamp(&id, 22).unwrap(), Some(6));
 }
 
-pub(crate) fn log_truncate_before(store: &dyn Store) {
+pub(crate) fn log_truncate_before(store: &dyn LogStore) {
     let id = pid("s", 0);
     store.create_partition(&id).unwrap();
     fill(store, &id, &[3, 3, 3]);
@@ -258,7 +255,23 @@ pub(crate) fn log_truncate_before(store: &dyn Store) {
     assert_eq!(bases(&store.read(&id, 20, usize::MAX, i64::MAX).unwrap()), vec![20]);
 }
 
-pub(crate) fn log_truncate_after(store: &dyn Store) {
+pub(crate) fn log_retention_offset_for_bytes(store: &dyn LogStore) {
+    let id = pid("s", 0);
+    store.create_partition(&id).unwrap();
+    assert_eq!(store.retention_offset_for_bytes(&id, 0).unwrap(), None, "empty");
+    fill(store, &id, &[3, 3, 3, 3]);
+    let one = store.size_bytes(&id).unwrap() / 4;
+    assert_eq!(store.retention_offset_for_bytes(&id, 4 * one).unwrap(), None, "everything fits");
+    assert_eq!(store.retention_offset_for_bytes(&id, 4 * one - 1).unwrap(), Some(3));
+    assert_eq!(store.retention_offset_for_bytes(&id, 2 * one).unwrap(), Some(6));
+    assert_eq!(store.retention_offset_for_bytes(&id, one + 1).unwrap(), Some(9));
+    assert_eq!(store.retention_offset_for_bytes(&id, 0).unwrap(), Some(9), "never the last batch");
+    store.truncate_before(&id, 4).unwrap();
+    assert_eq!(store.retention_offset_for_bytes(&id, 2 * one).unwrap(), Some(6), "counts only what is left");
+    assert_eq!(store.retention_offset_for_bytes(&id, 3 * one).unwrap(), None);
+}
+
+pub(crate) fn log_truncate_after(store: &dyn LogStore) {
     let id = pid("s", 0);
     store.create_partition(&id).unwrap();
     fill(store, &id, &[3, 3, 3]);
@@ -296,13 +309,16 @@ macro_rules! conformance_suite {
     };
 }
 
-macro_rules! all_conformance_tests {
+macro_rules! state_conformance_tests {
+    ($make:expr) => {
+        conformance_suite!($make, state_put_get_delete, state_scan_and_delete_prefix, state_write_batch);
+    };
+}
+
+macro_rules! log_conformance_tests {
     ($make:expr) => {
         conformance_suite!(
             $make,
-            state_put_get_delete,
-            state_scan_and_delete_prefix,
-            state_write_batch,
             log_partitions_lifecycle,
             log_append_assigns_contiguous_offsets,
             log_append_rejects_invalid_batches,
@@ -311,18 +327,37 @@ macro_rules! all_conformance_tests {
             log_high_watermark_is_clamped,
             log_offset_for_timestamp,
             log_truncate_before,
+            log_retention_offset_for_bytes,
             log_truncate_after,
         );
     };
 }
 
 mod memory_store {
-    all_conformance_tests!((crate::MemoryStore::new(), None));
+    state_conformance_tests!((crate::MemoryStore::new(), None));
+    mod log {
+        log_conformance_tests!((crate::MemoryStore::new(), None));
+    }
 }
 
 mod fjall_store {
-    all_conformance_tests!({
+    state_conformance_tests!({
         let dir = tempfile::tempdir().unwrap();
         (crate::FjallStore::open(dir.path(), crate::FsyncPolicy::Always).unwrap(), Some(dir))
     });
+}
+
+mod segment_store {
+    log_conformance_tests!({
+        let dir = tempfile::tempdir().unwrap();
+        (crate::SegmentStore::open(dir.path(), crate::SegmentOptions::default()).unwrap(), Some(dir))
+    });
+    mod tiny_segments {
+        // every batch or two rolls a segment, and the indexes are dense
+        log_conformance_tests!({
+            let dir = tempfile::tempdir().unwrap();
+            let options = crate::SegmentOptions { segment_bytes: 150, index_interval_bytes: 1, ..Default::default() };
+            (crate::SegmentStore::open(dir.path(), options).unwrap(), Some(dir))
+        });
+    }
 }

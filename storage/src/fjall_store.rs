@@ -1,32 +1,31 @@
-//! The production store: state spaces and partition logs in one fjall database.
+//! The production [`StateStore`]: small keyed state in one fjall database (sessions,
+//! retained messages, stream definitions, group offsets). Partition logs are segment files
+//! (`segment_store`), not fjall values: fjall would write every batch twice.
 //!
-//! This is the disk behind the storage seam (and, for its interval fsync, the crate's one
+//! This is the disk behind the storage seam (and, for its interval fsync, one background
 //! thread), so the seam lints do not apply to it.
 //!
-//! Layout (see `keys`): one keyspace per state space (`state.<name>`, created lazily), and
-//! four shared log keyspaces keyed by a partition's internal id, so a fetch from any offset
-//! is a reverse point lookup in the index and a forward range over the batches.
+//! Layout: one keyspace per state space (`state.<name>`, created lazily).
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
-mod keys;
-mod log;
-mod recovery;
 #[cfg(test)]
 mod tests;
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::str::FromStr;
-use std::sync::{Arc, mpsc};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
-use fjall::{
-    CompressionType, Database, Keyspace, KeyspaceCreateOptions, KvSeparationOptions, OwnedWriteBatch, PersistMode,
-};
-use parking_lot::{Mutex, RwLock};
+use fjall::{CompressionType, Database, Keyspace, KeyspaceCreateOptions, OwnedWriteBatch, PersistMode};
+use parking_lot::RwLock;
 
-use crate::{PartitionId, PartitionOffsets, StateOp, StateStore, StorageError};
+use crate::flusher::Flusher;
+use crate::{StateOp, StateStore, StorageError};
+
+/// Prefix of the keyspace holding one state space.
+const STATE_PREFIX: &str = "state.";
+/// A keyspace of the layout that kept partition logs in fjall (before segment files).
+const OLD_LOG_KEYSPACE: &str = "log.batches";
 
 /// When writes reach the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,7 +55,7 @@ impl FromStr for FsyncPolicy {
     }
 }
 
-/// A [`StateStore`] and [`crate::LogStore`] on a fjall database in one directory.
+/// A [`StateStore`] on a fjall database in one directory.
 ///
 /// With [`FsyncPolicy::Interval`] the store owns one background thread that fsyncs the
 /// journal at that interval (fjall 3 has no timed fsync of its own); it stops, after a last
@@ -67,24 +66,6 @@ pub struct FjallStore {
     db: Database,
     fsync: FsyncPolicy,
     spaces: RwLock<BTreeMap<&'static str, Keyspace>>,
-    batches: Keyspace,
-    index: Keyspace,
-    time: Keyspace,
-    meta: Keyspace,
-    partitions: RwLock<BTreeMap<PartitionId, Arc<Mutex<PartitionState>>>>,
-    next_internal_id: Mutex<u64>,
-}
-
-/// The live state of one partition; its mutex serializes writers of that partition.
-#[derive(Debug, Clone, Copy)]
-struct PartitionState {
-    internal_id: u64,
-    offsets: PartitionOffsets,
-    size_bytes: u64,
-    /// The largest max timestamp stored so far (the time index's last key).
-    time_max: Option<i64>,
-    /// Set once the partition is deleted, for writers that raced the deletion.
-    deleted: bool,
 }
 
 impl std::fmt::Debug for FjallStore {
@@ -94,37 +75,25 @@ impl std::fmt::Debug for FjallStore {
 }
 
 impl FjallStore {
-    /// Opens (or creates) the store in `path`, cutting any corrupt log tail.
+    /// Opens (or creates) the store in `path`.
+    ///
+    /// A store of the layout that kept partition logs in fjall is refused: there has been
+    /// no release, so it is not converted (README, "Changelog").
     pub fn open(path: &Path, fsync: FsyncPolicy) -> Result<Self, StorageError> {
         std::fs::create_dir_all(path)?;
-        // values of 4 KiB and more (every Kafka batch of any size) would be LZ4-compressed into
-        // the journal by default: 15 % of the broker's CPU at 280 MB/s of incompressible produce
         let db = Database::builder(path).journal_compression(CompressionType::None).open()?;
-        // batches are stored as the producer sent them, as Kafka does: a batch the client
-        // compressed is not compressed again, and fjall's LZ4 over incompressible values cost
-        // CPU on every write and every read (backlog consume 1.0 vs 1.4 GB/s, BENCHMARKS.md)
-        let batches = db.keyspace(keys::BATCHES, || {
-            KeyspaceCreateOptions::default()
-                .with_kv_separation(Some(KvSeparationOptions::default().compression(CompressionType::None)))
-        })?;
-        let index = db.keyspace(keys::INDEX, KeyspaceCreateOptions::default)?;
-        let time = db.keyspace(keys::TIME, KeyspaceCreateOptions::default)?;
-        let meta = db.keyspace(keys::META, KeyspaceCreateOptions::default)?;
-        let mut store = Self {
-            flusher: None,
-            db,
-            fsync,
-            spaces: RwLock::new(BTreeMap::new()),
-            batches,
-            index,
-            time,
-            meta,
-            partitions: RwLock::new(BTreeMap::new()),
-            next_internal_id: Mutex::new(1),
-        };
-        store.recover()?;
+        if db.keyspace_exists(OLD_LOG_KEYSPACE) {
+            return Err(StorageError::CorruptMetadata(format!(
+                "{} holds partition logs in the pre-segment layout, which this version does not read; \
+                 start with an empty data_dir",
+                path.display()
+            )));
+        }
+        let mut store = Self { flusher: None, db, fsync, spaces: RwLock::new(BTreeMap::new()) };
         if let FsyncPolicy::Interval(interval) = fsync {
-            store.flusher = Some(Flusher::start(store.db.clone(), interval)?);
+            let db = store.db.clone();
+            let sync = move || db.persist(PersistMode::SyncAll).map_err(StorageError::from);
+            store.flusher = Some(Flusher::start("tidewater-fsync", interval, sync)?);
         }
         Ok(store)
     }
@@ -172,7 +141,7 @@ impl FjallStore {
 
 /// The keyspace name of a state space (fjall allows 1 to 255 bytes).
 fn space_name(name: &str) -> Result<String, StorageError> {
-    let full = format!("{}{name}", keys::STATE_PREFIX);
+    let full = format!("{STATE_PREFIX}{name}");
     if name.is_empty() || full.len() > 255 {
         return Err(StorageError::InvalidSpaceName(name.to_owned()));
     }
@@ -241,42 +210,5 @@ impl StateStore for FjallStore {
     fn sync(&self) -> Result<(), StorageError> {
         self.db.persist(PersistMode::SyncAll)?;
         Ok(())
-    }
-}
-
-/// The background fsync of [`FsyncPolicy::Interval`].
-struct Flusher {
-    stop: Option<mpsc::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Flusher {
-    fn start(db: Database, interval: Duration) -> Result<Self, StorageError> {
-        let interval = interval.max(Duration::from_millis(1));
-        let (stop, stopped) = mpsc::channel::<()>();
-        // The one thread of this crate: fjall 3 cannot fsync on a timer itself, and the
-        // store is only used outside the simulation (which uses `MemoryStore`).
-        let thread = std::thread::Builder::new().name("tidewater-fsync".into()).spawn(move || {
-            while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(interval) {
-                if let Err(error) = db.persist(PersistMode::SyncAll) {
-                    tracing::error!(%error, "periodic fsync failed");
-                }
-            }
-            if let Err(error) = db.persist(PersistMode::SyncAll) {
-                tracing::error!(%error, "final fsync failed");
-            }
-        })?;
-        Ok(Self { stop: Some(stop), thread: Some(thread) })
-    }
-}
-
-impl Drop for Flusher {
-    fn drop(&mut self) {
-        drop(self.stop.take());
-        if let Some(thread) = self.thread.take()
-            && thread.join().is_err()
-        {
-            tracing::error!("fsync thread panicked");
-        }
     }
 }

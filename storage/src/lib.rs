@@ -1,20 +1,23 @@
 //! The storage seams of a Tidewater node.
 //!
-//! Two traits, each with a production implementation on fjall and an in-memory twin that
-//! the deterministic simulation uses:
+//! Two traits, each with a production implementation and an in-memory twin that the
+//! deterministic simulation uses:
 //! - [`StateStore`]: small keyed state in named spaces (persistent MQTT sessions, retained
-//!   messages, stream definitions, group offsets);
-//! - [`LogStore`]: partition logs of Kafka `RecordBatch` v2 bytes, indexed by offset and time.
+//!   messages, stream definitions, group offsets), on fjall;
+//! - [`LogStore`]: partition logs of Kafka `RecordBatch` v2 bytes, indexed by offset and time,
+//!   as segment files ([`SegmentStore`]).
 //!
-//! Node code never touches fjall directly: it holds an `Arc<dyn StateStore>` and an
+//! Node code never touches the disk directly: it holds an `Arc<dyn StateStore>` and an
 //! `Arc<dyn LogStore>` in its per-node context.
 
 mod batch;
 mod error;
 mod fjall_store;
+mod flusher;
 mod log;
 mod log_rules;
 mod memory;
+mod segment_store;
 
 #[cfg(test)]
 mod conformance_tests;
@@ -27,6 +30,7 @@ pub use error::StorageError;
 pub use fjall_store::{FjallStore, FsyncPolicy};
 pub use log::{AppendResult, FetchedBatch, LogStore, PartitionId, PartitionOffsets};
 pub use memory::MemoryStore;
+pub use segment_store::{SegmentOptions, SegmentStore};
 
 /// One write in an atomic [`StateStore::write_batch`].
 #[derive(Debug, Clone, PartialEq, Eq)]

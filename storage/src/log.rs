@@ -80,6 +80,10 @@ pub trait LogStore: Send + Sync + 'static {
     fn truncate_after(&self, id: &PartitionId, offset: i64) -> Result<(), StorageError>;
     /// Total stored bytes of the partition.
     fn size_bytes(&self, id: &PartitionId) -> Result<u64, StorageError>;
+    /// Where retention by size keeps the log from: the first batch boundary from which the
+    /// batches to the end fit in `limit` bytes, but never past the last batch's start;
+    /// `None` when nothing has to go.
+    fn retention_offset_for_bytes(&self, id: &PartitionId, limit: u64) -> Result<Option<i64>, StorageError>;
     /// Makes every append so far durable (fsync).
     fn sync(&self) -> Result<(), StorageError>;
 }

@@ -435,6 +435,22 @@ impl LogStore for MemoryStore {
         self.with_log(id, |log| Ok(log.size_bytes))
     }
 
+    fn retention_offset_for_bytes(&self, id: &PartitionId, limit: u64) -> Result<Option<i64>, StorageError> {
+        self.with_log(id, |log| {
+            let mut remaining = log.size_bytes;
+            let mut cut = None;
+            let count = log.batches.len();
+            for batch in log.batches.values().take(count.saturating_sub(1)) {
+                if remaining <= limit {
+                    break;
+                }
+                remaining -= batch.bytes.len() as u64;
+                cut = Some(batch.last_offset + 1);
+            }
+            Ok(cut)
+        })
+    }
+
     fn sync(&self) -> Result<(), StorageError> {
         self.inner.write().sync()
     }

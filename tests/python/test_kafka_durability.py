@@ -1,6 +1,7 @@
 """Retention by time and by size, and SIGKILL of the broker while Kafka producers (acks=all) and
 MQTT QoS 1 publishers write: what was acknowledged is there after a restart, nothing is corrupt."""
 
+import os
 import threading
 import time
 
@@ -8,7 +9,7 @@ import pytest
 from confluent_kafka import KafkaError, TopicPartition
 
 from helpers import Client, unique
-from kafka_helpers import (OFFSET_OUT_OF_RANGE, consumer, create_stream, http_offsets,
+from kafka_helpers import (OFFSET_OUT_OF_RANGE, consumer, create_stream, http, http_offsets,
                            kafka_broker, produce_all, producer, read_partitions, to_rec, wait_for,
                            watermarks)
 from kafka_raw import RawKafka
@@ -230,3 +231,64 @@ def test_sigkill_with_interval_fsync_leaves_no_corruption(make_broker):
         value = rec.value.decode()
         if value in acked:
             assert acked[value] == rec.offset, (value, acked[value], rec.offset)
+
+
+# ---------------------------------------------------------------------------------------------
+# Disk follows retention and deletion
+
+
+def dir_bytes(path) -> int:
+    """Disk blocks used by every file under `path`, in bytes (what `du` counts: fjall's
+    preallocated journal is sparse, so its apparent size would not mean disk)."""
+    total = 0
+    for root, _, names in os.walk(path):
+        for name in names:
+            try:
+                total += os.stat(os.path.join(root, name)).st_blocks * 512
+            except FileNotFoundError:
+                pass  # removed while walking
+    return total
+
+
+def produce_random(broker, topic, megabytes):
+    """`megabytes` MB of incompressible 1 KB records into partition 0; returns how many."""
+    count = megabytes * 1024
+    prod = producer(broker, **{"linger.ms": 20, "batch.size": 262144, "compression.type": "none"})
+    produce_all(prod, topic, [{"value": os.urandom(1024), "partition": 0} for _ in range(count)])
+    return count
+
+
+def test_retention_and_delete_free_the_data_dir(make_broker):
+    # 1 MiB segments, so that retention frees disk a segment at a time
+    broker = kafka_broker(make_broker, kafka=FAST_RETENTION, storage={"segment_bytes": 1048576})
+    kept, doomed = unique("disk"), unique("doomed")
+    create_stream(broker, kept, partitions=1, retention_ms=15000)
+    create_stream(broker, doomed, partitions=1)
+    empty = dir_bytes(broker.data_dir)
+
+    count = produce_random(broker, kept, 30)
+    produce_random(broker, doomed, 20)
+    full = dir_bytes(broker.data_dir)
+    assert full > empty + 45_000_000, (empty, full)
+
+    # once the records expire, retention moves the log start to the end and removes every
+    # segment below it: the data dir gives back the 30 MB
+    wait_for(lambda: watermarks(broker, kept, 0) == (count, count), timeout=40,
+             message="every record of the kept stream expired")
+    wait_for(lambda: dir_bytes(broker.data_dir) < full - 29_000_000, timeout=5,
+             message=f"data dir below {full - 29_000_000} bytes after retention (was {full})")
+
+    # deleting a stream removes its files at once
+    before_delete = dir_bytes(broker.data_dir)
+    status, _, text = http(broker, "DELETE", f"/api/v1/streams/{doomed}")
+    assert status in (200, 204), (status, text)
+    after_delete = dir_bytes(broker.data_dir)
+    assert after_delete < before_delete - 19_000_000, (before_delete, after_delete)
+    assert after_delete < empty + 2_000_000, (empty, after_delete)
+
+    # a restart gives nothing back, and the offsets go on from where they were
+    broker.restart()
+    assert dir_bytes(broker.data_dir) < after_delete + 1_000_000
+    assert watermarks(broker, kept, 0) == (count, count)
+    prod = producer(broker)
+    assert produce_all(prod, kept, [{"value": b"after", "partition": 0}]) == [(0, count)]

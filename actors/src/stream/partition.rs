@@ -354,16 +354,10 @@ impl PartitionState {
                 store.truncate_before(id, keep_from)?;
             }
         }
-        if let Some(limit) = retention_bytes {
-            while store.size_bytes(id)? > limit {
-                let offsets = store.offsets(id)?;
-                let Some(first) = store.read(id, offsets.log_start, 1, i64::MAX)?.into_iter().next() else { break };
-                // never delete the active (last) batch
-                if first.last_offset + 1 >= offsets.log_end {
-                    break;
-                }
-                store.truncate_before(id, first.last_offset + 1)?;
-            }
+        if let Some(limit) = retention_bytes
+            && let Some(keep_from) = store.retention_offset_for_bytes(id, limit)?
+        {
+            store.truncate_before(id, keep_from)?;
         }
         Ok(())
     }
