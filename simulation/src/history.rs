@@ -31,6 +31,8 @@ pub struct History {
     pub trace: Vec<(u64, String)>,
     /// MQTT messages acknowledged to their publisher: id → (qos, ack time ms).
     pub mqtt_acked: BTreeMap<MessageId, (u8, u64)>,
+    /// When each MQTT message was first sent by its publisher (ms).
+    pub mqtt_sent_at: BTreeMap<MessageId, u64>,
     /// Deliveries to the persistent subscriber: id → count.
     pub delivered: BTreeMap<MessageId, u32>,
     /// When the node sent the subscriber a new QoS 2 message under a packet id still in flight (ms).

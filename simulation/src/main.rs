@@ -167,6 +167,9 @@ fn print_report(report: &SeedReport, wall: f64, details: bool) {
         if report.violations.len() > 20 {
             println!("  ... and {} more", report.violations.len() - 20);
         }
+        for tolerated in &report.tolerated {
+            println!("  tolerated (known limit): {tolerated}");
+        }
         if !report.violations.is_empty() {
             println!("  replay: SIM_SEED={} simulation/run", report.options.seed);
         }
@@ -180,6 +183,7 @@ struct Summary {
     by_invariant: BTreeMap<&'static str, u64>,
     simulated_ms: u64,
     wall_secs: f64,
+    tolerated: u64,
 }
 
 impl Summary {
@@ -187,6 +191,7 @@ impl Summary {
         self.seeds += 1;
         self.simulated_ms += report.simulated_ms;
         self.wall_secs += wall;
+        self.tolerated += report.tolerated.len() as u64;
         if !report.violations.is_empty() {
             self.failed_seeds.push(report.options.seed);
         }
@@ -214,6 +219,11 @@ impl Summary {
             println!("| {} | {} |", id.name(), self.by_invariant.get(id.name()).copied().unwrap_or(0));
         }
         println!("| liveness | {} |", self.by_invariant.get("liveness").copied().unwrap_or(0));
+        println!();
+        println!(
+            "tolerated (known limit, not failures): {} QoS 2 duplicates of messages whose PUBREC had not been sent when the node went down",
+            self.tolerated
+        );
         if !self.failed_seeds.is_empty() {
             println!();
             println!("failed seeds: {:?}", self.failed_seeds);

@@ -46,6 +46,9 @@ pub struct Options {
     pub ack_before_durable: bool,
     /// Print the trace after the run (replays).
     pub print_trace: bool,
+    /// The longest delay of a round of the simulated log writer (0: appends are written as
+    /// they are submitted).
+    pub writer_delay_ms: u64,
 }
 
 impl Options {
@@ -71,6 +74,7 @@ impl Options {
             print_trace: false,
             // new draws go last, so that the scenarios of committed seeds stay what they were
             sync_delays: rng.random_bool(0.3),
+            writer_delay_ms: if rng.random_bool(0.7) { rng.random_range(1..=30) } else { 0 },
         }
     }
 }

@@ -17,6 +17,7 @@ use tidewater_node::node::{Node, Parts};
 use tidewater_storage::{FsyncPolicy, MemoryStore};
 
 use crate::checker::{Violation, check};
+use crate::disk::SimulatedLog;
 use crate::history::{History, Shared, now_ms};
 use crate::net::TurmoilNet;
 use crate::options::{Fsync, Options};
@@ -44,6 +45,8 @@ pub struct SeedReport {
     pub trace_len: usize,
     /// What the run did: MQTT acks, Kafka batch acks, subscriber deliveries, records read back.
     pub counts: [usize; 4],
+    /// Known-limit events the checker let pass (see `checker::Verdict`).
+    pub tolerated: Vec<String>,
 }
 
 /// A fault of the plan.
@@ -132,6 +135,7 @@ pub fn run_seed(options: &Options) -> SeedReport {
         Fsync::Interval(ms) => FsyncPolicy::Interval(Duration::from_millis(ms)),
     };
     let store = Arc::new(MemoryStore::with_fsync(policy));
+    let log = Arc::new(SimulatedLog::new(store.clone(), options.writer_delay_ms));
     let context: Rc<RefCell<Option<NodeContext>>> = Rc::new(RefCell::new(None));
     let boots = Rc::new(RefCell::new(0u64));
 
@@ -144,21 +148,22 @@ pub fn run_seed(options: &Options) -> SeedReport {
         .build();
 
     {
-        let (history, store, context, boots, options) =
-            (history.clone(), store.clone(), context.clone(), boots.clone(), options.clone());
+        let (history, store, log, context, boots, options) =
+            (history.clone(), store.clone(), log.clone(), context.clone(), boots.clone(), options.clone());
         sim.host(NODE, move || {
-            let (history, store, context, boots, options) =
-                (history.clone(), store.clone(), context.clone(), boots.clone(), options.clone());
+            let (history, store, log, context, boots, options) =
+                (history.clone(), store.clone(), log.clone(), context.clone(), boots.clone(), options.clone());
             async move {
                 *boots.borrow_mut() += 1;
                 let boot = *boots.borrow();
+                log.start_writer(options.seed ^ boot.wrapping_mul(0x9e37_79b9));
                 // a node that cannot start (an injected sync failure while it loads) is
                 // started again, as a service manager would
                 let node = loop {
                     let started = Node::start(Parts {
                         config: node_config(&options),
                         state_store: store.clone(),
-                        log_store: store.clone(),
+                        log_store: log.clone(),
                         net: Arc::new(TurmoilNet),
                         clock: Arc::new(MonotonicClock::starting_at(EPOCH_MS + now_ms() as i64)),
                         rng: NodeRng::seeded(options.seed.wrapping_mul(31).wrapping_add(boot)),
@@ -258,7 +263,8 @@ pub fn run_seed(options: &Options) -> SeedReport {
             println!("  {at:>7} ms  {event}");
         }
     }
-    let mut violations = check(&history, options.fsync, writers);
+    let verdict = check(&history, options.fsync, writers);
+    let mut violations = verdict.violations;
     if let Some(detail) = failure {
         violations.push(Violation { invariant: None, detail });
     }
@@ -274,6 +280,7 @@ pub fn run_seed(options: &Options) -> SeedReport {
             history.delivered.len(),
             history.bound_read.len() + history.free_read.len(),
         ],
+        tolerated: verdict.tolerated,
     }
 }
 

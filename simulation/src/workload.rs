@@ -137,6 +137,7 @@ pub async fn publisher(history: Shared, id: u32, qos: u8, count: u32, seed: u64,
                 let pkid = (next_seq % 60_000 + 1) as u16;
                 wire::publish_payload(&mut out, &topic, qos, pkid, false, format!("p{id}:{next_seq}").as_bytes());
                 in_flight.insert(pkid, Phase::Sent(next_seq));
+                history.borrow_mut().mqtt_sent_at.insert((id, next_seq), now_ms());
                 order.push_back(pkid);
                 next_seq += 1;
                 send_at = tokio::time::Instant::now() + Duration::from_millis(rng.random_range(0..250));

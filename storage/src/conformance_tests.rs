@@ -4,7 +4,7 @@
 use bytes::Bytes;
 
 use crate::{
-    LogStore, NewRecord, PartitionId, PartitionOffsets, StateOp, StateStore, StorageError, build_record_batch,
+    Append, LogStore, NewRecord, PartitionId, PartitionOffsets, StateOp, StateStore, StorageError, build_record_batch,
     decode_records,
 };
 
@@ -271,6 +271,77 @@ pub(crate) fn log_retention_offset_for_bytes(store: &dyn LogStore) {
     assert_eq!(store.retention_offset_for_bytes(&id, 3 * one).unwrap(), None);
 }
 
+pub(crate) fn log_append_at_checks_the_log_end(store: &dyn LogStore) {
+    let id = pid("s", 0);
+    store.create_partition(&id).unwrap();
+    let at = |base_offset| Append { batch: batch(2, 1), leader_epoch: 0, base_offset };
+    assert_eq!(store.append_at(&id, at(0)).unwrap(), crate::AppendResult { base_offset: 0, last_offset: 1 });
+    for wrong in [0, 1, 3, -1] {
+        let error = store.append_at(&id, at(wrong)).unwrap_err();
+        assert!(matches!(error, StorageError::NotAtLogEnd { expected, log_end: 2 } if expected == wrong), "{error}");
+    }
+    assert_eq!(store.offsets(&id).unwrap().log_end, 2, "nothing written");
+    assert_eq!(store.append_at(&id, at(2)).unwrap().base_offset, 2);
+}
+
+/// Submits appends with the given expected bases; returns each outcome (base offset or
+/// error) in the order the store reported them.
+fn submit_all(store: &dyn LogStore, id: &PartitionId, bases: &[i64]) -> Vec<Result<i64, String>> {
+    let (sender, outcomes) = std::sync::mpsc::channel();
+    for (n, &base_offset) in bases.iter().enumerate() {
+        let sender = sender.clone();
+        let append = Append { batch: batch(2, 10 * n as i64), leader_epoch: 0, base_offset };
+        let done = Box::new(move |result: Result<crate::AppendResult, StorageError>| {
+            let _ = sender.send((n, result.map(|appended| appended.base_offset).map_err(|error| error.to_string())));
+        });
+        store.submit(id, append, done);
+    }
+    let mut seen: Vec<(usize, Result<i64, String>)> = (0..bases.len())
+        .map(|_| outcomes.recv_timeout(std::time::Duration::from_secs(10)).expect("every submit completes"))
+        .collect();
+    let order: Vec<usize> = seen.iter().map(|(n, _)| *n).collect();
+    assert_eq!(order, (0..bases.len()).collect::<Vec<_>>(), "completed in submission order");
+    seen.drain(..).map(|(_, outcome)| outcome).collect()
+}
+
+pub(crate) fn log_submit_reports_in_order_and_checks_offsets(store: &dyn LogStore) {
+    let id = pid("s", 0);
+    store.create_partition(&id).unwrap();
+    let outcomes = submit_all(store, &id, &[0, 2, 9, 4, 6]);
+    assert_eq!(outcomes[..2], [Ok(0), Ok(2)]);
+    assert!(outcomes[2].as_ref().is_err_and(|error| error.contains("log ends at 4")), "{:?}", outcomes[2]);
+    assert_eq!(outcomes[3..], [Ok(4), Ok(6)]);
+    assert_eq!(bases(&store.read(&id, 0, usize::MAX, i64::MAX).unwrap()), vec![0, 2, 4, 6]);
+    let unknown = submit_all(store, &pid("unknown", 0), &[0]);
+    assert!(unknown[0].as_ref().is_err_and(|error| error.contains("unknown partition")));
+}
+
+pub(crate) fn log_epoch_history(store: &dyn LogStore) {
+    let id = pid("s", 0);
+    store.create_partition(&id).unwrap();
+    assert_eq!(store.end_offset_for_epoch(&id, 0).unwrap(), None, "no epoch yet");
+    for epoch in [1, 1, 3, 3, 4] {
+        store.append(&id, epoch, batch(2, 1)).unwrap();
+    }
+    // epochs 1 from 0, 3 from 4, 4 from 8; the log ends at 10
+    assert_eq!(store.end_offset_for_epoch(&id, 4).unwrap(), Some((4, 10)));
+    assert_eq!(store.end_offset_for_epoch(&id, 3).unwrap(), Some((3, 8)));
+    assert_eq!(store.end_offset_for_epoch(&id, 2).unwrap(), Some((1, 4)));
+    assert_eq!(store.end_offset_for_epoch(&id, 0).unwrap(), Some((0, 0)));
+    assert_eq!(store.end_offset_for_epoch(&id, 5).unwrap(), None);
+    store.append(&id, 2, batch(1, 1)).unwrap();
+    assert_eq!(store.end_offset_for_epoch(&id, 4).unwrap(), Some((4, 11)), "an older epoch starts nothing");
+    store.truncate_after(&id, 8).unwrap();
+    assert_eq!(store.end_offset_for_epoch(&id, 4).unwrap(), None, "epoch 4 was cut off");
+    assert_eq!(store.end_offset_for_epoch(&id, 3).unwrap(), Some((3, 8)));
+    store.truncate_before(&id, 6).unwrap();
+    assert_eq!(store.end_offset_for_epoch(&id, 2).unwrap(), Some((2, 6)), "below the log start");
+    store.append(&id, 7, batch(1, 1)).unwrap();
+    assert_eq!(store.end_offset_for_epoch(&id, 3).unwrap(), Some((3, 8)));
+    assert_eq!(store.end_offset_for_epoch(&id, 6).unwrap(), Some((3, 8)));
+    assert_eq!(store.end_offset_for_epoch(&id, 7).unwrap(), Some((7, 9)));
+}
+
 pub(crate) fn log_truncate_after(store: &dyn LogStore) {
     let id = pid("s", 0);
     store.create_partition(&id).unwrap();
@@ -328,6 +399,9 @@ macro_rules! log_conformance_tests {
             log_offset_for_timestamp,
             log_truncate_before,
             log_retention_offset_for_bytes,
+            log_append_at_checks_the_log_end,
+            log_submit_reports_in_order_and_checks_offsets,
+            log_epoch_history,
             log_truncate_after,
         );
     };

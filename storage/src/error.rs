@@ -24,6 +24,14 @@ pub enum StorageError {
         /// The partition's log end offset.
         log_end: i64,
     },
+    /// An append was for another offset than the log end.
+    #[error("append at offset {expected}, but the log ends at {log_end}")]
+    NotAtLogEnd {
+        /// Where the append was meant to start.
+        expected: i64,
+        /// Where the log ends.
+        log_end: i64,
+    },
     /// An fsync policy string did not parse.
     #[error("invalid fsync policy {0:?}: expected \"always\" or \"interval:<ms>\"")]
     InvalidFsyncPolicy(String),

@@ -28,7 +28,8 @@ pub use batch::{
 };
 pub use error::StorageError;
 pub use fjall_store::{FjallStore, FsyncPolicy};
-pub use log::{AppendResult, FetchedBatch, LogStore, PartitionId, PartitionOffsets};
+pub use log::{Append, AppendDone, AppendResult, FetchedBatch, LogStore, PartitionId, PartitionOffsets};
+pub use log_rules::EpochHistory;
 pub use memory::MemoryStore;
 pub use segment_store::{SegmentOptions, SegmentStore};
 

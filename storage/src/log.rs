@@ -33,6 +33,23 @@ pub struct AppendResult {
     pub last_offset: i64,
 }
 
+/// One append: a batch and where it must go.
+#[derive(Debug, Clone)]
+pub struct Append {
+    /// The RecordBatch v2 bytes as received (validated by the store).
+    pub batch: Bytes,
+    /// The partition leader epoch stamped into the batch (outside its CRC); a higher epoch
+    /// than any before starts a new entry of the epoch history at this batch.
+    pub leader_epoch: i32,
+    /// The offset the batch must start at: a leader's own count of its log end, or the
+    /// offset a follower was sent. A log that ends elsewhere fails the append with
+    /// [`StorageError::NotAtLogEnd`] and nothing is written.
+    pub base_offset: i64,
+}
+
+/// Told the outcome of a [`LogStore::submit`].
+pub type AppendDone = Box<dyn FnOnce(Result<AppendResult, StorageError>) + Send>;
+
 /// One stored batch handed back by a fetch, exactly as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FetchedBatch {
@@ -54,10 +71,29 @@ pub trait LogStore: Send + Sync + 'static {
     fn delete_partition(&self, id: &PartitionId) -> Result<(), StorageError>;
     /// All partitions present, in order.
     fn partitions(&self) -> Result<Vec<PartitionId>, StorageError>;
-    /// Appends one RecordBatch v2: rewrites its base offset to the log end and its
-    /// partition leader epoch to `leader_epoch`, recomputes nothing else (the CRC does not
-    /// cover those fields), stores it, and returns the assigned offsets.
-    fn append(&self, id: &PartitionId, leader_epoch: i32, batch: Bytes) -> Result<AppendResult, StorageError>;
+    /// Appends one RecordBatch v2 at `append.base_offset`, which must be the log end:
+    /// rewrites the batch's base offset and partition leader epoch, recomputes nothing else
+    /// (the CRC does not cover those fields), stores it, and returns its offsets. It is
+    /// written, and synced when the fsync policy is `always`, before this returns.
+    fn append_at(&self, id: &PartitionId, append: Append) -> Result<AppendResult, StorageError>;
+    /// [`LogStore::append_at`] at the current log end (for a caller that is the partition's
+    /// only writer and has nothing in flight).
+    fn append(&self, id: &PartitionId, leader_epoch: i32, batch: Bytes) -> Result<AppendResult, StorageError> {
+        let base_offset = self.offsets(id)?.log_end;
+        self.append_at(id, Append { batch, leader_epoch, base_offset })
+    }
+    /// Queues an append without waiting for the disk: `done` is told its outcome once it is
+    /// written and, with `fsync = always`, synced. A store with a writer thread calls `done`
+    /// there; this default appends at once and calls `done` before returning. Appends of one
+    /// partition complete in the order they were submitted; one that fails makes every later
+    /// one already submitted fail too (their base offsets no longer match the log end).
+    fn submit(&self, id: &PartitionId, append: Append, done: AppendDone) {
+        done(self.append_at(id, append));
+    }
+    /// Kafka's OffsetForLeaderEpoch from the persisted epoch history: the largest epoch at
+    /// or below `epoch` and the offset where it ended (the log end for the latest epoch), or
+    /// `None` when `epoch` is above every epoch known or the history is empty.
+    fn end_offset_for_epoch(&self, id: &PartitionId, epoch: i32) -> Result<Option<(i32, i64)>, StorageError>;
     /// Whole batches from the one containing `offset`, up to about `max_bytes` (at least one
     /// batch when any exists at or after `offset`), stopping before `upper_bound`.
     fn read(

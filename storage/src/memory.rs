@@ -17,13 +17,13 @@
 
 use std::collections::BTreeMap;
 
-use bytes::Bytes;
 use parking_lot::RwLock;
 
 use crate::batch::{rewrite_for_append, validate_batch};
-use crate::log_rules;
+use crate::log_rules::{self, EpochHistory};
 use crate::{
-    AppendResult, FetchedBatch, FsyncPolicy, LogStore, PartitionId, PartitionOffsets, StateOp, StateStore, StorageError,
+    Append, AppendResult, FetchedBatch, FsyncPolicy, LogStore, PartitionId, PartitionOffsets, StateOp, StateStore,
+    StorageError,
 };
 
 #[cfg(test)]
@@ -70,6 +70,7 @@ struct MemoryLog {
     /// Batches by base offset.
     batches: BTreeMap<i64, FetchedBatch>,
     size_bytes: u64,
+    epochs: EpochHistory,
 }
 
 /// One change to the store, applied to `current` when made and to `durable` when synced.
@@ -90,7 +91,7 @@ enum Mutation {
     /// A partition removed with its data.
     DeletePartition(PartitionId),
     /// A batch already rewritten for its base offset, the log end it was appended at.
-    Append { id: PartitionId, batch: FetchedBatch },
+    Append { id: PartitionId, leader_epoch: i32, batch: FetchedBatch },
     /// A high watermark, clamped when applied.
     SetHighWatermark { id: PartitionId, high_watermark: i64 },
     /// A `truncate_before`.
@@ -122,8 +123,9 @@ impl Mutation {
             Self::DeletePartition(id) => {
                 data.logs.remove(id);
             }
-            Self::Append { id, batch } => {
+            Self::Append { id, leader_epoch, batch } => {
                 if let Some(log) = data.logs.get_mut(id) {
+                    log.epochs.assign(*leader_epoch, batch.base_offset);
                     log.append(batch);
                 }
             }
@@ -182,6 +184,7 @@ impl MemoryLog {
             self.size_bytes -= entry.remove().bytes.len() as u64;
         }
         self.offsets = offsets;
+        self.epochs.truncate_from_start(self.offsets.log_start);
     }
 
     fn truncate_after(&mut self, offset: i64) {
@@ -198,6 +201,7 @@ impl MemoryLog {
         }
         let last_remaining = self.batches.values().next_back().map(|batch| batch.last_offset);
         self.offsets = log_rules::truncate_after(self.offsets, offset, last_remaining, first_removed_base);
+        self.epochs.truncate_from_end(self.offsets.log_end);
     }
 }
 
@@ -373,19 +377,27 @@ impl LogStore for MemoryStore {
         Ok(self.inner.read().current.logs.keys().cloned().collect())
     }
 
-    fn append(&self, id: &PartitionId, leader_epoch: i32, batch: Bytes) -> Result<AppendResult, StorageError> {
+    fn append_at(&self, id: &PartitionId, append: Append) -> Result<AppendResult, StorageError> {
         let mut inner = self.inner.write();
         if inner.failing_appends > 0 {
             inner.failing_appends -= 1;
             return Err(injected("append"));
         }
-        let header = validate_batch(&batch)?;
-        let base_offset = inner.current.log(id)?.offsets.log_end;
+        let header = validate_batch(&append.batch)?;
+        let log_end = inner.current.log(id)?.offsets.log_end;
+        if append.base_offset != log_end {
+            return Err(StorageError::NotAtLogEnd { expected: append.base_offset, log_end });
+        }
+        let (base_offset, leader_epoch) = (log_end, append.leader_epoch);
         let last_offset = base_offset + i64::from(header.last_offset_delta);
-        let bytes = rewrite_for_append(&batch, base_offset, leader_epoch);
+        let bytes = rewrite_for_append(&append.batch, base_offset, leader_epoch);
         let batch = FetchedBatch { base_offset, last_offset, max_timestamp: header.max_timestamp, bytes };
-        inner.commit(self.fsync, Mutation::Append { id: id.clone(), batch })?;
+        inner.commit(self.fsync, Mutation::Append { id: id.clone(), leader_epoch, batch })?;
         Ok(AppendResult { base_offset, last_offset })
+    }
+
+    fn end_offset_for_epoch(&self, id: &PartitionId, epoch: i32) -> Result<Option<(i32, i64)>, StorageError> {
+        self.with_log(id, |log| Ok(log.epochs.end_offset_for(epoch, log.offsets.log_end)))
     }
 
     fn read(

@@ -20,21 +20,22 @@ mod files;
 mod segment;
 #[cfg(test)]
 mod tests;
+mod writer;
 
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
 
 use self::segment::{Segment, SegmentView, read_batches, remove_if_present, write_synced};
 use crate::batch::{rewrite_for_append, validate_batch};
 use crate::flusher::Flusher;
 use crate::{
-    AppendResult, FetchedBatch, FsyncPolicy, LogStore, PartitionId, PartitionOffsets, StorageError, log_rules,
+    Append, AppendDone, AppendResult, EpochHistory, FetchedBatch, FsyncPolicy, LogStore, PartitionId, PartitionOffsets,
+    StorageError, log_rules,
 };
 
 /// How a [`SegmentStore`] lays out and syncs its logs.
@@ -70,7 +71,9 @@ impl Default for SegmentOptions {
 
 /// Partition logs as segment files under one directory.
 pub struct SegmentStore {
-    /// Declared first so it stops before the final sync in `drop`.
+    /// Declared first: it finishes what was submitted before the flusher stops.
+    writer: Option<writer::Writer>,
+    /// Stops before the final sync in `drop`.
     flusher: Option<Flusher>,
     inner: Arc<Inner>,
 }
@@ -97,6 +100,8 @@ struct PartitionLog {
     meta_dirty: bool,
     /// Set once deleted, for writers that raced the deletion.
     deleted: bool,
+    /// Leader epochs and where each started, as on disk in `leader-epoch-checkpoint`.
+    epochs: EpochHistory,
 }
 
 impl std::fmt::Debug for SegmentStore {
@@ -156,7 +161,8 @@ impl SegmentStore {
             }
             FsyncPolicy::Always => None,
         };
-        Ok(Self { flusher, inner })
+        let writer = Some(writer::Writer::start(options)?);
+        Ok(Self { writer, flusher, inner })
     }
 
     /// The options the store was opened with.
@@ -172,6 +178,7 @@ impl SegmentStore {
 
 impl Drop for SegmentStore {
     fn drop(&mut self) {
+        drop(self.writer.take());
         drop(self.flusher.take());
         if let Err(error) = self.inner.sync_all() {
             tracing::error!(%error, "final log sync failed");
@@ -226,11 +233,25 @@ impl Inner {
     }
 }
 
+/// Validates a batch for an append (on the caller's thread, not the writer's).
+fn check_append(append: &Append) -> Result<crate::BatchHeader, StorageError> {
+    let header = validate_batch(&append.batch)?;
+    if append.batch.len() as u64 > SegmentOptions::MAX_SEGMENT_BYTES {
+        return Err(StorageError::invalid_batch("batch larger than a segment"));
+    }
+    Ok(header)
+}
+
 /// Writes `partition.meta` by rename, synced.
 fn write_meta(dir: &Path, bytes: &[u8]) -> Result<(), StorageError> {
-    let staging = dir.join(format!("{}.tmp", files::META_FILE));
+    replace_file(dir, files::META_FILE, bytes)
+}
+
+/// Replaces a small file by writing a staging copy and renaming it, all synced.
+fn replace_file(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), StorageError> {
+    let staging = dir.join(format!("{name}.tmp"));
     write_synced(&staging, bytes)?;
-    std::fs::rename(&staging, dir.join(files::META_FILE))?;
+    std::fs::rename(&staging, dir.join(name))?;
     sync_dir(dir)
 }
 
@@ -313,6 +334,12 @@ impl PartitionLog {
                 }
             }
         }
+        let epochs = match std::fs::read(dir.join(files::EPOCHS_FILE)) {
+            Ok(bytes) => EpochHistory::from_entries(files::decode_epochs(&bytes)?),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => EpochHistory::default(),
+            Err(error) => return Err(error.into()),
+        };
+        remove_if_present(&dir.join(format!("{}.tmp", files::EPOCHS_FILE)))?;
         let mut log = Self {
             dir,
             segments,
@@ -322,6 +349,7 @@ impl PartitionLog {
             data_dirty: false,
             meta_dirty: false,
             deleted: false,
+            epochs,
         };
         if let Some(first) = log.segments.first() {
             // a retention whose metadata write was lost to a power loss still removed files
@@ -330,6 +358,13 @@ impl PartitionLog {
         log.drop_segments_below(log.log_start)?;
         let offsets = log.offsets();
         log.high_watermark = log_rules::clamp_high_watermark(&offsets, high_watermark);
+        // a tail cut or retention the checkpoint did not see yet (an epoch may start at the
+        // log end: nothing written in it yet)
+        let mut stale = log.epochs.truncate_from_end(offsets.log_end + 1);
+        stale |= log.epochs.truncate_from_start(offsets.log_start);
+        if stale {
+            log.write_epochs()?;
+        }
         Ok(log)
     }
 
@@ -379,15 +414,24 @@ impl PartitionLog {
         }
     }
 
-    fn append(
+    /// Persists the epoch history (before any batch that depends on it is written).
+    fn write_epochs(&self) -> Result<(), StorageError> {
+        replace_file(&self.dir, files::EPOCHS_FILE, &files::encode_epochs(self.epochs.entries()))
+    }
+
+    /// Writes a validated batch at the log end, rolling the segment first if it is full or
+    /// old, without syncing it (the caller syncs per the policy, or the flusher does).
+    fn write(
         &mut self,
         options: &SegmentOptions,
-        leader_epoch: i32,
-        batch: &[u8],
+        append: &Append,
         mut header: crate::BatchHeader,
     ) -> Result<AppendResult, StorageError> {
         let base_offset = self.log_end();
-        let length = batch.len() as u64;
+        if append.base_offset != base_offset {
+            return Err(StorageError::NotAtLogEnd { expected: append.base_offset, log_end: base_offset });
+        }
+        let length = append.batch.len() as u64;
         let active = self.active();
         let too_big = active.size + length > options.segment_bytes;
         let too_old = active
@@ -399,20 +443,43 @@ impl PartitionLog {
             self.segments.push(Segment::create(&dir, base_offset)?);
             sync_dir(&dir)?;
         }
-        let stored = rewrite_for_append(batch, base_offset, leader_epoch);
-        let active = self.active_mut();
-        active.write(&stored)?;
-        if options.fsync == FsyncPolicy::Always
-            && let Err(error) = active.file.sync_data()
-        {
-            let _ = active.file.set_len(active.size);
-            return Err(error.into());
+        let mut epochs = self.epochs.clone();
+        let new_epoch = epochs.assign(append.leader_epoch, base_offset);
+        if new_epoch {
+            // persisted before the batch: a log never holds an epoch its history lacks
+            std::mem::swap(&mut self.epochs, &mut epochs);
+            if let Err(error) = self.write_epochs() {
+                self.epochs = epochs;
+                return Err(error);
+            }
         }
+        let stored = rewrite_for_append(&append.batch, base_offset, append.leader_epoch);
+        // a failed write leaves the new epoch starting at the log end, on disk and here alike
+        self.active_mut().write(&stored)?;
+        let active = self.active_mut();
         header.base_offset = base_offset;
-        header.partition_leader_epoch = leader_epoch;
+        header.partition_leader_epoch = append.leader_epoch;
         active.note_appended(&header, length, options.index_interval_bytes);
-        self.data_dirty |= options.fsync != FsyncPolicy::Always;
+        self.data_dirty = true;
         Ok(AppendResult { base_offset, last_offset: header.last_offset() })
+    }
+
+    /// Syncs the active segment after writes from `first_base` on; if that fails, they are
+    /// cut off again, so that nothing unsynced stays readable under `always`.
+    fn sync_or_undo(&mut self, options: &SegmentOptions, first_base: i64) -> Result<(), StorageError> {
+        let synced = self.active().file.sync_data();
+        match synced {
+            Ok(()) => {
+                self.data_dirty = false;
+                Ok(())
+            }
+            Err(error) => {
+                if let Err(undo) = self.truncate_after(options, first_base) {
+                    tracing::error!(dir = %self.dir.display(), %undo, "cannot cut an unsynced append");
+                }
+                Err(error.into())
+            }
+        }
     }
 
     /// Where a read of `offset` starts: the segment index and the batch's position.
@@ -485,6 +552,9 @@ impl PartitionLog {
         if self.active().next_offset < offsets.log_end {
             self.restart_at(offsets.log_end)?;
         }
+        if self.epochs.truncate_from_start(self.log_start) {
+            self.write_epochs()?;
+        }
         Ok(())
     }
 
@@ -523,6 +593,9 @@ impl PartitionLog {
         }
         self.log_start = offsets.log_start;
         self.high_watermark = offsets.high_watermark;
+        if self.epochs.truncate_from_end(offsets.log_end) {
+            self.write_epochs()?;
+        }
         self.record_offsets(options)
     }
 }
@@ -572,13 +645,35 @@ impl LogStore for SegmentStore {
         Ok(self.inner.partitions.read().keys().cloned().collect())
     }
 
-    fn append(&self, id: &PartitionId, leader_epoch: i32, batch: Bytes) -> Result<AppendResult, StorageError> {
-        let header = validate_batch(&batch)?;
-        if batch.len() as u64 > SegmentOptions::MAX_SEGMENT_BYTES {
-            return Err(StorageError::invalid_batch("batch larger than a segment"));
-        }
+    fn append_at(&self, id: &PartitionId, append: Append) -> Result<AppendResult, StorageError> {
+        let header = check_append(&append)?;
         let options = self.inner.options;
-        self.inner.with_partition(id, |log| log.append(&options, leader_epoch, &batch, header))
+        self.inner.with_partition(id, |log| {
+            let appended = log.write(&options, &append, header)?;
+            if options.fsync == FsyncPolicy::Always {
+                log.sync_or_undo(&options, appended.base_offset)?;
+            }
+            Ok(appended)
+        })
+    }
+
+    fn submit(&self, id: &PartitionId, append: Append, done: AppendDone) {
+        let header = match check_append(&append) {
+            Ok(header) => header,
+            Err(error) => return done(Err(error)),
+        };
+        let partition = self.inner.partitions.read().get(id).cloned();
+        let Some(partition) = partition else {
+            return done(Err(StorageError::unknown_partition(id)));
+        };
+        match &self.writer {
+            Some(writer) => writer.submit(writer::Job { id: id.clone(), partition, append, header, done }),
+            None => done(Err(writer::stopped())),
+        }
+    }
+
+    fn end_offset_for_epoch(&self, id: &PartitionId, epoch: i32) -> Result<Option<(i32, i64)>, StorageError> {
+        self.inner.with_partition(id, |log| Ok(log.epochs.end_offset_for(epoch, log.log_end())))
     }
 
     fn read(

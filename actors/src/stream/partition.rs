@@ -1,10 +1,18 @@
 //! The `PartitionReplica` actor: the single writer of one (stream, partition) log.
 //!
 //! MQTT messages are group-committed: each one joins a pending list and the first of a run
-//! schedules a `Flush` behind everything already in the mailbox, so one RecordBatch (and one
-//! fsync with `fsync = always`) covers every message that arrived meanwhile. Kafka batches
-//! are appended as sent, after the idempotent-producer sequence check. Readers do not go
-//! through the actor: they read the `LogStore` directly and wait on the high-watermark watch.
+//! schedules a `Flush` behind everything already in the mailbox, so one RecordBatch covers
+//! every message that arrived meanwhile. Kafka batches are appended as sent, after the
+//! idempotent-producer sequence check.
+//!
+//! The actor never waits for the disk: it counts its own log end, submits each batch at that
+//! offset to the store's writer (`LogStore::submit`, which syncs across partitions in one
+//! round), and goes on; the writer's report comes back as a `Written` message, and only then
+//! are the high watermark published and the publishers (MQTT sessions, Kafka producers)
+//! answered, in offset order. A failed append fails every later one already submitted
+//! (their offsets no longer match), after which the actor counts again from the store.
+//! Readers do not go through the actor: they read the `LogStore` directly and wait on the
+//! high-watermark watch.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, VecDeque};
@@ -13,9 +21,10 @@ use std::sync::Arc;
 use bytes::Bytes;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tidewater_storage::{
-    BatchHeader, LogStore, NewRecord, PartitionId, StorageError, build_record_batch, validate_batch,
+    Append, AppendResult, BatchHeader, LogStore, NewRecord, PartitionId, StorageError, build_record_batch,
+    validate_batch,
 };
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use crate::mqtt::session::SessionMsg;
 
@@ -75,6 +84,8 @@ pub enum PartitionMsg {
     Flush,
     /// Append a Kafka RecordBatch v2 as sent.
     AppendBatch(Bytes, RpcReplyPort<Result<Produced, ProduceError>>),
+    /// The store reported on appends this actor submitted (the reports wait in its queue).
+    Written,
     /// Apply retention at `now_ms`.
     ApplyRetention {
         /// Now, ms since the epoch.
@@ -111,12 +122,53 @@ struct ProducerState {
     recent: VecDeque<(i32, i64)>,
 }
 
+/// Who waits for one submitted batch.
+enum Waiter {
+    /// The MQTT sessions whose records the batch holds.
+    Mqtt(Vec<DurableNotice>),
+    /// A Kafka producer.
+    Kafka(ProduceReply),
+}
+
+/// One batch submitted to the store and not answered yet.
+struct Submitted {
+    /// Matches the store's report to the batch.
+    ticket: u64,
+    /// The count it was submitted under; a failure of an older count changes nothing more.
+    generation: u64,
+    base_offset: i64,
+    waiter: Waiter,
+    /// The store's report, once it came (answered only in offset order).
+    report: Option<Result<AppendResult, StorageError>>,
+}
+
+/// Where a produce is answered.
+type ProduceReply = RpcReplyPort<Result<Produced, ProduceError>>;
+
+/// A report of the store on the batch with this ticket.
+type Report = (u64, Result<AppendResult, StorageError>);
+
 /// The actor's state.
 pub struct PartitionState {
     args: PartitionArgs,
+    myself: ActorRef<PartitionMsg>,
     pending: Vec<(MqttRecord, Option<DurableNotice>)>,
     flush_scheduled: bool,
     producers: BTreeMap<i64, ProducerState>,
+    /// Where the next batch goes: the log end once everything submitted is written.
+    next_offset: i64,
+    /// Bumped when a failure makes the actor count again from the store.
+    generation: u64,
+    /// Where a failed append left a tail to cut before the next append.
+    cut_from: Option<i64>,
+    /// Submitted batches in offset order, and where the store's reports on them arrive.
+    in_flight: VecDeque<Submitted>,
+    next_ticket: u64,
+    reports: mpsc::UnboundedReceiver<Report>,
+    report_sender: mpsc::UnboundedSender<Report>,
+    /// Retries of batches still in flight: answered as duplicates once the original is
+    /// written (by its last offset), or failed with it.
+    duplicates: Vec<(i64, ProduceReply, Produced)>,
 }
 
 impl Actor for PartitionReplica {
@@ -126,7 +178,7 @@ impl Actor for PartitionReplica {
 
     async fn pre_start(
         &self,
-        _: ActorRef<PartitionMsg>,
+        myself: ActorRef<PartitionMsg>,
         args: PartitionArgs,
     ) -> Result<PartitionState, ActorProcessingErr> {
         args.store.create_partition(&args.id)?;
@@ -135,7 +187,22 @@ impl Actor for PartitionReplica {
         args.store.set_high_watermark(&args.id, offsets.log_end)?;
         args.high_watermark.send_replace(offsets.log_end);
         let producers = recover_producers(args.store.as_ref(), &args.id, offsets.log_start, offsets.log_end);
-        Ok(PartitionState { args, pending: Vec::new(), flush_scheduled: false, producers })
+        let (report_sender, reports) = mpsc::unbounded_channel();
+        Ok(PartitionState {
+            args,
+            myself,
+            pending: Vec::new(),
+            flush_scheduled: false,
+            producers,
+            next_offset: offsets.log_end,
+            generation: 0,
+            cut_from: None,
+            in_flight: VecDeque::new(),
+            next_ticket: 0,
+            reports,
+            report_sender,
+            duplicates: Vec::new(),
+        })
     }
 
     async fn handle(
@@ -162,7 +229,12 @@ impl Actor for PartitionReplica {
             PartitionMsg::AppendBatch(batch, reply) => {
                 // keep MQTT records ahead of a produce that arrived after them
                 state.flush();
-                let _ = reply.send(state.append_batch(batch));
+                state.append_batch(batch, reply);
+            }
+            PartitionMsg::Written => {
+                while let Ok(report) = state.reports.try_recv() {
+                    state.reported(report);
+                }
             }
             PartitionMsg::ApplyRetention { now_ms, retention_ms, retention_bytes } => {
                 if let Err(error) = state.apply_retention(now_ms, retention_ms, retention_bytes) {
@@ -175,9 +247,21 @@ impl Actor for PartitionReplica {
 
     async fn post_stop(&self, _: ActorRef<PartitionMsg>, state: &mut PartitionState) -> Result<(), ActorProcessingErr> {
         state.flush();
+        // what was submitted is answered before the actor goes (bounded: a stuck disk does
+        // not hold the node's shutdown forever)
+        let deadline = tokio::time::Instant::now() + STOP_WAIT;
+        while !state.in_flight.is_empty() {
+            match tokio::time::timeout_at(deadline, state.reports.recv()).await {
+                Ok(Some(report)) => state.reported(report),
+                _ => break,
+            }
+        }
         Ok(())
     }
 }
+
+/// How long a stopping partition waits for the store to report what it submitted.
+const STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// How much of a partition's tail is read at start to rebuild idempotent-producer state.
 const PRODUCER_RECOVERY_BYTES: usize = 8 * 1024 * 1024;
@@ -233,6 +317,7 @@ fn record_producer_batch(producers: &mut BTreeMap<i64, ProducerState>, header: &
 }
 
 impl PartitionState {
+    /// Submits every pending MQTT record, in batches of about `max_batch_bytes`.
     fn flush(&mut self) {
         if self.pending.is_empty() {
             return;
@@ -264,33 +349,129 @@ impl PartitionState {
                 .collect();
             let base_timestamp = chunk.first().map_or(0, |(r, _)| r.timestamp_ms);
             let batch = build_record_batch(&records, base_timestamp);
-            let result = self.args.store.append(&self.args.id, 0, batch);
-            let ok = match result {
-                Ok(appended) => {
-                    self.publish_high_watermark(appended.last_offset + 1);
-                    true
-                }
-                Err(error) => {
-                    tracing::error!(stream = %self.args.id.stream, partition = self.args.id.partition, %error, "append failed");
-                    false
-                }
-            };
-            // one message per session per flush, not one per record, in the order the sessions
-            // first appear (never by ActorId: it comes from a process-wide counter)
-            let mut notices: Vec<(ActorRef<SessionMsg>, Vec<u64>)> = Vec::new();
-            let mut index: crate::lookup::LookupMap<ractor::ActorId, usize> = crate::lookup::LookupMap::new();
-            for notice in chunk.iter().filter_map(|(_, notice)| notice.as_ref()) {
-                let at = *index.entry(notice.session.get_id()).or_insert_with(|| {
-                    notices.push((notice.session.clone(), Vec::new()));
-                    notices.len() - 1
-                });
-                notices[at].1.push(notice.token);
-            }
-            for (session, tokens) in notices {
-                let _ = session.cast(SessionMsg::Durable { tokens, ok });
-            }
+            let notices = chunk.iter().filter_map(|(_, notice)| notice.clone()).collect();
+            self.submit(batch, chunk.len() as i64, Waiter::Mqtt(notices));
             start = end;
         }
+    }
+
+    /// Submits a batch of `records` records at the counted log end; `None` when it is
+    /// refused at once (its waiter is told through the usual report).
+    fn submit(&mut self, batch: Bytes, records: i64, waiter: Waiter) -> Option<i64> {
+        let ticket = self.next_ticket;
+        self.next_ticket += 1;
+        let mut submitted =
+            Submitted { ticket, generation: self.generation, base_offset: self.next_offset, waiter, report: None };
+        if !self.cut_back() {
+            let refused = StorageError::Io(std::io::Error::other("the log's unacknowledged tail cannot be cut"));
+            submitted.report = Some(Err(refused));
+            self.in_flight.push_back(submitted);
+            self.answer_ready();
+            return None;
+        }
+        let base_offset = self.next_offset;
+        submitted.base_offset = base_offset;
+        self.next_offset += records;
+        self.in_flight.push_back(submitted);
+        let (reports, myself) = (self.report_sender.clone(), self.myself.clone());
+        let append = Append { batch, leader_epoch: 0, base_offset };
+        self.args.store.submit(
+            &self.args.id,
+            append,
+            Box::new(move |report| {
+                // both fail only once the actor has stopped, and then nobody waits
+                let _ = reports.send((ticket, report));
+                let _ = myself.cast(PartitionMsg::Written);
+            }),
+        );
+        Some(base_offset)
+    }
+
+    /// Files the store's report with its batch, then answers what is ready.
+    fn reported(&mut self, (ticket, report): Report) {
+        match self.in_flight.iter_mut().find(|submitted| submitted.ticket == ticket) {
+            Some(submitted) => submitted.report = Some(report),
+            None => tracing::error!(ticket, "a store report for no batch in flight"),
+        }
+        self.answer_ready();
+    }
+
+    /// Answers reported batches from the oldest, stopping at the first not reported yet.
+    fn answer_ready(&mut self) {
+        while self.in_flight.front().is_some_and(|submitted| submitted.report.is_some()) {
+            if let Some(mut submitted) = self.in_flight.pop_front()
+                && let Some(report) = submitted.report.take()
+            {
+                self.written(submitted, report);
+            }
+        }
+    }
+
+    /// Answers the oldest batch in flight with the store's report on it.
+    fn written(&mut self, submitted: Submitted, report: Result<AppendResult, StorageError>) {
+        match report {
+            Ok(appended) => {
+                debug_assert_eq!(appended.base_offset, submitted.base_offset);
+                let high_watermark = appended.last_offset + 1;
+                self.publish_high_watermark(high_watermark);
+                match submitted.waiter {
+                    Waiter::Mqtt(notices) => notify_sessions(&notices, true),
+                    Waiter::Kafka(reply) => {
+                        let _ = reply.send(Ok(Produced { base_offset: appended.base_offset, duplicate: false }));
+                    }
+                }
+                let (ready, waiting) = std::mem::take(&mut self.duplicates)
+                    .into_iter()
+                    .partition(|(last_offset, _, _)| *last_offset < high_watermark);
+                self.duplicates = waiting;
+                for (_, reply, produced) in ready {
+                    let _ = reply.send(Ok(produced));
+                }
+            }
+            Err(error) => {
+                tracing::error!(stream = %self.args.id.stream, partition = self.args.id.partition, %error, "append failed");
+                match submitted.waiter {
+                    Waiter::Mqtt(notices) => notify_sessions(&notices, false),
+                    Waiter::Kafka(reply) => {
+                        let _ = reply.send(Err(storage_error(error)));
+                    }
+                }
+                if submitted.generation == self.generation {
+                    self.count_again(submitted.base_offset);
+                }
+            }
+        }
+    }
+
+    /// After a failed append at `failed_base`: what is still in flight fails too, so cut
+    /// the log back to there (a failed sync can leave the batch written but not durable,
+    /// and it was never acknowledged), count from there again, and rebuild the producers'
+    /// state from what the log holds.
+    fn count_again(&mut self, failed_base: i64) {
+        self.generation += 1;
+        self.cut_from = Some(self.cut_from.map_or(failed_base, |from| from.min(failed_base)));
+        self.cut_back();
+        for (_, reply, _) in self.duplicates.drain(..) {
+            let _ = reply.send(Err(ProduceError::Storage("the original append failed".into())));
+        }
+    }
+
+    /// Cuts an unacknowledged tail left by a failed append; `false` while that fails (then
+    /// no append is submitted: it could not land at the offset counted for it).
+    fn cut_back(&mut self) -> bool {
+        let Some(from) = self.cut_from else {
+            return true;
+        };
+        let store = self.args.store.as_ref();
+        if let Err(error) = store.truncate_after(&self.args.id, from) {
+            tracing::error!(stream = %self.args.id.stream, partition = self.args.id.partition, %error, "cannot cut an unacknowledged tail");
+            return false;
+        }
+        self.cut_from = None;
+        let offsets = store.offsets(&self.args.id).unwrap_or_default();
+        self.next_offset = offsets.log_end;
+        self.producers = recover_producers(store, &self.args.id, offsets.log_start, offsets.log_end);
+        true
     }
 
     fn publish_high_watermark(&self, high_watermark: i64) {
@@ -308,35 +489,55 @@ impl PartitionState {
         self.args.high_watermark.send_replace(high_watermark);
     }
 
-    fn append_batch(&mut self, batch: Bytes) -> Result<Produced, ProduceError> {
-        let header = validate_batch(&batch).map_err(|e| ProduceError::Corrupt(e.to_string()))?;
-        let producer_id = header.producer_id;
-        if producer_id >= 0
-            && header.base_sequence >= 0
-            && let Some(producer) = self.producers.get(&producer_id)
-        {
-            if header.producer_epoch < producer.epoch {
-                return Err(ProduceError::InvalidProducerEpoch);
+    fn append_batch(&mut self, batch: Bytes, reply: ProduceReply) {
+        // a tail left by a failed append is cut first, so that the producers' state the
+        // checks below use is what the log holds
+        if !self.cut_back() {
+            let _ = reply.send(Err(ProduceError::Storage("the log's unacknowledged tail cannot be cut".into())));
+            return;
+        }
+        let header = match validate_batch(&batch) {
+            Ok(header) => header,
+            Err(error) => {
+                let _ = reply.send(Err(ProduceError::Corrupt(error.to_string())));
+                return;
             }
-            if header.producer_epoch == producer.epoch {
+        };
+        let producer_id = header.producer_id;
+        let idempotent = producer_id >= 0 && header.base_sequence >= 0;
+        if idempotent && let Some(producer) = self.producers.get(&producer_id) {
+            let refused = if header.producer_epoch < producer.epoch {
+                Some(ProduceError::InvalidProducerEpoch)
+            } else if header.producer_epoch == producer.epoch {
                 if let Some((_, base_offset)) =
                     producer.recent.iter().find(|(sequence, _)| *sequence == header.base_sequence)
                 {
-                    return Ok(Produced { base_offset: *base_offset, duplicate: true });
+                    let produced = Produced { base_offset: *base_offset, duplicate: true };
+                    let last_offset = base_offset + i64::from(header.last_offset_delta);
+                    if last_offset < *self.args.high_watermark.borrow() {
+                        let _ = reply.send(Ok(produced));
+                    } else {
+                        // the original is still in flight: answer when it is written
+                        self.duplicates.push((last_offset, reply, produced));
+                    }
+                    return;
                 }
-                if header.base_sequence != producer.last_sequence.wrapping_add(1) {
-                    return Err(ProduceError::OutOfOrderSequence);
-                }
-            } else if header.base_sequence != 0 {
-                return Err(ProduceError::OutOfOrderSequence);
+                (header.base_sequence != producer.last_sequence.wrapping_add(1))
+                    .then_some(ProduceError::OutOfOrderSequence)
+            } else {
+                (header.base_sequence != 0).then_some(ProduceError::OutOfOrderSequence)
+            };
+            if let Some(refused) = refused {
+                let _ = reply.send(Err(refused));
+                return;
             }
         }
-        let appended = self.args.store.append(&self.args.id, 0, batch).map_err(storage_error)?;
-        self.publish_high_watermark(appended.last_offset + 1);
-        if producer_id >= 0 && header.base_sequence >= 0 {
-            record_producer_batch(&mut self.producers, &header, appended.base_offset);
+        let records = i64::from(header.last_offset_delta) + 1;
+        let submitted = self.submit(batch, records, Waiter::Kafka(reply));
+        if idempotent && let Some(base_offset) = submitted {
+            // counted at once, so that the producer's next batch (pipelined) follows on
+            record_producer_batch(&mut self.producers, &header, base_offset);
         }
-        Ok(Produced { base_offset: appended.base_offset, duplicate: false })
     }
 
     fn apply_retention(
@@ -367,6 +568,23 @@ fn storage_error(error: StorageError) -> ProduceError {
     ProduceError::Storage(error.to_string())
 }
 
+/// Tells each session once whether its records are durable: one message per session, in the
+/// order the sessions first appear (never by `ActorId`: it comes from a process-wide counter).
+fn notify_sessions(notices: &[DurableNotice], ok: bool) {
+    let mut by_session: Vec<(ActorRef<SessionMsg>, Vec<u64>)> = Vec::new();
+    let mut index: crate::lookup::LookupMap<ractor::ActorId, usize> = crate::lookup::LookupMap::new();
+    for notice in notices {
+        let at = *index.entry(notice.session.get_id()).or_insert_with(|| {
+            by_session.push((notice.session.clone(), Vec::new()));
+            by_session.len() - 1
+        });
+        by_session[at].1.push(notice.token);
+    }
+    for (session, tokens) in by_session {
+        let _ = session.cast(SessionMsg::Durable { tokens, ok });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -395,6 +613,31 @@ mod tests {
             span: tracing::Span::none(),
         };
         Actor::spawn(None, PartitionReplica, args).await.unwrap().0
+    }
+
+    fn plain_batch() -> Bytes {
+        let record = NewRecord { key: None, value: Some(b"v"), headers: &[], timestamp_ms: 1 };
+        build_record_batch(&[record], 1)
+    }
+
+    #[tokio::test]
+    async fn a_failed_append_fails_what_followed_it_and_the_log_goes_on_after() {
+        let store = Arc::new(MemoryStore::new());
+        let partition = start(&store).await;
+        let first = call_t!(partition, PartitionMsg::AppendBatch, 1000, plain_batch()).unwrap().unwrap();
+        assert_eq!(first.base_offset, 0);
+        // the next append fails; the one queued right behind it was counted after it, so it
+        // fails too (nothing acknowledged that is not stored), and the one after that is fine
+        store.fail_next_appends(1);
+        let (failed, behind) =
+            tokio::join!(async { call_t!(partition, PartitionMsg::AppendBatch, 1000, plain_batch()) }, async {
+                call_t!(partition, PartitionMsg::AppendBatch, 1000, plain_batch())
+            },);
+        assert!(matches!(failed.unwrap(), Err(ProduceError::Storage(_))));
+        assert!(matches!(behind.unwrap(), Err(ProduceError::Storage(_))));
+        let next = call_t!(partition, PartitionMsg::AppendBatch, 1000, plain_batch()).unwrap().unwrap();
+        assert_eq!(next.base_offset, 1, "offsets go on from what is stored");
+        assert_eq!(store.offsets(&PartitionId { stream: "s".into(), partition: 0 }).unwrap().log_end, 2);
     }
 
     #[tokio::test]

@@ -314,7 +314,13 @@ fn run(store: &MemoryStore, op: &Op) -> Option<Result<(), StorageError>> {
         ),
         Op::CreatePartition(p) => store.create_partition(&part(p)),
         Op::DeletePartition(p) => store.delete_partition(&part(p)),
-        Op::Append(p, records, timestamp) => store.append(&part(p), 1, batch(*records, *timestamp)).map(|_| ()),
+        Op::Append(p, records, timestamp) => {
+            // at the log end as the store has it (an unknown partition: any offset), so that an
+            // armed fault is what fails the append
+            let base_offset = store.offsets(&part(p)).map_or(0, |offsets| offsets.log_end);
+            let append = crate::Append { batch: batch(*records, *timestamp), leader_epoch: 1, base_offset };
+            store.append_at(&part(p), append).map(|_| ())
+        }
         Op::SetHighWatermark(p, offset) => store.set_high_watermark(&part(p), *offset),
         Op::TruncateBefore(p, offset) => store.truncate_before(&part(p), *offset),
         Op::TruncateAfter(p, offset) => store.truncate_after(&part(p), *offset),

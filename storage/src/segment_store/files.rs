@@ -3,6 +3,7 @@
 //! ```text
 //! <logs>/<stream>-<partition>/
 //!     partition.meta                  log start offset and high watermark (rewritten by rename)
+//!     leader-epoch-checkpoint         epoch history: (leader epoch, start offset) pairs (by rename)
 //!     00000000000000000000.log        RecordBatch v2 bytes, back to back, exactly as fetched
 //!     00000000000000000000.index      sealed segments only: sparse offset index + a summary
 //!     00000000000000000000.timeindex  sealed segments only: sparse time index
@@ -17,7 +18,10 @@ use crate::StorageError;
 
 /// Name of a partition's metadata file.
 pub(super) const META_FILE: &str = "partition.meta";
+/// Name of a partition's epoch history (Kafka's `leader-epoch-checkpoint`).
+pub(super) const EPOCHS_FILE: &str = "leader-epoch-checkpoint";
 const META_MAGIC: &[u8; 4] = b"TWPM";
+const EPOCHS_MAGIC: &[u8; 4] = b"TWLE";
 const INDEX_MAGIC: &[u8; 4] = b"TWOI";
 const TIME_MAGIC: &[u8; 4] = b"TWTI";
 const VERSION: u32 = 1;
@@ -158,6 +162,28 @@ pub(super) fn decode_meta(bytes: &[u8]) -> Result<(i64, i64), StorageError> {
     Ok((i64::from_be_bytes(fixed(&body[..8])), i64::from_be_bytes(fixed(&body[8..]))))
 }
 
+/// `leader-epoch-checkpoint`: the epoch history's entries.
+pub(super) fn encode_epochs(entries: &[(i32, i64)]) -> Vec<u8> {
+    let mut bytes = header(EPOCHS_MAGIC, entries.len() * 12);
+    for (epoch, start) in entries {
+        bytes.extend_from_slice(&epoch.to_be_bytes());
+        bytes.extend_from_slice(&start.to_be_bytes());
+    }
+    seal(bytes)
+}
+
+/// The inverse of [`encode_epochs`].
+pub(super) fn decode_epochs(bytes: &[u8]) -> Result<Vec<(i32, i64)>, StorageError> {
+    let body = open_sealed(bytes, EPOCHS_MAGIC, EPOCHS_FILE)?;
+    if body.len() % 12 != 0 {
+        return Err(corrupt(EPOCHS_FILE));
+    }
+    Ok(body
+        .chunks_exact(12)
+        .map(|chunk| (i32::from_be_bytes(fixed(&chunk[..4])), i64::from_be_bytes(fixed(&chunk[4..]))))
+        .collect())
+}
+
 /// A sealed segment's `.index`: its summary, then the offset entries.
 pub(super) fn encode_offset_index(summary: &SegmentSummary, entries: &[OffsetEntry]) -> Vec<u8> {
     let mut bytes = header(INDEX_MAGIC, 32 + entries.len() * 8);
@@ -240,6 +266,9 @@ mod tests {
             [OffsetEntry { relative_offset: 0, position: 0 }, OffsetEntry { relative_offset: 4, position: 61 }];
         let index = encode_offset_index(&summary, &entries);
         assert_eq!(decode_offset_index(&index).unwrap(), (summary, entries.to_vec()));
+        let epochs = encode_epochs(&[(1, 0), (4, 17)]);
+        assert_eq!(decode_epochs(&epochs).unwrap(), vec![(1, 0), (4, 17)]);
+        assert!(decode_epochs(&epochs[..epochs.len() - 2]).is_err());
         let times = [TimeEntry { timestamp: 7, position: 0 }];
         assert_eq!(decode_time_index(&encode_time_index(&times)).unwrap(), times.to_vec());
         for file in [meta, index, encode_time_index(&times)] {

@@ -9,7 +9,7 @@ use proptest::prelude::*;
 
 use super::{SegmentOptions, SegmentStore};
 use crate::conformance_tests::{batch, pid};
-use crate::{FsyncPolicy, LogStore, MemoryStore, PartitionId, PartitionOffsets};
+use crate::{Append, FsyncPolicy, LogStore, MemoryStore, PartitionId, PartitionOffsets};
 
 fn options(segment_bytes: u64) -> SegmentOptions {
     SegmentOptions { segment_bytes, index_interval_bytes: 100, ..SegmentOptions::default() }
@@ -286,7 +286,7 @@ fn interrupted_creation_and_deletion_are_finished_on_open() {
 
 #[derive(Debug, Clone)]
 enum Op {
-    Append { records: usize, timestamp: i64 },
+    Append { records: usize, timestamp: i64, epoch: i32, submitted: bool },
     TruncateBefore(i64),
     TruncateAfter(i64),
     SetHighWatermark(i64),
@@ -296,7 +296,8 @@ enum Op {
 
 fn arb_op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        5 => (1_usize..5, 0_i64..100).prop_map(|(records, timestamp)| Op::Append { records, timestamp }),
+        5 => (1_usize..5, 0_i64..100, 0_i32..5, any::<bool>())
+            .prop_map(|(records, timestamp, epoch, submitted)| Op::Append { records, timestamp, epoch, submitted }),
         1 => (0_i64..40).prop_map(Op::TruncateBefore),
         1 => (0_i64..40).prop_map(Op::TruncateAfter),
         1 => (0_i64..40).prop_map(Op::SetHighWatermark),
@@ -315,6 +316,14 @@ fn same_log(segments: &SegmentStore, model: &MemoryStore, id: &PartitionId) -> R
             let actual = segments.read(id, offset, max_bytes, upper_bound).map_err(|error| error.to_string());
             prop_assert_eq!(actual, expected, "read at {}", offset);
         }
+    }
+    for epoch in -1..=5 {
+        prop_assert_eq!(
+            segments.end_offset_for_epoch(id, epoch).unwrap(),
+            model.end_offset_for_epoch(id, epoch).unwrap(),
+            "epoch {}",
+            epoch
+        );
     }
     for timestamp in (-1..=106).step_by(3) {
         prop_assert_eq!(
@@ -344,9 +353,18 @@ proptest! {
         segments.create_partition(&id).unwrap();
         for op in ops {
             match op {
-                Op::Append { records, timestamp } => {
+                Op::Append { records, timestamp, epoch, submitted } => {
                     let bytes = batch(records, timestamp);
-                    prop_assert_eq!(segments.append(&id, 1, bytes.clone()).unwrap(), model.append(&id, 1, bytes).unwrap());
+                    let expected = model.append(&id, epoch, bytes.clone()).unwrap();
+                    let actual = if submitted {
+                        let (sender, outcome) = std::sync::mpsc::channel();
+                        let append = Append { batch: bytes, leader_epoch: epoch, base_offset: expected.base_offset };
+                        segments.submit(&id, append, Box::new(move |result| { let _ = sender.send(result); }));
+                        outcome.recv_timeout(Duration::from_secs(10)).unwrap().unwrap()
+                    } else {
+                        segments.append(&id, epoch, bytes).unwrap()
+                    };
+                    prop_assert_eq!(actual, expected);
                 }
                 Op::TruncateBefore(offset) => {
                     segments.truncate_before(&id, offset).unwrap();
