@@ -104,7 +104,7 @@ fn stream_json(ctx: &NodeContext, stream: &Stream) -> Value {
                 "partition": p.id.partition,
                 "log_start_offset": offsets.log_start,
                 "log_end_offset": offsets.log_end,
-                "high_watermark": offsets.high_watermark,
+                "high_watermark": p.committed_end(offsets.log_start),
             })
         })
         .collect();

@@ -104,9 +104,6 @@ impl LogStore for SimulatedLog {
     fn offsets(&self, id: &PartitionId) -> Result<PartitionOffsets, StorageError> {
         self.store.offsets(id)
     }
-    fn set_high_watermark(&self, id: &PartitionId, high_watermark: i64) -> Result<(), StorageError> {
-        self.store.set_high_watermark(id, high_watermark)
-    }
     fn offset_for_timestamp(&self, id: &PartitionId, timestamp_ms: i64) -> Result<Option<i64>, StorageError> {
         self.store.offset_for_timestamp(id, timestamp_ms)
     }

@@ -28,8 +28,8 @@ pub(crate) fn batch(count: usize, timestamp: i64) -> Bytes {
     build_record_batch(&records, timestamp)
 }
 
-fn offsets(log_start: i64, log_end: i64, high_watermark: i64) -> PartitionOffsets {
-    PartitionOffsets { log_start, log_end, high_watermark }
+fn offsets(log_start: i64, log_end: i64) -> PartitionOffsets {
+    PartitionOffsets { log_start, log_end }
 }
 
 /// Appends batches of the given sizes with increasing timestamps; returns their bases.
@@ -107,10 +107,10 @@ pub(crate) fn log_partitions_lifecycle(store: &dyn LogStore) {
     assert_eq!(store.partitions().unwrap(), vec![a1.clone(), b]);
     assert!(matches!(store.read(&a0, 0, 1 << 20, i64::MAX), Err(StorageError::UnknownPartition { .. })));
     store.create_partition(&a0).unwrap();
-    assert_eq!(store.offsets(&a0).unwrap(), offsets(0, 0, 0));
+    assert_eq!(store.offsets(&a0).unwrap(), offsets(0, 0));
     assert!(store.read(&a0, 0, 1 << 20, i64::MAX).unwrap().is_empty());
     assert_eq!(store.size_bytes(&a0).unwrap(), 0);
-    assert_eq!(store.offsets(&a1).unwrap(), offsets(0, 0, 0), "other partitions untouched");
+    assert_eq!(store.offsets(&a1).unwrap(), offsets(0, 0), "other partitions untouched");
 }
 
 pub(crate) fn log_append_assigns_contiguous_offsets(store: &dyn LogStore) {
@@ -123,7 +123,7 @@ pub(crate) fn log_append_assigns_contiguous_offsets(store: &dyn LogStore) {
         assert_eq!(result.last_offset, expected_end + size as i64 - 1);
         expected_end += size as i64;
     }
-    assert_eq!(store.offsets(&id).unwrap(), offsets(0, 18, 0));
+    assert_eq!(store.offsets(&id).unwrap(), offsets(0, 18));
     let fetched = store.read(&id, 0, usize::MAX, i64::MAX).unwrap();
     assert_eq!(bases(&fetched), vec![0, 1, 6, 8]);
     let mut next = 0;
@@ -154,7 +154,7 @@ pub(crate) fn log_append_rejects_invalid_batches(store: &dyn LogStore) {
         assert!(matches!(store.append(&id, 0, bad), Err(StorageError::InvalidBatch(_))));
     }
     assert!(matches!(store.append(&id, 0, build_record_batch(&[], 0)), Err(StorageError::InvalidBatch(_))));
-    assert_eq!(store.offsets(&id).unwrap(), offsets(0, 0, 0));
+    assert_eq!(store.offsets(&id).unwrap(), offsets(0, 0));
     assert_eq!(store.append(&id, 0, good).unwrap().base_offset, 0);
 }
 
@@ -190,18 +190,6 @@ pub(crate) fn log_read_respects_max_bytes_and_upper_bound(store: &dyn LogStore) 
     assert_eq!(bases(&store.read(&id, 5, 0, 9).unwrap()), vec![3]);
 }
 
-pub(crate) fn log_high_watermark_is_clamped(store: &dyn LogStore) {
-    let id = pid("s", 0);
-    store.create_partition(&id).unwrap();
-    fill(store, &id, &[5]);
-    store.set_high_watermark(&id, 3).unwrap();
-    assert_eq!(store.offsets(&id).unwrap(), offsets(0, 5, 3));
-    store.set_high_watermark(&id, 50).unwrap();
-    assert_eq!(store.offsets(&id).unwrap().high_watermark, 5);
-    store.set_high_watermark(&id, -4).unwrap();
-    assert_eq!(store.offsets(&id).unwrap().high_watermark, 0);
-}
-
 pub(crate) fn log_offset_for_timestamp(store: &dyn LogStore) {
     let id = pid("s", 0);
     store.create_partition(&id).unwrap();
@@ -231,24 +219,23 @@ pub(crate) fn log_truncate_before(store: &dyn LogStore) {
     let id = pid("s", 0);
     store.create_partition(&id).unwrap();
     fill(store, &id, &[3, 3, 3]);
-    store.set_high_watermark(&id, 6).unwrap();
     let full = store.size_bytes(&id).unwrap();
     store.truncate_before(&id, 2).unwrap();
-    assert_eq!(store.offsets(&id).unwrap(), offsets(2, 9, 6), "start moves inside the first batch");
+    assert_eq!(store.offsets(&id).unwrap(), offsets(2, 9), "start moves inside the first batch");
     assert_eq!(store.size_bytes(&id).unwrap(), full, "no whole batch ended before 2");
     assert_eq!(bases(&store.read(&id, 2, usize::MAX, i64::MAX).unwrap()), vec![0, 3, 6]);
     assert!(matches!(store.read(&id, 1, 1, i64::MAX), Err(StorageError::OffsetOutOfRange { .. })));
     store.truncate_before(&id, 3).unwrap();
-    assert_eq!(store.offsets(&id).unwrap(), offsets(3, 9, 6));
+    assert_eq!(store.offsets(&id).unwrap(), offsets(3, 9));
     assert!(store.size_bytes(&id).unwrap() < full);
     assert_eq!(bases(&store.read(&id, 3, usize::MAX, i64::MAX).unwrap()), vec![3, 6]);
     store.truncate_before(&id, 1).unwrap();
     assert_eq!(store.offsets(&id).unwrap().log_start, 3, "the start never moves back");
     store.truncate_before(&id, 7).unwrap();
-    assert_eq!(store.offsets(&id).unwrap(), offsets(7, 9, 7), "watermark follows the start");
+    assert_eq!(store.offsets(&id).unwrap(), offsets(7, 9));
     assert_eq!(bases(&store.read(&id, 7, usize::MAX, i64::MAX).unwrap()), vec![6]);
     store.truncate_before(&id, 20).unwrap();
-    assert_eq!(store.offsets(&id).unwrap(), offsets(20, 20, 20), "past the end restarts the log there");
+    assert_eq!(store.offsets(&id).unwrap(), offsets(20, 20), "past the end restarts the log there");
     assert_eq!(store.size_bytes(&id).unwrap(), 0);
     assert!(store.read(&id, 20, usize::MAX, i64::MAX).unwrap().is_empty());
     assert_eq!(store.append(&id, 0, batch(2, 1)).unwrap().base_offset, 20);
@@ -346,21 +333,20 @@ pub(crate) fn log_truncate_after(store: &dyn LogStore) {
     let id = pid("s", 0);
     store.create_partition(&id).unwrap();
     fill(store, &id, &[3, 3, 3]);
-    store.set_high_watermark(&id, 9).unwrap();
     let two_batches: u64 =
         store.read(&id, 0, usize::MAX, 6).unwrap().iter().map(|batch| batch.bytes.len() as u64).sum();
     store.truncate_after(&id, 9).unwrap();
-    assert_eq!(store.offsets(&id).unwrap(), offsets(0, 9, 9), "at the end: nothing to cut");
+    assert_eq!(store.offsets(&id).unwrap(), offsets(0, 9), "at the end: nothing to cut");
     store.truncate_after(&id, 7).unwrap();
-    assert_eq!(store.offsets(&id).unwrap(), offsets(0, 6, 6), "the batch holding 7 goes whole");
+    assert_eq!(store.offsets(&id).unwrap(), offsets(0, 6), "the batch holding 7 goes whole");
     assert_eq!(store.size_bytes(&id).unwrap(), two_batches);
     assert_eq!(bases(&store.read(&id, 0, usize::MAX, i64::MAX).unwrap()), vec![0, 3]);
     assert_eq!(store.append(&id, 2, batch(1, 5)).unwrap().base_offset, 6);
     store.truncate_after(&id, 3).unwrap();
-    assert_eq!(store.offsets(&id).unwrap(), offsets(0, 3, 3));
+    assert_eq!(store.offsets(&id).unwrap(), offsets(0, 3));
     assert_eq!(bases(&store.read(&id, 0, usize::MAX, i64::MAX).unwrap()), vec![0]);
     store.truncate_after(&id, 0).unwrap();
-    assert_eq!(store.offsets(&id).unwrap(), offsets(0, 0, 0));
+    assert_eq!(store.offsets(&id).unwrap(), offsets(0, 0));
     assert_eq!(store.size_bytes(&id).unwrap(), 0);
     assert_eq!(store.append(&id, 3, batch(2, 5)).unwrap().base_offset, 0);
 }
@@ -395,7 +381,6 @@ macro_rules! log_conformance_tests {
             log_append_rejects_invalid_batches,
             log_read_from_the_middle_of_a_batch,
             log_read_respects_max_bytes_and_upper_bound,
-            log_high_watermark_is_clamped,
             log_offset_for_timestamp,
             log_truncate_before,
             log_retention_offset_for_bytes,

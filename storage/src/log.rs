@@ -13,15 +13,14 @@ pub struct PartitionId {
     pub partition: u32,
 }
 
-/// Where a partition's log starts and ends.
+/// Where a partition's log starts and ends. The high watermark is not the store's: the
+/// partition owns it (one past what it has committed), and truncation never moves it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct PartitionOffsets {
     /// The first offset still stored (Kafka's log start offset).
     pub log_start: i64,
     /// One past the last stored offset (Kafka's log end offset).
     pub log_end: i64,
-    /// One past the last committed offset; consumers never read at or past it.
-    pub high_watermark: i64,
 }
 
 /// The outcome of appending one batch.
@@ -103,10 +102,8 @@ pub trait LogStore: Send + Sync + 'static {
         max_bytes: usize,
         upper_bound: i64,
     ) -> Result<Vec<FetchedBatch>, StorageError>;
-    /// The partition's start, end and high watermark.
+    /// The partition's log start and log end.
     fn offsets(&self, id: &PartitionId) -> Result<PartitionOffsets, StorageError>;
-    /// Records the high watermark (durable with the next sync).
-    fn set_high_watermark(&self, id: &PartitionId, high_watermark: i64) -> Result<(), StorageError>;
     /// The first offset of the first batch whose max timestamp is at or after `timestamp_ms`,
     /// or `None` when every batch is older.
     fn offset_for_timestamp(&self, id: &PartitionId, timestamp_ms: i64) -> Result<Option<i64>, StorageError>;

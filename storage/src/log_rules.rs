@@ -1,6 +1,5 @@
 //! The offset rules both log stores share, so that the in-memory twin and the segment files
-//! agree on every edge case (reads at the ends, truncation inside a batch, clamping the
-//! watermark, the epoch history).
+//! agree on every edge case (reads at the ends, truncation inside a batch, the epoch history).
 
 use crate::{FetchedBatch, PartitionOffsets, StorageError};
 
@@ -51,7 +50,7 @@ pub(crate) fn truncate_before(offsets: PartitionOffsets, offset: i64) -> Option<
         return None;
     }
     let log_end = offsets.log_end.max(offset);
-    Some(PartitionOffsets { log_start: offset, log_end, high_watermark: offsets.high_watermark.clamp(offset, log_end) })
+    Some(PartitionOffsets { log_start: offset, log_end })
 }
 
 /// The offsets after removing every batch whose last offset is at or after `offset`.
@@ -69,12 +68,7 @@ pub(crate) fn truncate_after(
         None => first_removed_base.unwrap_or(offset).min(offset),
     };
     let log_start = offsets.log_start.min(log_end);
-    PartitionOffsets { log_start, log_end, high_watermark: offsets.high_watermark.clamp(log_start, log_end) }
-}
-
-/// The high watermark clamped into `[log_start, log_end]`.
-pub(crate) fn clamp_high_watermark(offsets: &PartitionOffsets, high_watermark: i64) -> i64 {
-    high_watermark.clamp(offsets.log_start, offsets.log_end)
+    PartitionOffsets { log_start, log_end }
 }
 
 /// A partition's leader epochs and the offset each started at (Kafka's leader epoch

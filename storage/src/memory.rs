@@ -92,8 +92,6 @@ enum Mutation {
     DeletePartition(PartitionId),
     /// A batch already rewritten for its base offset, the log end it was appended at.
     Append { id: PartitionId, leader_epoch: i32, batch: FetchedBatch },
-    /// A high watermark, clamped when applied.
-    SetHighWatermark { id: PartitionId, high_watermark: i64 },
     /// A `truncate_before`.
     TruncateBefore { id: PartitionId, offset: i64 },
     /// A `truncate_after`.
@@ -127,11 +125,6 @@ impl Mutation {
                 if let Some(log) = data.logs.get_mut(id) {
                     log.epochs.assign(*leader_epoch, batch.base_offset);
                     log.append(batch);
-                }
-            }
-            Self::SetHighWatermark { id, high_watermark } => {
-                if let Some(log) = data.logs.get_mut(id) {
-                    log.offsets.high_watermark = log_rules::clamp_high_watermark(&log.offsets, *high_watermark);
                 }
             }
             Self::TruncateBefore { id, offset } => {
@@ -419,10 +412,6 @@ impl LogStore for MemoryStore {
 
     fn offsets(&self, id: &PartitionId) -> Result<PartitionOffsets, StorageError> {
         self.with_log(id, |log| Ok(log.offsets))
-    }
-
-    fn set_high_watermark(&self, id: &PartitionId, high_watermark: i64) -> Result<(), StorageError> {
-        self.commit_to_log(id, Mutation::SetHighWatermark { id: id.clone(), high_watermark })
     }
 
     fn offset_for_timestamp(&self, id: &PartitionId, timestamp_ms: i64) -> Result<Option<i64>, StorageError> {

@@ -91,7 +91,6 @@ struct PartitionLog {
     dir: PathBuf,
     segments: Vec<Segment>,
     log_start: i64,
-    high_watermark: i64,
     /// Position in the first segment of its first batch at or after the log start.
     live_from: u64,
     /// The active segment has writes not yet synced.
@@ -274,11 +273,11 @@ impl PartitionLog {
     }
 
     fn offsets(&self) -> PartitionOffsets {
-        PartitionOffsets { log_start: self.log_start, log_end: self.log_end(), high_watermark: self.high_watermark }
+        PartitionOffsets { log_start: self.log_start, log_end: self.log_end() }
     }
 
     fn meta(&self) -> Vec<u8> {
-        files::encode_meta(self.log_start, self.high_watermark)
+        files::encode_meta(self.log_start)
     }
 
     fn size_bytes(&self) -> u64 {
@@ -294,7 +293,7 @@ impl PartitionLog {
             .and_then(|bytes| files::decode_meta(&bytes))
             .map_err(|error| StorageError::CorruptMetadata(format!("{}: {error}", meta_path.display())))?;
         remove_if_present(&dir.join(format!("{}.tmp", files::META_FILE)))?;
-        let (log_start, high_watermark) = meta;
+        let log_start = meta;
         let mut bases = Vec::new();
         for entry in std::fs::read_dir(&dir)? {
             if let Some(base) = files::parse_segment_name(&entry?.file_name().to_string_lossy()) {
@@ -344,7 +343,6 @@ impl PartitionLog {
             dir,
             segments,
             log_start,
-            high_watermark,
             live_from: 0,
             data_dirty: false,
             meta_dirty: false,
@@ -357,7 +355,6 @@ impl PartitionLog {
         }
         log.drop_segments_below(log.log_start)?;
         let offsets = log.offsets();
-        log.high_watermark = log_rules::clamp_high_watermark(&offsets, high_watermark);
         // a tail cut or retention the checkpoint did not see yet (an epoch may start at the
         // log end: nothing written in it yet)
         let mut stale = log.epochs.truncate_from_end(offsets.log_end + 1);
@@ -544,7 +541,6 @@ impl PartitionLog {
             return Ok(());
         };
         self.log_start = offsets.log_start;
-        self.high_watermark = offsets.high_watermark;
         // the new start is recorded before any file goes, so a crash between leaves no
         // log start pointing at removed data
         self.record_offsets(options)?;
@@ -592,7 +588,6 @@ impl PartitionLog {
             self.restart_at(offsets.log_end)?;
         }
         self.log_start = offsets.log_start;
-        self.high_watermark = offsets.high_watermark;
         if self.epochs.truncate_from_end(offsets.log_end) {
             self.write_epochs()?;
         }
@@ -613,7 +608,7 @@ impl LogStore for SegmentStore {
         let segment = Segment::create(&staging, 0)?;
         segment.file.sync_all()?;
         drop(segment);
-        write_meta(&staging, &files::encode_meta(0, 0))?;
+        write_meta(&staging, &files::encode_meta(0))?;
         let dir = self.inner.root.join(files::partition_dir_name(&id.stream, id.partition));
         std::fs::rename(&staging, &dir)?;
         sync_dir(&self.inner.root)?;
@@ -702,15 +697,6 @@ impl LogStore for SegmentStore {
 
     fn offsets(&self, id: &PartitionId) -> Result<PartitionOffsets, StorageError> {
         self.inner.with_partition(id, |log| Ok(log.offsets()))
-    }
-
-    fn set_high_watermark(&self, id: &PartitionId, high_watermark: i64) -> Result<(), StorageError> {
-        self.inner.with_partition(id, |log| {
-            log.high_watermark = log_rules::clamp_high_watermark(&log.offsets(), high_watermark);
-            // durable with the next sync, whatever the fsync policy (as the state store's)
-            log.meta_dirty = true;
-            Ok(())
-        })
     }
 
     fn offset_for_timestamp(&self, id: &PartitionId, timestamp_ms: i64) -> Result<Option<i64>, StorageError> {

@@ -183,8 +183,8 @@ impl Actor for PartitionReplica {
     ) -> Result<PartitionState, ActorProcessingErr> {
         args.store.create_partition(&args.id)?;
         let offsets = args.store.offsets(&args.id)?;
-        // a single node commits what it stores: the high watermark is the log end
-        args.store.set_high_watermark(&args.id, offsets.log_end)?;
+        // a single node commits what it stores: the high watermark starts at the log end (the
+        // partition owns it; the store knows only where its log starts and ends)
         args.high_watermark.send_replace(offsets.log_end);
         let producers = recover_producers(args.store.as_ref(), &args.id, offsets.log_start, offsets.log_end);
         let (report_sender, reports) = mpsc::unbounded_channel();
@@ -483,9 +483,6 @@ impl PartitionState {
             self.args.id.stream,
             self.args.id.partition
         );
-        if let Err(error) = self.args.store.set_high_watermark(&self.args.id, high_watermark) {
-            tracing::error!(%error, "cannot record high watermark");
-        }
         self.args.high_watermark.send_replace(high_watermark);
     }
 
@@ -548,9 +545,12 @@ impl PartitionState {
     ) -> Result<(), StorageError> {
         let store = &self.args.store;
         let id = &self.args.id;
+        // never past the high watermark: what is not committed yet (appends in flight) stays
+        let high_watermark = *self.args.high_watermark.borrow();
         if let Some(retention_ms) = retention_ms {
             let offsets = store.offsets(id)?;
             let keep_from = store.offset_for_timestamp(id, now_ms - retention_ms)?.unwrap_or(offsets.log_end);
+            let keep_from = keep_from.min(high_watermark);
             if keep_from > offsets.log_start {
                 store.truncate_before(id, keep_from)?;
             }
@@ -558,7 +558,7 @@ impl PartitionState {
         if let Some(limit) = retention_bytes
             && let Some(keep_from) = store.retention_offset_for_bytes(id, limit)?
         {
-            store.truncate_before(id, keep_from)?;
+            store.truncate_before(id, keep_from.min(high_watermark))?;
         }
         Ok(())
     }

@@ -65,6 +65,14 @@ pub struct PartitionHandle {
     pub high_watermark: watch::Receiver<i64>,
 }
 
+impl PartitionHandle {
+    /// The high watermark the partition published: consumers read below it. Never below
+    /// `log_start` (a log that restarted past it has nothing to read before its start).
+    pub fn committed_end(&self, log_start: i64) -> i64 {
+        (*self.high_watermark.borrow()).max(log_start)
+    }
+}
+
 /// A live stream.
 #[derive(Debug)]
 pub struct Stream {

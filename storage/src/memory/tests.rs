@@ -81,7 +81,7 @@ fn always_survives_power_loss() {
     store.put("sessions", b"a", b"1").unwrap();
     store.create_partition(&id).unwrap();
     store.append(&id, 1, batch(3, 10)).unwrap();
-    store.set_high_watermark(&id, 2).unwrap();
+    store.truncate_before(&id, 1).unwrap();
     assert_eq!((store.pending_len(), store.sync_count()), (0, 4), "one sync per mutation");
     let before = log_view(&store, &id);
     store.power_loss();
@@ -167,14 +167,12 @@ fn log_after_power_loss_equals_the_last_sync() {
     for size in [3, 2, 4, 1] {
         store.append(&id, 1, batch(size, 10)).unwrap();
     }
-    store.set_high_watermark(&id, 5).unwrap();
     store.truncate_before(&id, 3).unwrap();
     store.sync().unwrap();
     let synced = log_view(&store, &id);
-    assert_eq!(synced.0, PartitionOffsets { log_start: 3, log_end: 10, high_watermark: 5 });
+    assert_eq!(synced.0, PartitionOffsets { log_start: 3, log_end: 10 });
 
     store.append(&id, 2, batch(5, 20)).unwrap();
-    store.set_high_watermark(&id, 12).unwrap();
     store.truncate_after(&id, 6).unwrap();
     store.truncate_before(&id, 4).unwrap();
     store.create_partition(&other).unwrap();
@@ -259,7 +257,6 @@ enum Op {
     CreatePartition(u32),
     DeletePartition(u32),
     Append(u32, usize, i64),
-    SetHighWatermark(u32, i64),
     TruncateBefore(u32, i64),
     TruncateAfter(u32, i64),
     Sync,
@@ -285,7 +282,6 @@ fn arb_op() -> impl Strategy<Value = Op> {
         2 => partition.clone().prop_map(Op::CreatePartition),
         1 => partition.clone().prop_map(Op::DeletePartition),
         5 => (partition.clone(), 1_usize..5, 0_i64..100).prop_map(|(p, records, ts)| Op::Append(p, records, ts)),
-        1 => (partition.clone(), -2_i64..40).prop_map(|(p, offset)| Op::SetHighWatermark(p, offset)),
         1 => (partition.clone(), 0_i64..40).prop_map(|(p, offset)| Op::TruncateBefore(p, offset)),
         1 => (partition, 0_i64..40).prop_map(|(p, offset)| Op::TruncateAfter(p, offset)),
         2 => Just(Op::Sync),
@@ -321,7 +317,6 @@ fn run(store: &MemoryStore, op: &Op) -> Option<Result<(), StorageError>> {
             let append = crate::Append { batch: batch(*records, *timestamp), leader_epoch: 1, base_offset };
             store.append_at(&part(p), append).map(|_| ())
         }
-        Op::SetHighWatermark(p, offset) => store.set_high_watermark(&part(p), *offset),
         Op::TruncateBefore(p, offset) => store.truncate_before(&part(p), *offset),
         Op::TruncateAfter(p, offset) => store.truncate_after(&part(p), *offset),
         Op::Sync | Op::FailNextSync | Op::FailNextAppend | Op::Crash | Op::PowerLoss => return None,

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! <logs>/<stream>-<partition>/
-//!     partition.meta                  log start offset and high watermark (rewritten by rename)
+//!     partition.meta                  the log start offset (rewritten by rename)
 //!     leader-epoch-checkpoint         epoch history: (leader epoch, start offset) pairs (by rename)
 //!     00000000000000000000.log        RecordBatch v2 bytes, back to back, exactly as fetched
 //!     00000000000000000000.index      sealed segments only: sparse offset index + a summary
@@ -145,21 +145,20 @@ fn header(magic: &[u8; 4], capacity: usize) -> Vec<u8> {
     bytes
 }
 
-/// `partition.meta`: the log start offset and the last recorded high watermark.
-pub(super) fn encode_meta(log_start: i64, high_watermark: i64) -> Vec<u8> {
-    let mut bytes = header(META_MAGIC, 16);
+/// `partition.meta`: the log start offset.
+pub(super) fn encode_meta(log_start: i64) -> Vec<u8> {
+    let mut bytes = header(META_MAGIC, 8);
     bytes.extend_from_slice(&log_start.to_be_bytes());
-    bytes.extend_from_slice(&high_watermark.to_be_bytes());
     seal(bytes)
 }
 
 /// The inverse of [`encode_meta`].
-pub(super) fn decode_meta(bytes: &[u8]) -> Result<(i64, i64), StorageError> {
+pub(super) fn decode_meta(bytes: &[u8]) -> Result<i64, StorageError> {
     let body = open_sealed(bytes, META_MAGIC, "partition.meta")?;
-    if body.len() != 16 {
+    if body.len() != 8 {
         return Err(corrupt("partition.meta"));
     }
-    Ok((i64::from_be_bytes(fixed(&body[..8])), i64::from_be_bytes(fixed(&body[8..]))))
+    Ok(i64::from_be_bytes(fixed(body)))
 }
 
 /// `leader-epoch-checkpoint`: the epoch history's entries.
@@ -259,8 +258,8 @@ mod tests {
 
     #[test]
     fn small_files_detect_tampering() {
-        let meta = encode_meta(5, 9);
-        assert_eq!(decode_meta(&meta).unwrap(), (5, 9));
+        let meta = encode_meta(5);
+        assert_eq!(decode_meta(&meta).unwrap(), 5);
         let summary = SegmentSummary { size: 100, next_offset: 10, first_timestamp: 1, max_timestamp: 3 };
         let entries =
             [OffsetEntry { relative_offset: 0, position: 0 }, OffsetEntry { relative_offset: 4, position: 61 }];

@@ -64,12 +64,11 @@ fn reopen_keeps_logs_and_offsets() {
         assert!(store.segment_files(&kept).unwrap().len() > 1, "150-byte segments roll");
         store.append(&dropped, 0, batch(5, 1)).unwrap();
         store.delete_partition(&dropped).unwrap();
-        store.set_high_watermark(&kept, 9).unwrap();
         store.truncate_before(&kept, 3).unwrap();
         let fetched = store.read(&kept, 3, usize::MAX, i64::MAX).unwrap();
         (store.offsets(&kept).unwrap(), store.size_bytes(&kept).unwrap(), fetched)
     };
-    assert_eq!(offsets, PartitionOffsets { log_start: 3, log_end: 10, high_watermark: 9 });
+    assert_eq!(offsets, PartitionOffsets { log_start: 3, log_end: 10 });
 
     let store = SegmentStore::open(dir.path(), options(150)).unwrap();
     assert_eq!(store.partitions().unwrap(), vec![kept.clone(), other.clone()]);
@@ -95,28 +94,26 @@ fn interval_policy_syncs_and_survives_reopen() {
         assert_eq!(store.options().fsync, FsyncPolicy::Interval(Duration::from_millis(5)));
         store.create_partition(&id).unwrap();
         store.append(&id, 0, batch(3, 1)).unwrap();
-        store.set_high_watermark(&id, 3).unwrap();
         store.truncate_before(&id, 1).unwrap();
     }
     let store = open(dir.path());
-    assert_eq!(store.offsets(&id).unwrap(), PartitionOffsets { log_start: 1, log_end: 3, high_watermark: 3 });
+    assert_eq!(store.offsets(&id).unwrap(), PartitionOffsets { log_start: 1, log_end: 3 });
 }
 
-/// Appends batches of 2, 3 and 4 records (max timestamps 101, 202, 303), sets the high
-/// watermark to 9 and closes the store; returns the size of the first two batches.
+/// Appends batches of 2, 3 and 4 records (max timestamps 101, 202, 303) and closes the
+/// store; returns the size of the first two batches.
 fn three_batches(path: &Path, id: &PartitionId) -> u64 {
     let store = open(path);
     store.create_partition(id).unwrap();
     for (size, timestamp) in [(2, 100), (3, 200), (4, 300)] {
         store.append(id, 1, batch(size, timestamp)).unwrap();
     }
-    store.set_high_watermark(id, 9).unwrap();
     store.read(id, 0, usize::MAX, 5).unwrap().iter().map(|batch| batch.bytes.len() as u64).sum()
 }
 
 fn assert_tail_cut(path: &Path, id: &PartitionId, first_two: u64) {
     let store = open(path);
-    assert_eq!(store.offsets(id).unwrap(), PartitionOffsets { log_start: 0, log_end: 5, high_watermark: 5 });
+    assert_eq!(store.offsets(id).unwrap(), PartitionOffsets { log_start: 0, log_end: 5 });
     assert_eq!(bases(&store, id, 0), vec![0, 2]);
     assert!(bases(&store, id, 5).is_empty());
     assert_eq!(store.size_bytes(id).unwrap(), first_two);
@@ -289,7 +286,6 @@ enum Op {
     Append { records: usize, timestamp: i64, epoch: i32, submitted: bool },
     TruncateBefore(i64),
     TruncateAfter(i64),
-    SetHighWatermark(i64),
     RetainBytes(u64),
     Reopen,
 }
@@ -300,7 +296,6 @@ fn arb_op() -> impl Strategy<Value = Op> {
             .prop_map(|(records, timestamp, epoch, submitted)| Op::Append { records, timestamp, epoch, submitted }),
         1 => (0_i64..40).prop_map(Op::TruncateBefore),
         1 => (0_i64..40).prop_map(Op::TruncateAfter),
-        1 => (0_i64..40).prop_map(Op::SetHighWatermark),
         1 => (0_u64..600).prop_map(Op::RetainBytes),
         1 => Just(Op::Reopen),
     ]
@@ -311,7 +306,7 @@ fn same_log(segments: &SegmentStore, model: &MemoryStore, id: &PartitionId) -> R
     prop_assert_eq!(segments.offsets(id).unwrap(), offsets);
     prop_assert_eq!(segments.size_bytes(id).unwrap(), model.size_bytes(id).unwrap());
     for offset in offsets.log_start - 1..=offsets.log_end + 1 {
-        for (max_bytes, upper_bound) in [(usize::MAX, i64::MAX), (1, i64::MAX), (200, offsets.high_watermark)] {
+        for (max_bytes, upper_bound) in [(usize::MAX, i64::MAX), (1, i64::MAX), (200, offsets.log_end - 2)] {
             let expected = model.read(id, offset, max_bytes, upper_bound).map_err(|error| error.to_string());
             let actual = segments.read(id, offset, max_bytes, upper_bound).map_err(|error| error.to_string());
             prop_assert_eq!(actual, expected, "read at {}", offset);
@@ -373,10 +368,6 @@ proptest! {
                 Op::TruncateAfter(offset) => {
                     segments.truncate_after(&id, offset).unwrap();
                     model.truncate_after(&id, offset).unwrap();
-                }
-                Op::SetHighWatermark(offset) => {
-                    segments.set_high_watermark(&id, offset).unwrap();
-                    model.set_high_watermark(&id, offset).unwrap();
                 }
                 Op::RetainBytes(limit) => {
                     let keep_from = model.retention_offset_for_bytes(&id, limit).unwrap();

@@ -83,7 +83,7 @@ fn read_once(
                     continue;
                 }
             };
-            let high_watermark = offsets.high_watermark;
+            let high_watermark = partition.committed_end(offsets.log_start);
             let mut data = data.with_high_watermark(high_watermark).with_last_stable_offset(high_watermark);
             if version >= 5 {
                 data = data.with_log_start_offset(offsets.log_start);
@@ -154,19 +154,15 @@ pub fn list_offsets(ctx: &NodeContext, request: ListOffsetsRequest, version: i16
                     let Ok(offsets) = ctx.log_store.offsets(&partition.id) else {
                         return base.with_error_code(codes::KAFKA_STORAGE_ERROR);
                     };
+                    let high_watermark = partition.committed_end(offsets.log_start);
                     match wanted.timestamp {
                         EARLIEST => base.with_offset(offsets.log_start),
-                        LATEST | MAX_TIMESTAMP => base.with_offset(offsets.high_watermark),
+                        LATEST | MAX_TIMESTAMP => base.with_offset(high_watermark),
                         timestamp => match ctx.log_store.offset_for_timestamp(&partition.id, timestamp) {
-                            Ok(Some(batch_offset)) if batch_offset < offsets.high_watermark => {
-                                let (offset, found) = record_at_or_after(
-                                    ctx,
-                                    &partition.id,
-                                    batch_offset,
-                                    timestamp,
-                                    offsets.high_watermark,
-                                )
-                                .unwrap_or((batch_offset, timestamp));
+                            Ok(Some(batch_offset)) if batch_offset < high_watermark => {
+                                let (offset, found) =
+                                    record_at_or_after(ctx, &partition.id, batch_offset, timestamp, high_watermark)
+                                        .unwrap_or((batch_offset, timestamp));
                                 base.with_offset(offset.max(offsets.log_start)).with_timestamp(found)
                             }
                             Ok(_) => base,
