@@ -230,7 +230,12 @@ impl NodeContext {
     /// A node with default settings and in-memory storage, for unit tests.
     #[cfg(test)]
     pub(crate) fn for_tests() -> Self {
-        let store = Arc::new(tidewater_storage::MemoryStore::new());
+        Self::for_tests_with(Arc::new(tidewater_storage::MemoryStore::new()))
+    }
+
+    /// [`NodeContext::for_tests`] on a given in-memory store (to arm its faults).
+    #[cfg(test)]
+    pub(crate) fn for_tests_with(store: Arc<tidewater_storage::MemoryStore>) -> Self {
         Self::new(NodeParts {
             node_id: 1,
             mqtt: MqttSettings::default(),

@@ -687,7 +687,11 @@ impl LogStore for SegmentStore {
             };
             let views: Vec<SegmentView> = log.segments[at..]
                 .iter()
-                .map(|segment| SegmentView { file: Arc::clone(&segment.file), size: segment.size })
+                .map(|segment| SegmentView {
+                    file: Arc::clone(&segment.file),
+                    path: segment.path.clone(),
+                    size: segment.size,
+                })
                 .collect();
             Ok((views, position))
         })?;

@@ -549,4 +549,31 @@ mod tests {
         assert!(size <= 1024, "serve_connection's future is {size} bytes: box the handshake's awaits");
         handle.actor.stop(None);
     }
+
+    /// A 3.1.1 CONNECT of client `c1`, clean session 0 (a persistent session).
+    const PERSISTENT_CONNECT: [u8; 16] = [0x10, 14, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x00, 0, 60, 0, 2, b'c', b'1'];
+
+    async fn connack_for(ctx: &NodeContext) -> Vec<u8> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut client, server) = tokio::io::duplex(1024);
+        let task = tokio::spawn(serve_connection(ctx.clone(), Box::new(server), "127.0.0.1:1".parse().expect("addr")));
+        client.write_all(&PERSISTENT_CONNECT).await.expect("write CONNECT");
+        let mut connack = [0u8; 4];
+        tokio::time::timeout(std::time::Duration::from_secs(5), client.read_exact(&mut connack))
+            .await
+            .expect("a CONNACK within 5 s")
+            .expect("read CONNACK");
+        drop(client);
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), task).await;
+        connack.to_vec()
+    }
+
+    #[tokio::test]
+    async fn a_persistent_session_that_cannot_be_stored_is_refused() {
+        let store = std::sync::Arc::new(tidewater_storage::MemoryStore::new());
+        let ctx = NodeContext::for_tests_with(store.clone());
+        store.fail_next_syncs(1);
+        assert_eq!(connack_for(&ctx).await, [0x20, 2, 0, 3], "3.1.1 CONNACK 0x03, server unavailable");
+        assert_eq!(connack_for(&ctx).await, [0x20, 2, 0, 0], "accepted once the store works");
+    }
 }

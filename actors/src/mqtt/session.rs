@@ -443,6 +443,34 @@ impl SessionShell {
             out: BytesMut::new(),
             congested: false,
         });
+        let effects = self.state.attach(request.params, now);
+        // a persistent session is stored before its CONNACK: a client told its session is
+        // kept must not lose it to a crash a moment later
+        let stored = if self.state.is_persistent() {
+            self.persist_all()
+        } else {
+            if was_persistent {
+                self.delete_persisted();
+            }
+            true
+        };
+        if !stored {
+            // v5 0x88 Server unavailable, 3.1.1 0x03 (as for any session that cannot attach)
+            self.write(&Packet::ConnAck(ConnAck {
+                session_present: false,
+                code: ConnectReturnCode::ServerUnavailable,
+                properties: None,
+            }));
+            self.flush();
+            if let Some(io) = self.io.take() {
+                io.outbox.close();
+            }
+            self.handle.online.store(false, Ordering::Relaxed);
+            // the CONNECT was not accepted: its will is not this client's to leave
+            self.state.clear_will();
+            self.state.detach();
+            return;
+        }
         self.write(&Packet::ConnAck(ConnAck {
             session_present,
             code: ConnectReturnCode::Success,
@@ -450,7 +478,6 @@ impl SessionShell {
         }));
         self.handle.online.store(true, Ordering::Relaxed);
         self.established = true;
-        let effects = self.state.attach(request.params, now);
         tracing::debug!(
             client_id = %self.state.client_id(),
             session_present,
@@ -458,11 +485,6 @@ impl SessionShell {
             queued = self.state.queued_len(),
             "session attached"
         );
-        if self.state.is_persistent() {
-            self.persist_all();
-        } else if was_persistent {
-            self.delete_persisted();
-        }
         self.apply_sync(effects);
         self.flush();
     }
@@ -826,8 +848,8 @@ impl SessionShell {
         self.persist(PersistOp::Session);
     }
 
-    /// Writes the whole session in one atomic write (at connect).
-    fn persist_all(&self) {
+    /// Writes the whole session in one atomic write (at connect); `false` when that failed.
+    fn persist_all(&self) -> bool {
         self.on_disk.set(true);
         let outgoing = self.state.outgoing_seqs();
         let result = persist::replace_session(
@@ -840,8 +862,10 @@ impl SessionShell {
         );
         if let Err(error) = result {
             self.persist_failures.set(self.persist_failures.get() + 1);
-            tracing::error!(client_id = %self.state.client_id(), %error, "cannot persist session");
+            tracing::error!(client_id = %self.state.client_id(), %error, "cannot persist session: CONNACK refused");
+            return false;
         }
+        true
     }
 
     fn delete_persisted(&self) {

@@ -73,6 +73,21 @@ pub(super) fn read_exact_at(file: &File, position: u64, len: usize) -> Result<Op
     Ok(Some(buf))
 }
 
+/// Reads `len` bytes at `position` of the segment at `path` into a new buffer without
+/// zeroing it first (`read_to_end` fills spare capacity): a large fetch costs one copy out of
+/// the page cache. A handle of its own keeps the seek away from other readers; when the file
+/// has gone (retention removed it under a reader), the shared handle is read instead.
+pub(super) fn read_chunk(path: &Path, shared: &File, position: u64, len: usize) -> Result<Option<Bytes>, StorageError> {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut own) = File::open(path) else {
+        return Ok(read_exact_at(shared, position, len)?.map(BytesMut::freeze));
+    };
+    own.seek(SeekFrom::Start(position))?;
+    let mut buf = Vec::with_capacity(len);
+    own.take(len as u64).read_to_end(&mut buf)?;
+    Ok((buf.len() == len).then(|| Bytes::from(buf)))
+}
+
 /// The header of the batch at `position`, if a plausible one is there.
 pub(super) fn header_at(file: &File, position: u64, limit: u64) -> Result<Option<Located>, StorageError> {
     if position + BATCH_HEADER_LEN as u64 > limit {
@@ -296,6 +311,7 @@ impl Segment {
 #[derive(Debug, Clone)]
 pub(super) struct SegmentView {
     pub(super) file: Arc<File>,
+    pub(super) path: PathBuf,
     pub(super) size: u64,
 }
 
@@ -309,7 +325,7 @@ pub(super) fn read_batches(
     max_bytes: usize,
     upper_bound: i64,
 ) -> Result<Vec<FetchedBatch>, StorageError> {
-    const CHUNK: usize = 4 << 20;
+    const CHUNK: usize = 8 << 20;
     let mut taken = Vec::new();
     let mut total = 0usize;
     for view in segments {
@@ -329,10 +345,10 @@ pub(super) fn read_batches(
             if length.is_none_or(|length| have < length as usize) {
                 let wanted = max_bytes.saturating_sub(total).clamp(BATCH_HEADER_LEN, CHUNK);
                 let wanted = (wanted as u64).max(length.unwrap_or(0)).min(view.size - position) as usize;
-                let Some(bytes) = read_exact_at(&view.file, position, wanted)? else {
+                let Some(bytes) = read_chunk(&view.path, &view.file, position, wanted)? else {
                     return Ok(taken); // cut under us by a concurrent truncation
                 };
-                chunk = bytes.freeze();
+                chunk = bytes;
                 chunk_at = position;
                 continue;
             }

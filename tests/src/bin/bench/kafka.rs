@@ -68,6 +68,10 @@ pub(crate) struct KafkaArgs {
     /// Skip the consumer-group phase.
     #[arg(long)]
     no_group: bool,
+    /// Also measure the disk under the data dir (dd with fdatasync, fsyncs per second) and
+    /// set produce against it (a spawned broker only).
+    #[arg(long)]
+    disk: bool,
 }
 
 /// Compression codecs of the produced batches.
@@ -141,6 +145,7 @@ fn produce_batch(count: usize, size: usize, codec: Codec, now_ms: i64) -> anyhow
 }
 
 /// Throughput of one phase.
+#[derive(Clone)]
 pub(crate) struct Phase {
     /// Phase name.
     pub(crate) name: String,
@@ -198,7 +203,24 @@ pub(crate) async fn main(args: KafkaArgs, threads: usize) -> anyhow::Result<()> 
     let topic = args.topic.clone().unwrap_or_else(|| format!("bench-kafka-{:x}", crate::mqtt::run_id()));
     create_stream(&broker, &json!({"name": topic, "kind": "free", "partitions": args.partitions})).await?;
     let mut phases = Vec::new();
-    let produced = produce(&broker, &args, &topic).await?;
+    let disk = match (args.disk, broker.data_dir()) {
+        (true, Some(dir)) => Some((crate::disk::dd(&dir)?, crate::disk::fsyncs(&dir, 3.0)?)),
+        (true, None) => anyhow::bail!("--disk needs --spawn (the data dir must be known)"),
+        (false, _) => None,
+    };
+    let mut produced = produce(&broker, &args, &topic).await?;
+    if let Some((dd, fsyncs)) = &disk {
+        let rate = |phase: &Phase| phase.value_bytes as f64 / phase.secs;
+        let share = 100.0 * rate(&produced) / rate(dd);
+        let stored = 100.0 * (produced.wire_bytes as f64 / produced.secs) / rate(dd);
+        produced.note = format!(
+            "{}; values {share:.0} % (batches {stored:.0} %) of dd's rate; {:.0} fsyncs/s measured",
+            produced.note,
+            fsyncs.records as f64 / fsyncs.secs
+        );
+        phases.push(dd.clone());
+        phases.push(fsyncs.clone());
+    }
     phases.push(produced);
     phases.push(consume_backlog(&broker, &args, &topic).await?);
     if !args.no_group {
@@ -225,7 +247,7 @@ pub(crate) async fn main(args: KafkaArgs, threads: usize) -> anyhow::Result<()> 
         "topic": topic, "partitions": args.partitions, "record_size": args.record_size, "batch": args.batch,
         "acks": args.acks, "producers": args.producers.unwrap_or(args.partitions as usize), "inflight": args.inflight,
         "duration_s": args.duration, "fetch_bytes": args.fetch_bytes, "latency_rate": args.latency_rate,
-        "codec": args.codec.name(), "broker_rss_mib_at_end": rss,
+        "codec": args.codec.name(), "broker_rss_mib_at_end": rss, "fsync": args.target.fsync,
     });
     report::finish("kafka", threads, params, &table, Value::Array(phases.iter().map(Phase::json).collect()));
     Ok(())

@@ -8,6 +8,7 @@
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
 mod conn;
+mod disk;
 mod e2e;
 mod footprint;
 mod kafka;
@@ -16,6 +17,7 @@ mod mqtt;
 mod mqtt_load;
 mod peers;
 mod report;
+mod retention;
 mod target;
 
 use std::net::SocketAddr;
@@ -48,6 +50,8 @@ enum Mode {
     Peers(peers::PeersArgs),
     /// What an idle ractor actor and an idle tokio task cost, measured in this process.
     Footprint(footprint::FootprintArgs),
+    /// The segment store alone: write many GB, then time the retention pass that expires them.
+    Retention(retention::RetentionArgs),
 }
 
 /// Where the broker under test is: started by the bench, or already running.
@@ -74,6 +78,9 @@ pub(crate) struct TargetArgs {
     /// Before each measurement, wait up to this many seconds for other processes to go idle.
     #[arg(long, default_value_t = 0.0)]
     pub(crate) wait_idle: f64,
+    /// `storage.fsync` of a spawned tidewater (`always` or `interval:<ms>`; default: the node's).
+    #[arg(long)]
+    pub(crate) fsync: Option<String>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -93,6 +100,7 @@ fn main() -> anyhow::Result<()> {
             Mode::E2e(args) => e2e::main(args, threads).await,
             Mode::Peers(args) => peers::main(args, threads).await,
             Mode::Footprint(args) => footprint::main(args, threads).await,
+            Mode::Retention(args) => retention::main(args, threads).await,
         }
     })
 }

@@ -63,7 +63,7 @@ impl Broker {
     pub(crate) async fn from_args(args: &TargetArgs) -> anyhow::Result<Broker> {
         match &args.spawn {
             Some(binary) => {
-                let mut broker = Broker::spawn_tidewater(binary, &args.log_level).await?;
+                let mut broker = Broker::spawn_tidewater_with(binary, &args.log_level, args.fsync.as_deref()).await?;
                 broker.wait_idle = args.wait_idle;
                 Ok(broker)
             }
@@ -82,6 +82,20 @@ impl Broker {
 
     /// Starts `tidewater start` on free ports with a temporary data dir and no TIDEWATER_* variables.
     pub(crate) async fn spawn_tidewater(binary: &Path, log_level: &str) -> anyhow::Result<Broker> {
+        Self::spawn_tidewater_with(binary, log_level, None).await
+    }
+
+    /// The data directory of a spawned broker.
+    pub(crate) fn data_dir(&self) -> Option<std::path::PathBuf> {
+        self._dir.as_ref().map(|dir| dir.path().join("data"))
+    }
+
+    /// [`Broker::spawn_tidewater`] with `storage.fsync` set when given.
+    pub(crate) async fn spawn_tidewater_with(
+        binary: &Path,
+        log_level: &str,
+        fsync: Option<&str>,
+    ) -> anyhow::Result<Broker> {
         let dir = tempfile::Builder::new().prefix("tidewater-bench-").tempdir()?;
         let (mqtt, kafka, http) = (loopback(free_port()?), loopback(free_port()?), loopback(free_port()?));
         let (rpc, gossip) = (loopback(free_port()?), loopback(free_port()?));
@@ -89,6 +103,9 @@ impl Broker {
         let binary = std::fs::canonicalize(binary).with_context(|| format!("cannot find {}", binary.display()))?;
         let mut command = tidewater_tests::command_for(&binary);
         // the same window and queue the peers get (see peers.rs): a like-for-like comparison
+        if let Some(fsync) = fsync {
+            command.env("TIDEWATER_STORAGE__FSYNC", fsync);
+        }
         command
             .env("TIDEWATER_MQTT__MAX_INFLIGHT", PEER_INFLIGHT.to_string())
             .env("TIDEWATER_MQTT__MAX_QUEUED_MESSAGES", PEER_MAX_QUEUED.to_string())
