@@ -424,7 +424,8 @@ impl SessionShell {
             self.state.detach();
         }
         self.epoch += 1;
-        self.pending_will = None;
+        // a reconnect cancels a will waiting for its delay, once the CONNECT is accepted
+        let waiting_will = self.pending_will.take();
         self.abandon_held_acks();
         let session_present = !request.clean_start && self.established;
         if request.clean_start {
@@ -466,9 +467,19 @@ impl SessionShell {
                 io.outbox.close();
             }
             self.handle.online.store(false, Ordering::Relaxed);
-            // the CONNECT was not accepted: its will is not this client's to leave
+            // the CONNECT was not accepted: its will is not this client's to leave, and what
+            // waited for the session's end (a delayed will, the expiry) waits on, re-armed
+            // under the new epoch
             self.state.clear_will();
             self.state.detach();
+            let myself = self.handle.actor.clone();
+            if let Some((_, _, due)) = &waiting_will {
+                let delay = Duration::from_millis(u64::try_from(due - now).unwrap_or(0));
+                let epoch = self.epoch;
+                myself.send_after(delay, move || SessionMsg::WillDelayElapsed(epoch));
+            }
+            self.pending_will = waiting_will;
+            self.schedule_expiry(&myself, 0);
             return;
         }
         self.write(&Packet::ConnAck(ConnAck {

@@ -42,9 +42,9 @@ fn free_bytes(path: &Path) -> anyhow::Result<u64> {
 
 /// Runs the retention mode.
 pub(crate) async fn main(args: RetentionArgs, threads: usize) -> anyhow::Result<()> {
-    let temp = tempfile::Builder::new().prefix("tidewater-retention-").tempdir_in(
-        args.dir.clone().unwrap_or_else(std::env::temp_dir),
-    )?;
+    let temp = tempfile::Builder::new()
+        .prefix("tidewater-retention-")
+        .tempdir_in(args.dir.clone().unwrap_or_else(std::env::temp_dir))?;
     let options = SegmentOptions { fsync: FsyncPolicy::Interval(Duration::from_millis(1000)), ..Default::default() };
     let store = SegmentStore::open(&temp.path().join("logs"), options)?;
     let id = PartitionId { stream: "retention".into(), partition: 0 };
@@ -94,7 +94,10 @@ pub(crate) async fn main(args: RetentionArgs, threads: usize) -> anyhow::Result<
         format!("used {} MB of free space", free_at_start.saturating_sub(free_before) / 1_000_000),
     ]);
     table.row(vec![
-        format!("retention: expire everything{}", if args.drop_caches { " (pages not cached)" } else { " (pages cached)" }),
+        format!(
+            "retention: expire everything{}",
+            if args.drop_caches { " (pages not cached)" } else { " (pages cached)" }
+        ),
         format!("{size}"),
         segments.to_string(),
         format!("{retention_secs:.3}"),
