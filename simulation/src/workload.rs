@@ -344,8 +344,8 @@ pub async fn will_client(history: Shared, seed: u64, rounds: u32) -> turmoil::Re
             continue;
         };
         history.borrow_mut().trace(now_ms(), format!("willer connected for round {round}, session present {present}"));
-        if round > 0
-            && let Some(previous) = history.borrow_mut().wills.get_mut(&(round - 1))
+        // the round dropped last (a refused connect leaves a round out, so not always round - 1)
+        if let Some((_, previous)) = history.borrow_mut().wills.range_mut(..round).next_back()
             && previous.back_at.is_none()
             && now_ms() < previous.dropped_at + u64::from(DELAY_SECS) * 1000
         {
