@@ -409,6 +409,15 @@ impl PartitionState {
 
     /// Answers the oldest batch in flight with the store's report on it.
     fn written(&mut self, submitted: Submitted, report: Result<AppendResult, StorageError>) {
+        // A batch counted before a failure that is already answered lands, if it lands at
+        // all, behind a batch that failed, and the cut back removes it (a store may keep a
+        // batch whose sync failed: then this one was written after it and looked in place).
+        let report = match report {
+            Ok(_) if submitted.generation != self.generation => {
+                Err(StorageError::Io(std::io::Error::other("an earlier append of this partition failed")))
+            }
+            report => report,
+        };
         match report {
             Ok(appended) => {
                 debug_assert_eq!(appended.base_offset, submitted.base_offset);
