@@ -81,12 +81,31 @@ impl std::fmt::Display for InvariantId {
 /// The metric counting invariant violations seen by production code, by `invariant`.
 pub const INVARIANT_VIOLATIONS: &str = "tidewater_invariant_violations_total";
 
+/// Whether [`violated`] also keeps what it saw for [`take_recorded`] (the simulation turns it on).
+static RECORDING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// What [`violated`] saw while recording.
+static RECORDED: parking_lot::Mutex<Vec<(InvariantId, String)>> = parking_lot::Mutex::new(Vec::new());
+
+/// Makes every later violation seen by production code also kept for [`take_recorded`], so
+/// that a harness running release builds (the simulation) puts them in its verdict.
+pub fn record_violations() {
+    RECORDING.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The violations seen by production code since the last call, while recording.
+pub fn take_recorded() -> Vec<(InvariantId, String)> {
+    std::mem::take(&mut *RECORDED.lock())
+}
+
 /// Records a violation seen by production code: an error log and a metric, and a panic in
 /// debug builds (where tests and the simulation run with assertions).
 #[cold]
 pub fn violated(id: InvariantId, detail: std::fmt::Arguments<'_>) {
     metrics::counter!(INVARIANT_VIOLATIONS, "invariant" => id.name()).increment(1);
     tracing::error!(invariant = id.name(), "invariant violated: {detail}");
+    if RECORDING.load(std::sync::atomic::Ordering::Relaxed) {
+        RECORDED.lock().push((id, detail.to_string()));
+    }
     debug_assert!(false, "invariant {id} violated: {detail}");
 }
 
@@ -110,6 +129,17 @@ mod tests {
         names.sort_unstable();
         names.dedup();
         assert_eq!(names.len(), InvariantId::ALL.len());
+    }
+
+    #[test]
+    fn a_violation_is_kept_for_a_harness_that_records() {
+        record_violations();
+        // debug builds also panic, after keeping it
+        let _ = std::panic::catch_unwind(|| {
+            check_invariant!(InvariantId::HighWatermarkBackwards, 2 <= 1, "hw {} -> {}", 2, 1);
+        });
+        let recorded = take_recorded();
+        assert!(recorded.contains(&(InvariantId::HighWatermarkBackwards, "hw 2 -> 1".to_owned())), "{recorded:?}");
     }
 
     #[test]

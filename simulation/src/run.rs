@@ -129,6 +129,8 @@ fn node_config(options: &Options) -> Config {
 
 /// Runs one seed and checks it.
 pub fn run_seed(options: &Options) -> SeedReport {
+    tidewater_cluster::invariants::record_violations();
+    let _ = tidewater_cluster::invariants::take_recorded(); // nothing of an earlier run
     let history: Shared = Rc::new(RefCell::new(History { max_latency_ms: 2, ..History::default() }));
     let policy = match options.fsync {
         Fsync::Always => FsyncPolicy::Always,
@@ -265,6 +267,10 @@ pub fn run_seed(options: &Options) -> SeedReport {
     }
     let verdict = check(&history, options.fsync, writers);
     let mut violations = verdict.violations;
+    // what the node's own checks saw (release builds only log and count them)
+    for (invariant, detail) in tidewater_cluster::invariants::take_recorded() {
+        violations.push(Violation { invariant: Some(invariant), detail: format!("in the node: {detail}") });
+    }
     if let Some(detail) = failure {
         violations.push(Violation { invariant: None, detail });
     }
