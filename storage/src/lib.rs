@@ -18,6 +18,7 @@ mod log;
 mod log_rules;
 mod memory;
 mod segment_store;
+mod worker;
 
 #[cfg(test)]
 mod conformance_tests;

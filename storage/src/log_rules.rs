@@ -97,12 +97,17 @@ impl EpochHistory {
     /// or below the latest is not new (a leader never appends with an older epoch); entries
     /// starting at or after `start` held no offsets and go, as in Kafka's `assign`.
     pub fn assign(&mut self, epoch: i32, start: i64) -> bool {
-        if epoch < 0 || self.entries.last().is_some_and(|&(latest, _)| epoch <= latest) {
+        if !self.is_new(epoch) {
             return false;
         }
         self.entries.retain(|&(_, known)| known < start);
         self.entries.push((epoch, start));
         true
+    }
+
+    /// Whether `assign(epoch, _)` would add an entry: the epoch is newer than the latest.
+    pub fn is_new(&self, epoch: i32) -> bool {
+        epoch >= 0 && self.entries.last().is_none_or(|&(latest, _)| epoch > latest)
     }
 
     /// After the log was cut to end at `log_end`: epochs starting at or past it go.

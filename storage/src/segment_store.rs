@@ -440,13 +440,12 @@ impl PartitionLog {
             self.segments.push(Segment::create(&dir, base_offset)?);
             sync_dir(&dir)?;
         }
-        let mut epochs = self.epochs.clone();
-        let new_epoch = epochs.assign(append.leader_epoch, base_offset);
-        if new_epoch {
+        if self.epochs.is_new(append.leader_epoch) {
             // persisted before the batch: a log never holds an epoch its history lacks
-            std::mem::swap(&mut self.epochs, &mut epochs);
+            let before = self.epochs.clone();
+            self.epochs.assign(append.leader_epoch, base_offset);
             if let Err(error) = self.write_epochs() {
-                self.epochs = epochs;
+                self.epochs = before;
                 return Err(error);
             }
         }

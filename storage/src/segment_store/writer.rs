@@ -6,11 +6,11 @@
 
 use std::sync::Arc;
 use std::sync::mpsc;
-use std::thread::JoinHandle;
 
 use parking_lot::Mutex;
 
 use super::{PartitionLog, SegmentOptions};
+use crate::worker::QueueThread;
 use crate::{Append, AppendDone, AppendResult, BatchHeader, FsyncPolicy, PartitionId, StorageError};
 
 /// Appends taken in one round at most (a round also ends when nothing more is queued).
@@ -26,10 +26,8 @@ pub(super) struct Job {
 }
 
 /// The writer thread and the queue into it.
-pub(super) struct Writer {
-    jobs: Option<mpsc::Sender<Job>>,
-    thread: Option<JoinHandle<()>>,
-}
+/// Dropping it finishes every append already submitted, then stops.
+pub(super) struct Writer(QueueThread<Job>);
 
 /// The error of an append submitted after the writer stopped.
 pub(super) fn stopped() -> StorageError {
@@ -38,8 +36,7 @@ pub(super) fn stopped() -> StorageError {
 
 impl Writer {
     pub(super) fn start(options: SegmentOptions) -> Result<Self, StorageError> {
-        let (jobs, queue) = mpsc::channel::<Job>();
-        let thread = std::thread::Builder::new().name("tidewater-log-writer".into()).spawn(move || {
+        let thread = QueueThread::start("tidewater-log-writer", move |queue: mpsc::Receiver<Job>| {
             while let Ok(first) = queue.recv() {
                 let mut round = vec![first];
                 while round.len() < MAX_ROUND {
@@ -51,28 +48,12 @@ impl Writer {
                 run_round(&options, round);
             }
         })?;
-        Ok(Self { jobs: Some(jobs), thread: Some(thread) })
+        Ok(Self(thread))
     }
 
     pub(super) fn submit(&self, job: Job) {
-        let sent = match &self.jobs {
-            Some(jobs) => jobs.send(job).map_err(|mpsc::SendError(job)| job),
-            None => Err(job),
-        };
-        if let Err(job) = sent {
+        if let Err(job) = self.0.send(job) {
             (job.done)(Err(stopped()));
-        }
-    }
-}
-
-impl Drop for Writer {
-    /// Finishes every append already submitted, then stops.
-    fn drop(&mut self) {
-        drop(self.jobs.take());
-        if let Some(thread) = self.thread.take()
-            && thread.join().is_err()
-        {
-            tracing::error!("log writer thread panicked");
         }
     }
 }
