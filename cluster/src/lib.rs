@@ -6,6 +6,7 @@
 //! cluster issue.
 
 pub mod invariants;
+pub mod raft;
 pub mod seams;
 
 pub use invariants::InvariantId;

@@ -198,7 +198,7 @@ pub(crate) fn rewrite_for_append(batch: &[u8], base_offset: i64, leader_epoch: i
 }
 
 /// Overwrites the base offset and leader epoch of a validated batch in place.
-pub(crate) fn patch_for_append(batch: &mut [u8], base_offset: i64, leader_epoch: i32) {
+pub fn patch_for_append(batch: &mut [u8], base_offset: i64, leader_epoch: i32) {
     batch[BASE_OFFSET_AT..BASE_OFFSET_AT + 8].copy_from_slice(&base_offset.to_be_bytes());
     batch[LEADER_EPOCH_AT..LEADER_EPOCH_AT + 4].copy_from_slice(&leader_epoch.to_be_bytes());
 }

@@ -25,7 +25,7 @@ mod conformance_tests;
 
 pub use batch::{
     BATCH_HEADER_LEN, BatchHeader, DecodedRecord, NewRecord, build_record_batch, check_records, decode_records,
-    split_batches, validate_batch,
+    patch_for_append, split_batches, validate_batch,
 };
 pub use error::StorageError;
 pub use fjall_store::{FjallStore, FsyncPolicy};

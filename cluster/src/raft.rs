@@ -1,0 +1,22 @@
+//! Consensus: tikv's raft-rs, wrapped here and nowhere else.
+//!
+//! - [`wire`]: raft messages in our own serde form (no protobuf parser reads network bytes);
+//! - [`entry_log`]: a replica's raft log as raft-rs reads it, with the Kafka offset each
+//!   entry ends at;
+//! - [`replica`]: [`ReplicaCore`], one partition replica's replication, sans-IO: raft-rs plus
+//!   offset stamping, the high watermark and acknowledgements.
+
+// protobuf structs are built field by field, as raft-rs itself does
+#![allow(clippy::field_reassign_with_default)]
+
+pub mod entry_log;
+mod logger;
+pub mod replica;
+pub mod wire;
+
+#[cfg(test)]
+mod tests;
+
+pub use entry_log::{BatchSpan, EntryLog};
+pub use replica::{AckOn, Leadership, Output, PersistJob, Placed, Refusal, ReplicaCore, ReplicaError, ReplicaOptions};
+pub use wire::RaftMessage;

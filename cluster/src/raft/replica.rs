@@ -1,0 +1,557 @@
+//! One partition replica's replication, sans-IO: a raft-rs `RawNode` plus the Kafka rules
+//! on top of it (offset stamping, the high watermark, acknowledgements).
+//!
+//! The host (the `PartitionReplica` actor, or a test's in-memory network) feeds it ticks,
+//! messages and proposals, and after each input drains [`ReplicaCore::ready`]: messages to
+//! send now, a [`PersistJob`] to make durable, acknowledgements, a new high watermark. When
+//! a job is durable the host calls [`ReplicaCore::persisted`]; only then are the messages that
+//! depend on it released (raft-rs's asynchronous persistence, `advance_append_async`).
+//!
+//! Kafka offsets ride on the raft log: the leader stamps each RecordBatch with the next
+//! offset and its term as the partition leader epoch (both lie outside the batch CRC) before
+//! proposing it, so every replica's log holds byte-identical batches. No-op and conf-change
+//! entries take no offset. The high watermark is the end of the last committed data entry.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use bytes::Bytes;
+use protobuf::Message as _;
+use raft::eraftpb::{ConfChangeV2, ConfState, Entry, EntryType, HardState};
+use raft::{GetEntriesContext, RawNode, StateRole};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use super::entry_log::{AppendError, BatchSpan, EntryLog, batch_span};
+use super::logger;
+use super::wire::{RaftMessage, WireError};
+
+/// How a replica runs (ticks are the host's clock: a tick every `tick` interval).
+#[derive(Debug, Clone)]
+pub struct ReplicaOptions {
+    /// this replica's node id (raft peer id, never 0)
+    pub id: u64,
+    /// ticks without a leader before an election (randomised in `[n, 2n)`)
+    pub election_ticks: usize,
+    /// ticks between a leader's heartbeats
+    pub heartbeat_ticks: usize,
+    /// the most entry bytes in one append message
+    pub max_bytes_per_message: u64,
+    /// append messages in flight to one follower
+    pub max_inflight_messages: usize,
+    /// seeds the election timeouts (raft-rs would draw them from `thread_rng`)
+    pub seed: u64,
+}
+
+impl ReplicaOptions {
+    /// Defaults for replica `id`.
+    pub fn new(id: u64, seed: u64) -> Self {
+        Self {
+            id,
+            election_ticks: 10,
+            heartbeat_ticks: 2,
+            max_bytes_per_message: 1 << 20,
+            max_inflight_messages: 256,
+            seed,
+        }
+    }
+}
+
+/// When a proposal is acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckOn {
+    /// once a majority holds it (Kafka `acks=all`, MQTT QoS 1/2)
+    Commit,
+    /// once the leader's own write is durable (Kafka `acks=1`: can be lost in a fail-over)
+    LeaderAppend,
+}
+
+/// Where an acknowledged batch landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Placed {
+    /// the raft index of its entry
+    pub index: u64,
+    /// its first Kafka offset
+    pub base_offset: i64,
+    /// its last Kafka offset
+    pub last_offset: i64,
+    /// the partition leader epoch it was stamped with (the raft term)
+    pub leader_epoch: i32,
+}
+
+/// Why a proposal was not (or will never be) acknowledged. None of these says the batch is
+/// absent: a client that retries may find it already there (idempotent producers dedupe).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// this replica does not lead; the leader it knows of, if any
+    #[error("not the leader (leader {leader:?})")]
+    NotLeader {
+        /// the known leader's id
+        leader: Option<u64>,
+    },
+    /// the entry was replaced by another leader's before it committed
+    #[error("the entry was superseded by a new leader")]
+    Superseded,
+    /// the bytes are not one RecordBatch
+    #[error("not a record batch")]
+    InvalidBatch,
+    /// the replica stopped before the entry committed
+    #[error("the replica stopped")]
+    Stopped,
+}
+
+/// A write the host must make durable, then report with [`ReplicaCore::persisted`].
+#[derive(Debug, Clone, Default)]
+pub struct PersistJob {
+    /// the raft-rs `Ready` number to report
+    pub number: u64,
+    /// cut the Kafka log back to end here before writing `entries`
+    pub cut_to: Option<i64>,
+    /// entries to append, in index order (data entries carry stamped RecordBatches)
+    pub entries: Vec<Entry>,
+    /// a new term / vote / commit
+    pub hard_state: Option<HardState>,
+    /// a new membership (applied at `applied` or before)
+    pub conf_state: Option<ConfState>,
+    /// the last index applied; a restart passes the durable one to [`ReplicaCore::new`]
+    /// (worth writing with the rest, never worth a write of its own)
+    pub applied: u64,
+    /// whether this must reach the disk before the report (term or vote changed, or entries)
+    pub must_sync: bool,
+}
+
+impl PersistJob {
+    fn is_empty(&self) -> bool {
+        self.cut_to.is_none() && self.entries.is_empty() && self.hard_state.is_none() && self.conf_state.is_none()
+    }
+}
+
+/// Who leads, as this replica last saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Leadership {
+    /// the raft term (= Kafka leader epoch)
+    pub term: u64,
+    /// the leader's id, if known
+    pub leader: Option<u64>,
+    /// whether this replica is it
+    pub is_leader: bool,
+}
+
+/// What the host must do after an input.
+#[derive(Debug)]
+pub struct Output<T> {
+    /// messages to send now (in order, per destination)
+    pub send: Vec<RaftMessage>,
+    /// a write to make durable
+    pub persist: Option<PersistJob>,
+    /// proposals answered
+    pub acks: Vec<(T, Result<Placed, Refusal>)>,
+    /// the high watermark, when it moved
+    pub high_watermark: Option<i64>,
+    /// the leadership, when it changed
+    pub leadership: Option<Leadership>,
+}
+
+impl<T> Default for Output<T> {
+    fn default() -> Self {
+        Self { send: Vec::new(), persist: None, acks: Vec::new(), high_watermark: None, leadership: None }
+    }
+}
+
+impl<T> Output<T> {
+    /// Whether there is nothing to do.
+    pub fn is_empty(&self) -> bool {
+        self.send.is_empty()
+            && self.persist.is_none()
+            && self.acks.is_empty()
+            && self.high_watermark.is_none()
+            && self.leadership.is_none()
+    }
+}
+
+/// Why the replica could not be built or stepped.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicaError {
+    /// raft-rs refused (bad configuration, or a message for another peer)
+    #[error("raft: {0}")]
+    Raft(#[from] raft::Error),
+    /// a message could not take our wire form
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    /// raft-rs handed us entries our log cannot take (a bug)
+    #[error(transparent)]
+    Log(#[from] AppendError),
+}
+
+struct Ticket<T> {
+    term: u64,
+    span: BatchSpan,
+    ack_on: AckOn,
+    ticket: T,
+}
+
+/// A `Ready` handed to the host, waiting to be durable.
+struct Unpersisted {
+    number: u64,
+    written: bool,
+    /// the last raft index it wrote, if any
+    last_index: Option<u64>,
+    /// messages raft-rs said must wait for it
+    messages: Vec<RaftMessage>,
+}
+
+/// A replica of one partition: raft-rs plus Kafka offsets, with no I/O of its own.
+pub struct ReplicaCore<T> {
+    node: RawNode<EntryLog>,
+    rng: StdRng,
+    /// the (term, role) the election timeout was last drawn for
+    drawn_for: (u64, StateRole),
+    last_leadership: Option<Leadership>,
+    /// the next offset to stamp, valid for the term it was computed in
+    next_offset: Option<(u64, i64)>,
+    tickets: BTreeMap<u64, Ticket<T>>,
+    unpersisted: VecDeque<Unpersisted>,
+    /// messages released by a finished write, for the next `ready`
+    released: Vec<RaftMessage>,
+    /// the last raft index this replica's own writes made durable
+    durable_index: u64,
+    high_watermark: i64,
+    applied: u64,
+}
+
+impl<T> ReplicaCore<T> {
+    /// A replica over `log` (a new one from [`EntryLog::new`], or one rebuilt from disk),
+    /// with entries up to `applied` already applied.
+    pub fn new(options: &ReplicaOptions, log: EntryLog, applied: u64) -> Result<Self, ReplicaError> {
+        let applied = applied.min(log.hard_state().commit).min(log.last_index());
+        let config = raft::Config {
+            id: options.id,
+            election_tick: options.election_ticks,
+            heartbeat_tick: options.heartbeat_ticks,
+            applied,
+            max_size_per_msg: options.max_bytes_per_message,
+            max_inflight_msgs: options.max_inflight_messages,
+            check_quorum: true,
+            pre_vote: true,
+            ..raft::Config::default()
+        };
+        config.validate()?;
+        let high_watermark = log.end_offset_at(applied);
+        let durable_index = log.last_index();
+        let node = RawNode::new(&config, log, &logger::raft_logger(options.id))?;
+        let mut core = Self {
+            node,
+            rng: StdRng::seed_from_u64(options.seed),
+            drawn_for: (u64::MAX, StateRole::Follower),
+            last_leadership: None,
+            next_offset: None,
+            tickets: BTreeMap::new(),
+            unpersisted: VecDeque::new(),
+            released: Vec::new(),
+            durable_index,
+            high_watermark,
+            applied,
+        };
+        core.redraw_election_timeout();
+        Ok(core)
+    }
+
+    /// Advances the logical clock by one tick.
+    pub fn tick(&mut self) {
+        self.node.tick();
+        self.redraw_election_timeout();
+    }
+
+    /// Takes a message from a peer.
+    pub fn step(&mut self, message: &RaftMessage) -> Result<(), ReplicaError> {
+        let stepped = self.node.step(message.to_raft());
+        self.redraw_election_timeout();
+        match stepped {
+            // a message from a peer this replica no longer knows, or stale: not an error of ours
+            Err(raft::Error::StepPeerNotFound | raft::Error::StepLocalMsg) => Ok(()),
+            other => Ok(other?),
+        }
+    }
+
+    /// Starts an election now (used to hand leadership over, and by tests).
+    pub fn campaign(&mut self) -> Result<(), ReplicaError> {
+        self.node.campaign()?;
+        self.redraw_election_timeout();
+        Ok(())
+    }
+
+    /// Asks raft-rs to hand leadership to `to`.
+    pub fn transfer_leader(&mut self, to: u64) {
+        self.node.transfer_leader(to);
+    }
+
+    /// Proposes one RecordBatch: stamps it with the next offset and this term, and appends it
+    /// to the leader's log. `ticket` comes back in [`Output::acks`] when `ack_on` holds, or
+    /// with a [`Refusal`] when it never will.
+    pub fn propose(&mut self, batch: &[u8], ack_on: AckOn, ticket: T) -> Result<Placed, (T, Refusal)> {
+        if !self.is_leader() || self.node.raft.lead_transferee.is_some() {
+            return Err((ticket, Refusal::NotLeader { leader: self.leader() }));
+        }
+        let Ok(header) = tidewater_storage::validate_batch(batch) else {
+            return Err((ticket, Refusal::InvalidBatch));
+        };
+        let term = self.node.raft.term;
+        let base_offset = self.next_offset(term);
+        let last_offset = base_offset + i64::from(header.last_offset_delta);
+        let mut data = batch.to_vec();
+        tidewater_storage::patch_for_append(&mut data, base_offset, term as i32);
+        if self.node.propose(Vec::new(), data).is_err() {
+            return Err((ticket, Refusal::NotLeader { leader: self.leader() }));
+        }
+        let index = self.node.raft.raft_log.last_index();
+        self.next_offset = Some((term, last_offset + 1));
+        let span = BatchSpan { base_offset, last_offset };
+        self.tickets.insert(index, Ticket { term, span, ack_on, ticket });
+        Ok(Placed { index, base_offset, last_offset, leader_epoch: term as i32 })
+    }
+
+    /// Reports that the job of `Ready` `number` (and every one before it) is durable.
+    pub fn persisted(&mut self, number: u64) {
+        while let Some(front) = self.unpersisted.front() {
+            if front.number > number && front.written {
+                break;
+            }
+            let done = self.unpersisted.pop_front().expect("front exists");
+            if let Some(index) = done.last_index {
+                self.durable_index = self.durable_index.max(index);
+            }
+            self.released.extend(done.messages);
+            self.node.on_persist_ready(done.number);
+        }
+    }
+
+    /// The work to do after any input; call until it returns `None`.
+    pub fn ready(&mut self) -> Result<Option<Output<T>>, ReplicaError> {
+        let mut out = Output { send: std::mem::take(&mut self.released), ..Output::default() };
+        self.ack_leader_appends(&mut out);
+        if self.node.has_ready() {
+            self.handle_ready(&mut out)?;
+        }
+        let leadership = self.leadership();
+        if self.last_leadership != Some(leadership) {
+            self.last_leadership = Some(leadership);
+            out.leadership = Some(leadership);
+        }
+        Ok(if out.is_empty() { None } else { Some(out) })
+    }
+
+    fn handle_ready(&mut self, out: &mut Output<T>) -> Result<(), ReplicaError> {
+        let mut ready = self.node.ready();
+        for message in ready.take_messages() {
+            out.send.push(RaftMessage::from_raft(&message)?);
+        }
+        let mut job = PersistJob {
+            number: ready.number(),
+            must_sync: ready.must_sync(),
+            applied: self.applied,
+            ..PersistJob::default()
+        };
+        let entries = ready.take_entries();
+        if let Some(first) = entries.first() {
+            job.cut_to = self.node.mut_store().append(&entries)?;
+            // proposals whose entries were just replaced by another term's can never commit
+            let log = self.node.store();
+            let replaced: Vec<u64> = self
+                .tickets
+                .range(first.index..)
+                .filter(|&(&index, ticket)| log.term_at(index) != Some(ticket.term))
+                .map(|(&index, _)| index)
+                .collect();
+            for index in replaced {
+                if let Some(ticket) = self.tickets.remove(&index) {
+                    out.acks.push((ticket.ticket, Err(Refusal::Superseded)));
+                }
+            }
+        }
+        let last_index = entries.last().map(|entry| entry.index);
+        job.entries = entries;
+        if let Some(hard_state) = ready.hs() {
+            self.node.mut_store().set_hard_state(hard_state.clone());
+            job.hard_state = Some(hard_state.clone());
+        }
+        let committed = ready.take_committed_entries();
+        let persisted_messages =
+            ready.take_persisted_messages().iter().map(RaftMessage::from_raft).collect::<Result<Vec<_>, _>>()?;
+        self.node.advance_append_async(ready);
+        self.apply(committed, &mut job, out)?;
+        let written = !job.is_empty();
+        if !written && self.unpersisted.is_empty() {
+            // nothing to wait for: it is as durable as everything before it
+            self.node.on_persist_ready(job.number);
+            out.send.extend(persisted_messages);
+        } else {
+            self.unpersisted.push_back(Unpersisted {
+                number: job.number,
+                written,
+                last_index,
+                messages: persisted_messages,
+            });
+            if written {
+                out.persist = Some(job);
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies committed entries: conf changes, the high watermark, acknowledgements.
+    fn apply(&mut self, committed: Vec<Entry>, job: &mut PersistJob, out: &mut Output<T>) -> Result<(), ReplicaError> {
+        let Some(last) = committed.last().map(|entry| entry.index) else {
+            return Ok(());
+        };
+        for entry in &committed {
+            if entry.get_entry_type() == EntryType::EntryConfChangeV2 {
+                let change = ConfChangeV2::parse_from_bytes(&entry.data)
+                    .map_err(|_| WireError::BadConfChange { index: entry.index })?;
+                let conf_state = self.node.apply_conf_change(&change)?;
+                self.node.mut_store().set_conf_state(conf_state.clone());
+                job.conf_state = Some(conf_state);
+            } else if let Some(span) = batch_span(entry) {
+                self.high_watermark = span.last_offset + 1;
+                out.high_watermark = Some(self.high_watermark);
+            }
+            // anything proposed before this entry and still waiting lost its place
+            let overtaken: Vec<u64> = self.tickets.range(..entry.index).map(|(&index, _)| index).collect();
+            for index in overtaken {
+                if let Some(ticket) = self.tickets.remove(&index) {
+                    out.acks.push((ticket.ticket, Err(Refusal::Superseded)));
+                }
+            }
+            if let Some(ticket) = self.tickets.remove(&entry.index) {
+                let answer = if ticket.term == entry.term {
+                    Ok(placed(entry.index, ticket.span, ticket.term))
+                } else {
+                    Err(Refusal::Superseded)
+                };
+                out.acks.push((ticket.ticket, answer));
+            }
+        }
+        self.applied = last;
+        job.applied = last;
+        self.node.advance_apply_to(last);
+        Ok(())
+    }
+
+    /// `acks=1`: proposals of this term whose entry the leader's own write made durable.
+    fn ack_leader_appends(&mut self, out: &mut Output<T>) {
+        let durable: Vec<u64> = self
+            .tickets
+            .range(..=self.durable_index)
+            .filter(|&(&index, ticket)| {
+                ticket.ack_on == AckOn::LeaderAppend && self.node.store().term_at(index) == Some(ticket.term)
+            })
+            .map(|(&index, _)| index)
+            .collect();
+        for index in durable {
+            if let Some(ticket) = self.tickets.remove(&index) {
+                out.acks.push((ticket.ticket, Ok(placed(index, ticket.span, ticket.term))));
+            }
+        }
+    }
+
+    /// Refuses every proposal still waiting (the replica is stopping or was removed).
+    pub fn refuse_waiting(&mut self) -> Vec<(T, Refusal)> {
+        std::mem::take(&mut self.tickets).into_values().map(|ticket| (ticket.ticket, Refusal::Stopped)).collect()
+    }
+
+    /// The next Kafka offset to stamp in `term`: after the last data entry of this leader's
+    /// whole log, stable or not.
+    fn next_offset(&mut self, term: u64) -> i64 {
+        if let Some((known_term, next)) = self.next_offset
+            && known_term == term
+        {
+            return next;
+        }
+        let raft_log = &self.node.raft.raft_log;
+        let unstable = raft_log.unstable_entries();
+        let from_unstable = unstable.iter().rev().find_map(batch_span).map(|span| span.last_offset + 1);
+        let next = from_unstable.unwrap_or_else(|| {
+            let stable_last = match unstable.first() {
+                Some(first) => first.index - 1,
+                None => raft_log.last_index(),
+            };
+            self.node.store().end_offset_at(stable_last)
+        });
+        self.next_offset = Some((term, next));
+        next
+    }
+
+    /// Draws a new election timeout from the seeded generator whenever raft-rs has drawn one
+    /// from `thread_rng` (on every change of term or role).
+    fn redraw_election_timeout(&mut self) {
+        let now = (self.node.raft.term, self.node.raft.state);
+        if now == self.drawn_for {
+            return;
+        }
+        self.drawn_for = now;
+        let low = self.node.raft.election_timeout();
+        let timeout = self.rng.random_range(low..2 * low);
+        self.node.raft.set_randomized_election_timeout(timeout);
+    }
+
+    /// Whether this replica leads.
+    pub fn is_leader(&self) -> bool {
+        self.node.raft.state == StateRole::Leader
+    }
+
+    /// The leader this replica knows of.
+    pub fn leader(&self) -> Option<u64> {
+        match self.node.raft.leader_id {
+            raft::INVALID_ID => None,
+            id => Some(id),
+        }
+    }
+
+    /// The current term (= the Kafka leader epoch).
+    pub fn term(&self) -> u64 {
+        self.node.raft.term
+    }
+
+    /// Who leads, as this replica sees it.
+    pub fn leadership(&self) -> Leadership {
+        Leadership { term: self.term(), leader: self.leader(), is_leader: self.is_leader() }
+    }
+
+    /// The end of the last committed (and applied) data entry: what consumers may read.
+    pub fn high_watermark(&self) -> i64 {
+        self.high_watermark
+    }
+
+    /// The last raft index applied.
+    pub fn applied(&self) -> u64 {
+        self.applied
+    }
+
+    /// The replica's raft log view.
+    pub fn log(&self) -> &EntryLog {
+        self.node.store()
+    }
+
+    /// The raft commit index.
+    pub fn commit_index(&self) -> u64 {
+        self.node.raft.raft_log.committed
+    }
+
+    /// Proposals waiting for an answer.
+    pub fn waiting(&self) -> usize {
+        self.tickets.len()
+    }
+
+    /// Entries as raft-rs would send them, for catching a replica up in tests.
+    pub fn entries_from(&self, low: u64) -> Vec<Entry> {
+        let high = self.node.raft.raft_log.last_index() + 1;
+        self.node.raft.raft_log.slice(low, high, None, GetEntriesContext::empty(false)).unwrap_or_default()
+    }
+}
+
+fn placed(index: u64, span: BatchSpan, term: u64) -> Placed {
+    Placed { index, base_offset: span.base_offset, last_offset: span.last_offset, leader_epoch: term as i32 }
+}
+
+/// The batch bytes of a data entry.
+pub fn entry_batch(entry: &Entry) -> Option<Bytes> {
+    batch_span(entry).map(|_| entry.data.clone())
+}

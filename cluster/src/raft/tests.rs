@@ -1,0 +1,590 @@
+//! Replicas of one partition over an in-memory network that drops, reorders and cuts links,
+//! with crashes that lose every write not yet reported durable. One seed drives everything,
+//! and the checks are the replication invariants of ARCHITECTURE.md: at most one leader per
+//! term, terms only grow, replicas agree below the high watermark, and no acknowledged batch
+//! is lost or changed.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use bytes::Bytes;
+use proptest::prelude::*;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tidewater_storage::{NewRecord, build_record_batch, patch_for_append};
+
+use super::entry_log::batch_span;
+use super::*;
+
+struct Replica {
+    options: ReplicaOptions,
+    core: Option<ReplicaCore<u64>>,
+    /// what survives a crash
+    durable: EntryLog,
+    durable_applied: u64,
+    /// jobs handed out, not yet durable (lost in a crash)
+    jobs: VecDeque<PersistJob>,
+    lives: u64,
+    /// the highest term made durable
+    highest_term: u64,
+    high_watermark: i64,
+}
+
+struct Cluster {
+    replicas: BTreeMap<u64, Replica>,
+    in_flight: Vec<RaftMessage>,
+    /// one-way links that drop everything: (from, to)
+    cut: BTreeSet<(u64, u64)>,
+    rng: StdRng,
+    leaders: BTreeMap<u64, u64>,
+    /// every batch proposed, by ticket (unstamped), and when it is acknowledged
+    proposed: BTreeMap<u64, (Bytes, AckOn)>,
+    /// acknowledged after commit: base offset -> stamped bytes
+    acked: BTreeMap<i64, Bytes>,
+    /// batches seen below some replica's high watermark: base offset -> bytes
+    committed: BTreeMap<i64, Bytes>,
+    next_ticket: u64,
+    /// tickets answered with a refusal
+    refused: BTreeSet<u64>,
+    violations: Vec<String>,
+    /// (term, leader) changes and acknowledgements, for the determinism check
+    trace: Vec<(u64, u64, i64)>,
+}
+
+fn batch(ticket: u64, records: usize) -> Bytes {
+    let values: Vec<Vec<u8>> = (0..records).map(|n| format!("{ticket}-{n}").into_bytes()).collect();
+    let records: Vec<NewRecord> = values
+        .iter()
+        .map(|value| NewRecord { key: None, value: Some(value), headers: &[], timestamp_ms: 1_700_000_000_000 })
+        .collect();
+    build_record_batch(&records, 1_700_000_000_000)
+}
+
+impl Cluster {
+    fn new(seed: u64, size: u64) -> Self {
+        let voters: Vec<u64> = (1..=size).collect();
+        let replicas = voters
+            .iter()
+            .map(|&id| {
+                let options = ReplicaOptions::new(id, seed ^ (id << 32));
+                let durable = EntryLog::new(&voters, 0);
+                let core = ReplicaCore::new(&options, durable.clone(), 0).expect("replica starts");
+                let replica = Replica {
+                    options,
+                    core: Some(core),
+                    durable,
+                    durable_applied: 0,
+                    jobs: VecDeque::new(),
+                    lives: 1,
+                    highest_term: 0,
+                    high_watermark: 0,
+                };
+                (id, replica)
+            })
+            .collect();
+        Self {
+            replicas,
+            in_flight: Vec::new(),
+            cut: BTreeSet::new(),
+            rng: StdRng::seed_from_u64(seed),
+            leaders: BTreeMap::new(),
+            proposed: BTreeMap::new(),
+            acked: BTreeMap::new(),
+            committed: BTreeMap::new(),
+            next_ticket: 1,
+            refused: BTreeSet::new(),
+            violations: Vec::new(),
+            trace: Vec::new(),
+        }
+    }
+
+    fn ids(&self) -> Vec<u64> {
+        self.replicas.keys().copied().collect()
+    }
+
+    fn live(&self) -> Vec<u64> {
+        self.replicas.iter().filter(|(_, replica)| replica.core.is_some()).map(|(&id, _)| id).collect()
+    }
+
+    fn pick(&mut self, from: &[u64]) -> Option<u64> {
+        if from.is_empty() { None } else { Some(from[self.rng.random_range(0..from.len())]) }
+    }
+
+    /// Handles every output of replica `id` until it has none.
+    fn drain(&mut self, id: u64) {
+        loop {
+            let replica = self.replicas.get_mut(&id).expect("known replica");
+            let Some(core) = replica.core.as_mut() else { return };
+            let out = match core.ready() {
+                Ok(Some(out)) => out,
+                Ok(None) => return,
+                Err(error) => {
+                    self.violations.push(format!("replica {id}: ready failed: {error}"));
+                    return;
+                }
+            };
+            if let Some(job) = out.persist {
+                replica.jobs.push_back(job);
+            }
+            for message in out.send {
+                if !self.cut.contains(&(message.from, message.to)) {
+                    self.in_flight.push(message);
+                }
+            }
+            if let Some(leadership) = out.leadership {
+                self.saw_leadership(id, leadership);
+            }
+            for (ticket, answer) in out.acks {
+                match answer {
+                    Ok(placed) => self.saw_ack(ticket, placed),
+                    Err(_) => {
+                        self.refused.insert(ticket);
+                    }
+                }
+            }
+            if let Some(high_watermark) = out.high_watermark {
+                self.saw_high_watermark(id, high_watermark);
+            }
+        }
+    }
+
+    fn saw_leadership(&mut self, id: u64, leadership: Leadership) {
+        let replica = self.replicas.get_mut(&id).expect("known replica");
+        // a term not yet durable may be forgotten in a crash; a durable one never
+        if leadership.term < replica.highest_term {
+            self.violations
+                .push(format!("replica {id}: term went back {} -> {}", replica.highest_term, leadership.term));
+        }
+        if leadership.is_leader {
+            match self.leaders.insert(leadership.term, id) {
+                Some(other) if other != id => {
+                    self.violations.push(format!("term {}: two leaders, {other} and {id}", leadership.term));
+                }
+                Some(_) => {}
+                None => self.trace.push((leadership.term, id, -1)),
+            }
+        }
+    }
+
+    fn saw_ack(&mut self, ticket: u64, placed: Placed) {
+        let (data, ack_on) = &self.proposed[&ticket];
+        let mut stamped = data.to_vec();
+        patch_for_append(&mut stamped, placed.base_offset, placed.leader_epoch);
+        let stamped = Bytes::from(stamped);
+        if *ack_on == AckOn::LeaderAppend {
+            // acks=1: the leader held it; a fail-over may lose it, and another batch may
+            // then take its offsets
+            self.trace.push((placed.index, ticket, placed.base_offset));
+            return;
+        }
+        if let Some(known) = self.committed.get(&placed.base_offset)
+            && *known != stamped
+        {
+            self.violations.push(format!("offset {}: acknowledged bytes differ from committed", placed.base_offset));
+        }
+        if self.acked.insert(placed.base_offset, stamped).is_some() {
+            self.violations.push(format!("offset {} acknowledged twice", placed.base_offset));
+        }
+        self.trace.push((placed.index, ticket, placed.base_offset));
+    }
+
+    fn saw_high_watermark(&mut self, id: u64, high_watermark: i64) {
+        let replica = self.replicas.get_mut(&id).expect("known replica");
+        if high_watermark < replica.high_watermark {
+            self.violations.push(format!("replica {id}: high watermark went back within one life"));
+        }
+        replica.high_watermark = high_watermark;
+        let log = replica.core.as_ref().expect("live").log();
+        let mut below = Vec::new();
+        for index in 1..=log.last_index() {
+            let Some(entry) = log.entry(index) else { continue };
+            if let Some(span) = batch_span(entry)
+                && span.last_offset < high_watermark
+            {
+                below.push((span, entry.data.clone()));
+            }
+        }
+        let mut expected = 0;
+        for (span, data) in below {
+            let base_offset = span.base_offset;
+            if base_offset != expected {
+                self.violations.push(format!("replica {id}: gap below the high watermark at {expected}"));
+            }
+            expected = span.last_offset + 1;
+            match self.committed.get(&base_offset) {
+                Some(known) if *known != data => {
+                    self.violations
+                        .push(format!("replica {id}: offset {base_offset} differs below the high watermark"));
+                }
+                Some(_) => {}
+                None => {
+                    self.committed.insert(base_offset, data);
+                }
+            }
+        }
+    }
+
+    fn deliver(&mut self, position: usize) {
+        let message = self.in_flight.swap_remove(position);
+        let to = message.to;
+        if self.cut.contains(&(message.from, to)) {
+            return;
+        }
+        let Some(core) = self.replicas.get_mut(&to).and_then(|replica| replica.core.as_mut()) else { return };
+        if let Err(error) = core.step(&message) {
+            self.violations.push(format!("replica {to}: step failed: {error}"));
+        }
+        self.drain(to);
+    }
+
+    fn tick(&mut self, id: u64) {
+        if let Some(core) = self.replicas.get_mut(&id).and_then(|replica| replica.core.as_mut()) {
+            core.tick();
+            self.drain(id);
+        }
+    }
+
+    fn persist_one(&mut self, id: u64) {
+        let replica = self.replicas.get_mut(&id).expect("known replica");
+        let Some(job) = replica.jobs.pop_front() else { return };
+        if let Err(error) = replica.durable.append(&job.entries) {
+            self.violations.push(format!("replica {id}: durable append failed: {error}"));
+        }
+        if let Some(hard_state) = job.hard_state {
+            if hard_state.term < replica.highest_term {
+                self.violations.push(format!("replica {id}: durable term went back to {}", hard_state.term));
+            }
+            replica.highest_term = replica.highest_term.max(hard_state.term);
+            replica.durable.set_hard_state(hard_state);
+        }
+        if let Some(conf_state) = job.conf_state {
+            replica.durable.set_conf_state(conf_state);
+        }
+        replica.durable_applied = replica.durable_applied.max(job.applied);
+        if let Some(core) = replica.core.as_mut() {
+            core.persisted(job.number);
+        }
+        self.drain(id);
+    }
+
+    fn propose(&mut self, id: u64, ack_on: AckOn) -> bool {
+        let ticket = self.next_ticket;
+        let records = self.rng.random_range(1..5);
+        let Some(core) = self.replicas.get_mut(&id).and_then(|replica| replica.core.as_mut()) else { return false };
+        let data = batch(ticket, records);
+        let proposed = core.propose(&data, ack_on, ticket).is_ok();
+        if proposed {
+            self.next_ticket += 1;
+            self.proposed.insert(ticket, (data, ack_on));
+            self.drain(id);
+        }
+        proposed
+    }
+
+    fn crash(&mut self, id: u64) {
+        let replica = self.replicas.get_mut(&id).expect("known replica");
+        replica.core = None;
+        replica.jobs.clear();
+    }
+
+    fn restart(&mut self, id: u64) {
+        let replica = self.replicas.get_mut(&id).expect("known replica");
+        if replica.core.is_some() {
+            return;
+        }
+        replica.lives += 1;
+        let mut options = replica.options.clone();
+        options.seed ^= replica.lives;
+        match ReplicaCore::new(&options, replica.durable.clone(), replica.durable_applied) {
+            Ok(core) => {
+                replica.high_watermark = core.high_watermark();
+                replica.core = Some(core);
+            }
+            Err(error) => self.violations.push(format!("replica {id}: restart failed: {error}")),
+        }
+        self.drain(id);
+    }
+
+    /// One random step of the fault-injecting schedule.
+    fn chaos_step(&mut self) {
+        let roll = self.rng.random_range(0..1000);
+        let ids = self.ids();
+        let live = self.live();
+        match roll {
+            0..330 if !self.in_flight.is_empty() => {
+                let position = self.rng.random_range(0..self.in_flight.len());
+                self.deliver(position);
+            }
+            330..350 if !self.in_flight.is_empty() => {
+                let position = self.rng.random_range(0..self.in_flight.len());
+                self.in_flight.swap_remove(position);
+            }
+            350..600 => {
+                if let Some(id) = self.pick(&live) {
+                    self.tick(id);
+                }
+            }
+            600..780 => {
+                let with_jobs: Vec<u64> =
+                    self.replicas.iter().filter(|(_, replica)| !replica.jobs.is_empty()).map(|(&id, _)| id).collect();
+                if let Some(id) = self.pick(&with_jobs) {
+                    self.persist_one(id);
+                }
+            }
+            780..950 => {
+                let leader = live
+                    .iter()
+                    .copied()
+                    .find(|id| self.replicas[id].core.as_ref().is_some_and(|core| core.is_leader()));
+                let target = match leader {
+                    Some(leader) if self.rng.random_bool(0.8) => Some(leader),
+                    _ => self.pick(&live),
+                };
+                if let Some(id) = target {
+                    let ack_on = if self.rng.random_bool(0.2) { AckOn::LeaderAppend } else { AckOn::Commit };
+                    self.propose(id, ack_on);
+                }
+            }
+            950..956 => {
+                if let Some(id) = self.pick(&live) {
+                    self.crash(id);
+                }
+            }
+            956..970 => {
+                let down: Vec<u64> = ids.iter().copied().filter(|id| !live.contains(id)).collect();
+                if let Some(id) = self.pick(&down) {
+                    self.restart(id);
+                }
+            }
+            970..982 => {
+                let from = self.pick(&ids).expect("replicas");
+                let to = self.pick(&ids).expect("replicas");
+                if from != to {
+                    self.cut.insert((from, to));
+                }
+            }
+            982..990 => self.cut.clear(),
+            990..1000 => {
+                let leader = live
+                    .iter()
+                    .copied()
+                    .find(|id| self.replicas[id].core.as_ref().is_some_and(|core| core.is_leader()));
+                if let (Some(leader), Some(to)) = (leader, self.pick(&ids))
+                    && leader != to
+                    && let Some(core) = self.replicas.get_mut(&leader).and_then(|replica| replica.core.as_mut())
+                {
+                    core.transfer_leader(to);
+                    self.drain(leader);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Heals everything and runs the cluster fairly until one leader has committed a batch
+    /// of its own and every replica reached its high watermark.
+    fn settle(&mut self, rounds: usize) -> Result<(), String> {
+        self.cut.clear();
+        for id in self.ids() {
+            self.restart(id);
+        }
+        let mut final_ticket: Option<u64> = None;
+        for _ in 0..rounds {
+            while !self.in_flight.is_empty() {
+                self.deliver(0);
+            }
+            for id in self.ids() {
+                while !self.replicas[&id].jobs.is_empty() {
+                    self.persist_one(id);
+                }
+            }
+            for id in self.ids() {
+                self.tick(id);
+            }
+            let leader =
+                self.ids().into_iter().find(|id| self.replicas[id].core.as_ref().is_some_and(|core| core.is_leader()));
+            let Some(leader) = leader else { continue };
+            if final_ticket.is_some_and(|ticket| self.refused.contains(&ticket)) {
+                final_ticket = None;
+            }
+            if final_ticket.is_none() {
+                let ticket = self.next_ticket;
+                if self.propose(leader, AckOn::Commit) {
+                    final_ticket = Some(ticket);
+                }
+                continue;
+            }
+            let done = final_ticket
+                .is_some_and(|ticket| self.trace.iter().any(|&(_, acked, offset)| acked == ticket && offset >= 0));
+            let leader_hw = self.replicas[&leader].high_watermark;
+            let caught_up = self.replicas.values().all(|replica| replica.high_watermark == leader_hw);
+            if done && caught_up && self.in_flight.is_empty() {
+                return Ok(());
+            }
+        }
+        let states: Vec<String> = self
+            .replicas
+            .iter()
+            .map(|(id, replica)| {
+                let core = replica.core.as_ref().expect("restarted");
+                format!(
+                    "{id}: {:?} hw {} commit {} last {} jobs {}",
+                    core.leadership(),
+                    replica.high_watermark,
+                    core.commit_index(),
+                    core.log().last_index(),
+                    replica.jobs.len()
+                )
+            })
+            .collect();
+        Err(format!("no settled leader after {rounds} rounds (final ticket {final_ticket:?}): {states:?}"))
+    }
+
+    /// Every acknowledged batch is on every replica, at its offset, byte for byte.
+    fn check_acknowledged(&mut self) {
+        for (&id, replica) in &self.replicas {
+            let log = replica.core.as_ref().expect("settled").log();
+            let held: BTreeMap<i64, Bytes> = (1..=log.last_index())
+                .filter_map(|index| log.entry(index))
+                .filter_map(|entry| batch_span(entry).map(|span| (span.base_offset, entry.data.clone())))
+                .collect();
+            for (offset, bytes) in &self.acked {
+                match held.get(offset) {
+                    Some(found) if found == bytes => {}
+                    Some(_) => self.violations.push(format!("replica {id}: acknowledged offset {offset} changed")),
+                    None => self.violations.push(format!("replica {id}: acknowledged offset {offset} lost")),
+                }
+            }
+        }
+    }
+}
+
+/// Runs one seed: a chaotic phase, then healing; returns the violations and the trace.
+fn run(seed: u64, size: u64, steps: usize) -> (Vec<String>, Vec<(u64, u64, i64)>) {
+    let mut cluster = Cluster::new(seed, size);
+    for _ in 0..steps {
+        cluster.chaos_step();
+    }
+    if let Err(stuck) = cluster.settle(3_000) {
+        cluster.violations.push(stuck);
+    } else {
+        cluster.check_acknowledged();
+    }
+    if std::env::var("RAFT_STATS").is_ok() {
+        eprintln!(
+            "seed {seed}: {} acked, {} terms with a leader, {} lives, {} committed batches",
+            cluster.acked.len(),
+            cluster.leaders.len(),
+            cluster.replicas.values().map(|r| r.lives).sum::<u64>(),
+            cluster.committed.len()
+        );
+    }
+    (cluster.violations, cluster.trace)
+}
+
+#[test]
+fn three_replicas_elect_commit_and_number_batches_contiguously() {
+    let mut cluster = Cluster::new(7, 3);
+    cluster.settle(500).expect("a leader");
+    let leader = cluster.ids().into_iter().find(|id| cluster.replicas[id].core.as_ref().unwrap().is_leader()).unwrap();
+    for _ in 0..50 {
+        assert!(cluster.propose(leader, AckOn::Commit));
+    }
+    cluster.settle(500).expect("settles");
+    cluster.check_acknowledged();
+    assert!(cluster.violations.is_empty(), "{:?}", cluster.violations);
+    // 51 batches acknowledged (the settle batch included), numbered without gaps
+    let mut expected = 0;
+    for (&offset, bytes) in &cluster.acked {
+        assert_eq!(offset, expected);
+        let header = tidewater_storage::BatchHeader::parse(bytes).unwrap();
+        expected = header.last_offset() + 1;
+    }
+    assert!(cluster.acked.len() >= 51);
+    for replica in cluster.replicas.values() {
+        assert_eq!(replica.high_watermark, expected, "every replica reached the high watermark");
+    }
+}
+
+#[test]
+fn a_new_leader_stamps_after_the_old_leaders_log_and_cuts_its_uncommitted_tail() {
+    let mut cluster = Cluster::new(11, 3);
+    cluster.settle(500).expect("a leader");
+    let old = cluster.ids().into_iter().find(|id| cluster.replicas[id].core.as_ref().unwrap().is_leader()).unwrap();
+    let before = cluster.acked.len();
+    // the old leader is cut off from everyone, then takes proposals it can never commit
+    for id in cluster.ids() {
+        if id != old {
+            cluster.cut.insert((old, id));
+            cluster.cut.insert((id, old));
+        }
+    }
+    for _ in 0..5 {
+        assert!(cluster.propose(old, AckOn::Commit));
+    }
+    while cluster.replicas[&old].jobs.front().is_some() {
+        cluster.persist_one(old);
+    }
+    let old_end = cluster.replicas[&old].core.as_ref().unwrap().log().end_offset();
+    let committed_end = cluster.replicas[&old].high_watermark;
+    assert!(old_end > committed_end, "the old leader holds an uncommitted tail");
+    // the majority elects a new leader and commits its own batches over the same offsets
+    let others: Vec<u64> = cluster.ids().into_iter().filter(|&id| id != old).collect();
+    let mut new_leader = None;
+    for _ in 0..500 {
+        for &id in &others {
+            cluster.tick(id);
+        }
+        while !cluster.in_flight.is_empty() {
+            cluster.deliver(0);
+        }
+        for &id in &others {
+            while !cluster.replicas[&id].jobs.is_empty() {
+                cluster.persist_one(id);
+            }
+        }
+        new_leader = others.iter().copied().find(|id| cluster.replicas[id].core.as_ref().unwrap().is_leader());
+        if new_leader.is_some() {
+            break;
+        }
+    }
+    let new_leader = new_leader.expect("the majority elects a leader");
+    assert!(cluster.propose(new_leader, AckOn::Commit));
+    // heal: the old leader's tail is replaced by the new leader's entries
+    cluster.settle(1_000).expect("settles");
+    cluster.check_acknowledged();
+    assert!(cluster.violations.is_empty(), "{:?}", cluster.violations);
+    assert!(cluster.acked.len() >= before + 2);
+    let new_batch = cluster.acked.range(committed_end..).next().expect("new leader's batch");
+    assert_eq!(*new_batch.0, committed_end, "the new leader stamps right after the committed log");
+    let log = cluster.replicas[&old].core.as_ref().unwrap().log();
+    let entry_terms: BTreeSet<i32> = (1..=log.last_index())
+        .filter_map(|index| log.entry(index))
+        .filter_map(|entry| tidewater_storage::BatchHeader::parse(&entry.data).ok())
+        .map(|header| header.partition_leader_epoch)
+        .collect();
+    assert!(entry_terms.len() >= 2, "the old replica now holds the new term's batches: {entry_terms:?}");
+}
+
+#[test]
+fn the_same_seed_gives_the_same_elections_and_offsets() {
+    let (violations, first) = run(42, 3, 800);
+    assert!(violations.is_empty(), "{violations:?}");
+    let (_, second) = run(42, 3, 800);
+    assert_eq!(first, second);
+    assert!(first.iter().any(|&(_, _, offset)| offset >= 0), "something was acknowledged");
+}
+
+/// Cases per run: 48 in CI, more with `RAFT_CASES=n`.
+fn cases() -> u32 {
+    std::env::var("RAFT_CASES").ok().and_then(|cases| cases.parse().ok()).unwrap_or(48)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
+
+    #[test]
+    fn replicas_keep_every_acknowledged_batch_under_faults(seed in any::<u64>(), five in any::<bool>()) {
+        let (violations, _) = run(seed, if five { 5 } else { 3 }, 3_000);
+        prop_assert!(violations.is_empty(), "seed {seed}: {violations:?}");
+    }
+}
