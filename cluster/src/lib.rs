@@ -5,7 +5,9 @@
 //! Membership (chitchat), placement and the data-plane RPC channel join this crate with the
 //! cluster issue.
 
+pub mod data_plane;
 pub mod invariants;
+pub mod metrics;
 pub mod raft;
 pub mod seams;
 

@@ -1,0 +1,285 @@
+//! [`PeerLink`]: the one outbound data-plane connection to one remote node.
+//!
+//! Every replica on this node casts its raft messages for that node here. Messages that
+//! arrive while others are queued ride in the same frame: the link schedules one flush
+//! when its outbox goes from empty to not, and the flush runs after everything already in
+//! the mailbox, so a burst of heartbeats from a thousand partitions leaves as one frame.
+//!
+//! Raft tolerates loss, so the link never queues without bound: while the peer is down or
+//! slow, the outbox is dropped (and counted) rather than kept; raft resends what matters.
+//! Connecting backs off from 50 ms to 2 s; every connect and write has a timeout.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tokio::io::AsyncWriteExt;
+
+use super::frame::{self, MAX_FRAME_BYTES};
+use super::{GroupId, PeerMessage};
+use crate::raft::RaftMessage;
+use crate::raft::wire::EntryPayload;
+use crate::seams::{Connection, Net};
+
+/// Timeouts, backoff and bounds of a link.
+#[derive(Debug, Clone)]
+pub struct LinkOptions {
+    /// how long a connect may take
+    pub connect_timeout: Duration,
+    /// how long one frame's write may take
+    pub write_timeout: Duration,
+    /// the first wait after a failed connect
+    pub backoff_min: Duration,
+    /// the longest wait between connects
+    pub backoff_max: Duration,
+    /// outbox bytes (estimated) past which new messages are dropped until the next flush
+    pub max_outbox_bytes: usize,
+}
+
+impl Default for LinkOptions {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(1),
+            write_timeout: Duration::from_secs(2),
+            backoff_min: Duration::from_millis(50),
+            backoff_max: Duration::from_secs(2),
+            max_outbox_bytes: 8 << 20,
+        }
+    }
+}
+
+/// What a link needs.
+pub struct PeerLinkArgs {
+    /// this node's id (sent in the hello)
+    pub local_node: u64,
+    /// the cluster name (sent in the hello)
+    pub cluster: String,
+    /// the peer's data-plane address
+    pub address: SocketAddr,
+    /// sockets
+    pub net: Arc<dyn Net>,
+    /// timeouts and bounds
+    pub options: LinkOptions,
+}
+
+/// Messages to a link.
+#[allow(clippy::large_enum_variant)] // nearly every message is `Raft`; boxing it would cost an allocation each
+pub enum PeerLinkMsg {
+    /// send a raft message of `GroupId` to the peer
+    Raft(GroupId, RaftMessage),
+    /// write the outbox (sent by the link to itself)
+    Flush,
+    /// the peer advertised a new address (it restarted elsewhere)
+    Address(SocketAddr),
+    /// counters, for HTTP status and tests
+    Status(RpcReplyPort<LinkStatus>),
+}
+
+/// A link's counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LinkStatus {
+    /// whether a connection is open
+    pub connected: bool,
+    /// frames written
+    pub frames_sent: u64,
+    /// raft messages written
+    pub messages_sent: u64,
+    /// raft messages dropped (peer down, slow, or outbox full)
+    pub messages_dropped: u64,
+}
+
+/// The link actor.
+pub struct PeerLink;
+
+/// A link's state.
+pub struct LinkState {
+    args: PeerLinkArgs,
+    outbox: Vec<(GroupId, RaftMessage)>,
+    outbox_bytes: usize,
+    flush_scheduled: bool,
+    connection: Option<Box<dyn Connection>>,
+    retry_at: Option<tokio::time::Instant>,
+    backoff: Duration,
+    correlation: u64,
+    buffer: BytesMut,
+    status: LinkStatus,
+}
+
+/// A rough size of a message in a frame, for the outbox bound.
+fn estimated_bytes(message: &RaftMessage) -> usize {
+    let entries: usize = message
+        .entries
+        .iter()
+        .map(|entry| match &entry.payload {
+            EntryPayload::Normal(data) => data.len() + 24,
+            EntryPayload::ConfChange(change) => change.changes.len() * 10 + 24,
+        })
+        .sum();
+    64 + entries + message.context.len()
+}
+
+impl Actor for PeerLink {
+    type Msg = PeerLinkMsg;
+    type State = LinkState;
+    type Arguments = PeerLinkArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<PeerLinkMsg>,
+        args: PeerLinkArgs,
+    ) -> Result<LinkState, ActorProcessingErr> {
+        let backoff = args.options.backoff_min;
+        Ok(LinkState {
+            args,
+            outbox: Vec::new(),
+            outbox_bytes: 0,
+            flush_scheduled: false,
+            connection: None,
+            retry_at: None,
+            backoff,
+            correlation: 0,
+            buffer: BytesMut::new(),
+            status: LinkStatus::default(),
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<PeerLinkMsg>,
+        message: PeerLinkMsg,
+        state: &mut LinkState,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            PeerLinkMsg::Raft(group, message) => {
+                let bytes = estimated_bytes(&message);
+                if state.outbox_bytes + bytes > state.args.options.max_outbox_bytes {
+                    state.status.messages_dropped += 1;
+                    metrics::counter!(crate::metrics::PEER_MESSAGES_DROPPED).increment(1);
+                } else {
+                    state.outbox_bytes += bytes;
+                    state.outbox.push((group, message));
+                }
+                if !state.flush_scheduled {
+                    state.flush_scheduled = true;
+                    let _ = myself.cast(PeerLinkMsg::Flush);
+                }
+            }
+            PeerLinkMsg::Flush => {
+                state.flush_scheduled = false;
+                state.flush().await;
+            }
+            PeerLinkMsg::Address(address) => {
+                if address != state.args.address {
+                    state.args.address = address;
+                    state.connection = None;
+                    state.retry_at = None;
+                }
+            }
+            PeerLinkMsg::Status(reply) => {
+                let mut status = state.status;
+                status.connected = state.connection.is_some();
+                let _ = reply.send(status);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl LinkState {
+    async fn flush(&mut self) {
+        let outbox = std::mem::take(&mut self.outbox);
+        self.outbox_bytes = 0;
+        if outbox.is_empty() {
+            return;
+        }
+        let count = outbox.len() as u64;
+        if self.connection.is_none() && !self.connect().await {
+            self.dropped(count);
+            return;
+        }
+        self.buffer.clear();
+        // one frame per flush, split only if it would pass the frame limit
+        let mut chunk = Vec::new();
+        let mut chunk_bytes = 0;
+        for (group, message) in outbox {
+            let bytes = estimated_bytes(&message);
+            if !chunk.is_empty() && chunk_bytes + bytes > MAX_FRAME_BYTES / 2 {
+                self.encode(std::mem::take(&mut chunk));
+                chunk_bytes = 0;
+            }
+            chunk_bytes += bytes;
+            chunk.push((group, message));
+        }
+        self.encode(chunk);
+        let Some(connection) = self.connection.as_mut() else { return };
+        let written = tokio::time::timeout(self.args.options.write_timeout, connection.write_all(&self.buffer)).await;
+        match written {
+            Ok(Ok(())) => {
+                self.status.messages_sent += count;
+                metrics::counter!(crate::metrics::PEER_FRAMES_SENT).increment(1);
+            }
+            Ok(Err(error)) => {
+                tracing::debug!(peer = %self.args.address, %error, "peer link write failed");
+                self.lost_connection(count);
+            }
+            Err(_) => {
+                tracing::debug!(peer = %self.args.address, "peer link write timed out");
+                self.lost_connection(count);
+            }
+        }
+    }
+
+    fn encode(&mut self, chunk: Vec<(GroupId, RaftMessage)>) {
+        self.correlation += 1;
+        if frame::encode(self.correlation, &PeerMessage::Raft(chunk), &mut self.buffer).is_ok() {
+            self.status.frames_sent += 1;
+        }
+    }
+
+    fn lost_connection(&mut self, count: u64) {
+        self.connection = None;
+        self.retry_at = None;
+        self.dropped(count);
+    }
+
+    fn dropped(&mut self, count: u64) {
+        self.status.messages_dropped += count;
+        metrics::counter!(crate::metrics::PEER_MESSAGES_DROPPED).increment(count);
+    }
+
+    /// Opens the connection and says hello, unless the backoff says wait.
+    async fn connect(&mut self) -> bool {
+        let now = tokio::time::Instant::now();
+        if self.retry_at.is_some_and(|at| now < at) {
+            return false;
+        }
+        let address = self.args.address;
+        let attempt = async {
+            let mut connection = self.args.net.connect(address).await?;
+            let mut hello = BytesMut::new();
+            let message = PeerMessage::Hello { node: self.args.local_node, cluster: self.args.cluster.clone() };
+            frame::encode(0, &message, &mut hello).map_err(std::io::Error::other)?;
+            connection.write_all(&hello).await?;
+            Ok::<_, std::io::Error>(connection)
+        };
+        match tokio::time::timeout(self.args.options.connect_timeout, attempt).await {
+            Ok(Ok(connection)) => {
+                tracing::debug!(peer = %address, "peer link connected");
+                self.connection = Some(connection);
+                self.backoff = self.args.options.backoff_min;
+                self.retry_at = None;
+                true
+            }
+            failed => {
+                if let Ok(Err(error)) = failed {
+                    tracing::debug!(peer = %address, %error, "peer link connect failed");
+                }
+                self.retry_at = Some(now + self.backoff);
+                self.backoff = (self.backoff * 2).min(self.args.options.backoff_max);
+                false
+            }
+        }
+    }
+}
