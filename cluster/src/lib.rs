@@ -7,6 +7,7 @@
 
 pub mod data_plane;
 pub mod invariants;
+pub mod membership;
 pub mod metrics;
 pub mod raft;
 pub mod seams;
