@@ -3,6 +3,7 @@
 //! - [`wire`]: raft messages in our own serde form (no protobuf parser reads network bytes);
 //! - [`entry_log`]: a replica's raft log as raft-rs reads it, with the Kafka offset each
 //!   entry ends at;
+//! - [`journal`]: that log on disk: batches in the log store, the rest in the state store;
 //! - [`replica`]: [`ReplicaCore`], one partition replica's replication, sans-IO: raft-rs plus
 //!   offset stamping, the high watermark and acknowledgements.
 
@@ -10,6 +11,7 @@
 #![allow(clippy::field_reassign_with_default)]
 
 pub mod entry_log;
+pub mod journal;
 mod logger;
 pub mod replica;
 pub mod wire;
@@ -18,5 +20,6 @@ pub mod wire;
 mod tests;
 
 pub use entry_log::{BatchSpan, EntryLog};
+pub use journal::{RaftJournal, Restored};
 pub use replica::{AckOn, Leadership, Output, PersistJob, Placed, Refusal, ReplicaCore, ReplicaError, ReplicaOptions};
 pub use wire::RaftMessage;

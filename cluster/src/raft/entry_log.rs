@@ -11,9 +11,13 @@
 //! watermark and tells a new leader where to stamp the next batch.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
+
+use bytes::Bytes;
 
 use raft::eraftpb::{ConfState, Entry, EntryType, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState, StorageError};
+use tidewater_storage::{LogStore, PartitionId};
 
 /// The Kafka offset range a data entry holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,8 +37,30 @@ pub fn batch_span(entry: &Entry) -> Option<BatchSpan> {
     Some(BatchSpan { base_offset: header.base_offset, last_offset: header.last_offset() })
 }
 
+/// Where a data entry's bytes are: in memory, or only in the partition's log on disk.
+#[derive(Debug, Clone)]
+enum Slot {
+    /// a RecordBatch entry; `data` is dropped from memory once applied (the log store has it)
+    Data { base_offset: i64, last_offset: i64, data: Option<Bytes> },
+    /// a no-op or a conf change, always in memory (they are few and small)
+    Other(Entry),
+}
+
+/// One entry's place in the log.
+#[derive(Debug, Clone)]
+struct Held {
+    term: u64,
+    /// the Kafka log end after it
+    end_offset: i64,
+    slot: Slot,
+}
+
 /// A replica's raft log: hard state, conf state, and the entries after the compaction point.
-#[derive(Debug, Clone, Default)]
+///
+/// Every entry's term and offsets stay in memory; a data entry's bytes only until it is
+/// applied ([`EntryLog::evict_applied`]); after that a read fetches them from the partition's
+/// log store, where they are byte for byte the same.
+#[derive(Clone, Default)]
 pub struct EntryLog {
     hard_state: HardState,
     conf_state: ConfState,
@@ -43,17 +69,43 @@ pub struct EntryLog {
     base_term: u64,
     /// the Kafka log end after `base_index`
     base_end_offset: i64,
-    entries: VecDeque<Entry>,
-    /// the Kafka log end after each entry in `entries`
-    end_offsets: VecDeque<i64>,
+    entries: VecDeque<Held>,
+    /// where evicted batches are read back from
+    source: Option<(Arc<dyn LogStore>, PartitionId)>,
+}
+
+impl std::fmt::Debug for EntryLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EntryLog")
+            .field("hard_state", &self.hard_state)
+            .field("base_index", &self.base_index)
+            .field("last_index", &self.last_index())
+            .finish()
+    }
 }
 
 impl EntryLog {
     /// A log whose first voters are `voters`, with its Kafka log starting at `log_start`.
     pub fn new(voters: &[u64], log_start: i64) -> Self {
-        let mut conf_state = ConfState::default();
-        conf_state.voters = voters.to_vec();
+        let conf_state = ConfState { voters: voters.to_vec(), ..ConfState::default() };
         Self { conf_state, base_end_offset: log_start, ..Self::default() }
+    }
+
+    /// A log rebuilt from disk: state, the compaction point, and the entries after it.
+    pub(crate) fn rebuilt(
+        hard_state: HardState,
+        conf_state: ConfState,
+        base: (u64, u64, i64),
+        source: Option<(Arc<dyn LogStore>, PartitionId)>,
+    ) -> Self {
+        let (base_index, base_term, base_end_offset) = base;
+        Self { hard_state, conf_state, base_index, base_term, base_end_offset, entries: VecDeque::new(), source }
+    }
+
+    /// Reads evicted batches back from `source`.
+    pub fn with_source(mut self, store: Arc<dyn LogStore>, id: PartitionId) -> Self {
+        self.source = Some((store, id));
+        self
     }
 
     /// The last raft index held.
@@ -61,16 +113,22 @@ impl EntryLog {
         self.base_index + self.entries.len() as u64
     }
 
+    /// The compaction point: the index before the first entry held.
+    pub fn base_index(&self) -> u64 {
+        self.base_index
+    }
+
+    fn held(&self, index: u64) -> Option<&Held> {
+        if index <= self.base_index {
+            return None;
+        }
+        self.entries.get((index - self.base_index - 1) as usize)
+    }
+
     /// The Kafka log end after the entry at `index` (clamped to the entries held).
     pub fn end_offset_at(&self, index: u64) -> i64 {
-        if index <= self.base_index {
-            return self.base_end_offset;
-        }
-        let position = (index - self.base_index - 1) as usize;
-        self.end_offsets
-            .get(position.min(self.end_offsets.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or(self.base_end_offset)
+        let index = index.min(self.last_index());
+        self.held(index).map_or(self.base_end_offset, |held| held.end_offset)
     }
 
     /// The Kafka log end after the last entry.
@@ -78,12 +136,17 @@ impl EntryLog {
         self.end_offset_at(self.last_index())
     }
 
-    /// The entry at `index`, if held.
-    pub fn entry(&self, index: u64) -> Option<&Entry> {
-        if index <= self.base_index {
-            return None;
+    /// The Kafka offsets of the data entry at `index`, if it is one.
+    pub fn span_at(&self, index: u64) -> Option<BatchSpan> {
+        match self.held(index)?.slot {
+            Slot::Data { base_offset, last_offset, .. } => Some(BatchSpan { base_offset, last_offset }),
+            Slot::Other(_) => None,
         }
-        self.entries.get((index - self.base_index - 1) as usize)
+    }
+
+    /// The entry at `index`, if held (its batch read back from the log store if evicted).
+    pub fn entry(&self, index: u64) -> Option<Entry> {
+        self.read(index, index + 1).ok()?.pop()
     }
 
     /// The term of the entry at `index`, if known.
@@ -91,7 +154,7 @@ impl EntryLog {
         if index == self.base_index {
             return Some(self.base_term);
         }
-        self.entry(index).map(|entry| entry.term)
+        self.held(index).map(|held| held.term)
     }
 
     /// The current hard state (term, vote, commit).
@@ -112,6 +175,33 @@ impl EntryLog {
     /// Records a new membership.
     pub fn set_conf_state(&mut self, conf_state: ConfState) {
         self.conf_state = conf_state;
+    }
+
+    /// Drops from memory the bytes of data entries up to `index` (they are applied, so the
+    /// log store holds them durably); a log without a store keeps them.
+    pub fn evict_applied(&mut self, index: u64) {
+        if self.source.is_none() {
+            return;
+        }
+        let through = index.min(self.last_index()).saturating_sub(self.base_index) as usize;
+        for held in self.entries.range_mut(..through).rev() {
+            match &mut held.slot {
+                Slot::Data { data, .. } if data.is_some() => *data = None,
+                Slot::Data { .. } => break, // everything before is evicted already
+                Slot::Other(_) => {}
+            }
+        }
+    }
+
+    /// Bytes of batches held in memory (for metrics and tests).
+    pub fn cached_bytes(&self) -> usize {
+        self.entries
+            .iter()
+            .map(|held| match &held.slot {
+                Slot::Data { data: Some(data), .. } => data.len(),
+                _ => 0,
+            })
+            .sum()
     }
 
     /// Appends `entries`, first dropping any held entry at or after the first one's index
@@ -135,11 +225,10 @@ impl EntryLog {
                 cut = Some(end_before);
             }
             self.entries.truncate(keep);
-            self.end_offsets.truncate(keep);
         }
         for entry in entries {
             let end_before = self.end_offset();
-            let end = match batch_span(entry) {
+            let held = match batch_span(entry) {
                 Some(span) if span.base_offset != end_before => {
                     return Err(AppendError::OffsetGap {
                         index: entry.index,
@@ -147,13 +236,80 @@ impl EntryLog {
                         log_end: end_before,
                     });
                 }
-                Some(span) => span.last_offset + 1,
-                None => end_before,
+                Some(span) => Held {
+                    term: entry.term,
+                    end_offset: span.last_offset + 1,
+                    slot: Slot::Data {
+                        base_offset: span.base_offset,
+                        last_offset: span.last_offset,
+                        data: Some(entry.data.clone()),
+                    },
+                },
+                None => Held { term: entry.term, end_offset: end_before, slot: Slot::Other(entry.clone()) },
             };
-            self.entries.push_back(entry.clone());
-            self.end_offsets.push_back(end);
+            self.entries.push_back(held);
         }
         Ok(cut)
+    }
+
+    /// Adds an entry rebuilt from disk after the last one: a batch read from the log store,
+    /// or a no-op / conf change from the journal.
+    pub(crate) fn push_rebuilt(&mut self, entry: &Entry, evicted: bool) -> Result<(), AppendError> {
+        self.append(std::slice::from_ref(entry))?;
+        if evicted
+            && self.source.is_some()
+            && let Some(Held { slot: Slot::Data { data, .. }, .. }) = self.entries.back_mut()
+        {
+            *data = None;
+        }
+        Ok(())
+    }
+
+    /// Entries `[low, high)`, reading evicted batches back from the log store.
+    fn read(&self, low: u64, high: u64) -> Result<Vec<Entry>, StorageError> {
+        let mut out = Vec::with_capacity((high - low) as usize);
+        let mut index = low;
+        while index < high {
+            let Some(held) = self.held(index) else { return Err(StorageError::Unavailable) };
+            match &held.slot {
+                Slot::Other(entry) => out.push(entry.clone()),
+                Slot::Data { data: Some(data), .. } => out.push(data_entry(index, held.term, data.clone())),
+                Slot::Data { base_offset, .. } => {
+                    // a run of evicted batches: one read for all of them
+                    let mut last = index;
+                    while last + 1 < high
+                        && matches!(self.held(last + 1).map(|held| &held.slot), Some(Slot::Data { data: None, .. }))
+                    {
+                        last += 1;
+                    }
+                    let upper = self.end_offset_at(last);
+                    let batches = self.read_batches(*base_offset, upper)?;
+                    for (at, batch) in (index..=last).zip(batches) {
+                        let term = self.held(at).map_or(0, |held| held.term);
+                        out.push(data_entry(at, term, batch));
+                    }
+                    if out.len() as u64 != last + 1 - low {
+                        return Err(StorageError::Unavailable);
+                    }
+                    index = last;
+                }
+            }
+            index += 1;
+        }
+        Ok(out)
+    }
+
+    fn read_batches(&self, from: i64, upper: i64) -> Result<Vec<Bytes>, StorageError> {
+        let Some((store, id)) = &self.source else { return Err(StorageError::Unavailable) };
+        let mut batches = Vec::new();
+        let mut next = from;
+        while next < upper {
+            let read = store.read(id, next, 1 << 20, upper).map_err(|_| StorageError::Unavailable)?;
+            let Some(last) = read.last() else { return Err(StorageError::Unavailable) };
+            next = last.last_offset + 1;
+            batches.extend(read.into_iter().map(|batch| batch.bytes));
+        }
+        Ok(batches)
     }
 
     fn snapshot_of_base(&self) -> Snapshot {
@@ -164,6 +320,10 @@ impl EntryLog {
         metadata.set_conf_state(self.conf_state.clone());
         snapshot
     }
+}
+
+fn data_entry(index: u64, term: u64, data: Bytes) -> Entry {
+    Entry { entry_type: EntryType::EntryNormal, term, index, data, ..Entry::default() }
 }
 
 /// Why entries could not be appended (each is a bug in the caller, never a client's input).
@@ -215,9 +375,7 @@ impl raft::Storage for EntryLog {
         if high > self.last_index() + 1 {
             return Err(raft::Error::Store(StorageError::Unavailable));
         }
-        let from = (low - self.base_index - 1) as usize;
-        let to = (high - self.base_index - 1) as usize;
-        let mut entries: Vec<Entry> = self.entries.range(from..to).cloned().collect();
+        let mut entries = self.read(low, high).map_err(raft::Error::Store)?;
         raft::util::limit_size(&mut entries, max_size.into());
         Ok(entries)
     }

@@ -432,6 +432,8 @@ impl<T> ReplicaCore<T> {
         self.applied = last;
         job.applied = last;
         self.node.advance_apply_to(last);
+        // applied entries are durable in the log store: their bytes need not stay in memory
+        self.node.mut_store().evict_applied(last);
         Ok(())
     }
 

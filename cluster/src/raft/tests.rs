@@ -10,7 +10,9 @@ use bytes::Bytes;
 use proptest::prelude::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use tidewater_storage::{NewRecord, build_record_batch, patch_for_append};
+use std::sync::Arc;
+
+use tidewater_storage::{MemoryStore, NewRecord, PartitionId, build_record_batch, patch_for_append};
 
 use super::entry_log::batch_span;
 use super::*;
@@ -19,8 +21,7 @@ struct Replica {
     options: ReplicaOptions,
     core: Option<ReplicaCore<u64>>,
     /// what survives a crash
-    durable: EntryLog,
-    durable_applied: u64,
+    disk: Disk,
     /// jobs handed out, not yet durable (lost in a crash)
     jobs: VecDeque<PersistJob>,
     lives: u64,
@@ -29,7 +30,80 @@ struct Replica {
     high_watermark: i64,
 }
 
+/// What survives a crash.
+enum Disk {
+    /// a copy of the log that jobs are applied to (the model)
+    Model { log: EntryLog, applied: u64 },
+    /// the real journal over an in-memory log and state store that loses what was not synced
+    Journal { store: Arc<MemoryStore>, journal: RaftJournal },
+}
+
+fn partition() -> PartitionId {
+    PartitionId { stream: "s".into(), partition: 0 }
+}
+
+impl Disk {
+    fn new(journal: bool, voters: &[u64]) -> (Self, EntryLog, u64) {
+        if !journal {
+            let log = EntryLog::new(voters, 0);
+            return (Disk::Model { log: log.clone(), applied: 0 }, log, 0);
+        }
+        let store = Arc::new(MemoryStore::new());
+        Self::open(store, voters)
+    }
+
+    fn open(store: Arc<MemoryStore>, voters: &[u64]) -> (Self, EntryLog, u64) {
+        let (journal, restored) =
+            RaftJournal::open(partition(), store.clone(), store.clone(), voters).expect("journal opens");
+        (Disk::Journal { store, journal }, restored.log, restored.applied)
+    }
+
+    /// Writes a job; an error means the replica must restart.
+    fn write(&mut self, job: &PersistJob) -> Result<(), String> {
+        match self {
+            Disk::Model { log, applied } => {
+                log.append(&job.entries).map_err(|error| error.to_string())?;
+                if let Some(hard_state) = &job.hard_state {
+                    log.set_hard_state(hard_state.clone());
+                }
+                if let Some(conf_state) = &job.conf_state {
+                    log.set_conf_state(conf_state.clone());
+                }
+                *applied = (*applied).max(job.applied);
+                Ok(())
+            }
+            Disk::Journal { journal, .. } => {
+                let outcome = Arc::new(parking_lot::Mutex::new(None));
+                let sink = Arc::clone(&outcome);
+                journal.write(job, Box::new(move |result| *sink.lock() = Some(result)));
+                let result = outcome.lock().take();
+                match result {
+                    Some(Ok(())) => Ok(()),
+                    Some(Err(error)) => Err(error.to_string()),
+                    None => Err("the journal did not answer".into()),
+                }
+            }
+        }
+    }
+
+    /// The log a restarted replica starts from.
+    fn reopen(&mut self, voters: &[u64]) -> (EntryLog, u64) {
+        match self {
+            Disk::Model { log, applied } => (log.clone(), *applied),
+            Disk::Journal { store, .. } => {
+                store.power_loss();
+                let (disk, log, applied) = Self::open(Arc::clone(store), voters);
+                *self = disk;
+                (log, applied)
+            }
+        }
+    }
+}
+
 struct Cluster {
+    voters: Vec<u64>,
+    /// chance in a thousand that a job's batch append fails (journal mode)
+    append_faults: u32,
     replicas: BTreeMap<u64, Replica>,
     in_flight: Vec<RaftMessage>,
     /// one-way links that drop everything: (from, to)
@@ -61,18 +135,21 @@ fn batch(ticket: u64, records: usize) -> Bytes {
 
 impl Cluster {
     fn new(seed: u64, size: u64) -> Self {
+        Self::with_disks(seed, size, false)
+    }
+
+    fn with_disks(seed: u64, size: u64, journal: bool) -> Self {
         let voters: Vec<u64> = (1..=size).collect();
         let replicas = voters
             .iter()
             .map(|&id| {
                 let options = ReplicaOptions::new(id, seed ^ (id << 32));
-                let durable = EntryLog::new(&voters, 0);
-                let core = ReplicaCore::new(&options, durable.clone(), 0).expect("replica starts");
+                let (disk, log, applied) = Disk::new(journal, &voters);
+                let core = ReplicaCore::new(&options, log, applied).expect("replica starts");
                 let replica = Replica {
                     options,
                     core: Some(core),
-                    durable,
-                    durable_applied: 0,
+                    disk,
                     jobs: VecDeque::new(),
                     lives: 1,
                     highest_term: 0,
@@ -82,6 +159,8 @@ impl Cluster {
             })
             .collect();
         Self {
+            voters,
+            append_faults: if journal { 15 } else { 0 },
             replicas,
             in_flight: Vec::new(),
             cut: BTreeSet::new(),
@@ -197,7 +276,7 @@ impl Cluster {
         let mut below = Vec::new();
         for index in 1..=log.last_index() {
             let Some(entry) = log.entry(index) else { continue };
-            if let Some(span) = batch_span(entry)
+            if let Some(span) = batch_span(&entry)
                 && span.last_offset < high_watermark
             {
                 below.push((span, entry.data.clone()));
@@ -244,22 +323,31 @@ impl Cluster {
     }
 
     fn persist_one(&mut self, id: u64) {
+        let fault = self.append_faults > 0 && self.rng.random_range(0..1000) < self.append_faults;
         let replica = self.replicas.get_mut(&id).expect("known replica");
         let Some(job) = replica.jobs.pop_front() else { return };
-        if let Err(error) = replica.durable.append(&job.entries) {
-            self.violations.push(format!("replica {id}: durable append failed: {error}"));
+        if let (true, Disk::Journal { store, .. }) = (fault, &replica.disk) {
+            store.fail_next_appends(1);
         }
-        if let Some(hard_state) = job.hard_state {
+        let written = replica.disk.write(&job);
+        if let Disk::Journal { store, .. } = &replica.disk {
+            store.fail_next_appends(0);
+        }
+        if let Err(error) = written {
+            if !fault {
+                self.violations.push(format!("replica {id}: write failed: {error}"));
+            }
+            // a replica whose write failed stops; it comes back from what the disk kept
+            self.crash(id);
+            self.restart(id);
+            return;
+        }
+        if let Some(hard_state) = &job.hard_state {
             if hard_state.term < replica.highest_term {
                 self.violations.push(format!("replica {id}: durable term went back to {}", hard_state.term));
             }
             replica.highest_term = replica.highest_term.max(hard_state.term);
-            replica.durable.set_hard_state(hard_state);
         }
-        if let Some(conf_state) = job.conf_state {
-            replica.durable.set_conf_state(conf_state);
-        }
-        replica.durable_applied = replica.durable_applied.max(job.applied);
         if let Some(core) = replica.core.as_mut() {
             core.persisted(job.number);
         }
@@ -282,7 +370,10 @@ impl Cluster {
 
     fn crash(&mut self, id: u64) {
         let replica = self.replicas.get_mut(&id).expect("known replica");
-        replica.core = None;
+        if let Some(mut core) = replica.core.take() {
+            // a crashed replica answers nothing; its clients see the connection drop
+            self.refused.extend(core.refuse_waiting().into_iter().map(|(ticket, _)| ticket));
+        }
         replica.jobs.clear();
     }
 
@@ -294,7 +385,8 @@ impl Cluster {
         replica.lives += 1;
         let mut options = replica.options.clone();
         options.seed ^= replica.lives;
-        match ReplicaCore::new(&options, replica.durable.clone(), replica.durable_applied) {
+        let (log, applied) = replica.disk.reopen(&self.voters);
+        match ReplicaCore::new(&options, log, applied) {
             Ok(core) => {
                 replica.high_watermark = core.high_watermark();
                 replica.core = Some(core);
@@ -384,6 +476,7 @@ impl Cluster {
     /// of its own and every replica reached its high watermark.
     fn settle(&mut self, rounds: usize) -> Result<(), String> {
         self.cut.clear();
+        self.append_faults = 0;
         for id in self.ids() {
             self.restart(id);
         }
@@ -445,7 +538,7 @@ impl Cluster {
             let log = replica.core.as_ref().expect("settled").log();
             let held: BTreeMap<i64, Bytes> = (1..=log.last_index())
                 .filter_map(|index| log.entry(index))
-                .filter_map(|entry| batch_span(entry).map(|span| (span.base_offset, entry.data.clone())))
+                .filter_map(|entry| batch_span(&entry).map(|span| (span.base_offset, entry.data.clone())))
                 .collect();
             for (offset, bytes) in &self.acked {
                 match held.get(offset) {
@@ -460,7 +553,12 @@ impl Cluster {
 
 /// Runs one seed: a chaotic phase, then healing; returns the violations and the trace.
 fn run(seed: u64, size: u64, steps: usize) -> (Vec<String>, Vec<(u64, u64, i64)>) {
-    let mut cluster = Cluster::new(seed, size);
+    run_on(seed, size, steps, false)
+}
+
+/// [`run`] with every replica on the journal over a store that loses what it did not sync.
+fn run_on(seed: u64, size: u64, steps: usize, journal: bool) -> (Vec<String>, Vec<(u64, u64, i64)>) {
+    let mut cluster = Cluster::with_disks(seed, size, journal);
     for _ in 0..steps {
         cluster.chaos_step();
     }
@@ -585,6 +683,12 @@ proptest! {
     #[test]
     fn replicas_keep_every_acknowledged_batch_under_faults(seed in any::<u64>(), five in any::<bool>()) {
         let (violations, _) = run(seed, if five { 5 } else { 3 }, 3_000);
+        prop_assert!(violations.is_empty(), "seed {seed}: {violations:?}");
+    }
+
+    #[test]
+    fn replicas_on_the_journal_keep_every_acknowledged_batch_across_power_loss(seed in any::<u64>(), five in any::<bool>()) {
+        let (violations, _) = run_on(seed, if five { 5 } else { 3 }, 3_000, true);
         prop_assert!(violations.is_empty(), "seed {seed}: {violations:?}");
     }
 }
