@@ -8,6 +8,7 @@
 //! - [`server`]: the listener side, which checks the hello and hands each frame on.
 
 pub mod frame;
+pub mod links;
 pub mod peer_link;
 pub mod server;
 
@@ -16,7 +17,8 @@ mod tests;
 
 use serde::{Deserialize, Serialize};
 
-pub use peer_link::{PeerLink, PeerLinkArgs, PeerLinkMsg};
+pub use links::PeerLinks;
+pub use peer_link::{LinkOptions, PeerLink, PeerLinkArgs, PeerLinkMsg};
 pub use server::serve_peers;
 
 use crate::raft::RaftMessage;

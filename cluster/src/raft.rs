@@ -4,6 +4,8 @@
 //! - [`entry_log`]: a replica's raft log as raft-rs reads it, with the Kafka offset each
 //!   entry ends at;
 //! - [`journal`]: that log on disk: batches in the log store, the rest in the state store;
+//! - [`group`]: [`group::RaftReplica`], the actor shell that drives a core, its journal and the
+//!   data plane;
 //! - [`replica`]: [`ReplicaCore`], one partition replica's replication, sans-IO: raft-rs plus
 //!   offset stamping, the high watermark and acknowledgements.
 
@@ -11,6 +13,9 @@
 #![allow(clippy::field_reassign_with_default)]
 
 pub mod entry_log;
+pub mod group;
+#[cfg(test)]
+mod group_tests;
 pub mod journal;
 mod logger;
 pub mod replica;

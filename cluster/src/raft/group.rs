@@ -1,0 +1,285 @@
+//! [`RaftReplica`]: the actor shell around one replica of one raft group.
+//!
+//! It owns a [`ReplicaCore`] and its [`RaftJournal`], ticks on a timer, steps messages the
+//! data plane delivers, and after every input drains the core: messages go to the
+//! [`RaftTransport`] (the node's `PeerLink`s), jobs to the journal, answers to the proposers
+//! who asked. The journal tells the actor when a job is durable (from the log writer's
+//! thread, by message); the actor reports jobs to the core strictly in order, because a job
+//! with no batches finishes at once while the one before it may still be on its way to disk.
+//!
+//! A failed write stops the replica: raft's promises rest on its writes, so it restarts from
+//! what the disk holds rather than going on with a log it cannot trust.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tokio::sync::watch;
+
+use super::journal::RaftJournal;
+use super::replica::{AckOn, Leadership, Output, Placed, Refusal, ReplicaCore, ReplicaOptions};
+use super::wire::RaftMessage;
+use crate::data_plane::GroupId;
+use tidewater_storage::{LogStore, PartitionId, StateStore};
+
+/// Where a replica's outgoing raft messages go.
+pub trait RaftTransport: Send + Sync + 'static {
+    /// Sends `message` of `group` to node `message.to` (best effort: raft resends).
+    fn send(&self, group: &GroupId, message: RaftMessage);
+}
+
+/// What a replica actor needs.
+pub struct RaftReplicaArgs {
+    /// the group's id on the data plane
+    pub group: GroupId,
+    /// the partition whose log holds the group's batches
+    pub partition: PartitionId,
+    /// raft settings (the node id is `options.id`)
+    pub options: ReplicaOptions,
+    /// the voters of a new group (ignored when the journal already has a membership)
+    pub voters: Vec<u64>,
+    /// one raft tick
+    pub tick: Duration,
+    /// the partition logs
+    pub log: Arc<dyn LogStore>,
+    /// raft records
+    pub state: Arc<dyn StateStore>,
+    /// the node's links to its peers
+    pub transport: Arc<dyn RaftTransport>,
+    /// published: the high watermark (what consumers may read)
+    pub high_watermark: watch::Sender<i64>,
+    /// published: who leads
+    pub leadership: watch::Sender<Option<Leadership>>,
+}
+
+/// The answer to a proposal.
+pub type ProposeReply = RpcReplyPort<Result<Placed, Refusal>>;
+
+/// Messages to a replica.
+#[allow(clippy::large_enum_variant)] // most messages are `Step`; boxing would cost an allocation each
+pub enum RaftReplicaMsg {
+    /// one raft tick (from the actor's own timer)
+    Tick,
+    /// a message from a peer replica of the group
+    Step(RaftMessage),
+    /// append one RecordBatch (leader only), answered per `AckOn`
+    Propose {
+        /// the RecordBatch v2 bytes
+        batch: bytes::Bytes,
+        /// when to answer
+        ack_on: AckOn,
+        /// the answer
+        reply: ProposeReply,
+    },
+    /// the journal finished job `number`
+    Persisted {
+        /// the job's `Ready` number
+        number: u64,
+        /// an error text if the write failed
+        failed: Option<String>,
+    },
+    /// hand leadership to another voter
+    TransferLeader(u64),
+    /// a snapshot of the replica's state
+    Status(RpcReplyPort<ReplicaStatus>),
+}
+
+/// A replica's state, for HTTP status and tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaStatus {
+    /// who leads, as this replica sees it
+    pub leadership: Leadership,
+    /// the raft commit index
+    pub commit_index: u64,
+    /// the last raft index held
+    pub last_index: u64,
+    /// what consumers may read up to
+    pub high_watermark: i64,
+    /// proposals waiting for an answer
+    pub waiting: usize,
+}
+
+/// The replica actor.
+pub struct RaftReplica;
+
+/// A replica actor's state.
+pub struct RaftReplicaState {
+    args: RaftReplicaArgs,
+    core: ReplicaCore<ProposeReply>,
+    journal: Arc<RaftJournal>,
+    /// jobs handed to the journal, in order, and whether each is done
+    jobs: VecDeque<(u64, bool)>,
+    ticker: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Actor for RaftReplica {
+    type Msg = RaftReplicaMsg;
+    type State = RaftReplicaState;
+    type Arguments = RaftReplicaArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<RaftReplicaMsg>,
+        args: RaftReplicaArgs,
+    ) -> Result<RaftReplicaState, ActorProcessingErr> {
+        let (journal, restored) =
+            RaftJournal::open(args.partition.clone(), Arc::clone(&args.log), Arc::clone(&args.state), &args.voters)?;
+        let core = ReplicaCore::new(&args.options, restored.log, restored.applied)?;
+        args.high_watermark.send_replace(core.high_watermark());
+        let ticker = Some(myself.send_interval(args.tick, || RaftReplicaMsg::Tick));
+        let mut state = RaftReplicaState { args, core, journal: Arc::new(journal), jobs: VecDeque::new(), ticker };
+        state.drain(&myself);
+        Ok(state)
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<RaftReplicaMsg>,
+        state: &mut RaftReplicaState,
+    ) -> Result<(), ActorProcessingErr> {
+        if let Some(ticker) = state.ticker.take() {
+            ticker.abort();
+        }
+        for (reply, refusal) in state.core.refuse_waiting() {
+            let _ = reply.send(Err(refusal));
+        }
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<RaftReplicaMsg>,
+        message: RaftReplicaMsg,
+        state: &mut RaftReplicaState,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            RaftReplicaMsg::Tick => state.core.tick(),
+            RaftReplicaMsg::Step(message) => {
+                if let Err(error) = state.core.step(&message) {
+                    tracing::debug!(group = ?state.args.group, %error, "raft message refused");
+                }
+            }
+            RaftReplicaMsg::Propose { batch, ack_on, reply } => {
+                if let Err((reply, refusal)) = state.core.propose(&batch, ack_on, reply) {
+                    let _ = reply.send(Err(refusal));
+                }
+            }
+            RaftReplicaMsg::Persisted { number, failed } => {
+                if let Some(error) = failed {
+                    tracing::error!(group = ?state.args.group, %error, "raft write failed: the replica stops");
+                    myself.stop(Some(format!("raft write failed: {error}")));
+                    return Ok(());
+                }
+                if let Some(job) = state.jobs.iter_mut().find(|(job, _)| *job == number) {
+                    job.1 = true;
+                }
+                let mut durable = None;
+                while let Some(&(number, true)) = state.jobs.front() {
+                    durable = Some(number);
+                    state.jobs.pop_front();
+                }
+                if let Some(number) = durable {
+                    state.core.persisted(number);
+                }
+            }
+            RaftReplicaMsg::TransferLeader(to) => state.core.transfer_leader(to),
+            RaftReplicaMsg::Status(reply) => {
+                let _ = reply.send(ReplicaStatus {
+                    leadership: state.core.leadership(),
+                    commit_index: state.core.commit_index(),
+                    last_index: state.core.log().last_index(),
+                    high_watermark: state.core.high_watermark(),
+                    waiting: state.core.waiting(),
+                });
+                return Ok(());
+            }
+        }
+        state.drain(&myself);
+        Ok(())
+    }
+}
+
+impl RaftReplicaState {
+    /// Handles every output of the core until it has none.
+    fn drain(&mut self, myself: &ActorRef<RaftReplicaMsg>) {
+        loop {
+            let out = match self.core.ready() {
+                Ok(Some(out)) => out,
+                Ok(None) => return,
+                Err(error) => {
+                    tracing::error!(group = ?self.args.group, %error, "raft ready failed: the replica stops");
+                    myself.stop(Some(format!("raft ready failed: {error}")));
+                    return;
+                }
+            };
+            self.handle_output(out, myself);
+        }
+    }
+
+    fn handle_output(&mut self, out: Output<ProposeReply>, myself: &ActorRef<RaftReplicaMsg>) {
+        if let Some(job) = out.persist {
+            self.jobs.push_back((job.number, false));
+            let number = job.number;
+            let actor = myself.clone();
+            self.journal.write(
+                &job,
+                Box::new(move |result| {
+                    let failed = result.err().map(|error| error.to_string());
+                    let _ = actor.cast(RaftReplicaMsg::Persisted { number, failed });
+                }),
+            );
+        }
+        for message in out.send {
+            self.args.transport.send(&self.args.group, message);
+        }
+        for (reply, answer) in out.acks {
+            let _ = reply.send(answer);
+        }
+        if let Some(high_watermark) = out.high_watermark {
+            self.args.high_watermark.send_replace(high_watermark);
+        }
+        if let Some(leadership) = out.leadership {
+            self.args.leadership.send_replace(Some(leadership));
+        }
+    }
+}
+
+/// The replicas on this node by group, where inbound raft messages are delivered.
+#[derive(Default)]
+pub struct GroupRouter {
+    groups: parking_lot::RwLock<std::collections::BTreeMap<GroupId, ActorRef<RaftReplicaMsg>>>,
+}
+
+impl GroupRouter {
+    /// Routes `group`'s messages to `replica`.
+    pub fn insert(&self, group: GroupId, replica: ActorRef<RaftReplicaMsg>) {
+        self.groups.write().insert(group, replica);
+    }
+
+    /// Stops routing `group`.
+    pub fn remove(&self, group: &GroupId) -> Option<ActorRef<RaftReplicaMsg>> {
+        self.groups.write().remove(group)
+    }
+
+    /// The replica of `group` on this node.
+    pub fn get(&self, group: &GroupId) -> Option<ActorRef<RaftReplicaMsg>> {
+        self.groups.read().get(group).cloned()
+    }
+
+    /// Delivers one data-plane frame from `from` (messages for groups this node does not
+    /// hold are dropped: the sender's raft retries or learns otherwise).
+    pub fn deliver(&self, from: u64, message: crate::data_plane::PeerMessage) {
+        let crate::data_plane::PeerMessage::Raft(messages) = message else { return };
+        let groups = self.groups.read();
+        for (group, message) in messages {
+            // a peer may only speak for itself
+            if message.from != from {
+                continue;
+            }
+            if let Some(replica) = groups.get(&group) {
+                let _ = replica.cast(RaftReplicaMsg::Step(message));
+            }
+        }
+    }
+}

@@ -1,0 +1,165 @@
+//! Three replica actors of one partition on three "nodes" in one process, talking over real
+//! loopback sockets through PeerLinks: election, acknowledged appends, identical logs, and
+//! fail-over when the leader's node goes away.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::{Actor, ActorRef};
+use tidewater_storage::{LogStore, MemoryStore, NewRecord, PartitionId, build_record_batch};
+use tokio::sync::watch;
+
+use super::group::{GroupRouter, RaftReplica, RaftReplicaArgs, RaftReplicaMsg, ReplicaStatus};
+use super::replica::{AckOn, ReplicaOptions};
+use crate::data_plane::{GroupId, LinkOptions, PeerLinks, serve_peers};
+use crate::seams::{Net, TokioNet};
+
+struct TestNode {
+    id: u64,
+    store: Arc<MemoryStore>,
+    links: Arc<PeerLinks>,
+    replica: ActorRef<RaftReplicaMsg>,
+    stop_server: watch::Sender<bool>,
+    high_watermark: watch::Receiver<i64>,
+}
+
+fn group() -> GroupId {
+    GroupId::Partition { stream: "s".into(), partition: 0 }
+}
+
+fn partition() -> PartitionId {
+    PartitionId { stream: "s".into(), partition: 0 }
+}
+
+async fn cluster() -> Vec<TestNode> {
+    let mut listeners = Vec::new();
+    for _ in 0..3 {
+        let listener = TokioNet.bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let address = listener.local_addr().unwrap();
+        listeners.push((listener, address));
+    }
+    let addresses: Vec<_> = listeners.iter().map(|(_, address)| *address).collect();
+    let mut nodes = Vec::new();
+    for (position, (listener, _)) in listeners.into_iter().enumerate() {
+        let id = position as u64 + 1;
+        let store = Arc::new(MemoryStore::new());
+        let options = LinkOptions { backoff_min: Duration::from_millis(10), ..LinkOptions::default() };
+        let links = PeerLinks::new(id, "c".into(), Arc::new(TokioNet), options);
+        for (other, address) in addresses.iter().enumerate() {
+            links.set_peer(other as u64 + 1, *address).await.unwrap();
+        }
+        let router = Arc::new(GroupRouter::default());
+        let (stop_server, shutdown) = watch::channel(false);
+        let delivering = Arc::clone(&router);
+        tokio::spawn(serve_peers(
+            listener,
+            "c".into(),
+            shutdown,
+            Arc::new(move |from, message| delivering.deliver(from, message)),
+        ));
+        let (high_watermark_sender, high_watermark) = watch::channel(0);
+        let (leadership, _) = watch::channel(None);
+        let args = RaftReplicaArgs {
+            group: group(),
+            partition: partition(),
+            options: ReplicaOptions::new(id, 1_000 + id),
+            voters: vec![1, 2, 3],
+            tick: Duration::from_millis(20),
+            log: store.clone(),
+            state: store.clone(),
+            transport: links.clone(),
+            high_watermark: high_watermark_sender,
+            leadership,
+        };
+        let (replica, _) = Actor::spawn(None, RaftReplica, args).await.unwrap();
+        router.insert(group(), replica.clone());
+        nodes.push(TestNode { id, store, links, replica, stop_server, high_watermark });
+    }
+    nodes
+}
+
+async fn status(node: &TestNode) -> Option<ReplicaStatus> {
+    ractor::call_t!(node.replica, RaftReplicaMsg::Status, 1_000).ok()
+}
+
+async fn leader(nodes: &[TestNode], except: Option<u64>) -> usize {
+    for _ in 0..300 {
+        for (position, node) in nodes.iter().enumerate() {
+            if Some(node.id) == except {
+                continue;
+            }
+            if status(node).await.is_some_and(|status| status.leadership.is_leader) {
+                return position;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("no leader elected");
+}
+
+fn batch(n: usize) -> bytes::Bytes {
+    let value = format!("record {n}").into_bytes();
+    build_record_batch(&[NewRecord { key: None, value: Some(&value), headers: &[], timestamp_ms: 1 }], 1)
+}
+
+async fn produce(node: &TestNode, n: usize) -> Option<super::Placed> {
+    let call = ractor::call_t!(
+        node.replica,
+        |reply| RaftReplicaMsg::Propose { batch: batch(n), ack_on: AckOn::Commit, reply },
+        3_000
+    );
+    call.ok()?.ok()
+}
+
+fn stored(node: &TestNode, upper: i64) -> Vec<bytes::Bytes> {
+    node.store.read(&partition(), 0, usize::MAX, upper).unwrap().into_iter().map(|batch| batch.bytes).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replica_actors_replicate_over_the_data_plane_and_fail_over() {
+    let nodes = cluster().await;
+    let first = leader(&nodes, None).await;
+    let mut acked = Vec::new();
+    for n in 0..50 {
+        let placed = produce(&nodes[first], n).await.expect("the leader acknowledges");
+        acked.push(placed.base_offset);
+    }
+    assert_eq!(acked, (0..50).collect::<Vec<i64>>(), "offsets follow on from 0");
+    // every replica reaches the high watermark and holds the same bytes below it
+    for node in &nodes {
+        let mut high_watermark = node.high_watermark.clone();
+        tokio::time::timeout(Duration::from_secs(5), high_watermark.wait_for(|&hw| hw >= 50)).await.unwrap().unwrap();
+    }
+    let reference = stored(&nodes[0], 50);
+    assert_eq!(reference.len(), 50);
+    for node in &nodes[1..] {
+        assert_eq!(stored(node, 50), reference, "replica {} holds the same bytes", node.id);
+    }
+    // a follower refuses proposals and names the leader
+    let follower = (first + 1) % 3;
+    let refused = ractor::call_t!(
+        nodes[follower].replica,
+        |reply| RaftReplicaMsg::Propose { batch: batch(0), ack_on: AckOn::Commit, reply },
+        1_000
+    )
+    .unwrap();
+    assert_eq!(refused, Err(super::Refusal::NotLeader { leader: Some(nodes[first].id) }));
+    // the leader's node goes away: its replica, its server and its links
+    let old = &nodes[first];
+    old.replica.stop(None);
+    let _ = old.stop_server.send(true);
+    old.links.stop_all();
+    let started = tokio::time::Instant::now();
+    let next = leader(&nodes, Some(old.id)).await;
+    let placed = loop {
+        if let Some(placed) = produce(&nodes[next], 50).await {
+            break placed;
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "no acknowledged write after the fail-over");
+    };
+    assert_eq!(placed.base_offset, 50, "the new leader continues after every acknowledged batch");
+    assert!(placed.leader_epoch > 1, "a new term");
+    let survivor = &nodes[next];
+    let held = stored(survivor, 50);
+    assert_eq!(held, reference, "nothing acknowledged was lost");
+}
