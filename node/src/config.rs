@@ -137,11 +137,32 @@ impl Default for Listeners {
 }
 
 /// `[cluster]`
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClusterConfig {
+    /// The cluster's name: nodes only gossip and replicate with nodes of the same name.
+    pub name: String,
     /// Gossip addresses of nodes to join through.
     pub seeds: Vec<String>,
+    /// The host other nodes (and clients told about this node) reach it on, for listeners
+    /// bound to 0.0.0.0 (default 127.0.0.1).
+    pub advertise_host: Option<String>,
+    /// Time between gossip rounds.
+    pub gossip_interval_ms: u64,
+    /// Silence after which a node counts as dead.
+    pub dead_after_ms: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            name: "tidewater".to_string(),
+            seeds: Vec::new(),
+            advertise_host: None,
+            gossip_interval_ms: 200,
+            dead_after_ms: 2_000,
+        }
+    }
 }
 
 /// `[storage]`
@@ -286,6 +307,19 @@ impl Config {
             return Err(invalid("mqtt.connect_timeout_ms", "must be at least 1"));
         }
         self.segment_options()?;
+        let cluster = &self.cluster;
+        if cluster.name.is_empty() || cluster.name.len() > 64 {
+            return Err(invalid("cluster.name", "must be 1 to 64 characters"));
+        }
+        if cluster.gossip_interval_ms == 0 {
+            return Err(invalid("cluster.gossip_interval_ms", "must be at least 1"));
+        }
+        if cluster.dead_after_ms < 2 * cluster.gossip_interval_ms {
+            return Err(invalid("cluster.dead_after_ms", "must be at least twice cluster.gossip_interval_ms"));
+        }
+        if cluster.advertise_host.as_ref().is_some_and(|host| host.is_empty() || host.contains(':')) {
+            return Err(invalid("cluster.advertise_host", "must be a host name or IPv4 address, without a port"));
+        }
         if !(1..=10_000).contains(&self.kafka.default_partitions) {
             return Err(invalid("kafka.default_partitions", "must be between 1 and 10000"));
         }

@@ -28,6 +28,21 @@ pub struct HttpState {
     pub ready: Arc<AtomicBool>,
     /// The node.
     pub ctx: NodeContext,
+    /// The cluster as this node sees it.
+    pub cluster: Option<ClusterView>,
+}
+
+/// What `GET /api/v1/cluster` reads.
+#[derive(Clone)]
+pub struct ClusterView {
+    /// this node's id
+    pub node_id: u64,
+    /// the cluster's name
+    pub name: String,
+    /// the live members
+    pub members: watch::Receiver<tidewater_cluster::membership::Members>,
+    /// the links to peers
+    pub links: Arc<tidewater_cluster::data_plane::PeerLinks>,
 }
 
 /// The HTTP routes.
@@ -35,6 +50,7 @@ pub fn router(state: HttpState) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/metrics", get(metrics_text))
+        .route("/api/v1/cluster", get(cluster_status))
         .route("/api/v1/streams", get(list_streams).post(create_stream))
         .route("/api/v1/streams/{name}", get(get_stream).delete(delete_stream))
         .with_state(state)
@@ -51,6 +67,41 @@ async fn health(State(state): State<HttpState>) -> impl IntoResponse {
 async fn metrics_text(State(state): State<HttpState>) -> impl IntoResponse {
     let text = state.metrics.as_ref().map(|render| render()).unwrap_or_default();
     ([("content-type", "text/plain; version=0.0.4")], text)
+}
+
+/// `GET /api/v1/cluster`: the live nodes with their addresses, and this node's links.
+async fn cluster_status(State(state): State<HttpState>) -> Response {
+    let Some(cluster) = &state.cluster else {
+        return (StatusCode::SERVICE_UNAVAILABLE, axum::Json(json!({"error": "cluster membership is not running"})))
+            .into_response();
+    };
+    let members = cluster.members.borrow().clone();
+    let mut nodes = Vec::new();
+    for member in members.values() {
+        let link = match cluster.links.link(member.id) {
+            Some(link) => ractor::call_t!(link, tidewater_cluster::data_plane::PeerLinkMsg::Status, 500).ok(),
+            None => None,
+        };
+        let address = |address: Option<std::net::SocketAddr>| address.map(|address| address.to_string());
+        nodes.push(json!({
+            "id": member.id,
+            "state": "alive",
+            "self": member.id == cluster.node_id,
+            "generation": member.generation,
+            "gossip": member.gossip.to_string(),
+            "rpc": address(member.advertised.rpc),
+            "mqtt": address(member.advertised.mqtt),
+            "kafka": address(member.advertised.kafka),
+            "http": address(member.advertised.http),
+            "link": link.map(|link| json!({
+                "connected": link.connected,
+                "frames_sent": link.frames_sent,
+                "messages_sent": link.messages_sent,
+                "messages_dropped": link.messages_dropped,
+            })),
+        }));
+    }
+    axum::Json(json!({"cluster": cluster.name, "node_id": cluster.node_id, "nodes": nodes})).into_response()
 }
 
 /// Serves HTTP on a listener of the `Net` seam until `shutdown` turns true.

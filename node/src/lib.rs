@@ -1,5 +1,6 @@
 //! The `tidewater` node: configuration, HTTP, and the wiring that starts a node.
 
+pub mod cluster;
 pub mod config;
 pub mod http;
 pub mod node;

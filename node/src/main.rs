@@ -3,6 +3,7 @@
 //! `main` is the process around one node: signals, the data directory, fjall, the OS seams.
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
+use tidewater_node::cluster::Gossip;
 use tidewater_node::config;
 use tidewater_node::node::{Node, Parts};
 
@@ -166,6 +167,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         clock: Arc::new(MonotonicClock::from_system()),
         rng: NodeRng::from_os(),
         metrics: Some(Arc::new(move || recorder.render())),
+        gossip: Gossip::Chitchat,
     })
     .await?;
     wait_for_signal().await;

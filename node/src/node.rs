@@ -17,8 +17,9 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
+use crate::cluster::{Addresses, ClusterNode, Gossip, advertised};
 use crate::config::Config;
-use crate::http::{self, HttpState, MetricsRender};
+use crate::http::{self, ClusterView, HttpState, MetricsRender};
 
 /// How long each listener has to stop accepting at shutdown.
 const LISTENER_STOP_TIMEOUT: Duration = Duration::from_secs(2);
@@ -39,6 +40,8 @@ pub struct Parts {
     pub rng: NodeRng,
     /// Renders `/metrics` (the process's recorder); `None` serves an empty page.
     pub metrics: Option<MetricsRender>,
+    /// How the node gossips (chitchat in production, the deterministic detector in simulation).
+    pub gossip: Gossip,
 }
 
 /// Why a node could not start or stop cleanly.
@@ -81,6 +84,7 @@ pub struct NodeHandle {
     shutdown: watch::Sender<bool>,
     listeners: Vec<JoinHandle<()>>,
     background: Vec<JoinHandle<()>>,
+    cluster: Option<ClusterNode>,
 }
 
 impl Node {
@@ -91,7 +95,8 @@ impl Node {
     }
 
     async fn start_in_span(parts: Parts, span: tracing::Span) -> Result<NodeHandle, NodeError> {
-        let Parts { config, state_store, log_store, net, clock, rng, metrics } = parts;
+        let Parts { config, state_store, log_store, net, clock, rng, metrics, gossip } = parts;
+        let generation = clock.now_millis().max(0) as u64;
         let ctx = NodeContext::new(NodeParts {
             node_id: config.node_id,
             mqtt: config.mqtt.clone(),
@@ -134,11 +139,32 @@ impl Node {
         tracing::info!(addr = %mqtt_addr, "mqtt listening");
         tracing::info!(addr = %kafka_addr, advertised = %format!("{}:{}", ctx.kafka.advertised_host, ctx.kafka.advertised_port), "kafka listening");
         tracing::info!(addr = %http_addr, "http listening");
-        tracing::info!(
-            rpc = %config.listeners.rpc,
-            gossip = %config.listeners.gossip,
-            "rpc and gossip listeners are not served yet: this build runs a single node"
-        );
+        let kafka_advertised = format!("{}:{}", ctx.kafka.advertised_host, ctx.kafka.advertised_port)
+            .parse()
+            .unwrap_or_else(|_| advertised(kafka_addr, config.cluster.advertise_host.as_deref()));
+        let addresses = Addresses {
+            mqtt: mqtt_addr,
+            kafka: kafka_advertised,
+            http: http_addr,
+            rpc: config.listeners.rpc,
+            gossip: config.listeners.gossip,
+        };
+        let cluster =
+            match ClusterNode::start(&config, addresses, Arc::clone(&net), gossip, generation, shutdown_rx.clone())
+                .await
+            {
+                Ok(cluster) => cluster,
+                Err(error) => {
+                    stop_actors(&ctx).await;
+                    return Err(error);
+                }
+            };
+        let cluster_view = ClusterView {
+            node_id: cluster.node_id,
+            name: cluster.name.clone(),
+            members: cluster.members(),
+            links: Arc::clone(&cluster.links),
+        };
 
         let ready = Arc::new(AtomicBool::new(false));
         let listeners = vec![
@@ -151,7 +177,8 @@ impl Node {
                     .in_current_span(),
             ),
         ];
-        let http_state = HttpState { metrics, ready: Arc::clone(&ready), ctx: ctx.clone() };
+        let http_state =
+            HttpState { metrics, ready: Arc::clone(&ready), ctx: ctx.clone(), cluster: Some(cluster_view) };
         let background = vec![
             tokio::spawn(http::serve(http_listener, http_state, shutdown_rx.clone()).in_current_span()),
             tokio::spawn(
@@ -161,7 +188,18 @@ impl Node {
         ];
         ready.store(true, Ordering::Release);
         tracing::info!(node_id = config.node_id, "tidewater node ready");
-        Ok(NodeHandle { ctx, span, mqtt_addr, kafka_addr, http_addr, ready, shutdown, listeners, background })
+        Ok(NodeHandle {
+            ctx,
+            span,
+            mqtt_addr,
+            kafka_addr,
+            http_addr,
+            ready,
+            shutdown,
+            listeners,
+            background,
+            cluster: Some(cluster),
+        })
     }
 }
 
@@ -193,9 +231,13 @@ impl NodeHandle {
         self.stop().instrument(span).await
     }
 
-    async fn stop(self) -> Result<(), NodeError> {
+    async fn stop(mut self) -> Result<(), NodeError> {
         tracing::info!("shutting down");
         self.ready.store(false, Ordering::Release);
+        // the others hear first, so that they stop counting on this node
+        if let Some(cluster) = self.cluster.take() {
+            cluster.leave().await;
+        }
         let _ = self.shutdown.send(true);
         for task in self.listeners {
             let _ = tokio::time::timeout(LISTENER_STOP_TIMEOUT, task).await;

@@ -12,6 +12,7 @@ use rand::{Rng, SeedableRng};
 use tidewater_actors::NodeContext;
 use tidewater_actors::seams::{MonotonicClock, NodeRng};
 use tidewater_actors::stream::def::{PartitionStrategy, StreamDef, StreamKind};
+use tidewater_node::cluster::Gossip;
 use tidewater_node::config::Config;
 use tidewater_node::node::{Node, Parts};
 use tidewater_storage::{FsyncPolicy, MemoryStore};
@@ -170,6 +171,7 @@ pub fn run_seed(options: &Options) -> SeedReport {
                         clock: Arc::new(MonotonicClock::starting_at(EPOCH_MS + now_ms() as i64)),
                         rng: NodeRng::seeded(options.seed.wrapping_mul(31).wrapping_add(boot)),
                         metrics: None,
+                        gossip: Gossip::Detector(NodeRng::seeded(options.seed.wrapping_mul(37).wrapping_add(boot))),
                     })
                     .await;
                     match started {

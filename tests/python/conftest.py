@@ -125,8 +125,9 @@ class Broker:
     """
 
     def __init__(self, base_dir: Path, name="b1", config=None, users=None, mosquitto_acl=None,
-                 env=None, extra_args=()):
+                 env=None, extra_args=(), node_id=1):
         self.name = name
+        self.node_id = node_id
         self.config = config or {}
         self.users = users or {}
         self.mosquitto_acl = mosquitto_acl
@@ -184,7 +185,7 @@ class Broker:
             if not os.path.exists(TIDEWATER_BIN):
                 pytest.fail(f"tidewater binary not found at {TIDEWATER_BIN}: build it with "
                             "`cargo build --release` or set TIDEWATER_BIN", pytrace=False)
-            cmd = [TIDEWATER_BIN, "start", "--node-id", "1", "--data-dir", str(self.data_dir),
+            cmd = [TIDEWATER_BIN, "start", "--node-id", str(self.node_id), "--data-dir", str(self.data_dir),
                    "--mqtt-listen", f"{self.host}:{self.mqtt_port}",
                    "--kafka-listen", f"{self.host}:{self.kafka_port}",
                    "--http-listen", f"{self.host}:{self.http_port}",

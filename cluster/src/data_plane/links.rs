@@ -34,9 +34,11 @@ impl PeerLinks {
         if node == self.local_node {
             return Ok(());
         }
-        if let Some((known, link)) = self.links.read().get(&node) {
+        if let Some((known, link)) = self.links.write().get_mut(&node) {
             if *known != address {
+                *known = address;
                 let _ = link.cast(PeerLinkMsg::Address(address));
+                let _ = link.cast(PeerLinkMsg::Connect);
             }
             return Ok(());
         }
@@ -48,6 +50,7 @@ impl PeerLinks {
             options: self.options.clone(),
         };
         let (link, _) = Actor::spawn(None, PeerLink, args).await?;
+        let _ = link.cast(PeerLinkMsg::Connect);
         let replaced = self.links.write().insert(node, (address, link));
         if let Some((_, old)) = replaced {
             old.stop(None);

@@ -71,6 +71,8 @@ pub enum PeerLinkMsg {
     Raft(GroupId, RaftMessage),
     /// write the outbox (sent by the link to itself)
     Flush,
+    /// open the connection now if it is not open (so that status shows reachability)
+    Connect,
     /// the peer advertised a new address (it restarted elsewhere)
     Address(SocketAddr),
     /// counters, for HTTP status and tests
@@ -169,6 +171,11 @@ impl Actor for PeerLink {
             PeerLinkMsg::Flush => {
                 state.flush_scheduled = false;
                 state.flush().await;
+            }
+            PeerLinkMsg::Connect => {
+                if state.connection.is_none() {
+                    state.connect().await;
+                }
             }
             PeerLinkMsg::Address(address) => {
                 if address != state.args.address {
