@@ -1,0 +1,295 @@
+//! The metadata every node agrees on (nodes, streams, replica sets), as a state machine over
+//! the controller group's log.
+//!
+//! The controller is a raft group like a partition (KRaft's design: the metadata log is a
+//! log of record batches). Each command is one record whose value is a version byte and the
+//! command in bincode. Every node applies the committed commands in order to the same
+//! [`ClusterMetadata`]; a command that does not apply (a stream that exists already, a
+//! replica set naming no node) fails the same way everywhere and changes nothing, so the
+//! proposer learns the outcome from applying it like everyone else.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use tidewater_storage::{NewRecord, StorageError, build_record_batch, decode_records};
+
+/// The format of a command record.
+const COMMAND_VERSION: u8 = 1;
+
+/// One change to the cluster's metadata.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MetadataCommand {
+    /// A node joined, or came back with a new generation.
+    RegisterNode {
+        /// the node id
+        id: u64,
+        /// its generation
+        generation: u64,
+    },
+    /// A node was decommissioned: it holds no replicas any more.
+    RemoveNode {
+        /// the node id
+        id: u64,
+    },
+    /// A stream and the replica set of each partition.
+    CreateStream {
+        /// the stream (Kafka topic) name
+        name: String,
+        /// the stream's definition, opaque here (the streams layer encodes it)
+        definition: Bytes,
+        /// one replica set per partition; the first node is the preferred leader
+        replicas: Vec<Vec<u64>>,
+    },
+    /// A stream goes, with its partitions.
+    DeleteStream {
+        /// the stream name
+        name: String,
+    },
+    /// A partition's replica set changes (placement after a join, a death or a decommission).
+    SetReplicas {
+        /// the stream name
+        name: String,
+        /// the partition
+        partition: u32,
+        /// the new set; the first is the preferred leader
+        replicas: Vec<u64>,
+    },
+}
+
+/// Why a command changed nothing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+pub enum MetadataError {
+    /// a stream of that name exists
+    #[error("stream {0} already exists")]
+    StreamExists(String),
+    /// no stream of that name
+    #[error("unknown stream {0}")]
+    UnknownStream(String),
+    /// no such partition
+    #[error("stream {stream} has no partition {partition}")]
+    UnknownPartition {
+        /// the stream
+        stream: String,
+        /// the partition asked for
+        partition: u32,
+    },
+    /// a replica set that is empty, repeats a node or names a node not registered
+    #[error("invalid replica set {replicas:?}: {reason}")]
+    InvalidReplicas {
+        /// the set
+        replicas: Vec<u64>,
+        /// what is wrong with it
+        reason: String,
+    },
+    /// a node that is not registered
+    #[error("unknown node {0}")]
+    UnknownNode(u64),
+}
+
+/// A registered node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    /// the generation it registered with last
+    pub generation: u64,
+}
+
+/// A stream as the controller knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamRecord {
+    /// the streams layer's definition
+    pub definition: Bytes,
+    /// per partition: the replica set and how many times it changed
+    pub partitions: Vec<PartitionRecord>,
+}
+
+/// A partition's replicas.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionRecord {
+    /// the replica set; the first is the preferred leader
+    pub replicas: Vec<u64>,
+    /// grows with every change of the set
+    pub replica_epoch: u64,
+}
+
+/// Everything the controller's log says, applied.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterMetadata {
+    /// registered nodes
+    pub nodes: BTreeMap<u64, NodeRecord>,
+    /// streams by name
+    pub streams: BTreeMap<String, StreamRecord>,
+    /// the controller log offset applied last (-1 before any)
+    pub applied_offset: i64,
+}
+
+impl ClusterMetadata {
+    /// Metadata before any command.
+    pub fn new() -> Self {
+        Self { applied_offset: -1, ..Self::default() }
+    }
+
+    /// Applies the command at `offset` of the controller log. Commands at or below the
+    /// offset applied already are skipped (a replay after a restart).
+    pub fn apply(&mut self, offset: i64, command: &MetadataCommand) -> Result<(), MetadataError> {
+        if offset <= self.applied_offset {
+            return Ok(());
+        }
+        self.applied_offset = offset;
+        match command {
+            MetadataCommand::RegisterNode { id, generation } => {
+                self.nodes.insert(*id, NodeRecord { generation: *generation });
+            }
+            MetadataCommand::RemoveNode { id } => {
+                if self.nodes.remove(id).is_none() {
+                    return Err(MetadataError::UnknownNode(*id));
+                }
+            }
+            MetadataCommand::CreateStream { name, definition, replicas } => {
+                if self.streams.contains_key(name) {
+                    return Err(MetadataError::StreamExists(name.clone()));
+                }
+                if replicas.is_empty() {
+                    return Err(MetadataError::InvalidReplicas {
+                        replicas: Vec::new(),
+                        reason: "no partitions".into(),
+                    });
+                }
+                for set in replicas {
+                    self.check_replicas(set)?;
+                }
+                let partitions =
+                    replicas.iter().map(|set| PartitionRecord { replicas: set.clone(), replica_epoch: 0 }).collect();
+                self.streams.insert(name.clone(), StreamRecord { definition: definition.clone(), partitions });
+            }
+            MetadataCommand::DeleteStream { name } => {
+                if self.streams.remove(name).is_none() {
+                    return Err(MetadataError::UnknownStream(name.clone()));
+                }
+            }
+            MetadataCommand::SetReplicas { name, partition, replicas } => {
+                self.check_replicas(replicas)?;
+                let stream = self.streams.get_mut(name).ok_or_else(|| MetadataError::UnknownStream(name.clone()))?;
+                let record = stream
+                    .partitions
+                    .get_mut(*partition as usize)
+                    .ok_or_else(|| MetadataError::UnknownPartition { stream: name.clone(), partition: *partition })?;
+                if record.replicas != *replicas {
+                    record.replicas = replicas.clone();
+                    record.replica_epoch += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn check_replicas(&self, set: &[u64]) -> Result<(), MetadataError> {
+        let invalid = |reason: &str| MetadataError::InvalidReplicas { replicas: set.to_vec(), reason: reason.into() };
+        if set.is_empty() {
+            return Err(invalid("empty"));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for node in set {
+            if !seen.insert(node) {
+                return Err(invalid("a node appears twice"));
+            }
+            if !self.nodes.contains_key(node) {
+                return Err(invalid("names a node that is not registered"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The partitions whose replica set holds `node`.
+    pub fn replicas_on(&self, node: u64) -> Vec<(String, u32, &PartitionRecord)> {
+        self.streams
+            .iter()
+            .flat_map(|(name, stream)| {
+                stream
+                    .partitions
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, record)| record.replicas.contains(&node))
+                    .map(|(partition, record)| (name.clone(), partition as u32, record))
+            })
+            .collect()
+    }
+}
+
+/// A command as the record batch the controller group proposes.
+pub fn encode_command(command: &MetadataCommand, timestamp_ms: i64) -> Bytes {
+    let mut value = vec![COMMAND_VERSION];
+    value.extend(bincode::serde::encode_to_vec(command, bincode::config::standard()).unwrap_or_default());
+    build_record_batch(&[NewRecord { key: None, value: Some(&value), headers: &[], timestamp_ms }], timestamp_ms)
+}
+
+/// The commands of one committed batch of the controller log, with their offsets.
+pub fn decode_commands(batch: &[u8]) -> Result<Vec<(i64, MetadataCommand)>, StorageError> {
+    let mut commands = Vec::new();
+    for record in decode_records(batch)? {
+        let value = record.value.unwrap_or_default();
+        let command = match value.split_first() {
+            Some((&COMMAND_VERSION, rest)) => {
+                bincode::serde::decode_from_slice(rest, bincode::config::standard().with_limit::<{ 16 << 20 }>())
+                    .map(|(command, _)| command)
+                    .map_err(|error| StorageError::CorruptMetadata(format!("metadata command: {error}")))?
+            }
+            _ => return Err(StorageError::CorruptMetadata("metadata command of an unknown version".into())),
+        };
+        commands.push((record.offset, command));
+    }
+    Ok(commands)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn registered(nodes: &[u64]) -> ClusterMetadata {
+        let mut metadata = ClusterMetadata::new();
+        for (offset, &id) in nodes.iter().enumerate() {
+            metadata.apply(offset as i64, &MetadataCommand::RegisterNode { id, generation: 1 }).unwrap();
+        }
+        metadata
+    }
+
+    #[test]
+    fn commands_apply_once_in_order_and_bad_ones_change_nothing() {
+        let mut metadata = registered(&[1, 2, 3]);
+        let create = MetadataCommand::CreateStream {
+            name: "events".into(),
+            definition: Bytes::from_static(b"def"),
+            replicas: vec![vec![1, 2, 3], vec![2, 3, 1]],
+        };
+        metadata.apply(10, &create).unwrap();
+        // a replay of an applied offset is skipped, not an error
+        metadata.apply(10, &create).unwrap();
+        assert_eq!(metadata.apply(11, &create), Err(MetadataError::StreamExists("events".into())));
+        let before = metadata.clone();
+        let bad = MetadataCommand::SetReplicas { name: "events".into(), partition: 0, replicas: vec![1, 1] };
+        assert!(matches!(metadata.apply(12, &bad), Err(MetadataError::InvalidReplicas { .. })));
+        let unknown_node = MetadataCommand::SetReplicas { name: "events".into(), partition: 0, replicas: vec![9] };
+        assert!(matches!(metadata.apply(13, &unknown_node), Err(MetadataError::InvalidReplicas { .. })));
+        assert_eq!(metadata.streams, before.streams);
+        let moved = MetadataCommand::SetReplicas { name: "events".into(), partition: 1, replicas: vec![3, 1] };
+        metadata.apply(14, &moved).unwrap();
+        assert_eq!(metadata.streams["events"].partitions[1].replicas, vec![3, 1]);
+        assert_eq!(metadata.streams["events"].partitions[1].replica_epoch, 1);
+        assert_eq!(metadata.replicas_on(2).len(), 1);
+        metadata.apply(15, &MetadataCommand::DeleteStream { name: "events".into() }).unwrap();
+        assert!(metadata.streams.is_empty());
+        assert_eq!(metadata.applied_offset, 15);
+    }
+
+    #[test]
+    fn commands_round_trip_through_record_batches() {
+        let command = MetadataCommand::SetReplicas { name: "s".into(), partition: 4, replicas: vec![2, 1] };
+        let mut batch = encode_command(&command, 1_700_000_000_000).to_vec();
+        tidewater_storage::patch_for_append(&mut batch, 41, 3);
+        assert_eq!(decode_commands(&batch).unwrap(), vec![(41, command)]);
+        // a record that is not a command of ours is an error, not a panic
+        let junk =
+            build_record_batch(&[NewRecord { key: None, value: Some(b"\x09junk"), headers: &[], timestamp_ms: 1 }], 1);
+        assert!(decode_commands(&junk).is_err());
+    }
+}
