@@ -144,6 +144,9 @@ pub struct ClusterConfig {
     pub name: String,
     /// Gossip addresses of nodes to join through.
     pub seeds: Vec<String>,
+    /// The node ids that vote in the controller group (the same list on every node; empty:
+    /// this node alone, a one-node cluster).
+    pub voters: Vec<u64>,
     /// The host other nodes (and clients told about this node) reach it on, for listeners
     /// bound to 0.0.0.0 (default 127.0.0.1).
     pub advertise_host: Option<String>,
@@ -158,6 +161,7 @@ impl Default for ClusterConfig {
         Self {
             name: "tidewater".to_string(),
             seeds: Vec::new(),
+            voters: Vec::new(),
             advertise_host: None,
             gossip_interval_ms: 200,
             dead_after_ms: 2_000,
@@ -240,6 +244,8 @@ pub struct Overrides {
     pub gossip_listen: Option<SocketAddr>,
     /// `--seeds`
     pub seeds: Option<Vec<String>>,
+    /// `--voters`
+    pub voters: Option<Vec<u64>>,
 }
 
 /// Names each key as the TOML file spells it (environment keys come upper-cased), with the
@@ -257,6 +263,11 @@ fn describe(error: figment::Error) -> ConfigError {
 }
 
 impl Config {
+    /// The controller's voters: `cluster.voters`, or this node alone.
+    pub fn controller_voters(&self) -> Vec<u64> {
+        if self.cluster.voters.is_empty() { vec![self.node_id] } else { self.cluster.voters.clone() }
+    }
+
     /// Loads defaults < file < environment < flags, then validates.
     pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Self, ConfigError> {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
@@ -283,6 +294,7 @@ impl Config {
         flag!(rpc_listen, "listeners.rpc");
         flag!(gossip_listen, "listeners.gossip");
         flag!(seeds, "cluster.seeds");
+        flag!(voters, "cluster.voters");
         let config: Config = figment.extract().map_err(describe)?;
         config.validate()?;
         Ok(config)
@@ -310,6 +322,15 @@ impl Config {
         let cluster = &self.cluster;
         if cluster.name.is_empty() || cluster.name.len() > 64 {
             return Err(invalid("cluster.name", "must be 1 to 64 characters"));
+        }
+        let mut voters = cluster.voters.clone();
+        voters.sort_unstable();
+        voters.dedup();
+        if voters.len() != cluster.voters.len() || voters.contains(&0) || voters.len() > 7 {
+            return Err(invalid("cluster.voters", "must be at most 7 distinct node ids, none of them 0"));
+        }
+        if self.node_id == 0 {
+            return Err(invalid("node_id", "must be at least 1"));
         }
         if cluster.gossip_interval_ms == 0 {
             return Err(invalid("cluster.gossip_interval_ms", "must be at least 1"));

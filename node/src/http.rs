@@ -43,6 +43,8 @@ pub struct ClusterView {
     pub members: watch::Receiver<tidewater_cluster::membership::Members>,
     /// the links to peers
     pub links: Arc<tidewater_cluster::data_plane::PeerLinks>,
+    /// the controller group as this node sees it
+    pub controller: crate::controller::ControllerView,
 }
 
 /// The HTTP routes.
@@ -101,7 +103,29 @@ async fn cluster_status(State(state): State<HttpState>) -> Response {
             })),
         }));
     }
-    axum::Json(json!({"cluster": cluster.name, "node_id": cluster.node_id, "nodes": nodes})).into_response()
+    let controller = &cluster.controller;
+    let leadership = *controller.leadership.borrow();
+    let status = controller.status().await;
+    let registered: Vec<Value> = controller
+        .metadata
+        .borrow()
+        .nodes
+        .iter()
+        .map(|(id, node)| json!({"id": id, "generation": node.generation}))
+        .collect();
+    let controller = json!({
+        "voters": controller.voters,
+        "replica_here": controller.replica.is_some(),
+        "leader": leadership.and_then(|leadership| leadership.leader),
+        "term": leadership.map(|leadership| leadership.term),
+        "is_leader": leadership.is_some_and(|leadership| leadership.is_leader),
+        "commit_index": status.as_ref().map(|status| status.commit_index),
+        "last_index": status.as_ref().map(|status| status.last_index),
+        "high_watermark": status.as_ref().map(|status| status.high_watermark),
+        "registered": registered,
+    });
+    axum::Json(json!({"cluster": cluster.name, "node_id": cluster.node_id, "nodes": nodes, "controller": controller}))
+        .into_response()
 }
 
 /// Serves HTTP on a listener of the `Net` seam until `shutdown` turns true.

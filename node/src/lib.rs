@@ -2,5 +2,6 @@
 
 pub mod cluster;
 pub mod config;
+pub mod controller;
 pub mod http;
 pub mod node;

@@ -64,6 +64,9 @@ enum Command {
         /// Comma-separated gossip addresses of nodes to join through.
         #[arg(long, value_delimiter = ',')]
         seeds: Option<Vec<String>>,
+        /// Comma-separated node ids that vote in the controller group (the same on every node).
+        #[arg(long, value_delimiter = ',')]
+        voters: Option<Vec<u64>>,
         /// Log filter, e.g. `info` or `tidewater_actors=debug` (RUST_LOG wins).
         #[arg(long)]
         log_level: Option<String>,
@@ -94,6 +97,7 @@ fn main() -> std::process::ExitCode {
             rpc_listen,
             gossip_listen,
             seeds,
+            voters,
             log_level,
         } => {
             let overrides = Overrides {
@@ -106,6 +110,7 @@ fn main() -> std::process::ExitCode {
                 rpc_listen,
                 gossip_listen,
                 seeds,
+                voters,
             };
             let config = match Config::load(config.as_deref(), &overrides) {
                 Ok(config) => config,

@@ -19,6 +19,7 @@ use tracing::Instrument;
 
 use crate::cluster::{Addresses, ClusterNode, Gossip, advertised};
 use crate::config::Config;
+use crate::controller::{Controller, ControllerParts};
 use crate::http::{self, ClusterView, HttpState, MetricsRender};
 
 /// How long each listener has to stop accepting at shutdown.
@@ -84,7 +85,7 @@ pub struct NodeHandle {
     shutdown: watch::Sender<bool>,
     listeners: Vec<JoinHandle<()>>,
     background: Vec<JoinHandle<()>>,
-    cluster: Option<ClusterNode>,
+    cluster: Option<(ClusterNode, Controller)>,
 }
 
 impl Node {
@@ -159,11 +160,32 @@ impl Node {
                     return Err(error);
                 }
             };
+        let controller_parts = ControllerParts {
+            node_id: config.node_id,
+            generation,
+            voters: config.controller_voters(),
+            log: Arc::clone(&ctx.log_store),
+            state: Arc::clone(&ctx.state_store),
+            router: Arc::clone(&cluster.router),
+            links: Arc::clone(&cluster.links),
+            members: cluster.members(),
+            clock: Arc::clone(&ctx.clock),
+            rng: ctx.rng.clone(),
+        };
+        let controller = match Controller::start(controller_parts, shutdown_rx.clone()).await {
+            Ok(controller) => controller,
+            Err(error) => {
+                cluster.leave().await;
+                stop_actors(&ctx).await;
+                return Err(error);
+            }
+        };
         let cluster_view = ClusterView {
             node_id: cluster.node_id,
             name: cluster.name.clone(),
             members: cluster.members(),
             links: Arc::clone(&cluster.links),
+            controller: controller.view(),
         };
 
         let ready = Arc::new(AtomicBool::new(false));
@@ -198,7 +220,7 @@ impl Node {
             shutdown,
             listeners,
             background,
-            cluster: Some(cluster),
+            cluster: Some((cluster, controller)),
         })
     }
 }
@@ -235,7 +257,8 @@ impl NodeHandle {
         tracing::info!("shutting down");
         self.ready.store(false, Ordering::Release);
         // the others hear first, so that they stop counting on this node
-        if let Some(cluster) = self.cluster.take() {
+        if let Some((cluster, controller)) = self.cluster.take() {
+            controller.stop(&cluster.router).await;
             cluster.leave().await;
         }
         let _ = self.shutdown.send(true);

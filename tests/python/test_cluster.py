@@ -1,6 +1,8 @@
 """A cluster on loopback: nodes join through a seed, see each other with their advertised
 addresses, notice a killed node within the failure-detection budget, and drop a node that
-leaves at once. (Replicated streams are not served yet: see the README's status.)"""
+leaves at once; the controller group (raft over the data plane, its log on disk) elects one
+leader, registers every node, fails over when its leader is killed and keeps its log across a
+restart. (Replicated streams are not served yet: see the README's status.)"""
 
 import json
 import time
@@ -31,10 +33,12 @@ def node_ids(broker):
     return sorted(node["id"] for node in cluster_view(broker)["nodes"])
 
 
-def three_nodes(make_broker, config=None):
-    first = make_broker(node_id=1, config=config)
+def three_nodes(make_broker, config=None, voters=None):
+    """Nodes 1, 2, 3 joined through node 1; `voters` (e.g. "1,2,3") makes one controller group."""
+    extra = ["--voters", voters] if voters else []
+    first = make_broker(node_id=1, config=config, extra_args=extra)
     seed = f"127.0.0.1:{first.gossip_port}"
-    others = [make_broker(node_id=i, extra_args=["--seeds", seed], config=config) for i in (2, 3)]
+    others = [make_broker(node_id=i, extra_args=["--seeds", seed, *extra], config=config) for i in (2, 3)]
     nodes = [first, *others]
     for broker in nodes:
         wait_for(lambda broker=broker: node_ids(broker) == [1, 2, 3], timeout=10)
@@ -88,3 +92,58 @@ def test_bad_cluster_settings_are_refused_with_the_key(make_broker):
     with pytest.raises(Exception):
         broker.start()
     assert "cluster.dead_after_ms" in broker.log_text()
+
+
+def controller(broker):
+    return cluster_view(broker)["controller"]
+
+
+def agreed_controller(nodes, leader_among=None, newer_than=0):
+    """The controller state every node in `nodes` reports alike, once they do."""
+    views = [controller(broker) for broker in nodes]
+    leaders = {view["leader"] for view in views}
+    terms = {view["term"] for view in views}
+    registered = {json.dumps(view["registered"]) for view in views}
+    if len(leaders) != 1 or len(terms) != 1 or len(registered) != 1 or None in leaders:
+        return None
+    leader, term = leaders.pop(), terms.pop()
+    if term <= newer_than or (leader_among is not None and leader not in leader_among):
+        return None
+    return views[0]
+
+
+def test_the_controller_elects_one_leader_and_registers_every_node(make_broker):
+    nodes = three_nodes(make_broker, voters="1,2,3")
+    view, _ = wait_for(lambda: agreed_controller(nodes), timeout=10)
+    assert view["voters"] == [1, 2, 3]
+    leaders = [broker for broker in nodes if controller(broker)["is_leader"]]
+    assert len(leaders) == 1 and leaders[0].node_id == view["leader"]
+    generations = {node["id"]: node["generation"] for node in cluster_view(nodes[0])["nodes"]}
+    registered, _ = wait_for(lambda: {n["id"]: n["generation"] for n in controller(nodes[0])["registered"]}
+                             == generations and controller(nodes[0])["registered"], timeout=10)
+    assert registered
+
+
+def test_the_controller_fails_over_when_its_leader_is_killed_and_keeps_its_log(make_broker):
+    nodes = three_nodes(make_broker, voters="1,2,3")
+    wait_for(lambda: agreed_controller(nodes) and len(controller(nodes[0])["registered"]) == 3, timeout=10)
+    before = agreed_controller(nodes)
+    old = next(broker for broker in nodes if broker.node_id == before["leader"])
+    survivors = [broker for broker in nodes if broker is not old]
+    old.kill()
+    after, waited = wait_for(lambda: agreed_controller(survivors, leader_among={b.node_id for b in survivors},
+                                                      newer_than=before["term"]), timeout=10)
+    assert waited < 5.0, f"the controller took {waited:.1f}s to elect a new leader"
+    assert after["registered"] == before["registered"], "the committed metadata survived the leader"
+    # the killed node comes back on its data: its log is whole, and it is registered anew
+    old.start()
+    view, _ = wait_for(lambda: agreed_controller(nodes), timeout=15)
+    generations = lambda broker: {n["id"]: n["generation"] for n in cluster_view(broker)["nodes"]}
+    try:
+        wait_for(lambda: {n["id"]: n["generation"] for n in controller(old)["registered"]} == generations(old),
+                 timeout=10)
+    except AssertionError as error:
+        raise AssertionError(f"gossip sees {generations(old)}; controllers: {[controller(b) for b in nodes]}") from error
+    commits, _ = wait_for(lambda: len({controller(b)["commit_index"] for b in nodes}) == 1
+                          and controller(old)["commit_index"], timeout=10)
+    assert commits
