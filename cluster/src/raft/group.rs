@@ -144,6 +144,9 @@ impl Actor for RaftReplica {
         for (reply, refusal) in state.core.refuse_waiting() {
             let _ = reply.send(Err(refusal));
         }
+        if let Err(error) = state.journal.write_record() {
+            tracing::warn!(group = ?state.args.group, %error, "cannot write the raft record at stop");
+        }
         Ok(())
     }
 

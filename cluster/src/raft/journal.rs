@@ -36,6 +36,8 @@ use super::wire::{ConfStateForm, EntryForm};
 pub const SPACE: &str = "raft";
 
 const HARD: u8 = b'h';
+/// Entries of commit or applied progress after which the hard record is written anyway.
+const RECORD_EVERY: u64 = 1_024;
 const MARKER: u8 = b'm';
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -73,7 +75,10 @@ pub struct RaftJournal {
     state: Arc<dyn StateStore>,
     prefix: Vec<u8>,
     tail: Mutex<Tail>,
+    /// the record as it stands
     record: Mutex<HardRecord>,
+    /// the record as last written
+    written: Mutex<HardRecord>,
 }
 
 /// A replica read back from disk.
@@ -135,6 +140,7 @@ impl RaftJournal {
             prefix,
             tail: Mutex::new(Tail { last_index: 0, last_data_term: None }),
             record: Mutex::new(record.clone()),
+            written: Mutex::new(record.clone()),
         };
         let restored = journal.rebuild(&record)?;
         Ok((journal, restored))
@@ -276,7 +282,6 @@ impl RaftJournal {
         }
         {
             let mut record = self.record.lock();
-            let before = record.clone();
             if let Some(hard_state) = &job.hard_state {
                 record.term = hard_state.term;
                 record.vote = hard_state.vote;
@@ -286,8 +291,17 @@ impl RaftJournal {
                 record.conf = ConfStateForm::from_raft(conf_state);
             }
             record.applied = record.applied.max(job.applied);
-            if *record != before {
+            // term, vote and membership are written at once; commit and applied only ride
+            // along, or every RECORD_EVERY entries (a restart re-applies from an older one)
+            let mut written = self.written.lock();
+            let decisive = (record.term, record.vote, &record.conf) != (written.term, written.vote, &written.conf)
+                || (record.base_index, record.base_term, record.base_end_offset)
+                    != (written.base_index, written.base_term, written.base_end_offset);
+            let lagging =
+                record.applied >= written.applied + RECORD_EVERY || record.commit >= written.commit + RECORD_EVERY;
+            if *record != *written && (decisive || lagging || !ops.is_empty()) {
                 ops.push(StateOp::Put { space: SPACE, key: key(&self.prefix, HARD, None), value: encode(&*record) });
+                *written = record.clone();
             }
         }
         if !ops.is_empty() {
@@ -316,6 +330,18 @@ impl RaftJournal {
                 self.log.submit(&self.id, append, Box::new(|_| {}));
             }
         }
+    }
+
+    /// Writes the hard record if commit or applied moved since it was written (at a clean
+    /// stop, so that the next start re-applies nothing).
+    pub fn write_record(&self) -> Result<(), StorageError> {
+        let record = self.record.lock().clone();
+        let mut written = self.written.lock();
+        if record != *written {
+            self.state.put(SPACE, &key(&self.prefix, HARD, None), &encode(&record))?;
+            *written = record;
+        }
+        Ok(())
     }
 
     /// The membership recorded last.
