@@ -49,4 +49,11 @@ pub enum PeerMessage {
     },
     /// Raft messages of any number of groups, all for the receiving node.
     Raft(Vec<(GroupId, RaftMessage)>),
+    /// From the receiver, back on the same connection: every frame up to `correlation` was
+    /// read. A sender that hears none for a while reconnects (a half-open connection, or one
+    /// whose bytes the network holds, would otherwise swallow raft's messages unseen).
+    Ack {
+        /// the last frame read
+        correlation: u64,
+    },
 }

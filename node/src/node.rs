@@ -231,6 +231,11 @@ impl NodeHandle {
         &self.ctx
     }
 
+    /// The controller group as this node sees it.
+    pub fn controller(&self) -> Option<crate::controller::ControllerView> {
+        self.cluster.as_ref().map(|(_, controller)| controller.view())
+    }
+
     /// The bound MQTT address.
     pub fn mqtt_addr(&self) -> SocketAddr {
         self.mqtt_addr

@@ -10,6 +10,7 @@
 //! catalogue of `tidewater_cluster::invariants`.
 
 pub mod checker;
+pub mod cluster;
 pub mod disk;
 pub mod history;
 pub mod net;

@@ -15,7 +15,9 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use tokio::io::AsyncWriteExt;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 
 use super::frame::{self, MAX_FRAME_BYTES};
 use super::{GroupId, PeerMessage};
@@ -36,6 +38,8 @@ pub struct LinkOptions {
     pub backoff_max: Duration,
     /// outbox bytes (estimated) past which new messages are dropped until the next flush
     pub max_outbox_bytes: usize,
+    /// how long written frames may go unacknowledged before the link reconnects
+    pub ack_timeout: Duration,
 }
 
 impl Default for LinkOptions {
@@ -46,6 +50,7 @@ impl Default for LinkOptions {
             backoff_min: Duration::from_millis(50),
             backoff_max: Duration::from_secs(2),
             max_outbox_bytes: 8 << 20,
+            ack_timeout: Duration::from_secs(2),
         }
     }
 }
@@ -101,12 +106,50 @@ pub struct LinkState {
     outbox: Vec<(GroupId, RaftMessage)>,
     outbox_bytes: usize,
     flush_scheduled: bool,
-    connection: Option<Box<dyn Connection>>,
+    connection: Option<Open>,
     retry_at: Option<tokio::time::Instant>,
     backoff: Duration,
     correlation: u64,
     buffer: BytesMut,
     status: LinkStatus,
+}
+
+/// An open connection: its write half, and the task reading the peer's acknowledgements.
+struct Open {
+    writer: WriteHalf<Box<dyn Connection>>,
+    reader: tokio::task::JoinHandle<()>,
+    /// the last frame the peer acknowledged reading (`u64::MAX` once the connection closed)
+    acked: Arc<AtomicU64>,
+    /// when the oldest frame not yet acknowledged was written
+    unacked_since: Option<tokio::time::Instant>,
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+/// Reads the peer's acknowledgements until the connection ends.
+async fn read_acks(mut reader: ReadHalf<Box<dyn Connection>>, acked: Arc<AtomicU64>) {
+    let mut buffer = BytesMut::with_capacity(256);
+    loop {
+        match frame::take_frame(&mut buffer) {
+            Ok(Some((_, payload))) => {
+                if let Ok(PeerMessage::Ack { correlation }) = frame::decode::<PeerMessage>(&payload) {
+                    acked.fetch_max(correlation, Ordering::AcqRel);
+                }
+                continue;
+            }
+            Ok(None) => {}
+            Err(_) => break,
+        }
+        match reader.read_buf(&mut buffer).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+    acked.store(u64::MAX, Ordering::Release);
 }
 
 /// A rough size of a message in a frame, for the outbox bound.
@@ -202,6 +245,7 @@ impl LinkState {
             return;
         }
         let count = outbox.len() as u64;
+        self.check_acknowledged();
         if self.connection.is_none() && !self.connect().await {
             self.dropped(count);
             return;
@@ -220,10 +264,11 @@ impl LinkState {
             chunk.push((group, message));
         }
         self.encode(chunk);
-        let Some(connection) = self.connection.as_mut() else { return };
-        let written = tokio::time::timeout(self.args.options.write_timeout, connection.write_all(&self.buffer)).await;
+        let Some(open) = self.connection.as_mut() else { return };
+        let written = tokio::time::timeout(self.args.options.write_timeout, open.writer.write_all(&self.buffer)).await;
         match written {
             Ok(Ok(())) => {
+                open.unacked_since.get_or_insert_with(tokio::time::Instant::now);
                 self.status.messages_sent += count;
                 metrics::counter!(crate::metrics::PEER_FRAMES_SENT).increment(1);
             }
@@ -242,6 +287,26 @@ impl LinkState {
         self.correlation += 1;
         if frame::encode(self.correlation, &PeerMessage::Raft(chunk), &mut self.buffer).is_ok() {
             self.status.frames_sent += 1;
+        }
+    }
+
+    /// Drops a connection the peer stopped acknowledging (or closed), so that the next
+    /// flush opens a new one.
+    fn check_acknowledged(&mut self) {
+        let Some(open) = self.connection.as_mut() else { return };
+        let acked = open.acked.load(Ordering::Acquire);
+        if acked == u64::MAX {
+            tracing::debug!(peer = %self.args.address, "peer link closed by the peer");
+            self.connection = None;
+            return;
+        }
+        if acked >= self.correlation {
+            open.unacked_since = None;
+            return;
+        }
+        if open.unacked_since.is_some_and(|since| since.elapsed() > self.args.options.ack_timeout) {
+            tracing::debug!(peer = %self.args.address, "peer link unacknowledged: reconnecting");
+            self.connection = None;
         }
     }
 
@@ -274,7 +339,10 @@ impl LinkState {
         match tokio::time::timeout(self.args.options.connect_timeout, attempt).await {
             Ok(Ok(connection)) => {
                 tracing::debug!(peer = %address, "peer link connected");
-                self.connection = Some(connection);
+                let (reader, writer) = tokio::io::split(connection);
+                let acked = Arc::new(AtomicU64::new(self.correlation));
+                let reader = tokio::spawn(read_acks(reader, Arc::clone(&acked)));
+                self.connection = Some(Open { writer, reader, acked, unacked_since: None });
                 self.backoff = self.args.options.backoff_min;
                 self.retry_at = None;
                 true

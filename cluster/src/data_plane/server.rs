@@ -2,9 +2,10 @@
 //! every following frame to the node.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::PeerMessage;
 use super::frame::{self, FrameError};
@@ -47,13 +48,31 @@ enum PeerReadError {
     OtherCluster(String),
     #[error("the connection closed in the middle of a frame")]
     Truncated,
+    #[error("a frame did not complete in time, or the connection stayed idle too long")]
+    Stalled,
 }
 
-async fn read_peer(mut connection: Box<dyn Connection>, cluster: &str, deliver: &Deliver) -> Result<(), PeerReadError> {
+/// How long a frame that has begun may take to arrive whole. A stream that stops halfway
+/// through a frame (a peer gone silent, or bytes lost under a frame boundary) is closed, so
+/// that the sender reconnects rather than writing into a stream that can never parse again.
+const FRAME_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a connection may stay idle between frames.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How often the receiver acknowledges what it read (at most).
+const ACK_INTERVAL: Duration = Duration::from_millis(200);
+
+async fn read_peer(connection: Box<dyn Connection>, cluster: &str, deliver: &Deliver) -> Result<(), PeerReadError> {
+    let (mut reader, mut writer) = tokio::io::split(connection);
     let mut buffer = BytesMut::with_capacity(64 << 10);
     let mut from = None;
+    let mut frame_started: Option<tokio::time::Instant> = None;
+    let (mut read_through, mut acked_through) = (0u64, 0u64);
+    let mut acked_at: Option<tokio::time::Instant> = None;
+    let mut ack = BytesMut::new();
     loop {
-        while let Some((_correlation, payload)) = frame::take_frame(&mut buffer)? {
+        while let Some((correlation, payload)) = frame::take_frame(&mut buffer)? {
+            read_through = read_through.max(correlation);
             let message: PeerMessage = frame::decode(&payload)?;
             match (from, message) {
                 (None, PeerMessage::Hello { node, cluster: theirs }) => {
@@ -66,11 +85,37 @@ async fn read_peer(mut connection: Box<dyn Connection>, cluster: &str, deliver: 
                 (Some(node), message) => deliver(node, message),
             }
         }
+        let now = tokio::time::Instant::now();
+        if read_through > acked_through && acked_at.is_none_or(|at| now.duration_since(at) >= ACK_INTERVAL) {
+            ack.clear();
+            frame::encode(0, &PeerMessage::Ack { correlation: read_through }, &mut ack)?;
+            tokio::time::timeout(Duration::from_secs(1), writer.write_all(&ack))
+                .await
+                .map_err(|_| PeerReadError::Stalled)??;
+            acked_through = read_through;
+            acked_at = Some(now);
+        }
+        let mut deadline = if buffer.is_empty() {
+            frame_started = None;
+            now + IDLE_TIMEOUT
+        } else {
+            *frame_started.get_or_insert(now) + FRAME_TIMEOUT
+        };
+        if read_through > acked_through {
+            // an acknowledgement is owed: wake for it even if nothing more arrives
+            deadline = deadline.min(acked_at.map_or(now, |at| at + ACK_INTERVAL));
+        }
         if buffer.capacity() - buffer.len() < 4096 {
             buffer.reserve(64 << 10);
         }
-        if connection.read_buf(&mut buffer).await? == 0 {
-            return if buffer.is_empty() { Ok(()) } else { Err(PeerReadError::Truncated) };
+        match tokio::time::timeout_at(deadline, reader.read_buf(&mut buffer)).await {
+            Ok(read) => {
+                if read? == 0 {
+                    return if buffer.is_empty() { Ok(()) } else { Err(PeerReadError::Truncated) };
+                }
+            }
+            Err(_) if read_through > acked_through => {} // time to acknowledge
+            Err(_) => return Err(PeerReadError::Stalled),
         }
     }
 }

@@ -67,7 +67,7 @@ fn raft_messages(received: &Received) -> Vec<(GroupId, RaftMessage)> {
         .iter()
         .flat_map(|(_, message)| match message {
             PeerMessage::Raft(messages) => messages.clone(),
-            PeerMessage::Hello { .. } => Vec::new(),
+            PeerMessage::Hello { .. } | PeerMessage::Ack { .. } => Vec::new(),
         })
         .collect()
 }
