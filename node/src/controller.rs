@@ -4,8 +4,9 @@
 //! The metadata log is a partition like any other (`@controller-0`; `@` cannot appear in a
 //! Kafka topic name, so no stream can take it) whose batches hold
 //! [`MetadataCommand`]s. Every voter applies the committed commands in order to its own
-//! [`ClusterMetadata`]. Nodes outside `cluster.voters` hold no replica yet (they will follow
-//! as learners).
+//! [`ClusterMetadata`]. Nodes outside `cluster.voters` hold a replica too: the leader adds
+//! each registered node that is not a voter as a raft learner, which receives the log and
+//! applies it but never votes.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -89,9 +90,9 @@ impl Controller {
         let (leadership_sender, leadership) = watch::channel(None);
         let (metadata_sender, metadata) = watch::channel(ClusterMetadata::new());
         if !parts.voters.contains(&parts.node_id) {
-            tracing::info!(voters = ?parts.voters, "not a controller voter: no metadata replica here yet");
-            let view = ControllerView { voters: parts.voters, leadership, metadata, replica: None };
-            return Ok(Self { view, tasks: Vec::new() });
+            // a node outside the voters follows the metadata log as a learner, once the
+            // leader has added it (it never campaigns: it is not in its own membership)
+            tracing::info!(voters = ?parts.voters, "not a controller voter: following the metadata log as a learner");
         }
         let (high_watermark_sender, high_watermark) = watch::channel(0);
         let args = RaftReplicaArgs {
@@ -224,6 +225,10 @@ async fn register_members(
                 }
             }
         }
+        if leads {
+            let known = metadata.borrow().clone();
+            add_learners(&replica, &known).await;
+        }
         tokio::select! {
             biased;
             _ = shutdown.changed() => return,
@@ -232,6 +237,20 @@ async fn register_members(
             changed = metadata.changed() => if changed.is_err() { return },
             // a registration that was not committed is tried again
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+/// On the leader: adds every registered node that is neither voter nor learner as a learner
+/// (one at a time: raft takes one membership change at a time; the next waits a round).
+async fn add_learners(replica: &ActorRef<RaftReplicaMsg>, metadata: &ClusterMetadata) {
+    let Ok(status) = ractor::call_t!(replica, RaftReplicaMsg::Status, 500) else { return };
+    let missing = metadata.nodes.keys().find(|node| !status.voters.contains(node) && !status.learners.contains(node));
+    if let Some(&node) = missing {
+        match ractor::call_t!(replica, RaftReplicaMsg::AddLearner, 1_000, node) {
+            Ok(Ok(())) => tracing::info!(node, "adding a controller learner"),
+            Ok(Err(refusal)) => tracing::debug!(node, %refusal, "learner not added yet"),
+            Err(error) => tracing::debug!(node, %error, "learner not added yet"),
         }
     }
 }

@@ -122,6 +122,8 @@ async fn cluster_status(State(state): State<HttpState>) -> Response {
         "commit_index": status.as_ref().map(|status| status.commit_index),
         "last_index": status.as_ref().map(|status| status.last_index),
         "high_watermark": status.as_ref().map(|status| status.high_watermark),
+        "raft_voters": status.as_ref().map(|status| status.voters.clone()),
+        "raft_learners": status.as_ref().map(|status| status.learners.clone()),
         "registered": registered,
     });
     axum::Json(json!({"cluster": cluster.name, "node_id": cluster.node_id, "nodes": nodes, "controller": controller}))

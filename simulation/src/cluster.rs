@@ -1,6 +1,7 @@
-//! Three production nodes in one turmoil simulation, forming a cluster: gossip through the
-//! deterministic detector, the controller group's raft over the data plane, each node on
-//! its own in-memory store with crash semantics.
+//! Four production nodes in one turmoil simulation, forming a cluster: gossip through the
+//! deterministic detector, the controller group's raft over the data plane (three voters,
+//! the fourth a learner the leader adds), each node on its own in-memory store with crash
+//! semantics.
 //!
 //! One seed draws a fault plan of power losses with restarts and network partitions that cut
 //! one node off (a minority at a time); then everything heals. The checker holds the
@@ -26,7 +27,9 @@ use tidewater_storage::MemoryStore;
 use crate::history::now_ms;
 use crate::net::TurmoilNet;
 
-const NODES: u64 = 3;
+/// Nodes in the cluster; the first `VOTERS` vote in the controller, the rest follow as learners.
+const NODES: u64 = 4;
+const VOTERS: u64 = 3;
 const FAULT_PHASE_MS: u64 = 20_000;
 const SETTLE_MS: u64 = 15_000;
 const EPOCH_MS: i64 = 1_700_000_000_000;
@@ -70,7 +73,7 @@ fn node_config(id: u64, ip: IpAddr, seed_ip: IpAddr) -> Config {
     config.listeners.http = "0.0.0.0:8080".parse().expect("address");
     config.listeners.rpc = "0.0.0.0:7947".parse().expect("address");
     config.listeners.gossip = "0.0.0.0:7946".parse().expect("address");
-    config.cluster.voters = (1..=NODES).collect();
+    config.cluster.voters = (1..=VOTERS).collect();
     config.cluster.advertise_host = Some(ip.to_string());
     if id != 1 {
         config.cluster.seeds = vec![format!("{seed_ip}:7946")];

@@ -147,3 +147,23 @@ def test_the_controller_fails_over_when_its_leader_is_killed_and_keeps_its_log(m
     commits, _ = wait_for(lambda: len({controller(b)["commit_index"] for b in nodes}) == 1
                           and controller(old)["commit_index"], timeout=10)
     assert commits
+
+
+def test_a_node_outside_the_voters_follows_the_metadata_as_a_learner(make_broker):
+    nodes = three_nodes(make_broker, voters="1,2,3")
+    wait_for(lambda: agreed_controller(nodes) and len(controller(nodes[0])["registered"]) == 3, timeout=10)
+    fourth = make_broker(node_id=4, extra_args=["--seeds", f"127.0.0.1:{nodes[0].gossip_port}", "--voters", "1,2,3"])
+    everyone = [*nodes, fourth]
+    view, _ = wait_for(lambda: agreed_controller(everyone) and len(controller(fourth)["registered"]) == 4
+                       and controller(fourth), timeout=15)
+    assert view["voters"] == [1, 2, 3]
+    leader = next(b for b in nodes if b.node_id == view["leader"])
+    # the leader made it a learner: it holds the log and applies it, and never votes
+    learners, _ = wait_for(lambda: controller(leader)["raft_learners"] == [4] and controller(leader), timeout=10)
+    assert learners["raft_voters"] == [1, 2, 3]
+    assert not controller(fourth)["is_leader"]
+    wait_for(lambda: controller(fourth)["commit_index"] == controller(leader)["commit_index"], timeout=10)
+    # the learner keeps following when the leader changes
+    leader.kill()
+    rest = [b for b in everyone if b is not leader]
+    wait_for(lambda: agreed_controller(rest, newer_than=view["term"]), timeout=10)

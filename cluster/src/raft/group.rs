@@ -81,6 +81,8 @@ pub enum RaftReplicaMsg {
     },
     /// hand leadership to another voter
     TransferLeader(u64),
+    /// add a node as a learner (leader only; answered once proposed, not once applied)
+    AddLearner(u64, RpcReplyPort<Result<(), Refusal>>),
     /// a snapshot of the replica's state
     Status(RpcReplyPort<ReplicaStatus>),
 }
@@ -98,6 +100,10 @@ pub struct ReplicaStatus {
     pub high_watermark: i64,
     /// proposals waiting for an answer
     pub waiting: usize,
+    /// the voters applied so far
+    pub voters: Vec<u64>,
+    /// the learners applied so far
+    pub learners: Vec<u64>,
 }
 
 /// The replica actor.
@@ -187,8 +193,14 @@ impl Actor for RaftReplica {
                 }
             }
             RaftReplicaMsg::TransferLeader(to) => state.core.transfer_leader(to),
+            RaftReplicaMsg::AddLearner(node, reply) => {
+                let _ = reply.send(state.core.add_learner(node));
+            }
             RaftReplicaMsg::Status(reply) => {
+                let (voters, learners) = state.core.membership();
                 let _ = reply.send(ReplicaStatus {
+                    voters,
+                    learners,
                     leadership: state.core.leadership(),
                     commit_index: state.core.commit_index(),
                     last_index: state.core.log().last_index(),

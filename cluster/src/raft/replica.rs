@@ -97,6 +97,9 @@ pub enum Refusal {
     /// the replica stopped before the entry committed
     #[error("the replica stopped")]
     Stopped,
+    /// a membership change is still under way (raft takes one at a time)
+    #[error("a membership change is under way")]
+    ChangePending,
 }
 
 /// A write the host must make durable, then report with [`ReplicaCore::persisted`].
@@ -277,6 +280,33 @@ impl<T> ReplicaCore<T> {
         self.node.campaign()?;
         self.redraw_election_timeout();
         Ok(())
+    }
+
+    /// Proposes adding `node` as a learner: it receives the log but does not vote, so it can
+    /// catch up before it is made a voter (raft takes one membership change at a time).
+    pub fn add_learner(&mut self, node: u64) -> Result<(), Refusal> {
+        if !self.is_leader() {
+            return Err(Refusal::NotLeader { leader: self.leader() });
+        }
+        let conf = self.node.store().conf_state();
+        if conf.voters.contains(&node) || conf.learners.contains(&node) {
+            return Ok(());
+        }
+        if self.node.raft.has_pending_conf() {
+            return Err(Refusal::ChangePending);
+        }
+        let mut single = raft::eraftpb::ConfChangeSingle::default();
+        single.set_change_type(raft::eraftpb::ConfChangeType::AddLearnerNode);
+        single.node_id = node;
+        let mut change = ConfChangeV2::default();
+        change.set_changes(vec![single].into());
+        self.node.propose_conf_change(Vec::new(), change).map_err(|_| Refusal::ChangePending)
+    }
+
+    /// The voters and learners applied so far.
+    pub fn membership(&self) -> (Vec<u64>, Vec<u64>) {
+        let conf = self.node.store().conf_state();
+        (conf.voters.clone(), conf.learners.clone())
     }
 
     /// Asks raft-rs to hand leadership to `to`.
