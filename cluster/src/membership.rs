@@ -131,3 +131,21 @@ pub struct GossipOptions {
     /// silence after which a node counts as dead
     pub dead_after: std::time::Duration,
 }
+
+/// Waits (at most `limit`) until the members satisfy `what`; how long it took.
+#[cfg(test)]
+pub(crate) async fn wait_until(
+    membership: &dyn Membership,
+    limit: std::time::Duration,
+    what: impl Fn(&Members) -> bool,
+) -> std::time::Duration {
+    let started = tokio::time::Instant::now();
+    let mut members = membership.members();
+    let waited = tokio::time::timeout(limit, members.wait_for(|members| what(members))).await;
+    assert!(
+        waited.is_ok(),
+        "membership did not converge: {:?}",
+        membership.members().borrow().keys().collect::<Vec<_>>()
+    );
+    started.elapsed()
+}

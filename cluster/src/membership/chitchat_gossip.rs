@@ -147,15 +147,7 @@ mod tests {
     }
 
     async fn until(membership: &ChitchatMembership, what: impl Fn(&Members) -> bool) -> Duration {
-        let started = tokio::time::Instant::now();
-        let mut members = membership.members();
-        let waited = tokio::time::timeout(Duration::from_secs(10), members.wait_for(|members| what(members))).await;
-        assert!(
-            waited.is_ok(),
-            "membership did not converge: {:?}",
-            membership.members().borrow().keys().collect::<Vec<_>>()
-        );
-        started.elapsed()
+        crate::membership::wait_until(membership, Duration::from_secs(10), what).await
     }
 
     #[tokio::test]

@@ -275,15 +275,7 @@ mod tests {
     }
 
     async fn until(detector: &GossipDetector, what: impl Fn(&Members) -> bool) -> Duration {
-        let started = Instant::now();
-        let mut members = detector.members();
-        let waited = tokio::time::timeout(Duration::from_secs(5), members.wait_for(|members| what(members))).await;
-        assert!(
-            waited.is_ok(),
-            "membership did not converge: {:?}",
-            detector.members().borrow().keys().collect::<Vec<_>>()
-        );
-        started.elapsed()
+        crate::membership::wait_until(detector, Duration::from_secs(5), what).await
     }
 
     #[tokio::test]
