@@ -285,18 +285,34 @@ impl<T> ReplicaCore<T> {
     /// Proposes adding `node` as a learner: it receives the log but does not vote, so it can
     /// catch up before it is made a voter (raft takes one membership change at a time).
     pub fn add_learner(&mut self, node: u64) -> Result<(), Refusal> {
-        if !self.is_leader() {
-            return Err(Refusal::NotLeader { leader: self.leader() });
-        }
         let conf = self.node.store().conf_state();
         if conf.voters.contains(&node) || conf.learners.contains(&node) {
-            return Ok(());
+            return if self.is_leader() { Ok(()) } else { Err(Refusal::NotLeader { leader: self.leader() }) };
+        }
+        self.change_membership(raft::eraftpb::ConfChangeType::AddLearnerNode, node)
+    }
+
+    /// Proposes making the learner `node` a voter.
+    pub fn promote(&mut self, node: u64) -> Result<(), Refusal> {
+        let conf = self.node.store().conf_state();
+        if conf.voters.contains(&node) {
+            return if self.is_leader() { Ok(()) } else { Err(Refusal::NotLeader { leader: self.leader() }) };
+        }
+        if !conf.learners.contains(&node) {
+            return Err(Refusal::ChangePending);
+        }
+        self.change_membership(raft::eraftpb::ConfChangeType::AddNode, node)
+    }
+
+    fn change_membership(&mut self, kind: raft::eraftpb::ConfChangeType, node: u64) -> Result<(), Refusal> {
+        if !self.is_leader() {
+            return Err(Refusal::NotLeader { leader: self.leader() });
         }
         if self.node.raft.has_pending_conf() {
             return Err(Refusal::ChangePending);
         }
         let mut single = raft::eraftpb::ConfChangeSingle::default();
-        single.set_change_type(raft::eraftpb::ConfChangeType::AddLearnerNode);
+        single.set_change_type(kind);
         single.node_id = node;
         let mut change = ConfChangeV2::default();
         change.set_changes(vec![single].into());

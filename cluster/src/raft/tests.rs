@@ -101,6 +101,8 @@ impl Disk {
 }
 
 struct Cluster {
+    /// a replica that starts outside the membership
+    spare: Option<u64>,
     voters: Vec<u64>,
     /// chance in a thousand that a job's batch append fails (journal mode)
     append_faults: u32,
@@ -139,8 +141,15 @@ impl Cluster {
     }
 
     fn with_disks(seed: u64, size: u64, journal: bool) -> Self {
+        Self::with_spare(seed, size, journal, false)
+    }
+
+    /// `size` voters, and with `spare` one more replica outside the membership, which the
+    /// schedule adds as a learner and promotes to a voter.
+    fn with_spare(seed: u64, size: u64, journal: bool, spare: bool) -> Self {
         let voters: Vec<u64> = (1..=size).collect();
-        let replicas = voters
+        let everyone: Vec<u64> = (1..=size + u64::from(spare)).collect();
+        let replicas = everyone
             .iter()
             .map(|&id| {
                 let options = ReplicaOptions::new(id, seed ^ (id << 32));
@@ -159,6 +168,7 @@ impl Cluster {
             })
             .collect();
         Self {
+            spare: spare.then_some(size + 1),
             voters,
             append_faults: if journal { 15 } else { 0 },
             replicas,
@@ -454,7 +464,21 @@ impl Cluster {
                     self.cut.insert((from, to));
                 }
             }
-            982..990 => self.cut.clear(),
+            982..988 => self.cut.clear(),
+            988..990 => {
+                // membership: the spare joins as a learner, then becomes a voter
+                let leader = live
+                    .iter()
+                    .copied()
+                    .find(|id| self.replicas[id].core.as_ref().is_some_and(|core| core.is_leader()));
+                if let (Some(spare), Some(leader)) = (self.spare, leader)
+                    && let Some(core) = self.replicas.get_mut(&leader).and_then(|replica| replica.core.as_mut())
+                {
+                    let (_, learners) = core.membership();
+                    let _ = if learners.contains(&spare) { core.promote(spare) } else { core.add_learner(spare) };
+                    self.drain(leader);
+                }
+            }
             990..1000 => {
                 let leader = live
                     .iter()
@@ -496,6 +520,13 @@ impl Cluster {
             let leader =
                 self.ids().into_iter().find(|id| self.replicas[id].core.as_ref().is_some_and(|core| core.is_leader()));
             let Some(leader) = leader else { continue };
+            if let Some(spare) = self.spare
+                && let Some(core) = self.replicas.get_mut(&leader).and_then(|replica| replica.core.as_mut())
+            {
+                // the spare must be a member to catch up
+                let _ = core.add_learner(spare);
+                self.drain(leader);
+            }
             if final_ticket.is_some_and(|ticket| self.refused.contains(&ticket)) {
                 final_ticket = None;
             }
@@ -556,9 +587,10 @@ fn run(seed: u64, size: u64, steps: usize) -> (Vec<String>, Vec<(u64, u64, i64)>
     run_on(seed, size, steps, false)
 }
 
-/// [`run`] with every replica on the journal over a store that loses what it did not sync.
+/// [`run`] with every replica on the journal over a store that loses what it did not sync,
+/// and a spare replica that joins as a learner and is promoted while the faults go on.
 fn run_on(seed: u64, size: u64, steps: usize, journal: bool) -> (Vec<String>, Vec<(u64, u64, i64)>) {
-    let mut cluster = Cluster::with_disks(seed, size, journal);
+    let mut cluster = Cluster::with_spare(seed, size, journal, journal);
     for _ in 0..steps {
         cluster.chaos_step();
     }
@@ -568,8 +600,12 @@ fn run_on(seed: u64, size: u64, steps: usize, journal: bool) -> (Vec<String>, Ve
         cluster.check_acknowledged();
     }
     if std::env::var("RAFT_STATS").is_ok() {
+        let membership = cluster
+            .replicas
+            .values()
+            .find_map(|replica| replica.core.as_ref().filter(|core| core.is_leader()).map(|core| core.membership()));
         eprintln!(
-            "seed {seed}: {} acked, {} terms with a leader, {} lives, {} committed batches",
+            "seed {seed}: membership {membership:?}, {} acked, {} terms with a leader, {} lives, {} committed batches",
             cluster.acked.len(),
             cluster.leaders.len(),
             cluster.replicas.values().map(|r| r.lives).sum::<u64>(),
