@@ -10,6 +10,7 @@
 mod conn;
 mod disk;
 mod e2e;
+mod failover;
 mod footprint;
 mod kafka;
 mod kafka_group;
@@ -52,6 +53,8 @@ enum Mode {
     Footprint(footprint::FootprintArgs),
     /// The segment store alone: write many GB, then time the retention pass that expires them.
     Retention(retention::RetentionArgs),
+    /// A 3-node cluster whose controller leader is killed N times: time to a new leader.
+    Failover(failover::FailoverArgs),
 }
 
 /// Where the broker under test is: started by the bench, or already running.
@@ -101,6 +104,7 @@ fn main() -> anyhow::Result<()> {
             Mode::Peers(args) => peers::main(args, threads).await,
             Mode::Footprint(args) => footprint::main(args, threads).await,
             Mode::Retention(args) => retention::main(args, threads).await,
+            Mode::Failover(args) => failover::main(args, threads).await,
         }
     })
 }
