@@ -24,7 +24,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use parking_lot::Mutex;
-use raft::eraftpb::{ConfState, Entry, EntryType, HardState};
+use raft::eraftpb::{Entry, EntryType, HardState};
 use serde::{Deserialize, Serialize};
 use tidewater_storage::{Append, BatchHeader, LogStore, PartitionId, StateOp, StateStore, StorageError};
 
@@ -342,11 +342,6 @@ impl RaftJournal {
             *written = record;
         }
         Ok(())
-    }
-
-    /// The membership recorded last.
-    pub fn conf_state(&self) -> ConfState {
-        self.record.lock().conf.to_raft()
     }
 }
 

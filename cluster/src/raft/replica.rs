@@ -14,10 +14,9 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use bytes::Bytes;
 use protobuf::Message as _;
 use raft::eraftpb::{ConfChangeV2, ConfState, Entry, EntryType, HardState};
-use raft::{GetEntriesContext, RawNode, StateRole};
+use raft::{RawNode, StateRole};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -460,11 +459,8 @@ impl<T> ReplicaCore<T> {
                 out.high_watermark = Some(self.high_watermark);
             }
             // anything proposed before this entry and still waiting lost its place
-            let overtaken: Vec<u64> = self.tickets.range(..entry.index).map(|(&index, _)| index).collect();
-            for index in overtaken {
-                if let Some(ticket) = self.tickets.remove(&index) {
-                    out.acks.push((ticket.ticket, Err(Refusal::Superseded)));
-                }
+            while let Some(waiting) = self.tickets.first_entry().filter(|waiting| *waiting.key() < entry.index) {
+                out.acks.push((waiting.remove().ticket, Err(Refusal::Superseded)));
             }
             if let Some(ticket) = self.tickets.remove(&entry.index) {
                 let answer = if ticket.term == entry.term {
@@ -587,19 +583,8 @@ impl<T> ReplicaCore<T> {
     pub fn waiting(&self) -> usize {
         self.tickets.len()
     }
-
-    /// Entries as raft-rs would send them, for catching a replica up in tests.
-    pub fn entries_from(&self, low: u64) -> Vec<Entry> {
-        let high = self.node.raft.raft_log.last_index() + 1;
-        self.node.raft.raft_log.slice(low, high, None, GetEntriesContext::empty(false)).unwrap_or_default()
-    }
 }
 
 fn placed(index: u64, span: BatchSpan, term: u64) -> Placed {
     Placed { index, base_offset: span.base_offset, last_offset: span.last_offset, leader_epoch: term as i32 }
-}
-
-/// The batch bytes of a data entry.
-pub fn entry_batch(entry: &Entry) -> Option<Bytes> {
-    batch_span(entry).map(|_| entry.data.clone())
 }

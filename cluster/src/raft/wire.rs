@@ -215,11 +215,6 @@ impl RaftMessage {
         message.priority = self.priority;
         message
     }
-
-    /// Whether this is a heartbeat or its response (packed together per peer).
-    pub fn is_heartbeat(&self) -> bool {
-        matches!(self.kind, RaftMessageKind::Heartbeat | RaftMessageKind::HeartbeatResponse)
-    }
 }
 
 impl EntryForm {
