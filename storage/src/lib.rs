@@ -17,6 +17,7 @@ mod flusher;
 mod log;
 mod log_rules;
 mod memory;
+mod producers;
 mod segment_store;
 mod worker;
 
@@ -25,13 +26,14 @@ mod conformance_tests;
 
 pub use batch::{
     BATCH_HEADER_LEN, BatchHeader, DecodedRecord, NewRecord, build_record_batch, check_records, decode_records,
-    patch_for_append, split_batches, validate_batch,
+    patch_for_append, set_producer, split_batches, validate_batch,
 };
 pub use error::StorageError;
 pub use fjall_store::{FjallStore, FsyncPolicy};
 pub use log::{Append, AppendDone, AppendResult, FetchedBatch, LogStore, PartitionId, PartitionOffsets};
 pub use log_rules::EpochHistory;
 pub use memory::MemoryStore;
+pub use producers::{ProducerCheck, ProducerTable};
 pub use segment_store::{SegmentOptions, SegmentStore};
 
 /// One write in an atomic [`StateStore::write_batch`].

@@ -15,14 +15,14 @@
 //! high-watermark watch.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tidewater_storage::{
-    Append, AppendResult, BatchHeader, LogStore, NewRecord, PartitionId, StorageError, build_record_batch,
-    validate_batch,
+    Append, AppendResult, LogStore, NewRecord, PartitionId, ProducerCheck, ProducerTable, StorageError,
+    build_record_batch, validate_batch,
 };
 use tokio::sync::{mpsc, watch};
 
@@ -114,14 +114,6 @@ pub struct PartitionArgs {
 /// The `PartitionReplica` actor.
 pub struct PartitionReplica;
 
-#[derive(Debug, Clone)]
-struct ProducerState {
-    epoch: i16,
-    last_sequence: i32,
-    /// (base sequence, base offset) of the last batches, for duplicate detection.
-    recent: VecDeque<(i32, i64)>,
-}
-
 /// Who waits for one submitted batch.
 enum Waiter {
     /// The MQTT sessions whose records the batch holds.
@@ -154,7 +146,7 @@ pub struct PartitionState {
     myself: ActorRef<PartitionMsg>,
     pending: Vec<(MqttRecord, Option<DurableNotice>)>,
     flush_scheduled: bool,
-    producers: BTreeMap<i64, ProducerState>,
+    producers: ProducerTable,
     /// Where the next batch goes: the log end once everything submitted is written.
     next_offset: i64,
     /// Bumped when a failure makes the actor count again from the store.
@@ -186,7 +178,7 @@ impl Actor for PartitionReplica {
         // a single node commits what it stores: the high watermark starts at the log end (the
         // partition owns it; the store knows only where its log starts and ends)
         args.high_watermark.send_replace(offsets.log_end);
-        let producers = recover_producers(args.store.as_ref(), &args.id, offsets.log_start, offsets.log_end);
+        let producers = ProducerTable::recover(args.store.as_ref(), &args.id, offsets.log_start, offsets.log_end);
         let (report_sender, reports) = mpsc::unbounded_channel();
         Ok(PartitionState {
             args,
@@ -262,59 +254,6 @@ impl Actor for PartitionReplica {
 
 /// How long a stopping partition waits for the store to report what it submitted.
 const STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// How much of a partition's tail is read at start to rebuild idempotent-producer state.
-const PRODUCER_RECOVERY_BYTES: usize = 8 * 1024 * 1024;
-
-/// Rebuilds each producer's last sequence and recent batches from the log tail (batch headers
-/// carry producer id, epoch and sequence), so that a retry after a restart is still recognised
-/// as a duplicate — what Kafka's producer-state snapshots give it.
-fn recover_producers(
-    store: &dyn LogStore,
-    id: &PartitionId,
-    log_start: i64,
-    log_end: i64,
-) -> BTreeMap<i64, ProducerState> {
-    let mut producers: BTreeMap<i64, ProducerState> = BTreeMap::new();
-    if log_end <= log_start {
-        return producers;
-    }
-    // read whole batches from a point near the end; a batch header is enough per batch
-    let mut offset = log_start.max(log_end - 100_000);
-    let mut budget = PRODUCER_RECOVERY_BYTES;
-    while offset < log_end && budget > 0 {
-        let Ok(batches) = store.read(id, offset, budget.min(1024 * 1024), log_end) else { break };
-        let Some(last) = batches.last() else { break };
-        offset = last.last_offset + 1;
-        for batch in &batches {
-            budget = budget.saturating_sub(batch.bytes.len());
-            let Ok(header) = BatchHeader::parse(&batch.bytes) else { continue };
-            if header.producer_id < 0 || header.base_sequence < 0 {
-                continue;
-            }
-            record_producer_batch(&mut producers, &header, batch.base_offset);
-        }
-    }
-    producers
-}
-
-/// Remembers a producer's batch: its last sequence, and the batch for duplicate detection.
-fn record_producer_batch(producers: &mut BTreeMap<i64, ProducerState>, header: &BatchHeader, base_offset: i64) {
-    let producer = producers.entry(header.producer_id).or_insert_with(|| ProducerState {
-        epoch: header.producer_epoch,
-        last_sequence: -1,
-        recent: VecDeque::new(),
-    });
-    if header.producer_epoch != producer.epoch {
-        producer.epoch = header.producer_epoch;
-        producer.recent.clear();
-    }
-    producer.last_sequence = header.base_sequence.wrapping_add(header.last_offset_delta);
-    producer.recent.push_back((header.base_sequence, base_offset));
-    if producer.recent.len() > 5 {
-        producer.recent.pop_front();
-    }
-}
 
 impl PartitionState {
     /// Submits every pending MQTT record, in batches of about `max_batch_bytes`.
@@ -479,7 +418,7 @@ impl PartitionState {
         self.cut_from = None;
         let offsets = store.offsets(&self.args.id).unwrap_or_default();
         self.next_offset = offsets.log_end;
-        self.producers = recover_producers(store, &self.args.id, offsets.log_start, offsets.log_end);
+        self.producers = ProducerTable::recover(store, &self.args.id, offsets.log_start, offsets.log_end);
         true
     }
 
@@ -509,40 +448,30 @@ impl PartitionState {
                 return;
             }
         };
-        let producer_id = header.producer_id;
-        let idempotent = producer_id >= 0 && header.base_sequence >= 0;
-        if idempotent && let Some(producer) = self.producers.get(&producer_id) {
-            let refused = if header.producer_epoch < producer.epoch {
-                Some(ProduceError::InvalidProducerEpoch)
-            } else if header.producer_epoch == producer.epoch {
-                if let Some((_, base_offset)) =
-                    producer.recent.iter().find(|(sequence, _)| *sequence == header.base_sequence)
-                {
-                    let produced = Produced { base_offset: *base_offset, duplicate: true };
-                    let last_offset = base_offset + i64::from(header.last_offset_delta);
-                    if last_offset < *self.args.high_watermark.borrow() {
-                        let _ = reply.send(Ok(produced));
-                    } else {
-                        // the original is still in flight: answer when it is written
-                        self.duplicates.push((last_offset, reply, produced));
-                    }
-                    return;
+        let refused = match self.producers.check(&header) {
+            ProducerCheck::Append => None,
+            ProducerCheck::Duplicate { base_offset, last_offset } => {
+                let produced = Produced { base_offset, duplicate: true };
+                if last_offset < *self.args.high_watermark.borrow() {
+                    let _ = reply.send(Ok(produced));
+                } else {
+                    // the original is still in flight: answer when it is written
+                    self.duplicates.push((last_offset, reply, produced));
                 }
-                (header.base_sequence != producer.last_sequence.wrapping_add(1))
-                    .then_some(ProduceError::OutOfOrderSequence)
-            } else {
-                (header.base_sequence != 0).then_some(ProduceError::OutOfOrderSequence)
-            };
-            if let Some(refused) = refused {
-                let _ = reply.send(Err(refused));
                 return;
             }
+            ProducerCheck::OutOfOrder => Some(ProduceError::OutOfOrderSequence),
+            ProducerCheck::Fenced => Some(ProduceError::InvalidProducerEpoch),
+        };
+        if let Some(refused) = refused {
+            let _ = reply.send(Err(refused));
+            return;
         }
         let records = i64::from(header.last_offset_delta) + 1;
         let submitted = self.submit(batch, records, Waiter::Kafka(reply));
-        if idempotent && let Some(base_offset) = submitted {
+        if let Some(base_offset) = submitted {
             // counted at once, so that the producer's next batch (pipelined) follows on
-            record_producer_batch(&mut self.producers, &header, base_offset);
+            self.producers.record(&header, base_offset);
         }
     }
 
@@ -604,11 +533,7 @@ mod tests {
     fn idempotent_batch(sequence: i32) -> Bytes {
         let record = NewRecord { key: None, value: Some(b"v"), headers: &[], timestamp_ms: 1 };
         let mut bytes = build_record_batch(&[record], 1).to_vec();
-        bytes[43..51].copy_from_slice(&42i64.to_be_bytes());
-        bytes[51..53].copy_from_slice(&0i16.to_be_bytes());
-        bytes[53..57].copy_from_slice(&sequence.to_be_bytes());
-        let crc = crc32c::crc32c(&bytes[21..]);
-        bytes[17..21].copy_from_slice(&crc.to_be_bytes());
+        tidewater_storage::set_producer(&mut bytes, 42, 0, sequence);
         Bytes::from(bytes)
     }
 

@@ -21,7 +21,7 @@ use super::journal::RaftJournal;
 use super::replica::{AckOn, Leadership, Output, Placed, Refusal, ReplicaCore, ReplicaOptions};
 use super::wire::RaftMessage;
 use crate::data_plane::GroupId;
-use tidewater_storage::{LogStore, PartitionId, StateStore};
+use tidewater_storage::{LogStore, PartitionId, ProducerCheck, ProducerTable, StateStore};
 
 /// Where a replica's outgoing raft messages go.
 pub trait RaftTransport: Send + Sync + 'static {
@@ -117,6 +117,11 @@ pub struct RaftReplicaState {
     /// jobs handed to the journal, in order, and whether each is done
     jobs: VecDeque<(u64, bool)>,
     ticker: Option<tokio::task::JoinHandle<()>>,
+    /// the idempotent producers, while this replica leads and has applied an entry of its
+    /// own term (before that its log may still hold a retry it cannot see as one)
+    producers: Option<ProducerTable>,
+    /// retries of batches not committed yet: (the original's last offset, answer)
+    duplicates: Vec<(i64, ProposeReply, Placed)>,
 }
 
 impl Actor for RaftReplica {
@@ -134,7 +139,15 @@ impl Actor for RaftReplica {
         let core = ReplicaCore::new(&args.options, restored.log, restored.applied)?;
         args.high_watermark.send_replace(core.high_watermark());
         let ticker = Some(myself.send_interval(args.tick, || RaftReplicaMsg::Tick));
-        let mut state = RaftReplicaState { args, core, journal: Arc::new(journal), jobs: VecDeque::new(), ticker };
+        let mut state = RaftReplicaState {
+            args,
+            core,
+            journal: Arc::new(journal),
+            jobs: VecDeque::new(),
+            ticker,
+            producers: None,
+            duplicates: Vec::new(),
+        };
         state.drain(&myself);
         Ok(state)
     }
@@ -149,6 +162,9 @@ impl Actor for RaftReplica {
         }
         for (reply, refusal) in state.core.refuse_waiting() {
             let _ = reply.send(Err(refusal));
+        }
+        for (_, reply, _) in state.duplicates.drain(..) {
+            let _ = reply.send(Err(Refusal::Stopped));
         }
         if let Err(error) = state.journal.write_record() {
             tracing::warn!(group = ?state.args.group, %error, "cannot write the raft record at stop");
@@ -169,11 +185,7 @@ impl Actor for RaftReplica {
                     tracing::debug!(group = ?state.args.group, %error, "raft message refused");
                 }
             }
-            RaftReplicaMsg::Propose { batch, ack_on, reply } => {
-                if let Err((reply, refusal)) = state.core.propose(&batch, ack_on, reply) {
-                    let _ = reply.send(Err(refusal));
-                }
-            }
+            RaftReplicaMsg::Propose { batch, ack_on, reply } => state.propose(&batch, ack_on, reply),
             RaftReplicaMsg::Persisted { number, failed } => {
                 if let Some(error) = failed {
                     tracing::error!(group = ?state.args.group, %error, "raft write failed: the replica stops");
@@ -216,12 +228,96 @@ impl Actor for RaftReplica {
 }
 
 impl RaftReplicaState {
+    /// Proposes a batch after the idempotent-producer check (a retry of a batch already in the
+    /// log is answered with the original's offsets, once they are committed).
+    fn propose(&mut self, batch: &[u8], ack_on: AckOn, reply: ProposeReply) {
+        let Ok(header) = tidewater_storage::validate_batch(batch) else {
+            let _ = reply.send(Err(Refusal::InvalidBatch));
+            return;
+        };
+        if header.producer_id >= 0 && header.base_sequence >= 0 {
+            if !self.core.is_leader() {
+                let _ = reply.send(Err(Refusal::NotLeader { leader: self.core.leader() }));
+                return;
+            }
+            let Some(producers) = &self.producers else {
+                let _ = reply.send(Err(Refusal::NotReady));
+                return;
+            };
+            let refusal = match producers.check(&header) {
+                ProducerCheck::Append => None,
+                ProducerCheck::Duplicate { base_offset, last_offset } => {
+                    let placed = Placed {
+                        index: 0,
+                        base_offset,
+                        last_offset,
+                        leader_epoch: self.core.term() as i32,
+                        duplicate: true,
+                    };
+                    if last_offset < self.core.high_watermark() {
+                        let _ = reply.send(Ok(placed));
+                    } else {
+                        self.duplicates.push((last_offset, reply, placed));
+                    }
+                    return;
+                }
+                ProducerCheck::OutOfOrder => Some(Refusal::OutOfOrderSequence),
+                ProducerCheck::Fenced => Some(Refusal::ProducerFenced),
+            };
+            if let Some(refusal) = refusal {
+                let _ = reply.send(Err(refusal));
+                return;
+            }
+        }
+        match self.core.propose(batch, ack_on, reply) {
+            // counted at once, so that the producer's next batch (pipelined) follows on
+            Ok(placed) => {
+                if let Some(producers) = &mut self.producers {
+                    producers.record(&header, placed.base_offset);
+                }
+            }
+            Err((reply, refusal)) => {
+                let _ = reply.send(Err(refusal));
+            }
+        }
+    }
+
+    /// Keeps the producer table true to the role: dropped when leadership goes (with the
+    /// retries that wait), rebuilt from the log once the leader has applied an entry of its
+    /// own term (then every entry of earlier terms it will ever commit is in the log store).
+    fn track_producers(&mut self) {
+        if !self.core.is_leader() {
+            self.producers = None;
+            for (_, reply, _) in self.duplicates.drain(..) {
+                let _ = reply.send(Err(Refusal::NotLeader { leader: self.core.leader() }));
+            }
+            return;
+        }
+        let high_watermark = self.core.high_watermark();
+        if self.producers.is_none() && self.core.log().term_at(self.core.applied()) == Some(self.core.term()) {
+            let log = self.args.log.as_ref();
+            let log_start = log.offsets(&self.args.partition).map_or(0, |offsets| offsets.log_start);
+            self.producers = Some(ProducerTable::recover(log, &self.args.partition, log_start, high_watermark));
+        }
+        if !self.duplicates.is_empty() {
+            let (ready, waiting) =
+                std::mem::take(&mut self.duplicates).into_iter().partition(|(last, _, _)| *last < high_watermark);
+            self.duplicates = waiting;
+            for (_, reply, placed) in ready {
+                let _ = reply.send(Ok(placed));
+            }
+        }
+    }
+
     /// Handles every output of the core until it has none.
     fn drain(&mut self, myself: &ActorRef<RaftReplicaMsg>) {
         loop {
             let out = match self.core.ready() {
                 Ok(Some(out)) => out,
-                Ok(None) => return,
+                Ok(None) => {
+                    self.track_producers();
+                    return;
+                }
                 Err(error) => {
                     tracing::error!(group = ?self.args.group, %error, "raft ready failed: the replica stops");
                     myself.stop(Some(format!("raft ready failed: {error}")));

@@ -103,12 +103,27 @@ fn batch(n: usize) -> bytes::Bytes {
 }
 
 async fn produce(node: &TestNode, n: usize) -> Option<super::Placed> {
-    let call = ractor::call_t!(
-        node.replica,
-        |reply| RaftReplicaMsg::Propose { batch: batch(n), ack_on: AckOn::Commit, reply },
-        3_000
-    );
-    call.ok()?.ok()
+    propose(node, batch(n)).await.ok()
+}
+
+async fn propose(node: &TestNode, batch: bytes::Bytes) -> Result<super::Placed, super::Refusal> {
+    let call =
+        ractor::call_t!(node.replica, |reply| RaftReplicaMsg::Propose { batch, ack_on: AckOn::Commit, reply }, 3_000);
+    call.unwrap_or(Err(super::Refusal::Stopped))
+}
+
+/// Batch `n` of idempotent producer 9, epoch 0, sequence `n`.
+fn idempotent(n: usize) -> bytes::Bytes {
+    let mut bytes = batch(n).to_vec();
+    tidewater_storage::set_producer(&mut bytes, 9, 0, n as i32);
+    bytes.into()
+}
+
+/// Kills the node at `position`: its replica, its server and its links.
+fn kill(node: &TestNode) {
+    node.replica.stop(None);
+    let _ = node.stop_server.send(true);
+    node.links.stop_all();
 }
 
 fn stored(node: &TestNode, upper: i64) -> Vec<bytes::Bytes> {
@@ -146,9 +161,7 @@ async fn three_replica_actors_replicate_over_the_data_plane_and_fail_over() {
     assert_eq!(refused, Err(super::Refusal::NotLeader { leader: Some(nodes[first].id) }));
     // the leader's node goes away: its replica, its server and its links
     let old = &nodes[first];
-    old.replica.stop(None);
-    let _ = old.stop_server.send(true);
-    old.links.stop_all();
+    kill(old);
     let started = tokio::time::Instant::now();
     let next = leader(&nodes, Some(old.id)).await;
     let placed = loop {
@@ -162,4 +175,48 @@ async fn three_replica_actors_replicate_over_the_data_plane_and_fail_over() {
     let survivor = &nodes[next];
     let held = stored(survivor, 50);
     assert_eq!(held, reference, "nothing acknowledged was lost");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotent_retry_after_a_fail_over_is_answered_with_the_original_offset() {
+    let nodes = cluster().await;
+    let first = leader(&nodes, None).await;
+    // the new leader must first commit an entry of its term before it can tell retries
+    let started = tokio::time::Instant::now();
+    let mut placed = Vec::new();
+    for n in 0..3 {
+        let answer = loop {
+            match propose(&nodes[first], idempotent(n)).await {
+                Err(super::Refusal::NotReady) if started.elapsed() < Duration::from_secs(5) => {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                answer => break answer.expect("the leader acknowledges"),
+            }
+        };
+        placed.push(answer);
+    }
+    assert_eq!(placed.iter().map(|p| p.base_offset).collect::<Vec<_>>(), vec![0, 1, 2]);
+    let again = propose(&nodes[first], idempotent(1)).await.unwrap();
+    assert!(again.duplicate && again.base_offset == 1, "a retry on the same leader: {again:?}");
+    let gap = propose(&nodes[first], idempotent(7)).await;
+    assert_eq!(gap, Err(super::Refusal::OutOfOrderSequence));
+
+    kill(&nodes[first]);
+    let next = leader(&nodes, Some(nodes[first].id)).await;
+    // the producer did not hear about batch 2 and sends it again to the new leader
+    let retried = loop {
+        match propose(&nodes[next], idempotent(2)).await {
+            Ok(placed) => break placed,
+            Err(refusal) => {
+                assert!(started.elapsed() < Duration::from_secs(10), "no answer after the fail-over: {refusal}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
+    assert!(retried.duplicate, "the new leader knows the batch: {retried:?}");
+    assert_eq!(retried.base_offset, 2, "answered with the original offset");
+    let following = propose(&nodes[next], idempotent(3)).await.unwrap();
+    assert_eq!((following.base_offset, following.duplicate), (3, false), "the sequence goes on");
+    let held = stored(&nodes[next], 4);
+    assert_eq!(held.len(), 4, "batch 2 is stored once");
 }

@@ -75,6 +75,8 @@ pub struct Placed {
     pub last_offset: i64,
     /// the partition leader epoch it was stamped with (the raft term)
     pub leader_epoch: i32,
+    /// a retry of an idempotent producer's batch that was already there: not appended again
+    pub duplicate: bool,
 }
 
 /// Why a proposal was not (or will never be) acknowledged. None of these says the batch is
@@ -99,6 +101,16 @@ pub enum Refusal {
     /// a membership change is still under way (raft takes one at a time)
     #[error("a membership change is under way")]
     ChangePending,
+    /// a new leader has not committed an entry of its term yet, so it cannot tell an
+    /// idempotent producer's retry from a new batch (retriable)
+    #[error("the leader is not ready for idempotent producers yet")]
+    NotReady,
+    /// an idempotent producer's sequence has a gap or repeats an older batch
+    #[error("out of order sequence number")]
+    OutOfOrderSequence,
+    /// an idempotent producer's epoch is older than one seen already
+    #[error("producer fenced by a newer epoch")]
+    ProducerFenced,
 }
 
 /// A write the host must make durable, then report with [`ReplicaCore::persisted`].
@@ -351,7 +363,7 @@ impl<T> ReplicaCore<T> {
         self.next_offset = Some((term, last_offset + 1));
         let span = BatchSpan { base_offset, last_offset };
         self.tickets.insert(index, Ticket { term, span, ack_on, ticket });
-        Ok(Placed { index, base_offset, last_offset, leader_epoch: term as i32 })
+        Ok(Placed { index, base_offset, last_offset, leader_epoch: term as i32, duplicate: false })
     }
 
     /// Reports that the job of `Ready` `number` (and every one before it) is durable.
@@ -586,5 +598,11 @@ impl<T> ReplicaCore<T> {
 }
 
 fn placed(index: u64, span: BatchSpan, term: u64) -> Placed {
-    Placed { index, base_offset: span.base_offset, last_offset: span.last_offset, leader_epoch: term as i32 }
+    Placed {
+        index,
+        base_offset: span.base_offset,
+        last_offset: span.last_offset,
+        leader_epoch: term as i32,
+        duplicate: false,
+    }
 }
