@@ -152,6 +152,9 @@ pub struct NodeInner {
     /// The node's tracing span (`node = <id>`): actors run their messages inside it, since
     /// ractor starts an actor's loop outside the spawning task's span.
     pub span: tracing::Span,
+    /// The cluster this node is part of, set once the node has joined it (before any
+    /// listener serves).
+    pub cluster: std::sync::OnceLock<Arc<dyn crate::stream::catalog::ClusterCatalog>>,
 }
 
 /// A cheap handle on the node's shared state.
@@ -206,7 +209,7 @@ impl NodeContext {
             mqtt: parts.mqtt,
             kafka: parts.kafka,
             authorizer: parts.authorizer,
-            producer_ids: ProducerIds::new(Arc::clone(&parts.state_store)),
+            producer_ids: ProducerIds::new(Arc::clone(&parts.state_store), parts.node_id),
             state_store: parts.state_store,
             log_store: parts.log_store,
             net: parts.net,
@@ -219,6 +222,7 @@ impl NodeContext {
             connections: AtomicUsize::new(0),
             mqtt_counters,
             span: tracing::Span::current(),
+            cluster: std::sync::OnceLock::new(),
         }))
     }
 

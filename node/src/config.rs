@@ -268,6 +268,13 @@ impl Config {
         if self.cluster.voters.is_empty() { vec![self.node_id] } else { self.cluster.voters.clone() }
     }
 
+    /// Whether this node is part of a cluster whose controller has other voters than this
+    /// node (`cluster.voters`): then the streams Kafka and HTTP create are the cluster's,
+    /// replicated. A node without voters keeps its streams to itself, even when it gossips.
+    pub fn clustered(&self) -> bool {
+        self.controller_voters() != [self.node_id]
+    }
+
     /// Loads defaults < file < environment < flags, then validates.
     pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Self, ConfigError> {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
@@ -416,7 +423,8 @@ impl Config {
             default_partitions: self.kafka.default_partitions,
             max_message_bytes: self.kafka.max_message_bytes,
             group_initial_rebalance_delay_ms: self.kafka.group_initial_rebalance_delay_ms,
-            cluster_name: format!("node{}", self.node_id),
+            // the cluster id Kafka clients check: the same on every node of a cluster
+            cluster_name: if self.clustered() { self.cluster.name.clone() } else { format!("node{}", self.node_id) },
         }
     }
 

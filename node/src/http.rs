@@ -207,18 +207,24 @@ async fn create_stream(State(state): State<HttpState>, body: Bytes) -> Response 
         Ok(def) => def,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid stream definition: {e}")),
     };
-    match state.ctx.streams.create(def).await {
+    match state.ctx.create_stream(def).await {
         Ok(stream) => (StatusCode::CREATED, axum::Json(stream_json(&state.ctx, &stream))).into_response(),
         Err(e @ StreamError::Exists(_)) => error(StatusCode::CONFLICT, e),
-        Err(e @ StreamError::Invalid(_)) => error(StatusCode::BAD_REQUEST, e),
+        Err(e @ (StreamError::Invalid(_) | StreamError::ReplicationFactor { .. })) => error(StatusCode::BAD_REQUEST, e),
+        Err(e @ (StreamError::NotController(_) | StreamError::Unavailable(_))) => {
+            error(StatusCode::SERVICE_UNAVAILABLE, e)
+        }
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
     }
 }
 
 async fn delete_stream(State(state): State<HttpState>, Path(name): Path<String>) -> Response {
-    match state.ctx.streams.delete(&name).await {
+    match state.ctx.delete_stream(&name).await {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(e @ StreamError::Unknown(_)) => error(StatusCode::NOT_FOUND, e),
+        Err(e @ (StreamError::NotController(_) | StreamError::Unavailable(_))) => {
+            error(StatusCode::SERVICE_UNAVAILABLE, e)
+        }
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
     }
 }

@@ -5,3 +5,4 @@ pub mod config;
 pub mod controller;
 pub mod http;
 pub mod node;
+pub mod replication;

@@ -21,6 +21,7 @@ use crate::cluster::{Addresses, ClusterNode, Gossip, advertised};
 use crate::config::Config;
 use crate::controller::{Controller, ControllerParts};
 use crate::http::{self, ClusterView, HttpState, MetricsRender};
+use crate::replication::{NodeCatalog, StreamParts, spawn_follow};
 
 /// How long each listener has to stop accepting at shutdown.
 const LISTENER_STOP_TIMEOUT: Duration = Duration::from_secs(2);
@@ -86,6 +87,8 @@ pub struct NodeHandle {
     listeners: Vec<JoinHandle<()>>,
     background: Vec<JoinHandle<()>>,
     cluster: Option<(ClusterNode, Controller)>,
+    /// stops serving the cluster's streams, and the task that serves them
+    cluster_streams: Option<(watch::Sender<bool>, JoinHandle<()>)>,
 }
 
 impl Node {
@@ -180,6 +183,32 @@ impl Node {
                 return Err(error);
             }
         };
+        let (served_sender, served) = watch::channel(std::collections::BTreeSet::new());
+        let view = controller.view();
+        if let Some(replica) = view.replica.clone() {
+            let catalog = NodeCatalog {
+                node_id: config.node_id,
+                clustered: config.clustered(),
+                members: cluster.members(),
+                metadata: view.metadata.clone(),
+                controller_leadership: view.leadership.clone(),
+                controller: replica,
+                served,
+                clock: Arc::clone(&ctx.clock),
+            };
+            let _ = ctx.cluster.set(Arc::new(catalog));
+        }
+        let (streams_stop, streams_stopped) = watch::channel(false);
+        let following = spawn_follow(
+            StreamParts {
+                ctx: ctx.clone(),
+                router: Arc::clone(&cluster.router),
+                links: Arc::clone(&cluster.links),
+                metadata: view.metadata.clone(),
+                served: served_sender,
+            },
+            streams_stopped,
+        );
         let cluster_view = ClusterView {
             node_id: cluster.node_id,
             name: cluster.name.clone(),
@@ -221,6 +250,7 @@ impl Node {
             listeners,
             background,
             cluster: Some((cluster, controller)),
+            cluster_streams: Some((streams_stop, following)),
         })
     }
 }
@@ -261,7 +291,14 @@ impl NodeHandle {
     async fn stop(mut self) -> Result<(), NodeError> {
         tracing::info!("shutting down");
         self.ready.store(false, Ordering::Release);
-        // the others hear first, so that they stop counting on this node
+        // the cluster's partitions first (their replicas write their raft records), then the
+        // controller; the others hear first, so that they stop counting on this node
+        if let Some((stop, following)) = self.cluster_streams.take() {
+            let _ = stop.send(true);
+            if tokio::time::timeout(Duration::from_secs(10), following).await.is_err() {
+                tracing::warn!("the cluster's partitions did not stop in time");
+            }
+        }
         if let Some((cluster, controller)) = self.cluster.take() {
             controller.stop(&cluster.router).await;
             cluster.leave().await;

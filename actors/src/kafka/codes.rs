@@ -8,6 +8,12 @@ pub const OFFSET_OUT_OF_RANGE: i16 = 1;
 pub const CORRUPT_MESSAGE: i16 = 2;
 /// This server does not host this topic-partition.
 pub const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
+/// There is no leader for this partition right now (an election is under way): retriable.
+pub const LEADER_NOT_AVAILABLE: i16 = 5;
+/// This server is not the leader of this partition: refresh metadata and retry there.
+pub const NOT_LEADER_OR_FOLLOWER: i16 = 6;
+/// The request timed out (here: the cluster did not answer in time).
+pub const REQUEST_TIMED_OUT: i16 = 7;
 /// The request included a message larger than the maximum the server accepts.
 pub const MESSAGE_TOO_LARGE: i16 = 10;
 /// The coordinator is loading or not available.
@@ -26,6 +32,12 @@ pub const INVALID_PARTITIONS: i16 = 37;
 pub const INVALID_REPLICATION_FACTOR: i16 = 38;
 /// The configuration is invalid.
 pub const INVALID_CONFIG: i16 = 40;
+/// The client's leader epoch is older than the leader's: refresh metadata.
+pub const FENCED_LEADER_EPOCH: i16 = 74;
+/// The client's leader epoch is newer than this replica knows: retry.
+pub const UNKNOWN_LEADER_EPOCH: i16 = 75;
+/// This is not the cluster's controller: refresh metadata (its `controller_id`) and retry.
+pub const NOT_CONTROLLER: i16 = 41;
 /// The request is malformed or not supported.
 pub const INVALID_REQUEST: i16 = 42;
 /// The broker received an out of order sequence number.

@@ -42,7 +42,8 @@ pub struct StreamDef {
     /// Number of partitions.
     #[serde(default = "one")]
     pub partitions: u32,
-    /// Replication factor (1 until the cluster lands).
+    /// Replication factor: replicas per partition (a node of a cluster places them; a node
+    /// alone takes only 1).
     #[serde(default = "one_u16")]
     pub replication_factor: u16,
     /// Delete batches older than this (ms); none = keep forever.
@@ -77,7 +78,7 @@ pub enum StreamDefError {
     #[error("partitions must be between 1 and 10000")]
     InvalidPartitions,
     /// replication factor out of range
-    #[error("replication_factor must be 1 on a single node")]
+    #[error("replication_factor must be 1 to 7")]
     InvalidReplicationFactor,
     /// retention out of range
     #[error("retention_ms and retention_bytes must be positive")]
@@ -134,7 +135,7 @@ impl StreamDef {
         if !(1..=10_000).contains(&self.partitions) {
             return Err(StreamDefError::InvalidPartitions);
         }
-        if self.replication_factor != 1 {
+        if !(1..=MAX_REPLICATION_FACTOR).contains(&self.replication_factor) {
             return Err(StreamDefError::InvalidReplicationFactor);
         }
         if self.retention_ms.is_some_and(|ms| ms <= 0) || self.retention_bytes == Some(0) {
@@ -143,6 +144,9 @@ impl StreamDef {
         Ok(())
     }
 }
+
+/// The most replicas a partition can have (a raft group of more voters gains nothing).
+pub const MAX_REPLICATION_FACTOR: u16 = 7;
 
 /// A deterministic 32-bit hash (FNV-1a) for partition choice; never `std`'s random hasher.
 pub fn partition_hash(bytes: &[u8]) -> u32 {

@@ -65,6 +65,22 @@ pub enum ProduceError {
     /// storage failed
     #[error("storage: {0}")]
     Storage(String),
+    /// this node's replica does not lead the partition (the leader it knows, if any)
+    #[error("this node does not lead the partition (leader {0:?})")]
+    NotLeader(Option<u64>),
+    /// a leader was just elected and is not ready yet, or the batch was lost to an election
+    /// before it committed: retry
+    #[error("leader not available: {0}")]
+    LeaderNotAvailable(String),
+}
+
+/// What a Kafka produce waits for before it is answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Acks {
+    /// `acks=all`: a majority of the replicas holds the batch (a single node: it is durable)
+    All,
+    /// `acks=1`: the leader's own write (on a replicated partition it can be lost in a fail-over)
+    Leader,
 }
 
 /// The outcome of a produce: the base offset given (or of the original, for a duplicate).
@@ -82,8 +98,9 @@ pub enum PartitionMsg {
     AppendMqtt(MqttRecord, Option<DurableNotice>),
     /// Write every pending MQTT record as one batch.
     Flush,
-    /// Append a Kafka RecordBatch v2 as sent.
-    AppendBatch(Bytes, RpcReplyPort<Result<Produced, ProduceError>>),
+    /// Append a Kafka RecordBatch v2 as sent, answered per `Acks` (a single-node partition
+    /// always answers once the batch is durable).
+    AppendBatch(Bytes, Acks, RpcReplyPort<Result<Produced, ProduceError>>),
     /// The store reported on appends this actor submitted (the reports wait in its queue).
     Written,
     /// Apply retention at `now_ms`.
@@ -218,7 +235,7 @@ impl Actor for PartitionReplica {
                 state.flush_scheduled = false;
                 state.flush();
             }
-            PartitionMsg::AppendBatch(batch, reply) => {
+            PartitionMsg::AppendBatch(batch, _acks, reply) => {
                 // keep MQTT records ahead of a produce that arrived after them
                 state.flush();
                 state.append_batch(batch, reply);
@@ -262,35 +279,8 @@ impl PartitionState {
             return;
         }
         let pending = std::mem::take(&mut self.pending);
-        let mut start = 0;
-        while start < pending.len() {
-            // cut batches at about max_batch_bytes
-            let mut end = start;
-            let mut bytes = 0;
-            while end < pending.len() && (end == start || bytes < self.args.max_batch_bytes) {
-                bytes += pending[end].0.value.len() + pending[end].0.key.len() + 64;
-                end += 1;
-            }
-            let chunk = &pending[start..end];
-            let header_refs: Vec<Vec<(&str, &[u8])>> = chunk
-                .iter()
-                .map(|(record, _)| record.headers.iter().map(|(k, v)| (k.as_ref(), v.as_ref())).collect())
-                .collect();
-            let records: Vec<NewRecord<'_>> = chunk
-                .iter()
-                .zip(&header_refs)
-                .map(|((record, _), headers)| NewRecord {
-                    key: Some(&record.key),
-                    value: Some(&record.value),
-                    headers,
-                    timestamp_ms: record.timestamp_ms,
-                })
-                .collect();
-            let base_timestamp = chunk.first().map_or(0, |(r, _)| r.timestamp_ms);
-            let batch = build_record_batch(&records, base_timestamp);
-            let notices = chunk.iter().filter_map(|(_, notice)| notice.clone()).collect();
-            self.submit(batch, chunk.len() as i64, Waiter::Mqtt(notices));
-            start = end;
+        for (batch, records, notices) in mqtt_batches(&pending, self.args.max_batch_bytes) {
+            self.submit(batch, records, Waiter::Mqtt(notices));
         }
     }
 
@@ -502,13 +492,52 @@ impl PartitionState {
     }
 }
 
+/// Cuts pending MQTT records into RecordBatches of about `max_batch_bytes`: each batch with
+/// its record count and the notices of its records.
+pub(crate) fn mqtt_batches(
+    pending: &[(MqttRecord, Option<DurableNotice>)],
+    max_batch_bytes: usize,
+) -> Vec<(Bytes, i64, Vec<DurableNotice>)> {
+    let mut batches = Vec::new();
+    let mut start = 0;
+    while start < pending.len() {
+        let mut end = start;
+        let mut bytes = 0;
+        while end < pending.len() && (end == start || bytes < max_batch_bytes) {
+            bytes += pending[end].0.value.len() + pending[end].0.key.len() + 64;
+            end += 1;
+        }
+        let chunk = &pending[start..end];
+        let header_refs: Vec<Vec<(&str, &[u8])>> = chunk
+            .iter()
+            .map(|(record, _)| record.headers.iter().map(|(k, v)| (k.as_ref(), v.as_ref())).collect())
+            .collect();
+        let records: Vec<NewRecord<'_>> = chunk
+            .iter()
+            .zip(&header_refs)
+            .map(|((record, _), headers)| NewRecord {
+                key: Some(&record.key),
+                value: Some(&record.value),
+                headers,
+                timestamp_ms: record.timestamp_ms,
+            })
+            .collect();
+        let base_timestamp = chunk.first().map_or(0, |(r, _)| r.timestamp_ms);
+        let batch = build_record_batch(&records, base_timestamp);
+        let notices = chunk.iter().filter_map(|(_, notice)| notice.clone()).collect();
+        batches.push((batch, chunk.len() as i64, notices));
+        start = end;
+    }
+    batches
+}
+
 fn storage_error(error: StorageError) -> ProduceError {
     ProduceError::Storage(error.to_string())
 }
 
 /// Tells each session once whether its records are durable: one message per session, in the
 /// order the sessions first appear (never by `ActorId`: it comes from a process-wide counter).
-fn notify_sessions(notices: &[DurableNotice], ok: bool) {
+pub(crate) fn notify_sessions(notices: &[DurableNotice], ok: bool) {
     let mut by_session: Vec<(ActorRef<SessionMsg>, Vec<u64>)> = Vec::new();
     let mut index: crate::lookup::LookupMap<ractor::ActorId, usize> = crate::lookup::LookupMap::new();
     for notice in notices {
@@ -558,18 +587,18 @@ mod tests {
     async fn a_failed_append_fails_what_followed_it_and_the_log_goes_on_after() {
         let store = Arc::new(MemoryStore::new());
         let partition = start(&store).await;
-        let first = call_t!(partition, PartitionMsg::AppendBatch, 1000, plain_batch()).unwrap().unwrap();
+        let first = call_t!(partition, PartitionMsg::AppendBatch, 1000, plain_batch(), Acks::All).unwrap().unwrap();
         assert_eq!(first.base_offset, 0);
         // the next append fails; the one queued right behind it was counted after it, so it
         // fails too (nothing acknowledged that is not stored), and the one after that is fine
         store.fail_next_appends(1);
-        let (failed, behind) =
-            tokio::join!(async { call_t!(partition, PartitionMsg::AppendBatch, 1000, plain_batch()) }, async {
-                call_t!(partition, PartitionMsg::AppendBatch, 1000, plain_batch())
-            },);
+        let (failed, behind) = tokio::join!(
+            async { call_t!(partition, PartitionMsg::AppendBatch, 1000, plain_batch(), Acks::All) },
+            async { call_t!(partition, PartitionMsg::AppendBatch, 1000, plain_batch(), Acks::All) },
+        );
         assert!(matches!(failed.unwrap(), Err(ProduceError::Storage(_))));
         assert!(matches!(behind.unwrap(), Err(ProduceError::Storage(_))));
-        let next = call_t!(partition, PartitionMsg::AppendBatch, 1000, plain_batch()).unwrap().unwrap();
+        let next = call_t!(partition, PartitionMsg::AppendBatch, 1000, plain_batch(), Acks::All).unwrap().unwrap();
         assert_eq!(next.base_offset, 1, "offsets go on from what is stored");
         assert_eq!(store.offsets(&PartitionId { stream: "s".into(), partition: 0 }).unwrap().log_end, 2);
     }
@@ -581,13 +610,13 @@ mod tests {
         let store = Arc::new(MemoryStore::new());
         let partition = start(&store).await;
         store.fail_next_syncs(1);
-        let (failed, behind) =
-            tokio::join!(async { call_t!(partition, PartitionMsg::AppendBatch, 1000, plain_batch()) }, async {
-                call_t!(partition, PartitionMsg::AppendBatch, 1000, plain_batch())
-            },);
+        let (failed, behind) = tokio::join!(
+            async { call_t!(partition, PartitionMsg::AppendBatch, 1000, plain_batch(), Acks::All) },
+            async { call_t!(partition, PartitionMsg::AppendBatch, 1000, plain_batch(), Acks::All) },
+        );
         assert!(matches!(failed.unwrap(), Err(ProduceError::Storage(_))));
         assert!(matches!(behind.unwrap(), Err(ProduceError::Storage(_))), "not acknowledged");
-        let next = call_t!(partition, PartitionMsg::AppendBatch, 1000, plain_batch()).unwrap().unwrap();
+        let next = call_t!(partition, PartitionMsg::AppendBatch, 1000, plain_batch(), Acks::All).unwrap().unwrap();
         assert_eq!(next.base_offset, 0, "both were cut back");
         let id = PartitionId { stream: "s".into(), partition: 0 };
         assert_eq!(store.offsets(&id).unwrap().log_end, 1);
@@ -597,16 +626,19 @@ mod tests {
     async fn a_retry_after_restart_is_still_a_duplicate() {
         let store = Arc::new(MemoryStore::new());
         let first = start(&store).await;
-        let appended = call_t!(first, PartitionMsg::AppendBatch, 1000, idempotent_batch(0)).unwrap().unwrap();
+        let appended =
+            call_t!(first, PartitionMsg::AppendBatch, 1000, idempotent_batch(0), Acks::All).unwrap().unwrap();
         assert_eq!(appended, Produced { base_offset: 0, duplicate: false });
         first.stop(None);
 
         let restarted = start(&store).await;
-        let retried = call_t!(restarted, PartitionMsg::AppendBatch, 1000, idempotent_batch(0)).unwrap().unwrap();
+        let retried =
+            call_t!(restarted, PartitionMsg::AppendBatch, 1000, idempotent_batch(0), Acks::All).unwrap().unwrap();
         assert_eq!(retried, Produced { base_offset: 0, duplicate: true });
-        let gap = call_t!(restarted, PartitionMsg::AppendBatch, 1000, idempotent_batch(5)).unwrap();
+        let gap = call_t!(restarted, PartitionMsg::AppendBatch, 1000, idempotent_batch(5), Acks::All).unwrap();
         assert_eq!(gap, Err(ProduceError::OutOfOrderSequence));
-        let next = call_t!(restarted, PartitionMsg::AppendBatch, 1000, idempotent_batch(1)).unwrap().unwrap();
+        let next =
+            call_t!(restarted, PartitionMsg::AppendBatch, 1000, idempotent_batch(1), Acks::All).unwrap().unwrap();
         assert_eq!(next, Produced { base_offset: 1, duplicate: false });
     }
 }

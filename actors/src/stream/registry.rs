@@ -18,6 +18,7 @@ use crate::mqtt::persist;
 use crate::mqtt::trie::SubscriptionTrie;
 use crate::stream::def::{PartitionStrategy, StreamDef, StreamDefError, StreamKind, partition_hash};
 use crate::stream::partition::{DurableNotice, MqttRecord, PartitionArgs, PartitionMsg, PartitionReplica};
+use crate::stream::replicated::ReplicaView;
 
 /// Stream definitions: name → [`StreamDef`].
 pub const STREAMS: &str = "streams";
@@ -52,6 +53,23 @@ pub enum StreamError {
     /// a partition actor could not start
     #[error("cannot start partition: {0}")]
     Spawn(String),
+    /// the change belongs to the cluster's controller, not to this node's registry
+    #[error("stream {0} belongs to the cluster: change it through the controller")]
+    Replicated(String),
+    /// this node's controller replica does not lead (the leader it knows, if any)
+    #[error("this node is not the controller (controller {0:?})")]
+    NotController(Option<u64>),
+    /// the cluster cannot take the change now (no controller, not enough nodes, a timeout)
+    #[error("{0}")]
+    Unavailable(String),
+    /// more replicas than nodes
+    #[error("replication factor {wanted} is larger than the {nodes} registered nodes")]
+    ReplicationFactor {
+        /// asked for
+        wanted: u16,
+        /// nodes the controller knows
+        nodes: usize,
+    },
 }
 
 /// One partition as readers and writers see it.
@@ -63,6 +81,8 @@ pub struct PartitionHandle {
     pub actor: ActorRef<PartitionMsg>,
     /// Its high watermark (readers wait on changes for long polls).
     pub high_watermark: watch::Receiver<i64>,
+    /// Its replication, for a stream of the cluster (`None`: a single node's stream).
+    pub replica: Option<ReplicaView>,
 }
 
 impl PartitionHandle {
@@ -81,6 +101,14 @@ pub struct Stream {
     /// Its partitions, by index.
     pub partitions: Vec<PartitionHandle>,
     round_robin: AtomicU32,
+}
+
+impl Stream {
+    /// Whether the stream belongs to the cluster (its partitions are raft groups whose replica
+    /// sets the controller keeps), not to this node alone.
+    pub fn replicated(&self) -> bool {
+        self.partitions.first().is_some_and(|partition| partition.replica.is_some())
+    }
 }
 
 /// What [`StreamRegistry::ingest_mqtt`] did with a message.
@@ -188,12 +216,39 @@ impl StreamRegistry {
         };
         let (actor, _) =
             Actor::spawn(None, PartitionReplica, args).await.map_err(|e| StreamError::Spawn(e.to_string()))?;
-        Ok(PartitionHandle { id, actor, high_watermark: receiver })
+        Ok(PartitionHandle { id, actor, high_watermark: receiver, replica: None })
     }
 
-    /// Deletes a stream and its data.
+    /// Serves a stream of the cluster whose partitions the caller started (their writers
+    /// and, where this node holds one, their raft replicas). Its definition lives in the
+    /// controller's log, not in this node's state store.
+    pub async fn adopt(&self, def: StreamDef, partitions: Vec<PartitionHandle>) -> Arc<Stream> {
+        let _admin = self.admin.lock().await;
+        let stream = Arc::new(Stream { def, partitions, round_robin: AtomicU32::new(0) });
+        if let (StreamKind::Bound, Some(filter)) = (stream.def.kind, &stream.def.filter) {
+            self.bound.write().insert(filter, stream.def.name.clone(), ());
+        }
+        tracing::info!(stream = %stream.def.name, partitions = stream.partitions.len(), "cluster stream served");
+        self.streams.write().insert(stream.def.name.clone(), Arc::clone(&stream));
+        stream
+    }
+
+    /// Stops serving a stream of the cluster (the caller stops its actors and removes its data).
+    pub async fn release(&self, name: &str) -> Option<Arc<Stream>> {
+        let _admin = self.admin.lock().await;
+        let stream = self.streams.write().remove(name)?;
+        if let (StreamKind::Bound, Some(filter)) = (stream.def.kind, &stream.def.filter) {
+            self.bound.write().remove(filter, &stream.def.name);
+        }
+        Some(stream)
+    }
+
+    /// Deletes a stream of this node and its data.
     pub async fn delete(&self, name: &str) -> Result<(), StreamError> {
         let _admin = self.admin.lock().await;
+        if self.get(name).is_some_and(|stream| stream.replicated()) {
+            return Err(StreamError::Replicated(name.to_string()));
+        }
         let stream = self.streams.write().remove(name).ok_or_else(|| StreamError::Unknown(name.to_string()))?;
         if let (StreamKind::Bound, Some(filter)) = (stream.def.kind, &stream.def.filter) {
             self.bound.write().remove(filter, &stream.def.name);
@@ -211,6 +266,9 @@ impl StreamRegistry {
     pub async fn add_partitions(&self, name: &str, count: u32) -> Result<(), StreamError> {
         let _admin = self.admin.lock().await;
         let current = self.get(name).ok_or_else(|| StreamError::Unknown(name.to_string()))?;
+        if current.replicated() {
+            return Err(StreamError::Replicated(name.to_string()));
+        }
         if count <= current.def.partitions {
             return Err(StreamError::PartitionsNotIncreased {
                 name: name.to_string(),

@@ -109,6 +109,23 @@ fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, StorageErro
 }
 
 impl RaftJournal {
+    /// Removes every raft record of partition `id` (its replica is gone: the stream was
+    /// deleted or the replica moved away); the caller removes the partition's log.
+    pub fn forget(id: &PartitionId, state: &dyn StateStore) -> Result<(), StorageError> {
+        let mut prefix = id.stream.as_bytes().to_vec();
+        prefix.push(0);
+        prefix.extend_from_slice(&id.partition.to_be_bytes());
+        let ops: Vec<StateOp> = state
+            .scan_prefix(SPACE, &prefix)?
+            .into_iter()
+            .map(|(key, _)| StateOp::Delete { space: SPACE, key })
+            .collect();
+        if !ops.is_empty() {
+            state.write_batch(ops)?;
+        }
+        Ok(())
+    }
+
     /// Opens the journal of partition `id`, creating it with `voters` if it has none, and
     /// rebuilds the replica's log (repairing a tail that was never reported durable).
     pub fn open(

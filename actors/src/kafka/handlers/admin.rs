@@ -9,7 +9,7 @@ use kafka_protocol::protocol::StrBytes;
 
 use crate::context::NodeContext;
 use crate::kafka::codes;
-use crate::stream::def::StreamDef;
+use crate::stream::def::{StreamDef, StreamDefError};
 use crate::stream::registry::StreamError;
 
 fn message(text: impl Into<String>) -> Option<StrBytes> {
@@ -24,13 +24,22 @@ fn stream_def(ctx: &NodeContext, topic: &CreatableTopic) -> Result<StreamDef, (i
         n if n >= 1 => n as u32,
         n => return Err((codes::INVALID_PARTITIONS, format!("num_partitions {n} must be positive"))),
     };
-    if !matches!(topic.replication_factor, -1 | 1) {
-        return Err((
-            codes::INVALID_REPLICATION_FACTOR,
-            format!("replication factor {} is not available on a single node", topic.replication_factor),
-        ));
+    let replication_factor = match topic.replication_factor {
+        -1 => ctx.default_replication_factor(),
+        1 => 1,
+        n if n >= 1 && ctx.catalog().is_some() => n as u16,
+        n => {
+            return Err((
+                codes::INVALID_REPLICATION_FACTOR,
+                format!("replication factor {n} is not available on a node that is not part of a cluster"),
+            ));
+        }
+    };
+    if !topic.assignments.is_empty() {
+        return Err((codes::INVALID_REQUEST, "manual replica assignments are not supported yet".to_string()));
     }
     let mut def = StreamDef::free(&name, partitions);
+    def.replication_factor = replication_factor;
     for config in &topic.configs {
         let key = config.name.as_str();
         let value = config.value.as_ref().map(|v| v.as_str()).unwrap_or("");
@@ -46,8 +55,25 @@ fn stream_def(ctx: &NodeContext, topic: &CreatableTopic) -> Result<StreamDef, (i
             other => return Err((codes::INVALID_CONFIG, format!("unsupported topic config {other}"))),
         }
     }
-    def.validate().map_err(|e| (codes::INVALID_TOPIC_EXCEPTION, e.to_string()))?;
+    def.validate().map_err(|error| match error {
+        StreamDefError::InvalidReplicationFactor => (codes::INVALID_REPLICATION_FACTOR, error.to_string()),
+        error => (codes::INVALID_TOPIC_EXCEPTION, error.to_string()),
+    })?;
     Ok(def)
+}
+
+/// The Kafka error a failed stream creation answers with.
+pub fn create_error(error: StreamError) -> (i16, String) {
+    let code = match &error {
+        StreamError::Exists(_) => codes::TOPIC_ALREADY_EXISTS,
+        StreamError::NotController(_) => codes::NOT_CONTROLLER,
+        StreamError::ReplicationFactor { .. } => codes::INVALID_REPLICATION_FACTOR,
+        StreamError::Unavailable(_) => codes::REQUEST_TIMED_OUT,
+        StreamError::Invalid(StreamDefError::InvalidReplicationFactor) => codes::INVALID_REPLICATION_FACTOR,
+        StreamError::Invalid(_) => codes::INVALID_TOPIC_EXCEPTION,
+        _ => codes::INVALID_REQUEST,
+    };
+    (code, error.to_string())
 }
 
 /// Answers CreateTopics.
@@ -61,17 +87,16 @@ pub async fn create_topics(ctx: &NodeContext, request: CreateTopicsRequest, vers
                 Err((codes::TOPIC_ALREADY_EXISTS, format!("topic {} already exists", topic.name.0.as_str())))
             }
             Ok(def) if request.validate_only => Ok(def),
-            Ok(def) => match ctx.streams.create(def.clone()).await {
+            Ok(def) => match ctx.create_stream(def.clone()).await {
                 Ok(_) => Ok(def),
-                Err(StreamError::Exists(name)) => {
-                    Err((codes::TOPIC_ALREADY_EXISTS, format!("topic {name} already exists")))
-                }
-                Err(error) => Err((codes::INVALID_REQUEST, error.to_string())),
+                Err(error) => Err(create_error(error)),
             },
         };
         // num_partitions and replication_factor exist from v5
         results.push(match outcome {
-            Ok(def) if version >= 5 => result.with_num_partitions(def.partitions as i32).with_replication_factor(1),
+            Ok(def) if version >= 5 => {
+                result.with_num_partitions(def.partitions as i32).with_replication_factor(def.replication_factor as i16)
+            }
             Ok(_) => result,
             Err((code, text)) => result.with_error_code(code).with_error_message(message(text)),
         });
@@ -86,9 +111,10 @@ pub async fn delete_topics(ctx: &NodeContext, request: DeleteTopicsRequest, vers
     let mut responses = Vec::with_capacity(names.len());
     for name in names {
         let result = DeletableTopicResult::default().with_name(Some(name.clone()));
-        responses.push(match ctx.streams.delete(name.0.as_str()).await {
+        responses.push(match ctx.delete_stream(name.0.as_str()).await {
             Ok(()) => result,
             Err(StreamError::Unknown(_)) => result.with_error_code(codes::UNKNOWN_TOPIC_OR_PARTITION),
+            Err(StreamError::NotController(_)) => result.with_error_code(codes::NOT_CONTROLLER),
             Err(error) if version >= 5 => {
                 result.with_error_code(codes::UNKNOWN_SERVER_ERROR).with_error_message(message(error.to_string()))
             }
@@ -109,6 +135,10 @@ pub async fn create_partitions(ctx: &NodeContext, request: CreatePartitionsReque
             Some(stream) if topic.count <= stream.def.partitions as i32 => Err((
                 codes::INVALID_PARTITIONS,
                 format!("topic {name} has {} partitions; the new count must be larger", stream.def.partitions),
+            )),
+            Some(stream) if stream.replicated() => Err((
+                codes::INVALID_REQUEST,
+                format!("topic {name} belongs to the cluster: adding partitions to it is not supported yet"),
             )),
             Some(_) if request.validate_only => Ok(()),
             Some(_) => ctx

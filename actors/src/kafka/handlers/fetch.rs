@@ -16,6 +16,7 @@ use tokio::sync::watch;
 
 use crate::context::NodeContext;
 use crate::kafka::codes;
+use crate::stream::registry::PartitionHandle;
 
 const LATEST: i64 = -1;
 const EARLIEST: i64 = -2;
@@ -73,6 +74,10 @@ fn read_once(
                 partitions.push(data.with_error_code(codes::UNKNOWN_TOPIC_OR_PARTITION));
                 continue;
             };
+            if let Err(code) = leader_check(partition, wanted.current_leader_epoch) {
+                partitions.push(data.with_error_code(code));
+                continue;
+            }
             // mark the watch as seen before reading, so an append after the read wakes the poll
             let mut watch = partition.high_watermark.clone();
             watch.borrow_and_update();
@@ -89,13 +94,15 @@ fn read_once(
                 data = data.with_log_start_offset(offsets.log_start);
             }
             let offset = wanted.fetch_offset;
-            if offset < offsets.log_start || offset > high_watermark {
+            // a new leader's high watermark may trail what the old one told a consumer, until
+            // it commits an entry of its term: up to its log end, an offset waits, as in Kafka
+            if offset < offsets.log_start || offset > high_watermark.max(offsets.log_end) {
                 partitions.push(data.with_error_code(codes::OFFSET_OUT_OF_RANGE));
                 continue;
             }
             watches.push(watch);
             let budget = (wanted.partition_max_bytes.max(0) as usize).min(max_total.saturating_sub(total));
-            if offset == high_watermark || (budget == 0 && total > 0) {
+            if offset >= high_watermark || (budget == 0 && total > 0) {
                 partitions.push(data.with_records(Some(Bytes::new())));
                 continue;
             }
@@ -143,14 +150,18 @@ pub fn list_offsets(ctx: &NodeContext, request: ListOffsetsRequest, version: i16
                         .with_partition_index(index)
                         .with_timestamp(-1)
                         .with_offset(-1);
-                    if version >= 4 {
-                        base = base.with_leader_epoch(0);
-                    }
                     let Some(partition) =
                         stream.as_ref().and_then(|s| usize::try_from(index).ok().and_then(|i| s.partitions.get(i)))
                     else {
                         return base.with_error_code(codes::UNKNOWN_TOPIC_OR_PARTITION);
                     };
+                    let epoch = match leader_check(partition, wanted.current_leader_epoch) {
+                        Ok(epoch) => epoch,
+                        Err(code) => return base.with_error_code(code),
+                    };
+                    if version >= 4 {
+                        base = base.with_leader_epoch(epoch);
+                    }
                     let Ok(offsets) = ctx.log_store.offsets(&partition.id) else {
                         return base.with_error_code(codes::KAFKA_STORAGE_ERROR);
                     };
@@ -175,6 +186,31 @@ pub fn list_offsets(ctx: &NodeContext, request: ListOffsetsRequest, version: i16
         })
         .collect();
     ListOffsetsResponse::default().with_topics(topics)
+}
+
+/// Whether this node may answer reads of `partition` for a client that knows leader epoch
+/// `client_epoch` (-1: it does not say): the leader epoch, or the Kafka error to answer.
+/// A single node's partition always may (epoch 0).
+pub fn leader_check(partition: &PartitionHandle, client_epoch: i32) -> Result<i32, i16> {
+    let Some(view) = &partition.replica else {
+        return Ok(0);
+    };
+    let Some(leadership) = *view.leadership.borrow() else {
+        return Err(codes::LEADER_NOT_AVAILABLE);
+    };
+    if !leadership.is_leader {
+        return Err(if leadership.leader.is_some() {
+            codes::NOT_LEADER_OR_FOLLOWER
+        } else {
+            codes::LEADER_NOT_AVAILABLE
+        });
+    }
+    let epoch = leadership.term as i32;
+    match client_epoch {
+        e if e >= 0 && e < epoch => Err(codes::FENCED_LEADER_EPOCH),
+        e if e > epoch => Err(codes::UNKNOWN_LEADER_EPOCH),
+        _ => Ok(epoch),
+    }
 }
 
 /// The first record at or after `timestamp` inside the batch that starts at `batch_offset`

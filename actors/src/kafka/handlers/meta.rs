@@ -12,6 +12,7 @@ use kafka_protocol::protocol::StrBytes;
 
 use crate::context::NodeContext;
 use crate::kafka::codes;
+use crate::stream::catalog::Broker;
 use crate::stream::def::{StreamDef, StreamKind, valid_name};
 use crate::stream::registry::Stream;
 
@@ -24,23 +25,45 @@ pub fn cluster_id(ctx: &NodeContext) -> StrBytes {
     s(format!("tidewater-{}", ctx.kafka.cluster_name))
 }
 
-fn broker(ctx: &NodeContext) -> MetadataResponseBroker {
-    MetadataResponseBroker::default()
-        .with_node_id(BrokerId(ctx.node_id as i32))
-        .with_host(s(ctx.kafka.advertised_host.clone()))
-        .with_port(ctx.kafka.advertised_port)
+/// The brokers clients are told of: the cluster's live nodes, or this node alone.
+pub fn brokers(ctx: &NodeContext) -> Vec<Broker> {
+    match ctx.catalog() {
+        Some(catalog) => catalog.brokers(),
+        None => {
+            vec![Broker { id: ctx.node_id, host: ctx.kafka.advertised_host.clone(), port: ctx.kafka.advertised_port }]
+        }
+    }
+}
+
+/// The controller clients are told of (-1 while the cluster has none).
+pub fn controller_id(ctx: &NodeContext) -> BrokerId {
+    match ctx.catalog() {
+        Some(catalog) => BrokerId(catalog.controller().map_or(-1, |id| id as i32)),
+        None => BrokerId(ctx.node_id as i32),
+    }
 }
 
 fn topic_entry(ctx: &NodeContext, stream: &Stream, version: i16) -> MetadataResponseTopic {
-    let leader = BrokerId(ctx.node_id as i32);
-    let partitions = (0..stream.def.partitions as i32)
-        .map(|index| {
+    let partitions = stream
+        .partitions
+        .iter()
+        .enumerate()
+        .map(|(index, handle)| {
+            let (error, leader, replicas, epoch) = match &handle.replica {
+                None => (codes::NONE, ctx.node_id as i32, vec![ctx.node_id], 0),
+                Some(view) => match view.leader() {
+                    Some((leader, term)) => (codes::NONE, leader as i32, view.replicas.clone(), term as i32),
+                    None => (codes::LEADER_NOT_AVAILABLE, -1, view.replicas.clone(), -1),
+                },
+            };
+            let replicas: Vec<BrokerId> = replicas.into_iter().map(|id| BrokerId(id as i32)).collect();
             let partition = MetadataResponsePartition::default()
-                .with_partition_index(index)
-                .with_leader_id(leader)
-                .with_replica_nodes(vec![leader])
-                .with_isr_nodes(vec![leader]);
-            if version >= 7 { partition.with_leader_epoch(0) } else { partition }
+                .with_error_code(error)
+                .with_partition_index(index as i32)
+                .with_leader_id(BrokerId(leader))
+                .with_isr_nodes(replicas.clone())
+                .with_replica_nodes(replicas);
+            if version >= 7 { partition.with_leader_epoch(epoch) } else { partition }
         })
         .collect();
     MetadataResponseTopic::default()
@@ -71,7 +94,9 @@ pub async fn metadata(ctx: &NodeContext, request: MetadataRequest, version: i16)
                 } else if !valid_name(&name) {
                     topics.push(error_topic(codes::INVALID_TOPIC_EXCEPTION));
                 } else if auto_create {
-                    match ctx.streams.create(StreamDef::free(&name, ctx.kafka.default_partitions)).await {
+                    let mut def = StreamDef::free(&name, ctx.kafka.default_partitions);
+                    def.replication_factor = ctx.default_replication_factor();
+                    match ctx.create_stream(def).await {
                         Ok(stream) => topics.push(topic_entry(ctx, &stream, version)),
                         Err(_) => match ctx.streams.get(&name) {
                             // created concurrently by another request
@@ -85,25 +110,38 @@ pub async fn metadata(ctx: &NodeContext, request: MetadataRequest, version: i16)
             }
         }
     }
+    let brokers = brokers(ctx)
+        .into_iter()
+        .map(|broker| {
+            MetadataResponseBroker::default()
+                .with_node_id(BrokerId(broker.id as i32))
+                .with_host(s(broker.host))
+                .with_port(broker.port)
+        })
+        .collect();
     MetadataResponse::default()
-        .with_brokers(vec![broker(ctx)])
+        .with_brokers(brokers)
         .with_cluster_id(Some(cluster_id(ctx)))
-        .with_controller_id(BrokerId(ctx.node_id as i32))
+        .with_controller_id(controller_id(ctx))
         .with_topics(topics)
         .with_cluster_authorized_operations(i32::MIN)
 }
 
 /// Answers DescribeCluster.
 pub fn describe_cluster(ctx: &NodeContext, _request: DescribeClusterRequest) -> DescribeClusterResponse {
+    let brokers = brokers(ctx)
+        .into_iter()
+        .map(|broker| {
+            DescribeClusterBroker::default()
+                .with_broker_id(BrokerId(broker.id as i32))
+                .with_host(s(broker.host))
+                .with_port(broker.port)
+        })
+        .collect();
     DescribeClusterResponse::default()
         .with_cluster_id(cluster_id(ctx))
-        .with_controller_id(BrokerId(ctx.node_id as i32))
-        .with_brokers(vec![
-            DescribeClusterBroker::default()
-                .with_broker_id(BrokerId(ctx.node_id as i32))
-                .with_host(s(ctx.kafka.advertised_host.clone()))
-                .with_port(ctx.kafka.advertised_port),
-        ])
+        .with_controller_id(controller_id(ctx))
+        .with_brokers(brokers)
         .with_cluster_authorized_operations(i32::MIN)
 }
 

@@ -10,12 +10,13 @@ use tidewater_storage::split_batches;
 use crate::context::NodeContext;
 use crate::kafka::codes;
 use crate::stream::def::StreamKind;
-use crate::stream::partition::{PartitionMsg, ProduceError};
+use crate::stream::partition::{Acks, PartitionMsg, ProduceError};
 
 const APPEND_TIMEOUT_MS: u64 = 30_000;
 
 /// Answers Produce (v3+; older versions are refused before this).
 pub async fn produce(ctx: &NodeContext, request: ProduceRequest, version: i16) -> ProduceResponse {
+    let acks = if request.acks == 1 { Acks::Leader } else { Acks::All };
     let mut responses = Vec::with_capacity(request.topic_data.len());
     for topic in request.topic_data {
         let name = topic.name.0.to_string();
@@ -70,7 +71,7 @@ pub async fn produce(ctx: &NodeContext, request: ProduceRequest, version: i16) -
             let mut base_offset = None;
             let mut failure = None;
             for batch in batches {
-                match append(&partition.actor, batch).await {
+                match append(&partition.actor, batch, acks).await {
                     Ok(offset) => {
                         base_offset.get_or_insert(offset);
                     }
@@ -96,8 +97,8 @@ pub async fn produce(ctx: &NodeContext, request: ProduceRequest, version: i16) -
     ProduceResponse::default().with_responses(responses)
 }
 
-async fn append(actor: &ractor::ActorRef<PartitionMsg>, batch: Bytes) -> Result<i64, (i16, String)> {
-    match call_t!(actor, PartitionMsg::AppendBatch, APPEND_TIMEOUT_MS, batch) {
+async fn append(actor: &ractor::ActorRef<PartitionMsg>, batch: Bytes, acks: Acks) -> Result<i64, (i16, String)> {
+    match call_t!(actor, PartitionMsg::AppendBatch, APPEND_TIMEOUT_MS, batch, acks) {
         Ok(Ok(produced)) => Ok(produced.base_offset),
         Ok(Err(error)) => Err((
             match error {
@@ -105,6 +106,8 @@ async fn append(actor: &ractor::ActorRef<PartitionMsg>, batch: Bytes) -> Result<
                 ProduceError::OutOfOrderSequence => codes::OUT_OF_ORDER_SEQUENCE_NUMBER,
                 ProduceError::InvalidProducerEpoch => codes::INVALID_PRODUCER_EPOCH,
                 ProduceError::Storage(_) => codes::KAFKA_STORAGE_ERROR,
+                ProduceError::NotLeader(_) => codes::NOT_LEADER_OR_FOLLOWER,
+                ProduceError::LeaderNotAvailable(_) => codes::LEADER_NOT_AVAILABLE,
             },
             error.to_string(),
         )),

@@ -1,0 +1,91 @@
+//! Streams of the cluster: what the Kafka and HTTP handlers need from the node's place in
+//! the cluster (brokers, controller, placement), behind one seam so that the actors crate
+//! knows nothing of gossip or the controller's log.
+//!
+//! On a node that runs alone (no `cluster.seeds`, no other voters) every stream is the
+//! node's own, as before the cluster existed. On a node of a cluster every stream created
+//! by Kafka or HTTP is the cluster's: the controller records it with a replica set per
+//! partition, and every node serves it (a raft replica where it holds one).
+
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+
+use crate::context::NodeContext;
+use crate::stream::def::StreamDef;
+use crate::stream::registry::{Stream, StreamError};
+
+/// A broker as Kafka clients are told of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Broker {
+    /// the node id
+    pub id: u64,
+    /// its advertised Kafka host
+    pub host: String,
+    /// its advertised Kafka port
+    pub port: i32,
+}
+
+/// The cluster as the handlers see it (implemented by the node).
+pub trait ClusterCatalog: Send + Sync + 'static {
+    /// Whether this node is part of a cluster (then streams are the cluster's).
+    fn clustered(&self) -> bool;
+    /// The nodes the controller has registered.
+    fn registered_nodes(&self) -> usize;
+    /// The live brokers with their advertised Kafka addresses, this node included.
+    fn brokers(&self) -> Vec<Broker>;
+    /// The controller's leader, if known.
+    fn controller(&self) -> Option<u64>;
+    /// Records a stream in the controller (this node must lead it) and returns once this
+    /// node serves it.
+    fn create(&self, def: StreamDef) -> BoxFuture<'_, Result<(), StreamError>>;
+    /// Removes a stream of the cluster (this node must lead the controller).
+    fn delete(&self, name: String) -> BoxFuture<'_, Result<(), StreamError>>;
+}
+
+/// The replication factor a stream created without one gets: Kafka's default of 3 where
+/// the cluster has the nodes, fewer where it has not.
+pub const DEFAULT_REPLICATION_FACTOR: u16 = 3;
+
+impl NodeContext {
+    /// The cluster, when this node is part of one.
+    pub fn catalog(&self) -> Option<&Arc<dyn ClusterCatalog>> {
+        self.cluster.get().filter(|catalog| catalog.clustered())
+    }
+
+    /// The replication factor for a stream that asked for none.
+    pub fn default_replication_factor(&self) -> u16 {
+        match self.catalog() {
+            Some(catalog) => {
+                DEFAULT_REPLICATION_FACTOR.min(u16::try_from(catalog.registered_nodes()).unwrap_or(u16::MAX)).max(1)
+            }
+            None => 1,
+        }
+    }
+
+    /// Creates a stream: the cluster's when this node is in one, else this node's own.
+    pub async fn create_stream(&self, def: StreamDef) -> Result<Arc<Stream>, StreamError> {
+        let Some(catalog) = self.catalog() else {
+            return self.streams.create(def).await;
+        };
+        def.validate()?;
+        let nodes = catalog.registered_nodes();
+        if usize::from(def.replication_factor) > nodes {
+            return Err(StreamError::ReplicationFactor { wanted: def.replication_factor, nodes });
+        }
+        if self.streams.get(&def.name).is_some() {
+            return Err(StreamError::Exists(def.name));
+        }
+        let name = def.name.clone();
+        catalog.create(def).await?;
+        self.streams.get(&name).ok_or_else(|| StreamError::Unavailable(format!("stream {name} was not served")))
+    }
+
+    /// Deletes a stream, through the controller when it is the cluster's.
+    pub async fn delete_stream(&self, name: &str) -> Result<(), StreamError> {
+        match (self.catalog(), self.streams.get(name)) {
+            (Some(catalog), Some(stream)) if stream.replicated() => catalog.delete(name.to_string()).await,
+            _ => self.streams.delete(name).await,
+        }
+    }
+}
