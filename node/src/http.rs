@@ -177,12 +177,21 @@ fn stream_json(ctx: &NodeContext, stream: &Stream) -> Value {
         .iter()
         .map(|p| {
             let offsets = ctx.log_store.offsets(&p.id).unwrap_or_default();
-            json!({
+            let mut value = json!({
                 "partition": p.id.partition,
                 "log_start_offset": offsets.log_start,
                 "log_end_offset": offsets.log_end,
                 "high_watermark": p.committed_end(offsets.log_start),
-            })
+            });
+            if let Some(view) = &p.replica {
+                // this node's view of the partition's raft group
+                let leader = view.leader();
+                value["replicas"] = json!(view.replicas);
+                value["replica_here"] = json!(view.raft.is_some());
+                value["leader"] = json!(leader.map(|(leader, _)| leader));
+                value["leader_epoch"] = json!(leader.map(|(_, term)| term));
+            }
+            value
         })
         .collect();
     let mut value = serde_json::to_value(&stream.def).unwrap_or(Value::Null);

@@ -189,6 +189,7 @@ impl Node {
             let catalog = NodeCatalog {
                 node_id: config.node_id,
                 clustered: config.clustered(),
+                voters: config.controller_voters().len(),
                 members: cluster.members(),
                 metadata: view.metadata.clone(),
                 controller_leadership: view.leadership.clone(),

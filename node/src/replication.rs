@@ -45,8 +45,10 @@ const DEFINITION_SPACE: &str = "cluster stream definition";
 pub struct NodeCatalog {
     /// this node
     pub node_id: u64,
-    /// whether this node runs in a cluster (seeds or other voters configured)
+    /// whether this node runs in a cluster (other voters configured)
     pub clustered: bool,
+    /// how many voters the controller has (the cluster's size before every node registered)
+    pub voters: usize,
     /// live members
     pub members: watch::Receiver<Members>,
     /// the controller's applied metadata
@@ -103,7 +105,9 @@ impl ClusterCatalog for NodeCatalog {
     }
 
     fn registered_nodes(&self) -> usize {
-        self.metadata.borrow().nodes.len().max(1)
+        // a cluster still forming counts its voters: a stream created then gets the replication
+        // factor the cluster will have, and waits (or is refused) until its nodes are there
+        self.metadata.borrow().nodes.len().max(self.voters).max(1)
     }
 
     fn brokers(&self) -> Vec<Broker> {

@@ -8,6 +8,13 @@
 //! controller to raft's promises: at most one leader per term, the metadata committed on one
 //! node is what every node applies, and after healing one leader that every node follows,
 //! with every node registered at the generation it runs.
+//!
+//! A Kafka client creates a replicated stream through whichever node leads the controller and
+//! produces idempotent `acks=all` batches into it through the faults, following the leader
+//! (`NOT_LEADER_OR_FOLLOWER`, lost connections). After healing it reads the partition back:
+//! every acknowledged batch is there at the offset it was acknowledged with, no record is
+//! there twice, offsets have no gap, and the replicas hold identical bytes below the high
+//! watermark.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
@@ -26,6 +33,25 @@ use tidewater_storage::MemoryStore;
 
 use crate::history::now_ms;
 use crate::net::TurmoilNet;
+use tidewater_storage::LogStore;
+use tidewater_tests::clients::kafka::{self, KafkaConn};
+use turmoil::net::TcpStream;
+
+/// The replicated stream the Kafka client writes.
+const TOPIC: &str = "replicated";
+
+/// What the Kafka client was told.
+#[derive(Default)]
+struct Kafka {
+    /// acknowledged batches: (base offset, values)
+    acked: Vec<(i64, Vec<Vec<u8>>)>,
+    /// the partition read back after healing: (offset, value)
+    read: Option<Vec<(i64, Vec<u8>)>>,
+    /// error codes answered to produces, and how often
+    errors: BTreeMap<i16, usize>,
+    /// what became of the create
+    created: Option<i16>,
+}
 
 /// Nodes in the cluster; the first `VOTERS` vote in the controller, the rest follow as learners.
 const NODES: u64 = 4;
@@ -51,6 +77,8 @@ struct Seen {
     trace: Vec<String>,
     /// per node, its replica's last status: (commit index, last index, high watermark)
     status: BTreeMap<u64, (u64, u64, i64)>,
+    /// per node, its replica of the replicated stream's partition, last seen
+    stream_status: BTreeMap<u64, String>,
 }
 
 /// The outcome of one cluster seed.
@@ -64,6 +92,8 @@ pub struct ClusterReport {
     pub terms: usize,
     /// node restarts
     pub restarts: usize,
+    /// batches the replicated stream acknowledged
+    pub acked: usize,
 }
 
 fn node_config(id: u64, ip: IpAddr, seed_ip: IpAddr) -> Config {
@@ -151,6 +181,15 @@ pub fn run_cluster_seed(seed: u64) -> ClusterReport {
                         changed = leadership.changed() => if changed.is_err() { break },
                         changed = metadata.changed() => if changed.is_err() { break },
                         _ = tokio::time::sleep(Duration::from_millis(500)) => {
+                            let raft = node.context().streams.get(TOPIC).and_then(|stream| {
+                                stream.partitions.first().and_then(|p| p.replica.as_ref()).and_then(|r| r.raft.clone())
+                            });
+                            if let Some(raft) = raft
+                                && let Ok(status) =
+                                    ractor::call_t!(raft, tidewater_cluster::raft::group::RaftReplicaMsg::Status, 500)
+                            {
+                                seen.borrow_mut().stream_status.insert(id, format!("{status:?}"));
+                            }
                             match view.status().await {
                                 Some(status) => {
                                     seen.borrow_mut().status.insert(id, (status.commit_index, status.last_index, status.high_watermark));
@@ -173,6 +212,8 @@ pub fn run_cluster_seed(seed: u64) -> ClusterReport {
         tokio::time::sleep(Duration::from_millis(FAULT_PHASE_MS + SETTLE_MS)).await;
         Ok(())
     });
+    let kafka = Rc::new(RefCell::new(Kafka::default()));
+    sim.client("kafka", kafka_client(kafka.clone(), seed));
     let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed);
     let mut down: Option<(u64, u64)> = None; // (node, back at)
     let mut cut: Option<(u64, u64)> = None; // (node, healed at)
@@ -249,10 +290,169 @@ pub fn run_cluster_seed(seed: u64) -> ClusterReport {
     if registered.len() != 1 {
         violations.push(format!("the nodes applied different metadata: {registered:?}"));
     }
+    check_stream(&kafka.borrow(), &stores, &mut violations);
     if !violations.is_empty() {
         violations.push(format!("replicas (commit, last, high watermark): {:?}", seen.status));
+        violations.push(format!("stream replicas: {:#?}", seen.stream_status));
         violations.push(format!("views (leader, term, ..): {:?}", seen.last));
         violations.extend(seen.trace.iter().cloned());
     }
-    ClusterReport { seed, violations, terms: seen.leaders.len(), restarts }
+    let acked = kafka.borrow().acked.len();
+    ClusterReport { seed, violations, terms: seen.leaders.len(), restarts, acked }
+}
+
+async fn connect(id: u64) -> Option<KafkaConn<TcpStream>> {
+    let stream = tokio::time::timeout(Duration::from_secs(1), TcpStream::connect((host(id), 9092))).await.ok()?.ok()?;
+    Some(KafkaConn::new(stream))
+}
+
+async fn sleep_ms(ms: u64) {
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+}
+
+/// Creates the replicated stream, produces into it through the faults, and reads it back.
+async fn kafka_client(kafka: Rc<RefCell<Kafka>>, seed: u64) -> turmoil::Result {
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x6b61_666b);
+    // the stream is created on whichever node leads the controller (NOT_CONTROLLER elsewhere)
+    sleep_ms(2_000).await;
+    let mut target = 1;
+    while kafka.borrow().created.is_none() && now_ms() < FAULT_PHASE_MS {
+        if let Some(mut conn) = connect(target).await
+            && let Ok(Ok(code)) = tokio::time::timeout(Duration::from_secs(12), conn.create_topics(TOPIC, 1)).await
+            && (code == 0 || code == 36)
+        {
+            kafka.borrow_mut().created = Some(code);
+            break;
+        }
+        target = target % NODES + 1;
+        sleep_ms(100).await;
+    }
+    let mut conn: Option<KafkaConn<TcpStream>> = None;
+    let mut producer: Option<(i64, i16)> = None;
+    let mut sequence = 0i32;
+    let mut batch = 0u32;
+    while kafka.borrow().created.is_some() && now_ms() < FAULT_PHASE_MS + 2_000 {
+        let Some(c) = conn.as_mut() else {
+            conn = connect(target).await;
+            if conn.is_none() {
+                target = target % NODES + 1;
+                sleep_ms(50).await;
+            }
+            continue;
+        };
+        let Some((producer_id, epoch)) = producer else {
+            match tokio::time::timeout(Duration::from_secs(2), c.init_producer_id()).await {
+                Ok(Ok(id)) => {
+                    producer = Some(id);
+                    sequence = 0;
+                }
+                _ => conn = None,
+            }
+            continue;
+        };
+        let records = 1 + (batch % 3) as usize;
+        let values: Vec<Vec<u8>> = (0..records).map(|i| format!("b{batch}:{i}").into_bytes()).collect();
+        let refs: Vec<&[u8]> = values.iter().map(Vec::as_slice).collect();
+        let bytes = kafka::idempotent_batch(producer_id, epoch, sequence, &refs, 1_000);
+        match tokio::time::timeout(Duration::from_secs(3), c.produce(TOPIC, 0, bytes, -1, 2_000)).await {
+            Ok(Ok((0, base_offset))) => {
+                kafka.borrow_mut().acked.push((base_offset, values));
+                sequence += records as i32;
+                batch += 1;
+            }
+            Ok(Ok((code, _))) => {
+                *kafka.borrow_mut().errors.entry(code).or_default() += 1;
+                if [45, 47, 59].contains(&code) {
+                    producer = None;
+                }
+                // not the leader, no leader yet, or the entry lost to an election: go round
+                conn = None;
+                target = target % NODES + 1;
+                sleep_ms(50).await;
+            }
+            _ => {
+                conn = None;
+                target = target % NODES + 1;
+            }
+        }
+        sleep_ms(rng.random_range(0..150)).await;
+    }
+    // after healing, read the partition from its leader
+    sleep_ms((FAULT_PHASE_MS + SETTLE_MS - 4_000).saturating_sub(now_ms())).await;
+    for attempt in 0..12 {
+        let id = (attempt % NODES) + 1;
+        let Some(mut conn) = connect(id).await else { continue };
+        if let Some(records) = crate::workload::read_all(&mut conn, TOPIC, 1).await {
+            kafka.borrow_mut().read = Some(records.into_iter().map(|r| (r.offset, r.value)).collect());
+            break;
+        }
+        sleep_ms(100).await;
+    }
+    Ok(())
+}
+
+/// Holds the replicated stream to its promises (see the module's text).
+fn check_stream(kafka: &Kafka, stores: &[Arc<MemoryStore>], violations: &mut Vec<String>) {
+    if kafka.created.is_none() {
+        violations.push("the replicated stream was never created".into());
+        return;
+    }
+    if kafka.acked.is_empty() {
+        violations.push(format!("no produce to the replicated stream was acknowledged: errors {:?}", kafka.errors));
+    }
+    if kafka.errors.contains_key(&45) {
+        violations.push(format!("the leader forgot a producer's acknowledged sequence: errors {:?}", kafka.errors));
+    }
+    let Some(read) = &kafka.read else {
+        violations.push("the replicated stream could not be read after healing".into());
+        return;
+    };
+    let at: BTreeMap<i64, &Vec<u8>> = read.iter().map(|(offset, value)| (*offset, value)).collect();
+    for (expected, (offset, _)) in read.iter().enumerate() {
+        if *offset != expected as i64 {
+            violations.push(format!("offsets have a gap: {expected} holds offset {offset}"));
+            break;
+        }
+    }
+    let distinct: BTreeSet<&Vec<u8>> = read.iter().map(|(_, value)| value).collect();
+    if distinct.len() != read.len() {
+        violations.push(format!("{} records are there twice", read.len() - distinct.len()));
+    }
+    for (base_offset, values) in &kafka.acked {
+        for (i, value) in values.iter().enumerate() {
+            let offset = base_offset + i as i64;
+            if at.get(&offset) != Some(&value) {
+                violations.push(format!(
+                    "acknowledged {:?} at {offset}, read {:?}",
+                    String::from_utf8_lossy(value),
+                    at.get(&offset).map(|v| String::from_utf8_lossy(v))
+                ));
+            }
+        }
+    }
+    // the replicas hold the same bytes below the high watermark
+    let id = tidewater_storage::PartitionId { stream: TOPIC.into(), partition: 0 };
+    let high_watermark = read.len() as i64;
+    let mut held = BTreeMap::new();
+    for (node, store) in stores.iter().enumerate() {
+        let Ok(offsets) = store.offsets(&id) else { continue };
+        if offsets.log_end < high_watermark {
+            continue; // not a replica, or behind (caught up or not, it may not differ)
+        }
+        let Ok(batches) = store.read(&id, 0, usize::MAX, high_watermark) else { continue };
+        let bytes: Vec<u8> = batches.iter().flat_map(|batch| batch.bytes.iter().copied()).collect();
+        held.insert(node + 1, bytes);
+    }
+    if held.len() < 2 {
+        let ends: Vec<_> = stores.iter().map(|store| store.offsets(&id).map(|offsets| offsets.log_end).ok()).collect();
+        violations.push(format!(
+            "only {} replicas reached the high watermark {high_watermark}; log ends {ends:?}",
+            held.len()
+        ));
+    }
+    let distinct: BTreeSet<&Vec<u8>> = held.values().collect();
+    if distinct.len() > 1 {
+        let sizes: BTreeMap<_, _> = held.iter().map(|(node, bytes)| (*node, bytes.len())).collect();
+        violations.push(format!("replicas differ below the high watermark {high_watermark}: sizes {sizes:?}"));
+    }
 }

@@ -656,7 +656,8 @@ pub async fn reader(history: Shared, writers: u32) -> turmoil::Result {
     Ok(())
 }
 
-async fn read_all(conn: &mut KafkaConn<TcpStream>, topic: &str, partitions: i32) -> Option<Vec<ReadRecord>> {
+/// Every record of `topic` from its log start to its high watermark, or `None` when any read fails.
+pub(crate) async fn read_all(conn: &mut KafkaConn<TcpStream>, topic: &str, partitions: i32) -> Option<Vec<ReadRecord>> {
     let wait = Duration::from_secs(2);
     let starts = tokio::time::timeout(wait, conn.list_offsets(topic, partitions, -2)).await.ok()?.ok()?;
     let ends = tokio::time::timeout(wait, conn.list_offsets(topic, partitions, -1)).await.ok()?.ok()?;

@@ -30,7 +30,7 @@ pub struct Broker {
 pub trait ClusterCatalog: Send + Sync + 'static {
     /// Whether this node is part of a cluster (then streams are the cluster's).
     fn clustered(&self) -> bool;
-    /// The nodes the controller has registered.
+    /// The nodes of the cluster: those the controller registered, and at least its voters.
     fn registered_nodes(&self) -> usize;
     /// The live brokers with their advertised Kafka addresses, this node included.
     fn brokers(&self) -> Vec<Broker>;

@@ -161,8 +161,7 @@ type Report = (u64, Result<AppendResult, StorageError>);
 pub struct PartitionState {
     args: PartitionArgs,
     myself: ActorRef<PartitionMsg>,
-    pending: Vec<(MqttRecord, Option<DurableNotice>)>,
-    flush_scheduled: bool,
+    pending: MqttPending,
     producers: ProducerTable,
     /// Where the next batch goes: the log end once everything submitted is written.
     next_offset: i64,
@@ -200,8 +199,7 @@ impl Actor for PartitionReplica {
         Ok(PartitionState {
             args,
             myself,
-            pending: Vec::new(),
-            flush_scheduled: false,
+            pending: MqttPending::default(),
             producers,
             next_offset: offsets.log_end,
             generation: 0,
@@ -223,18 +221,8 @@ impl Actor for PartitionReplica {
         let span = state.args.span.clone();
         let _entered = span.enter(); // the handler does not await
         match message {
-            PartitionMsg::AppendMqtt(record, notice) => {
-                state.pending.push((record, notice));
-                if !state.flush_scheduled {
-                    state.flush_scheduled = true;
-                    // refused only while draining at shutdown, and post_stop flushes then
-                    let _ = myself.cast(PartitionMsg::Flush);
-                }
-            }
-            PartitionMsg::Flush => {
-                state.flush_scheduled = false;
-                state.flush();
-            }
+            PartitionMsg::AppendMqtt(record, notice) => state.pending.push(record, notice, &myself),
+            PartitionMsg::Flush => state.flush(),
             PartitionMsg::AppendBatch(batch, _acks, reply) => {
                 // keep MQTT records ahead of a produce that arrived after them
                 state.flush();
@@ -275,11 +263,7 @@ const STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 impl PartitionState {
     /// Submits every pending MQTT record, in batches of about `max_batch_bytes`.
     fn flush(&mut self) {
-        if self.pending.is_empty() {
-            return;
-        }
-        let pending = std::mem::take(&mut self.pending);
-        for (batch, records, notices) in mqtt_batches(&pending, self.args.max_batch_bytes) {
+        for (batch, records, notices) in self.pending.batches(self.args.max_batch_bytes) {
             self.submit(batch, records, Waiter::Mqtt(notices));
         }
     }
@@ -492,9 +476,38 @@ impl PartitionState {
     }
 }
 
+/// MQTT records waiting to be group-committed: the first of a run schedules a `Flush`
+/// behind everything already in the writer's mailbox.
+#[derive(Default)]
+pub(crate) struct MqttPending {
+    records: Vec<(MqttRecord, Option<DurableNotice>)>,
+    flush_scheduled: bool,
+}
+
+impl MqttPending {
+    /// Adds a record; the first of a run schedules the flush.
+    pub(crate) fn push(&mut self, record: MqttRecord, notice: Option<DurableNotice>, myself: &ActorRef<PartitionMsg>) {
+        self.records.push((record, notice));
+        if !self.flush_scheduled {
+            self.flush_scheduled = true;
+            // refused only while draining at shutdown, and post_stop flushes then
+            let _ = myself.cast(PartitionMsg::Flush);
+        }
+    }
+
+    /// Takes every pending record, cut into batches (see [`mqtt_batches`]).
+    pub(crate) fn batches(&mut self, max_batch_bytes: usize) -> Vec<(Bytes, i64, Vec<DurableNotice>)> {
+        self.flush_scheduled = false;
+        if self.records.is_empty() {
+            return Vec::new();
+        }
+        mqtt_batches(&std::mem::take(&mut self.records), max_batch_bytes)
+    }
+}
+
 /// Cuts pending MQTT records into RecordBatches of about `max_batch_bytes`: each batch with
 /// its record count and the notices of its records.
-pub(crate) fn mqtt_batches(
+fn mqtt_batches(
     pending: &[(MqttRecord, Option<DurableNotice>)],
     max_batch_bytes: usize,
 ) -> Vec<(Bytes, i64, Vec<DurableNotice>)> {

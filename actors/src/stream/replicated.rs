@@ -18,9 +18,7 @@ use tidewater_cluster::raft::group::RaftReplicaMsg;
 use tidewater_cluster::raft::{AckOn, Leadership, Placed, Refusal};
 use tokio::sync::watch;
 
-use super::partition::{
-    Acks, DurableNotice, MqttRecord, PartitionMsg, ProduceError, Produced, mqtt_batches, notify_sessions,
-};
+use super::partition::{Acks, MqttPending, PartitionMsg, ProduceError, Produced, notify_sessions};
 use tidewater_storage::PartitionId;
 
 /// This node's part in a replicated partition.
@@ -66,8 +64,7 @@ pub struct ReplicatedPartition;
 /// Its state.
 pub struct ReplicatedState {
     args: ReplicatedArgs,
-    pending: Vec<(MqttRecord, Option<DurableNotice>)>,
-    flush_scheduled: bool,
+    pending: MqttPending,
 }
 
 impl Actor for ReplicatedPartition {
@@ -80,7 +77,7 @@ impl Actor for ReplicatedPartition {
         _myself: ActorRef<PartitionMsg>,
         args: ReplicatedArgs,
     ) -> Result<ReplicatedState, ActorProcessingErr> {
-        Ok(ReplicatedState { args, pending: Vec::new(), flush_scheduled: false })
+        Ok(ReplicatedState { args, pending: MqttPending::default() })
     }
 
     async fn handle(
@@ -92,17 +89,8 @@ impl Actor for ReplicatedPartition {
         let span = state.args.span.clone();
         let _entered = span.enter(); // the handler does not await
         match message {
-            PartitionMsg::AppendMqtt(record, notice) => {
-                state.pending.push((record, notice));
-                if !state.flush_scheduled {
-                    state.flush_scheduled = true;
-                    let _ = myself.cast(PartitionMsg::Flush);
-                }
-            }
-            PartitionMsg::Flush => {
-                state.flush_scheduled = false;
-                state.flush();
-            }
+            PartitionMsg::AppendMqtt(record, notice) => state.pending.push(record, notice, &myself),
+            PartitionMsg::Flush => state.flush(),
             PartitionMsg::AppendBatch(batch, acks, reply) => {
                 state.flush();
                 let ack_on = match acks {
@@ -134,11 +122,7 @@ impl Actor for ReplicatedPartition {
 
 impl ReplicatedState {
     fn flush(&mut self) {
-        if self.pending.is_empty() {
-            return;
-        }
-        let pending = std::mem::take(&mut self.pending);
-        for (batch, _, notices) in mqtt_batches(&pending, self.args.max_batch_bytes) {
+        for (batch, _, notices) in self.pending.batches(self.args.max_batch_bytes) {
             let stream = self.args.id.clone();
             self.propose(batch, AckOn::Commit, move |answer| {
                 if let Err(error) = &answer {

@@ -414,13 +414,7 @@ pub fn idempotent_batch(
     let records: Vec<NewRecord<'_>> =
         values.iter().map(|v| NewRecord { key: None, value: Some(v), headers: &[], timestamp_ms }).collect();
     let mut bytes = build_record_batch(&records, timestamp_ms).to_vec();
-    // RecordBatch v2: producerId at 43, producerEpoch at 51, baseSequence at 53; the CRC at 17
-    // covers everything from the attributes at 21
-    bytes[43..51].copy_from_slice(&producer_id.to_be_bytes());
-    bytes[51..53].copy_from_slice(&epoch.to_be_bytes());
-    bytes[53..57].copy_from_slice(&base_sequence.to_be_bytes());
-    let crc = crc32c::crc32c(&bytes[21..]);
-    bytes[17..21].copy_from_slice(&crc.to_be_bytes());
+    tidewater_storage::set_producer(&mut bytes, producer_id, epoch, base_sequence);
     Bytes::from(bytes)
 }
 
