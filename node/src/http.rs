@@ -219,7 +219,9 @@ async fn create_stream(State(state): State<HttpState>, body: Bytes) -> Response 
     match state.ctx.create_stream(def).await {
         Ok(stream) => (StatusCode::CREATED, axum::Json(stream_json(&state.ctx, &stream))).into_response(),
         Err(e @ StreamError::Exists(_)) => error(StatusCode::CONFLICT, e),
-        Err(e @ (StreamError::Invalid(_) | StreamError::ReplicationFactor { .. })) => error(StatusCode::BAD_REQUEST, e),
+        Err(
+            e @ (StreamError::Invalid(_) | StreamError::ReplicationFactor { .. } | StreamError::NotReplicated { .. }),
+        ) => error(StatusCode::BAD_REQUEST, e),
         Err(e @ (StreamError::NotController(_) | StreamError::Unavailable(_))) => {
             error(StatusCode::SERVICE_UNAVAILABLE, e)
         }

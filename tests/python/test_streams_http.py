@@ -73,6 +73,8 @@ def test_create_get_list_delete(make_broker):
         {"name": unique("nb"), "kind": "free", "partitions": 0},
         {"name": unique("nb"), "kind": "free", "partitions": 10001},
         {"name": unique("nb"), "kind": "free", "retention_ms": -5},
+        # a node alone: replicas need a cluster
+        {"name": unique("nb"), "kind": "free", "replication_factor": 3},
         {"name": unique("nb"), "kind": "sideways"},
         {"name": unique("nb"), "kind": "free", "colour": "blue"},
         {"kind": "free"},

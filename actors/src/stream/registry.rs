@@ -53,6 +53,17 @@ pub enum StreamError {
     /// a partition actor could not start
     #[error("cannot start partition: {0}")]
     Spawn(String),
+    /// a stream of this node alone asked for more than one replica
+    #[error(
+        "stream {name}: replication_factor {replication_factor} needs a cluster (cluster.voters naming other nodes); \
+         a stream of one node has replication_factor 1"
+    )]
+    NotReplicated {
+        /// the stream
+        name: String,
+        /// what it asked for
+        replication_factor: u16,
+    },
     /// the change belongs to the cluster's controller, not to this node's registry
     #[error("stream {0} belongs to the cluster: change it through the controller")]
     Replicated(String),
@@ -171,6 +182,9 @@ impl StreamRegistry {
     /// Creates a stream.
     pub async fn create(&self, def: StreamDef) -> Result<Arc<Stream>, StreamError> {
         def.validate()?;
+        if def.replication_factor != 1 {
+            return Err(StreamError::NotReplicated { name: def.name, replication_factor: def.replication_factor });
+        }
         let _admin = self.admin.lock().await;
         if self.get(&def.name).is_some() {
             return Err(StreamError::Exists(def.name));

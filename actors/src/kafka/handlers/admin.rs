@@ -67,7 +67,7 @@ pub fn create_error(error: StreamError) -> (i16, String) {
     let code = match &error {
         StreamError::Exists(_) => codes::TOPIC_ALREADY_EXISTS,
         StreamError::NotController(_) => codes::NOT_CONTROLLER,
-        StreamError::ReplicationFactor { .. } => codes::INVALID_REPLICATION_FACTOR,
+        StreamError::ReplicationFactor { .. } | StreamError::NotReplicated { .. } => codes::INVALID_REPLICATION_FACTOR,
         StreamError::Unavailable(_) => codes::REQUEST_TIMED_OUT,
         StreamError::Invalid(StreamDefError::InvalidReplicationFactor) => codes::INVALID_REPLICATION_FACTOR,
         StreamError::Invalid(_) => codes::INVALID_TOPIC_EXCEPTION,
