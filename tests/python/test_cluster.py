@@ -2,7 +2,7 @@
 addresses, notice a killed node within the failure-detection budget, and drop a node that
 leaves at once; the controller group (raft over the data plane, its log on disk) elects one
 leader, registers every node, fails over when its leader is killed and keeps its log across a
-restart. (Replicated streams are not served yet: see the README's status.)"""
+restart. Replicated streams are tested in test_replication.py."""
 
 import json
 import time
