@@ -3,10 +3,13 @@
 //! survivors follow one new leader in a higher term, then restarts the killed node on its own
 //! data and waits until the three agree again.
 //!
-//! This is the raft fail-over of the controller group, the part a partition's fail-over will
-//! share (detection, pre-vote, election); a producer's next acknowledged write also needs its
-//! client to refresh metadata and retry. The reference printed beside it is the configured
-//! election window (10 to 20 ticks of 50 ms): the time raft waits before it may elect.
+//! This is the raft fail-over of the controller group. With `--partition` it kills the leader
+//! of partition 0 of a replicated stream (replication factor 3) instead, and measures what a
+//! producer sees: from the kill to its next `acks=all` write acknowledged, the producer
+//! retrying on the two survivors in turn (a non-leader answers `NOT_LEADER_OR_FOLLOWER` at
+//! once, as a Kafka client's retry after a metadata refresh would find). The reference printed
+//! beside it is the configured election window (10 to 20 ticks of 50 ms): the time raft waits
+//! before it may elect.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -19,6 +22,7 @@ use serde_json::{Value, json};
 
 use crate::report::{self, Table};
 use crate::target::{free_port, http_request};
+use tidewater_tests::clients::kafka::KafkaConn;
 
 /// Arguments of the failover mode.
 #[derive(Args, Debug, Clone)]
@@ -29,12 +33,20 @@ pub(crate) struct FailoverArgs {
     /// How many times to kill the leader.
     #[arg(long, default_value_t = 10)]
     kills: usize,
+    /// Kill the leader of a replicated stream's partition (and time a producer's next
+    /// acknowledged write) instead of the controller's.
+    #[arg(long)]
+    partition: bool,
 }
+
+/// The replicated stream of `--partition`.
+const STREAM: &str = "failover";
 
 /// One node of the cluster.
 struct ClusterNode {
     id: u64,
     http: SocketAddr,
+    kafka: SocketAddr,
     args: Vec<String>,
     dir: PathBuf,
     child: Option<Child>,
@@ -72,6 +84,47 @@ impl ClusterNode {
             return None;
         }
         serde_json::from_str::<Value>(&body).ok().map(|view| view["controller"].clone())
+    }
+
+    /// The leader of the stream's partition 0 as this node's replica sees it.
+    async fn partition_leader(&self) -> Option<u64> {
+        let (status, body) = http_request(self.http, "GET", &format!("/api/v1/streams/{STREAM}"), None).await.ok()?;
+        if status != 200 {
+            return None;
+        }
+        serde_json::from_str::<Value>(&body).ok()?["partition_offsets"][0]["leader"].as_u64()
+    }
+
+    /// One `acks=all` produce of one record to partition 0; whether it was acknowledged.
+    async fn produce_once(&self) -> bool {
+        let attempt = async {
+            let mut conn = KafkaConn::connect(self.kafka).await.ok()?;
+            let batch = tidewater_storage::build_record_batch(
+                &[tidewater_storage::NewRecord { key: None, value: Some(b"x"), headers: &[], timestamp_ms: 1 }],
+                1,
+            );
+            let (code, _) = conn.produce(STREAM, 0, batch, -1, 5_000).await.ok()?;
+            Some(code == 0)
+        };
+        tokio::time::timeout(Duration::from_secs(6), attempt).await.ok().flatten().unwrap_or(false)
+    }
+}
+
+/// The leader of the stream's partition 0 that every node in `nodes` reports, if they agree.
+async fn agreed_partition(nodes: &[&ClusterNode], limit: Duration) -> anyhow::Result<u64> {
+    let started = Instant::now();
+    loop {
+        let mut leaders = Vec::new();
+        for node in nodes {
+            leaders.push(node.partition_leader().await);
+        }
+        if let Some(Some(leader)) = leaders.first()
+            && leaders.iter().all(|seen| *seen == Some(*leader))
+        {
+            return Ok(*leader);
+        }
+        anyhow::ensure!(started.elapsed() < limit, "the partition has no agreed leader within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -133,9 +186,10 @@ pub(crate) async fn main(args: FailoverArgs, threads: usize) -> anyhow::Result<(
             "--data-dir".into(),
             dir.join("data").display().to_string(),
         ];
+        let kafka = loopback(free_port()?);
         for (flag, port) in [
             ("--mqtt-listen", free_port()?),
-            ("--kafka-listen", free_port()?),
+            ("--kafka-listen", kafka.port()),
             ("--rpc-listen", free_port()?),
             ("--gossip-listen", gossip),
         ] {
@@ -145,11 +199,14 @@ pub(crate) async fn main(args: FailoverArgs, threads: usize) -> anyhow::Result<(
         if id != 1 {
             node_args.extend(["--seeds".into(), loopback(seed_port).to_string()]);
         }
-        let mut node = ClusterNode { id, http, args: node_args, dir, child: None };
+        let mut node = ClusterNode { id, http, kafka, args: node_args, dir, child: None };
         node.start(&binary)?;
         nodes.push(node);
     }
     let mut term = wait_agreed(&nodes.iter().collect::<Vec<_>>(), 0, Duration::from_secs(30)).await?.1;
+    if args.partition {
+        return partition_failover(&args, &binary, &mut nodes, term, threads).await;
+    }
     let mut table = Table::new(&["kill", "old leader", "new leader", "term", "fail-over ms", "election window ms"]);
     let mut times = Vec::new();
     for kill in 1..=args.kills {
@@ -178,10 +235,7 @@ pub(crate) async fn main(args: FailoverArgs, threads: usize) -> anyhow::Result<(
         term = wait_agreed(&everyone, term - 1, Duration::from_secs(30)).await?.1;
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let mut sorted = times.clone();
-    sorted.sort_by(f64::total_cmp);
-    let median = sorted.get(sorted.len() / 2).copied().unwrap_or(0.0);
-    let worst = sorted.last().copied().unwrap_or(0.0);
+    let (median, worst) = median_and_max(&times);
     table.row(vec!["median".into(), "".into(), "".into(), "".into(), format!("{median:.0}"), "500–1000".into()]);
     table.row(vec!["max".into(), "".into(), "".into(), "".into(), format!("{worst:.0}"), "".into()]);
     report::finish(
@@ -192,4 +246,87 @@ pub(crate) async fn main(args: FailoverArgs, threads: usize) -> anyhow::Result<(
         json!({"failover_ms": times, "median_ms": median, "max_ms": worst}),
     );
     Ok(())
+}
+
+/// `--partition`: kills partition 0's leader `--kills` times and times a producer's next
+/// acknowledged write.
+async fn partition_failover(
+    args: &FailoverArgs,
+    binary: &Path,
+    nodes: &mut [ClusterNode],
+    controller_term: u64,
+    threads: usize,
+) -> anyhow::Result<()> {
+    // CreateTopics goes to the controller's leader (every node registered first: replication 3)
+    let everyone: Vec<&ClusterNode> = nodes.iter().collect();
+    let (controller, _) = wait_agreed(&everyone, controller_term - 1, Duration::from_secs(30)).await?;
+    let at = nodes.iter().find(|node| node.id == controller).context("the controller is one of ours")?;
+    let started = Instant::now();
+    loop {
+        let created = async {
+            let mut conn = KafkaConn::connect(at.kafka).await.ok()?;
+            conn.create_topics(STREAM, 1).await.ok()
+        };
+        match tokio::time::timeout(Duration::from_secs(15), created).await.ok().flatten() {
+            Some(0) => break,
+            code => anyhow::ensure!(started.elapsed() < Duration::from_secs(30), "cannot create the stream: {code:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut table = Table::new(&["kill", "old leader", "new leader", "next acked write ms", "election window ms"]);
+    let mut times = Vec::new();
+    for kill in 1..=args.kills {
+        let everyone: Vec<&ClusterNode> = nodes.iter().collect();
+        let leader = agreed_partition(&everyone, Duration::from_secs(30)).await?;
+        let position = nodes.iter().position(|node| node.id == leader).context("the leader is one of ours")?;
+        anyhow::ensure!(nodes[position].produce_once().await, "the leader does not acknowledge before the kill");
+        nodes[position].kill();
+        let killed_at = Instant::now();
+        let survivors: Vec<&ClusterNode> = nodes.iter().filter(|node| node.id != leader).collect();
+        // the producer retries on the survivors in turn until one acknowledges
+        let new_leader = 'retry: loop {
+            for node in &survivors {
+                if node.produce_once().await {
+                    break 'retry node.id;
+                }
+            }
+            anyhow::ensure!(killed_at.elapsed() < Duration::from_secs(30), "no acknowledged write within 30 s");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        let millis = killed_at.elapsed().as_secs_f64() * 1000.0;
+        times.push(millis);
+        table.row(vec![
+            kill.to_string(),
+            leader.to_string(),
+            new_leader.to_string(),
+            format!("{millis:.0}"),
+            "500–1000".into(),
+        ]);
+        eprintln!(
+            "kill {kill}: partition leader {leader} -> {new_leader}, next acknowledged write after {millis:.0} ms"
+        );
+        // the killed node comes back on its own data and catches up before the next kill
+        nodes[position].start(binary)?;
+        let everyone: Vec<&ClusterNode> = nodes.iter().collect();
+        agreed_partition(&everyone, Duration::from_secs(30)).await?;
+        tokio::time::sleep(Duration::from_millis(1_000)).await;
+    }
+    let (median, worst) = median_and_max(&times);
+    table.row(vec!["median".into(), "".into(), "".into(), format!("{median:.0}"), "500–1000".into()]);
+    table.row(vec!["max".into(), "".into(), "".into(), format!("{worst:.0}"), "".into()]);
+    report::finish(
+        "failover --partition",
+        threads,
+        json!({"kills": args.kills, "nodes": 3, "replication_factor": 3, "tick_ms": 50, "election_ticks": [10, 20]}),
+        &table,
+        json!({"next_acked_write_ms": times, "median_ms": median, "max_ms": worst}),
+    );
+    Ok(())
+}
+
+/// The median and the largest of `times`.
+fn median_and_max(times: &[f64]) -> (f64, f64) {
+    let mut sorted = times.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    (sorted.get(sorted.len() / 2).copied().unwrap_or(0.0), sorted.last().copied().unwrap_or(0.0))
 }
