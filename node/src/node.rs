@@ -187,7 +187,6 @@ impl Node {
         let view = controller.view();
         if let Some(replica) = view.replica.clone() {
             let catalog = NodeCatalog {
-                node_id: config.node_id,
                 clustered: config.clustered(),
                 voters: config.controller_voters().len(),
                 members: cluster.members(),

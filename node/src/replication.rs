@@ -43,8 +43,6 @@ const DEFINITION_SPACE: &str = "cluster stream definition";
 
 /// What the catalog reads.
 pub struct NodeCatalog {
-    /// this node
-    pub node_id: u64,
     /// whether this node runs in a cluster (other voters configured)
     pub clustered: bool,
     /// how many voters the controller has (the cluster's size before every node registered)

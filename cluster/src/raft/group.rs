@@ -269,7 +269,7 @@ impl RaftReplicaState {
                 return;
             }
         }
-        match self.core.propose(batch, ack_on, reply) {
+        match self.core.propose_validated(batch, &header, ack_on, reply) {
             // counted at once, so that the producer's next batch (pipelined) follows on
             Ok(placed) => {
                 if let Some(producers) = &mut self.producers {

@@ -348,9 +348,24 @@ impl<T> ReplicaCore<T> {
         if !self.is_leader() || self.node.raft.lead_transferee.is_some() {
             return Err((ticket, Refusal::NotLeader { leader: self.leader() }));
         }
-        let Ok(header) = tidewater_storage::validate_batch(batch) else {
-            return Err((ticket, Refusal::InvalidBatch));
-        };
+        match tidewater_storage::validate_batch(batch) {
+            Ok(header) => self.propose_validated(batch, &header, ack_on, ticket),
+            Err(_) => Err((ticket, Refusal::InvalidBatch)),
+        }
+    }
+
+    /// [`ReplicaCore::propose`] of a batch the caller has validated already (`header` is what
+    /// `validate_batch` returned for it), so that its CRC is not computed twice.
+    pub fn propose_validated(
+        &mut self,
+        batch: &[u8],
+        header: &tidewater_storage::BatchHeader,
+        ack_on: AckOn,
+        ticket: T,
+    ) -> Result<Placed, (T, Refusal)> {
+        if !self.is_leader() || self.node.raft.lead_transferee.is_some() {
+            return Err((ticket, Refusal::NotLeader { leader: self.leader() }));
+        }
         let term = self.node.raft.term;
         let base_offset = self.next_offset(term);
         let last_offset = base_offset + i64::from(header.last_offset_delta);
