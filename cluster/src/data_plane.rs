@@ -5,8 +5,10 @@
 //!   the peer, packed into one frame per flush (heartbeats of all partitions together);
 //! - [`peer_link`]: the [`PeerLink`] actor, one per remote node: batching, reconnect with
 //!   backoff, write timeouts, a bounded outbox;
-//! - [`server`]: the listener side, which checks the hello and hands each frame on.
+//! - [`server`]: the listener side, which checks the hello and hands each frame on;
+//! - [`forward`]: proposals sent to the node whose replica leads, and their answers.
 
+pub mod forward;
 pub mod frame;
 pub mod links;
 pub mod peer_link;
@@ -17,6 +19,7 @@ mod tests;
 
 use serde::{Deserialize, Serialize};
 
+pub use forward::{Forwarded, Forwarder};
 pub use links::PeerLinks;
 pub use peer_link::{LinkOptions, PeerLink, PeerLinkArgs, PeerLinkMsg};
 pub use server::serve_peers;
@@ -49,6 +52,8 @@ pub enum PeerMessage {
     },
     /// Raft messages of any number of groups, all for the receiving node.
     Raft(Vec<(GroupId, RaftMessage)>),
+    /// Proposals for the receiver's replicas, and answers to the receiver's proposals.
+    Forwarded(Vec<Forwarded>),
     /// From the receiver, back on the same connection: every frame up to `correlation` was
     /// read. A sender that hears none for a while reconnects (a half-open connection, or one
     /// whose bytes the network holds, would otherwise swallow raft's messages unseen).

@@ -8,7 +8,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tidewater_cluster::data_plane::{LinkOptions, PeerLinks, serve_peers};
+use tidewater_cluster::data_plane::{Forwarder, LinkOptions, PeerLinks, serve_peers};
 use tidewater_cluster::membership::chitchat_gossip::ChitchatMembership;
 use tidewater_cluster::membership::detector::GossipDetector;
 use tidewater_cluster::membership::{Advertised, ClusterChange, GossipOptions, Members, Membership, changes};
@@ -20,6 +20,10 @@ use tracing::Instrument;
 
 use crate::config::Config;
 use crate::node::NodeError;
+
+/// How long a proposal forwarded to the leader's node may wait for its answer (a commit
+/// through an election takes a second or two).
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How a node gossips.
 pub enum Gossip {
@@ -55,6 +59,8 @@ pub struct ClusterNode {
     pub links: Arc<PeerLinks>,
     /// where inbound raft messages go
     pub router: Arc<GroupRouter>,
+    /// proposals to the node whose replica leads, and answers to other nodes' proposals
+    pub forwarder: Arc<Forwarder>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -117,7 +123,8 @@ impl ClusterNode {
         };
         let links = PeerLinks::new(config.node_id, cluster.name.clone(), Arc::clone(&net), LinkOptions::default());
         let router = Arc::new(GroupRouter::default());
-        let delivering = Arc::clone(&router);
+        let forwarder = Forwarder::new(config.node_id, Arc::clone(&links), Arc::clone(&router), FORWARD_TIMEOUT);
+        let delivering = Arc::clone(&forwarder);
         let serving = tokio::spawn(
             serve_peers(
                 rpc_listener,
@@ -135,6 +142,7 @@ impl ClusterNode {
             membership,
             links,
             router,
+            forwarder,
             tasks: vec![serving, following],
         })
     }

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use tidewater_actors::seams::{Clock, Net, NodeRng};
 use tidewater_actors::{NodeContext, NodeParts};
+use tidewater_cluster::controller::ClusterMetadata;
 use tidewater_storage::{LogStore, StateStore, StorageError};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -185,14 +186,17 @@ impl Node {
         };
         let (served_sender, served) = watch::channel(std::collections::BTreeSet::new());
         let view = controller.view();
-        if let Some(replica) = view.replica.clone() {
+        let caught_up = config
+            .clustered()
+            .then(|| caught_up_with_the_cluster(config.node_id, generation, view.metadata.clone(), served.clone()));
+        if view.replica.is_some() {
             let catalog = NodeCatalog {
                 clustered: config.clustered(),
                 voters: config.controller_voters().len(),
                 members: cluster.members(),
                 metadata: view.metadata.clone(),
                 controller_leadership: view.leadership.clone(),
-                controller: replica,
+                forwarder: Arc::clone(&cluster.forwarder),
                 served,
                 clock: Arc::clone(&ctx.clock),
             };
@@ -204,6 +208,7 @@ impl Node {
                 ctx: ctx.clone(),
                 router: Arc::clone(&cluster.router),
                 links: Arc::clone(&cluster.links),
+                forwarder: Arc::clone(&cluster.forwarder),
                 metadata: view.metadata.clone(),
                 served: served_sender,
             },
@@ -219,10 +224,18 @@ impl Node {
 
         let ready = Arc::new(AtomicBool::new(false));
         let listeners = vec![
-            tokio::spawn(
-                tidewater_actors::mqtt::connection::run_listener(ctx.clone(), mqtt_listener, shutdown_rx.clone())
-                    .in_current_span(),
-            ),
+            tokio::spawn({
+                let (ctx, shutdown) = (ctx.clone(), shutdown_rx.clone());
+                async move {
+                    // devices wait in the listener's backlog until the node knows the cluster's
+                    // streams: a publish must not be acknowledged for lack of a stream it missed
+                    if let Some(caught_up) = caught_up {
+                        caught_up.await;
+                    }
+                    tidewater_actors::mqtt::connection::run_listener(ctx, mqtt_listener, shutdown).await;
+                }
+                .in_current_span()
+            }),
             tokio::spawn(
                 tidewater_actors::kafka::server::run_listener(ctx.clone(), kafka_listener, shutdown_rx.clone())
                     .in_current_span(),
@@ -317,6 +330,34 @@ impl NodeHandle {
         }
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// How long a node of a cluster waits to catch up with the controller before it serves MQTT
+/// anyway (a node that cannot reach a majority still serves what it knows).
+const CATCH_UP_WAIT: Duration = Duration::from_secs(10);
+
+/// Resolves once this node's registration at `generation` is applied (so every command the
+/// controller committed before it is applied too: a stream created while the node was down
+/// is known) and every stream of the metadata is served; or after [`CATCH_UP_WAIT`].
+async fn caught_up_with_the_cluster(
+    node_id: u64,
+    generation: u64,
+    mut metadata: watch::Receiver<ClusterMetadata>,
+    mut served: watch::Receiver<std::collections::BTreeSet<String>>,
+) {
+    let caught_up = async {
+        let _ = metadata
+            .wait_for(|metadata| metadata.nodes.get(&node_id).is_some_and(|node| node.generation == generation))
+            .await;
+        let streams: Vec<String> = metadata.borrow().streams.keys().cloned().collect();
+        let _ = served.wait_for(|served| streams.iter().all(|name| served.contains(name))).await;
+    };
+    match tokio::time::timeout(CATCH_UP_WAIT, caught_up).await {
+        Ok(()) => tracing::info!("caught up with the cluster's metadata: serving MQTT"),
+        Err(_) => tracing::warn!(
+            "the cluster's metadata is not caught up within {CATCH_UP_WAIT:?}: serving MQTT with what this node knows"
+        ),
     }
 }
 

@@ -22,12 +22,12 @@ use tidewater_actors::stream::def::StreamDef;
 use tidewater_actors::stream::registry::{PartitionHandle, StreamError};
 use tidewater_actors::stream::replicated::{ReplicaView, ReplicatedArgs, ReplicatedPartition};
 use tidewater_cluster::controller::{ClusterMetadata, MetadataCommand, StreamRecord, encode_command};
-use tidewater_cluster::data_plane::{GroupId, PeerLinks};
+use tidewater_cluster::data_plane::{Forwarder, GroupId, PeerLinks};
 use tidewater_cluster::membership::Members;
 use tidewater_cluster::placement;
 use tidewater_cluster::raft::RaftJournal;
 use tidewater_cluster::raft::group::{GroupRouter, RaftReplica, RaftReplicaArgs, RaftReplicaMsg};
-use tidewater_cluster::raft::{AckOn, Leadership, ReplicaOptions};
+use tidewater_cluster::raft::{AckOn, Leadership, Refusal, ReplicaOptions};
 use tidewater_storage::PartitionId;
 use tokio::sync::watch;
 use tracing::Instrument;
@@ -53,8 +53,8 @@ pub struct NodeCatalog {
     pub metadata: watch::Receiver<ClusterMetadata>,
     /// who leads the controller
     pub controller_leadership: watch::Receiver<Option<Leadership>>,
-    /// the controller replica
-    pub controller: ActorRef<RaftReplicaMsg>,
+    /// proposals to the controller's leader, wherever it runs
+    pub forwarder: Arc<Forwarder>,
     /// the streams of the cluster this node serves
     pub served: watch::Receiver<BTreeSet<String>>,
     /// time, for command timestamps
@@ -62,26 +62,24 @@ pub struct NodeCatalog {
 }
 
 impl NodeCatalog {
-    fn leads_controller(&self) -> Result<(), StreamError> {
-        match *self.controller_leadership.borrow() {
-            Some(leadership) if leadership.is_leader => Ok(()),
-            Some(leadership) => Err(StreamError::NotController(leadership.leader)),
-            None => Err(StreamError::NotController(None)),
-        }
-    }
-
+    /// Proposes `command` on the node whose controller replica leads (this one or another:
+    /// any node takes admin requests), following one redirect.
     async fn propose(&self, command: &MetadataCommand) -> Result<i64, StreamError> {
         let batch = encode_command(command, self.clock.now_millis());
-        let answer = ractor::call_t!(
-            self.controller,
-            |reply| RaftReplicaMsg::Propose { batch, ack_on: AckOn::Commit, reply },
-            ADMIN_WAIT.as_millis() as u64
-        );
-        match answer {
-            Ok(Ok(placed)) => Ok(placed.base_offset),
-            Ok(Err(refusal)) => Err(StreamError::Unavailable(format!("the controller did not commit: {refusal}"))),
-            Err(error) => Err(StreamError::Unavailable(format!("the controller did not answer: {error}"))),
+        let mut leader = self.controller_leadership.borrow().and_then(|leadership| leadership.leader);
+        for _ in 0..2 {
+            let Some(node) = leader else { break };
+            let answer = self.forwarder.propose(node, GroupId::Controller, batch.clone(), AckOn::Commit).await;
+            match answer {
+                Ok(placed) => return Ok(placed.base_offset),
+                Err(Refusal::NotLeader { leader: Some(next) }) if next != node => leader = Some(next),
+                Err(Refusal::NotLeader { .. }) => break,
+                Err(refusal) => {
+                    return Err(StreamError::Unavailable(format!("the controller did not commit: {refusal}")));
+                }
+            }
         }
+        Err(StreamError::NotController(None))
     }
 
     /// Waits until this node's metadata has applied `offset` and `served` holds for it.
@@ -125,7 +123,6 @@ impl ClusterCatalog for NodeCatalog {
 
     fn create(&self, def: StreamDef) -> BoxFuture<'_, Result<(), StreamError>> {
         Box::pin(async move {
-            self.leads_controller()?;
             let name = def.name.clone();
             let (registered, live): (Vec<u64>, BTreeSet<u64>) = {
                 let metadata = self.metadata.borrow();
@@ -159,7 +156,6 @@ impl ClusterCatalog for NodeCatalog {
 
     fn delete(&self, name: String) -> BoxFuture<'_, Result<(), StreamError>> {
         Box::pin(async move {
-            self.leads_controller()?;
             if !self.metadata.borrow().streams.contains_key(&name) {
                 return Err(StreamError::Unknown(name));
             }
@@ -177,6 +173,8 @@ pub struct StreamParts {
     pub router: Arc<GroupRouter>,
     /// outbound raft messages
     pub links: Arc<PeerLinks>,
+    /// proposals to other nodes' replicas
+    pub forwarder: Arc<Forwarder>,
     /// the controller's applied metadata
     pub metadata: watch::Receiver<ClusterMetadata>,
     /// published: the streams served
@@ -261,14 +259,15 @@ async fn serve(
         } else {
             None
         };
+        let view = ReplicaView { replicas: partition.replicas.clone(), leadership, raft };
         let args = ReplicatedArgs {
             id: id.clone(),
-            raft: raft.clone(),
+            view: view.clone(),
+            forwarder: Arc::clone(&parts.forwarder),
             max_batch_bytes: MAX_BATCH_BYTES,
             span: ctx.span.clone(),
         };
         let (actor, _) = Actor::spawn(None, ReplicatedPartition, args).await.map_err(|error| error.to_string())?;
-        let view = ReplicaView { replicas: partition.replicas.clone(), leadership, raft };
         handles.push(PartitionHandle { id, actor, high_watermark, replica: Some(view) });
     }
     let held = replicas.len();

@@ -15,6 +15,19 @@
 //! every acknowledged batch is there at the offset it was acknowledged with, no record is
 //! there twice, offsets have no gap, and the replicas hold identical bytes below the high
 //! watermark.
+//!
+//! An MQTT device publishes QoS 1 into a bound replicated stream, created over HTTP on
+//! whichever node it asks first (any node forwards the command to the controller's leader).
+//! It moves between nodes (on a lost connection, and every few dozen acknowledgements), so
+//! its publishes reach the partition's leader forwarded from followers and from the node that
+//! holds no replica. After healing: every PUBACKed message is in the stream, nothing is there
+//! that was not sent, offsets have no gap, and the replicas agree below the high watermark.
+//!
+//! A consumer group commits ever larger offsets through the faults, at the node FindCoordinator
+//! names (the leader of the group's partition of the replicated offsets stream), and reads
+//! them back now and then: a fetch never answers less than a commit acknowledged before it was
+//! sent (committed offsets never go backwards, across coordinator fail-overs), and after
+//! healing the group holds at least the last acknowledged commit.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
@@ -35,10 +48,47 @@ use crate::history::now_ms;
 use crate::net::TurmoilNet;
 use tidewater_storage::LogStore;
 use tidewater_tests::clients::kafka::{self, KafkaConn};
+use tidewater_tests::clients::mqtt_wire as wire;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use turmoil::net::TcpStream;
+
+use crate::workload::Mqtt;
 
 /// The replicated stream the Kafka client writes.
 const TOPIC: &str = "replicated";
+/// The bound replicated stream the MQTT device's publishes land in.
+const MQTT_STREAM: &str = "mqtt-replicated";
+/// The topic the device publishes on.
+const MQTT_TOPIC: &str = "devices/d1";
+
+/// The consumer group's committed offsets are kept for this group and partition.
+const GROUP: &str = "sim-group";
+
+/// What the group's committer was told.
+#[derive(Default)]
+struct Committer {
+    /// commits acknowledged: (when, offset), offsets rising
+    acked: Vec<(u64, i64)>,
+    /// fetches answered: (when sent, offset)
+    fetched: Vec<(u64, i64)>,
+    /// error codes answered to commits
+    errors: BTreeMap<i16, usize>,
+    /// the offset the group held after healing
+    last: Option<i64>,
+}
+
+/// What the MQTT device was told.
+#[derive(Default)]
+struct Device {
+    /// whether the bound stream exists (created, or found created)
+    created: bool,
+    /// messages published (sequence numbers below this were sent)
+    sent: u32,
+    /// sequence numbers PUBACKed, and the node that acknowledged each
+    acked: BTreeMap<u32, u64>,
+    /// the stream read back after healing: (offset, value)
+    read: Option<Vec<(i64, Vec<u8>)>>,
+}
 
 /// What the Kafka client was told.
 #[derive(Default)]
@@ -94,6 +144,8 @@ pub struct ClusterReport {
     pub restarts: usize,
     /// batches the replicated stream acknowledged
     pub acked: usize,
+    /// MQTT messages the bound replicated stream acknowledged, by the node that did
+    pub mqtt_acked: BTreeMap<u64, usize>,
 }
 
 fn node_config(id: u64, ip: IpAddr, seed_ip: IpAddr) -> Config {
@@ -214,6 +266,10 @@ pub fn run_cluster_seed(seed: u64) -> ClusterReport {
     });
     let kafka = Rc::new(RefCell::new(Kafka::default()));
     sim.client("kafka", kafka_client(kafka.clone(), seed));
+    let device = Rc::new(RefCell::new(Device::default()));
+    sim.client("device", mqtt_device(device.clone(), seed));
+    let committer = Rc::new(RefCell::new(Committer::default()));
+    sim.client("committer", group_committer(committer.clone(), kafka.clone(), seed));
     let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed);
     let mut down: Option<(u64, u64)> = None; // (node, back at)
     let mut cut: Option<(u64, u64)> = None; // (node, healed at)
@@ -291,6 +347,8 @@ pub fn run_cluster_seed(seed: u64) -> ClusterReport {
         violations.push(format!("the nodes applied different metadata: {registered:?}"));
     }
     check_stream(&kafka.borrow(), &stores, &mut violations);
+    check_device(&device.borrow(), &stores, &mut violations);
+    check_committer(&committer.borrow(), &mut violations);
     if !violations.is_empty() {
         violations.push(format!("replicas (commit, last, high watermark): {:?}", seen.status));
         violations.push(format!("stream replicas: {:#?}", seen.stream_status));
@@ -298,7 +356,11 @@ pub fn run_cluster_seed(seed: u64) -> ClusterReport {
         violations.extend(seen.trace.iter().cloned());
     }
     let acked = kafka.borrow().acked.len();
-    ClusterReport { seed, violations, terms: seen.leaders.len(), restarts, acked }
+    let mut mqtt_acked = BTreeMap::new();
+    for node in device.borrow().acked.values() {
+        *mqtt_acked.entry(*node).or_default() += 1;
+    }
+    ClusterReport { seed, violations, terms: seen.leaders.len(), restarts, acked, mqtt_acked }
 }
 
 async fn connect(id: u64) -> Option<KafkaConn<TcpStream>> {
@@ -377,18 +439,22 @@ async fn kafka_client(kafka: Rc<RefCell<Kafka>>, seed: u64) -> turmoil::Result {
         }
         sleep_ms(rng.random_range(0..150)).await;
     }
-    // after healing, read the partition from its leader
+    kafka.borrow_mut().read = read_back(TOPIC).await;
+    Ok(())
+}
+
+/// After healing: partition 0 of `stream`, (offset, value), read from whichever node leads it.
+async fn read_back(stream: &str) -> Option<Vec<(i64, Vec<u8>)>> {
     sleep_ms((FAULT_PHASE_MS + SETTLE_MS - 4_000).saturating_sub(now_ms())).await;
     for attempt in 0..12 {
         let id = (attempt % NODES) + 1;
         let Some(mut conn) = connect(id).await else { continue };
-        if let Some(records) = crate::workload::read_all(&mut conn, TOPIC, 1).await {
-            kafka.borrow_mut().read = Some(records.into_iter().map(|r| (r.offset, r.value)).collect());
-            break;
+        if let Some(records) = crate::workload::read_all(&mut conn, stream, 1).await {
+            return Some(records.into_iter().map(|r| (r.offset, r.value)).collect());
         }
         sleep_ms(100).await;
     }
-    Ok(())
+    None
 }
 
 /// Holds the replicated stream to its promises (see the module's text).
@@ -408,12 +474,7 @@ fn check_stream(kafka: &Kafka, stores: &[Arc<MemoryStore>], violations: &mut Vec
         return;
     };
     let at: BTreeMap<i64, &Vec<u8>> = read.iter().map(|(offset, value)| (*offset, value)).collect();
-    for (expected, (offset, _)) in read.iter().enumerate() {
-        if *offset != expected as i64 {
-            violations.push(format!("offsets have a gap: {expected} holds offset {offset}"));
-            break;
-        }
-    }
+    check_gapless(TOPIC, read, violations);
     let distinct: BTreeSet<&Vec<u8>> = read.iter().map(|(_, value)| value).collect();
     if distinct.len() != read.len() {
         violations.push(format!("{} records are there twice", read.len() - distinct.len()));
@@ -430,9 +491,23 @@ fn check_stream(kafka: &Kafka, stores: &[Arc<MemoryStore>], violations: &mut Vec
             }
         }
     }
-    // the replicas hold the same bytes below the high watermark
-    let id = tidewater_storage::PartitionId { stream: TOPIC.into(), partition: 0 };
-    let high_watermark = read.len() as i64;
+    check_replicas(TOPIC, read.len() as i64, stores, violations);
+}
+
+/// Offsets from 0 without a gap.
+fn check_gapless(stream: &str, read: &[(i64, Vec<u8>)], violations: &mut Vec<String>) {
+    for (expected, (offset, _)) in read.iter().enumerate() {
+        if *offset != expected as i64 {
+            violations.push(format!("{stream}: offsets have a gap: {expected} holds offset {offset}"));
+            break;
+        }
+    }
+}
+
+/// The replicas of `stream`'s partition 0 hold the same bytes below the high watermark, and
+/// at least two reached it.
+fn check_replicas(stream: &str, high_watermark: i64, stores: &[Arc<MemoryStore>], violations: &mut Vec<String>) {
+    let id = tidewater_storage::PartitionId { stream: stream.into(), partition: 0 };
     let mut held = BTreeMap::new();
     for (node, store) in stores.iter().enumerate() {
         let Ok(offsets) = store.offsets(&id) else { continue };
@@ -446,13 +521,260 @@ fn check_stream(kafka: &Kafka, stores: &[Arc<MemoryStore>], violations: &mut Vec
     if held.len() < 2 {
         let ends: Vec<_> = stores.iter().map(|store| store.offsets(&id).map(|offsets| offsets.log_end).ok()).collect();
         violations.push(format!(
-            "only {} replicas reached the high watermark {high_watermark}; log ends {ends:?}",
+            "{stream}: only {} replicas reached the high watermark {high_watermark}; log ends {ends:?}",
             held.len()
         ));
     }
     let distinct: BTreeSet<&Vec<u8>> = held.values().collect();
     if distinct.len() > 1 {
         let sizes: BTreeMap<_, _> = held.iter().map(|(node, bytes)| (*node, bytes.len())).collect();
-        violations.push(format!("replicas differ below the high watermark {high_watermark}: sizes {sizes:?}"));
+        violations
+            .push(format!("{stream}: replicas differ below the high watermark {high_watermark}: sizes {sizes:?}"));
+    }
+}
+
+/// `method path` with a JSON body on node `id`'s HTTP listener: the status code.
+async fn http_request(id: u64, method: &str, path: &str, body: &str) -> Option<u16> {
+    let connect = TcpStream::connect((host(id), 8080));
+    let mut stream = tokio::time::timeout(Duration::from_secs(1), connect).await.ok()?.ok()?;
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        host(id),
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(12), stream.read_to_end(&mut response)).await.ok()?.ok()?;
+    String::from_utf8_lossy(&response).split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The device: creates the bound stream, publishes QoS 1 through the faults while moving
+/// between nodes, and reads the stream back after healing.
+async fn mqtt_device(device: Rc<RefCell<Device>>, seed: u64) -> turmoil::Result {
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x6d71_7474);
+    sleep_ms(2_500).await;
+    let definition = format!(
+        r#"{{"name":"{MQTT_STREAM}","kind":"bound","filter":"devices/#","partitions":1,"replication_factor":3}}"#
+    );
+    // the last node first: it is not a voter of the controller, so it forwards the command
+    let mut target = NODES;
+    while now_ms() < FAULT_PHASE_MS {
+        if let Some(201 | 409) = http_request(target, "POST", "/api/v1/streams", &definition).await {
+            device.borrow_mut().created = true;
+            break;
+        }
+        target = target % NODES + 1;
+        sleep_ms(200).await;
+    }
+    // unacknowledged messages, resent on the next connection: (packet id -> sequence)
+    let mut in_flight: BTreeMap<u16, u32> = BTreeMap::new();
+    let mut next_seq = 0u32;
+    while device.borrow().created && now_ms() < FAULT_PHASE_MS + 2_000 {
+        // a node captures publishes from when it knows the stream (a restarted node serves
+        // MQTT once it caught up; one cut off when the stream was made learns of it after)
+        let path = format!("/api/v1/streams/{MQTT_STREAM}");
+        if http_request(target, "GET", &path, "").await != Some(200) {
+            target = target % NODES + 1;
+            sleep_ms(100).await;
+            continue;
+        }
+        let mut connect = Vec::new();
+        wire::connect_with(&mut connect, "device-1", 30, true, None);
+        let Some((mut mqtt, _)) = Mqtt::open_at(&host(target), &connect).await else {
+            target = target % NODES + 1;
+            sleep_ms(100).await;
+            continue;
+        };
+        let mut out = Vec::new();
+        for (pkid, seq) in &in_flight {
+            wire::publish_payload(&mut out, MQTT_TOPIC, 1, *pkid, true, format!("c{seq}").as_bytes());
+        }
+        let mut acked_here = 0;
+        let mut send_at = tokio::time::Instant::now();
+        loop {
+            let now = tokio::time::Instant::now();
+            if now >= send_at && in_flight.len() < 4 && now_ms() < FAULT_PHASE_MS {
+                let pkid = (next_seq % 60_000 + 1) as u16;
+                wire::publish_payload(&mut out, MQTT_TOPIC, 1, pkid, false, format!("c{next_seq}").as_bytes());
+                in_flight.insert(pkid, next_seq);
+                next_seq += 1;
+                device.borrow_mut().sent = next_seq;
+                send_at = now + Duration::from_millis(rng.random_range(0..150));
+            }
+            if !out.is_empty() && mqtt.send(&out).await.is_err() {
+                break;
+            }
+            out.clear();
+            let wait = if in_flight.is_empty() {
+                send_at.saturating_duration_since(tokio::time::Instant::now()).max(Duration::from_millis(1))
+            } else {
+                Duration::from_millis(3_000)
+            };
+            match mqtt.next(wait).await {
+                Ok(Some((wire::PUBACK, _, body))) => {
+                    if let Some(seq) = in_flight.remove(&wire::packet_id(&body)) {
+                        device.borrow_mut().acked.insert(seq, target);
+                        acked_here += 1;
+                    }
+                }
+                Ok(Some(_)) => {}
+                Ok(None) if in_flight.is_empty() => {
+                    if now_ms() >= FAULT_PHASE_MS {
+                        break;
+                    }
+                }
+                // an acknowledgement withheld, or the node gone: go to another node
+                Ok(None) | Err(_) => break,
+            }
+            // move on now and then, so every node's path to the leader is taken
+            if acked_here >= 30 && in_flight.is_empty() {
+                break;
+            }
+        }
+        if in_flight.is_empty() && now_ms() >= FAULT_PHASE_MS {
+            break;
+        }
+        target = target % NODES + 1;
+    }
+    device.borrow_mut().read = read_back(MQTT_STREAM).await;
+    Ok(())
+}
+
+/// Holds the bound replicated stream to its promises (see the module's text).
+fn check_device(device: &Device, stores: &[Arc<MemoryStore>], violations: &mut Vec<String>) {
+    if !device.created {
+        violations.push("the bound replicated stream was never created".into());
+        return;
+    }
+    if device.acked.is_empty() {
+        violations.push(format!("no MQTT publish into the replicated stream was acknowledged ({} sent)", device.sent));
+    }
+    let Some(read) = &device.read else {
+        violations.push("the bound replicated stream could not be read after healing".into());
+        return;
+    };
+    check_gapless(MQTT_STREAM, read, violations);
+    let mut present = BTreeSet::new();
+    for (offset, value) in read {
+        let seq = std::str::from_utf8(value).ok().and_then(|text| text.strip_prefix('c')?.parse::<u32>().ok());
+        match seq {
+            Some(seq) if seq < device.sent => {
+                present.insert(seq);
+            }
+            _ => violations
+                .push(format!("{MQTT_STREAM}: offset {offset} holds {:?}, never sent", String::from_utf8_lossy(value))),
+        }
+    }
+    let lost: Vec<_> = device.acked.iter().filter(|(seq, _)| !present.contains(seq)).collect();
+    if !lost.is_empty() {
+        violations.push(format!("{MQTT_STREAM}: PUBACKed messages missing (sequence, acknowledging node): {lost:?}"));
+    }
+    check_replicas(MQTT_STREAM, read.len() as i64, stores, violations);
+}
+
+/// Commits rising offsets for [`GROUP`] at its coordinator, fetches them back now and then,
+/// and reads the group's offset after healing.
+async fn group_committer(committer: Rc<RefCell<Committer>>, kafka: Rc<RefCell<Kafka>>, seed: u64) -> turmoil::Result {
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x636f_6d6d);
+    // commits name the replicated stream, which exists once the Kafka client created it
+    while kafka.borrow().created.is_none() && now_ms() < FAULT_PHASE_MS {
+        sleep_ms(200).await;
+    }
+    let mut target = 1;
+    let mut conn: Option<KafkaConn<TcpStream>> = None;
+    let mut next = 1i64;
+    while now_ms() < FAULT_PHASE_MS {
+        let Some(c) = conn.as_mut() else {
+            conn = connect(target).await;
+            if conn.is_none() {
+                target = target % NODES + 1;
+                sleep_ms(100).await;
+            }
+            continue;
+        };
+        let committed = tokio::time::timeout(Duration::from_secs(12), c.offset_commit(GROUP, TOPIC, 0, next)).await;
+        match committed {
+            Ok(Ok(0)) => {
+                committer.borrow_mut().acked.push((now_ms(), next));
+                next += 1 + rng.random_range(0..3);
+            }
+            Ok(Ok(code)) => {
+                *committer.borrow_mut().errors.entry(code).or_default() += 1;
+                // not the coordinator (or none yet): ask this node who is, else go round
+                let found = tokio::time::timeout(Duration::from_secs(2), c.find_coordinator(GROUP)).await;
+                match found {
+                    Ok(Ok((0, node))) if node as u64 != target && (1..=NODES).contains(&(node as u64)) => {
+                        target = node as u64;
+                    }
+                    _ => target = target % NODES + 1,
+                }
+                conn = None;
+                sleep_ms(100).await;
+                continue;
+            }
+            _ => {
+                conn = None;
+                target = target % NODES + 1;
+                continue;
+            }
+        }
+        if rng.random_bool(0.3) {
+            let sent = now_ms();
+            if let Ok(Ok(offset)) = tokio::time::timeout(Duration::from_secs(3), c.offset_fetch(GROUP, TOPIC, 0)).await
+            {
+                committer.borrow_mut().fetched.push((sent, offset));
+            }
+        }
+        sleep_ms(rng.random_range(20..200)).await;
+    }
+    sleep_ms((FAULT_PHASE_MS + SETTLE_MS - 4_000).saturating_sub(now_ms())).await;
+    for attempt in 0..24 {
+        let Some(mut c) = connect(target).await else {
+            target = target % NODES + 1;
+            continue;
+        };
+        let sent = now_ms();
+        match tokio::time::timeout(Duration::from_secs(3), c.offset_fetch(GROUP, TOPIC, 0)).await {
+            Ok(Ok(offset)) => {
+                let mut committer = committer.borrow_mut();
+                committer.fetched.push((sent, offset));
+                committer.last = Some(offset);
+                break;
+            }
+            _ => {
+                if let Ok(Ok((0, node))) = tokio::time::timeout(Duration::from_secs(2), c.find_coordinator(GROUP)).await
+                    && (1..=NODES).contains(&(node as u64))
+                {
+                    target = node as u64;
+                } else {
+                    target = (attempt % NODES) + 1;
+                }
+                sleep_ms(100).await;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Holds the group's committed offsets to their promise (see the module's text).
+fn check_committer(committer: &Committer, violations: &mut Vec<String>) {
+    if committer.acked.is_empty() {
+        violations.push(format!("no offset commit was acknowledged: errors {:?}", committer.errors));
+        return;
+    }
+    for (sent, offset) in &committer.fetched {
+        let before = committer.acked.iter().filter(|(at, _)| at < sent).map(|(_, offset)| *offset).max();
+        if let Some(acknowledged) = before
+            && *offset < acknowledged
+        {
+            violations.push(format!(
+                "{GROUP}: a fetch sent at {sent} ms answered {offset}, below the commit of {acknowledged} acknowledged before"
+            ));
+        }
+    }
+    let last = committer.acked.last().map(|(_, offset)| *offset).unwrap_or_default();
+    match committer.last {
+        Some(held) if held >= last => {}
+        held => violations.push(format!("{GROUP}: after healing the group holds {held:?}, {last} was acknowledged")),
     }
 }

@@ -31,18 +31,23 @@ pub const WILL_TOPIC: &str = "sim/will";
 pub const RETAINED_TOPIC: &str = "sim/retained";
 
 /// One MQTT connection: a socket and the bytes read but not parsed yet.
-struct Mqtt {
+pub(crate) struct Mqtt {
     stream: TcpStream,
     input: Vec<u8>,
 }
 
 /// One parsed packet: type, flags, body.
-type Frame = (u8, u8, Vec<u8>);
+pub(crate) type Frame = (u8, u8, Vec<u8>);
 
 impl Mqtt {
     /// Connects and sends `connect`; returns the connection and CONNACK's session-present flag.
     async fn open(connect: &[u8]) -> Option<(Mqtt, bool)> {
-        let stream = tokio::time::timeout(Duration::from_secs(1), TcpStream::connect((NODE, 1883))).await.ok()?.ok()?;
+        Self::open_at(NODE, connect).await
+    }
+
+    /// [`Mqtt::open`] on the node `host`.
+    pub(crate) async fn open_at(host: &str, connect: &[u8]) -> Option<(Mqtt, bool)> {
+        let stream = tokio::time::timeout(Duration::from_secs(1), TcpStream::connect((host, 1883))).await.ok()?.ok()?;
         let mut mqtt = Mqtt { stream, input: Vec::new() };
         mqtt.send(connect).await.ok()?;
         let (kind, _, body) = mqtt.next(Duration::from_secs(2)).await.ok()??;
@@ -50,12 +55,12 @@ impl Mqtt {
         (kind == wire::CONNACK && code == 0).then_some((mqtt, present))
     }
 
-    async fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+    pub(crate) async fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         self.stream.write_all(bytes).await
     }
 
     /// The next packet, `Ok(None)` after `wait` without one, `Err` when the connection ended.
-    async fn next(&mut self, wait: Duration) -> std::io::Result<Option<Frame>> {
+    pub(crate) async fn next(&mut self, wait: Duration) -> std::io::Result<Option<Frame>> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             if let Some((frame, len)) = wire::parse(&self.input).map_err(std::io::Error::other)? {

@@ -16,8 +16,14 @@ pub const NOT_LEADER_OR_FOLLOWER: i16 = 6;
 pub const REQUEST_TIMED_OUT: i16 = 7;
 /// The request included a message larger than the maximum the server accepts.
 pub const MESSAGE_TOO_LARGE: i16 = 10;
+/// The coordinator is still loading the group's offsets.
+pub const COORDINATOR_LOAD_IN_PROGRESS: i16 = 14;
 /// The coordinator is loading or not available.
 pub const COORDINATOR_NOT_AVAILABLE: i16 = 15;
+/// This broker is not the group's coordinator.
+pub const NOT_COORDINATOR: i16 = 16;
+/// The member id is not in the group (or the group is unknown).
+pub const UNKNOWN_MEMBER_ID: i16 = 25;
 /// The topic name is invalid.
 pub const INVALID_TOPIC_EXCEPTION: i16 = 17;
 /// Not authorized to access this topic (here: a produce to a bound, read-only stream).

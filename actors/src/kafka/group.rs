@@ -1,22 +1,39 @@
 //! The `GroupCoordinator` actor (one per consumer group) and the registry that finds or
 //! spawns it. The actor is a thin shell over [`GroupState`]: it maps reply tokens to reply
 //! ports, stores committed offsets, and keeps one timer for the state machine's deadlines.
+//!
+//! Offsets are stored where [`group_place`](super::group_place) says: this node's state
+//! store, or (in a cluster) the group's partition of the replicated offsets stream, as one
+//! record batch per commit, answered after raft commits it. A coordinator of the cluster
+//! belongs to one leader epoch of that partition: when the epoch changes, or another node
+//! leads, the registry drops it, and the next request builds it again from the partition.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde::{Deserialize, Serialize};
-use tidewater_storage::{StateOp, StateStore};
+use tidewater_storage::{NewRecord, StateOp, StateStore, build_record_batch, decode_records};
 use tracing::Instrument;
 
 use crate::context::NodeContext;
+use crate::kafka::group_place::{self, GroupUnavailable, OffsetLog};
 use crate::kafka::group_state::{
-    CommittedOffset, FetchedOffset, GroupConfig, GroupDescription, GroupListing, GroupState, HeartbeatResponse,
-    JoinRequest, JoinResponse, LeaveMember, LeaveResponse, OffsetCommitEntry, OffsetCommitResult, OffsetRecord, Output,
-    PersistedOffsets, ReplyToken, Response, SyncRequest, SyncResponse,
+    CommittedOffset, ErrorCode, FetchedOffset, GroupConfig, GroupDescription, GroupListing, GroupState,
+    HeartbeatResponse, JoinRequest, JoinResponse, LeaveMember, LeaveResponse, OffsetCommitEntry, OffsetCommitResult,
+    OffsetRecord, Output, PersistedOffsets, ReplyToken, Response, SyncRequest, SyncResponse,
 };
 use crate::mqtt::persist;
+use crate::stream::partition::{Acks, PartitionMsg, ProduceError};
+use crate::stream::registry::PartitionHandle;
+
+/// How long a new coordinator of the cluster waits for its partition to commit the log it
+/// replays (a leader commits its predecessors' entries with its first own entry).
+const LOAD_WAIT: Duration = Duration::from_secs(5);
+/// How long a commit waits for the offsets partition to commit it.
+const COMMIT_WAIT: Duration = Duration::from_secs(10);
+/// Bytes read per step of a replay.
+const REPLAY_CHUNK: usize = 1 << 20;
 
 /// Committed offsets: group \0 topic \0 partition (i32 BE) → [`StoredOffset`].
 pub const GROUP_OFFSETS: &str = "group_offsets";
@@ -56,6 +73,8 @@ pub struct GroupArgs {
     pub ctx: NodeContext,
     /// The group id.
     pub group_id: String,
+    /// Where its offsets are kept.
+    pub log: OffsetLog,
 }
 
 /// The `GroupCoordinator` actor.
@@ -64,6 +83,7 @@ pub struct GroupCoordinator;
 /// The actor's state.
 pub struct GroupShell {
     ctx: NodeContext,
+    log: OffsetLog,
     group: GroupState,
     pending: BTreeMap<u64, Pending>,
     next_token: u64,
@@ -97,31 +117,80 @@ fn group_prefix(group_id: &str) -> Vec<u8> {
     key
 }
 
+/// The (topic, partition) of a key under `prefix`: topic \0 partition, the partition the
+/// last 4 bytes (which may hold zeros).
+fn parse_offset_key(prefix: &[u8], key: &[u8]) -> Option<(String, i32)> {
+    let rest = key.strip_prefix(prefix)?;
+    let (topic_and_separator, partition_bytes) = rest.split_at_checked(rest.len().checked_sub(4)?)?;
+    let topic_bytes = topic_and_separator.strip_suffix(&[0])?;
+    let topic = String::from_utf8(topic_bytes.to_vec()).ok()?;
+    Some((topic, i32::from_be_bytes(partition_bytes.try_into().ok()?)))
+}
+
+fn committed(stored: StoredOffset) -> CommittedOffset {
+    CommittedOffset {
+        offset: stored.offset,
+        leader_epoch: stored.leader_epoch,
+        metadata: stored.metadata,
+        commit_timestamp_ms: stored.commit_timestamp_ms,
+    }
+}
+
+fn stored(value: CommittedOffset) -> Vec<u8> {
+    persist::encode(&StoredOffset {
+        offset: value.offset,
+        leader_epoch: value.leader_epoch,
+        metadata: value.metadata,
+        commit_timestamp_ms: value.commit_timestamp_ms,
+    })
+}
+
 fn load_offsets(store: &dyn StateStore, group_id: &str) -> Vec<OffsetRecord> {
     let prefix = group_prefix(group_id);
     let Ok(entries) = store.scan_prefix(GROUP_OFFSETS, &prefix) else { return Vec::new() };
     entries
         .into_iter()
         .filter_map(|(key, value)| {
-            // topic \0 partition: the partition is the last 4 bytes (and may contain zeros)
-            let rest = &key[prefix.len()..];
-            let (topic_and_separator, partition_bytes) = rest.split_at_checked(rest.len().checked_sub(4)?)?;
-            let topic_bytes = topic_and_separator.strip_suffix(&[0])?;
-            let topic = String::from_utf8(topic_bytes.to_vec()).ok()?;
-            let partition = i32::from_be_bytes(partition_bytes.try_into().ok()?);
+            let (topic, partition) = parse_offset_key(&prefix, &key)?;
             let stored: StoredOffset = persist::decode(GROUP_OFFSETS, &value).ok()?;
-            Some(OffsetRecord {
-                topic,
-                partition,
-                value: Some(CommittedOffset {
-                    offset: stored.offset,
-                    leader_epoch: stored.leader_epoch,
-                    metadata: stored.metadata,
-                    commit_timestamp_ms: stored.commit_timestamp_ms,
-                }),
-            })
+            Some(OffsetRecord { topic, partition, value: Some(committed(stored)) })
         })
         .collect()
+}
+
+/// The group's offset changes in the offsets partition, in the order they committed, once
+/// the partition has committed everything its log holds now (the leader's first own entry
+/// commits its predecessors').
+async fn replay_offsets(
+    ctx: &NodeContext,
+    partition: &PartitionHandle,
+    group_id: &str,
+) -> Result<Vec<OffsetRecord>, ActorProcessingErr> {
+    let end = ctx.log_store.offsets(&partition.id)?.log_end;
+    let mut high_watermark = partition.high_watermark.clone();
+    tokio::time::timeout(LOAD_WAIT, high_watermark.wait_for(|committed| *committed >= end))
+        .await
+        .map_err(|_| "the offsets partition has not committed its log yet")??;
+    let prefix = group_prefix(group_id);
+    let mut records = Vec::new();
+    let mut at = ctx.log_store.offsets(&partition.id)?.log_start;
+    while at < end {
+        let batches = ctx.log_store.read(&partition.id, at, REPLAY_CHUNK, end)?;
+        let Some(last) = batches.last() else { break };
+        at = last.last_offset + 1;
+        for batch in &batches {
+            for record in decode_records(&batch.bytes)? {
+                let Some(key) = &record.key else { continue };
+                let Some((topic, partition)) = parse_offset_key(&prefix, key) else { continue };
+                let value = match &record.value {
+                    Some(value) => Some(committed(persist::decode(GROUP_OFFSETS, value)?)),
+                    None => None, // a tombstone: the group was deleted
+                };
+                records.push(OffsetRecord { topic, partition, value });
+            }
+        }
+    }
+    Ok(records)
 }
 
 impl Actor for GroupCoordinator {
@@ -135,8 +204,12 @@ impl Actor for GroupCoordinator {
             ..GroupConfig::default()
         };
         let mut group = GroupState::new(args.group_id.clone(), config, args.ctx.rng.next_u64());
-        group.restore_offsets(load_offsets(args.ctx.state_store.as_ref(), &args.group_id));
-        Ok(GroupShell { ctx: args.ctx, group, pending: BTreeMap::new(), next_token: 0, timer_at: None })
+        let records = match &args.log {
+            OffsetLog::Local => load_offsets(args.ctx.state_store.as_ref(), &args.group_id),
+            OffsetLog::Replicated { partition, .. } => replay_offsets(&args.ctx, partition, &args.group_id).await?,
+        };
+        group.restore_offsets(records);
+        Ok(GroupShell { ctx: args.ctx, log: args.log, group, pending: BTreeMap::new(), next_token: 0, timer_at: None })
     }
 
     async fn handle(
@@ -173,18 +246,9 @@ impl GroupShell {
             }
             GroupMsg::Commit(member_id, generation_id, entries, reply) => {
                 let outcome = shell.group.commit(&member_id, generation_id, entries, now);
-                let stored = shell.perform(outcome.outputs);
-                let results = if stored {
-                    outcome.results
-                } else {
-                    outcome
-                        .results
-                        .into_iter()
-                        .map(|r| OffsetCommitResult {
-                            error: crate::kafka::group_state::ErrorCode::CoordinatorNotAvailable,
-                            ..r
-                        })
-                        .collect()
+                let results = match shell.perform(outcome.outputs).await {
+                    Ok(()) => outcome.results,
+                    Err(error) => outcome.results.into_iter().map(|r| OffsetCommitResult { error, ..r }).collect(),
                 };
                 let _ = reply.send(results);
                 Vec::new()
@@ -206,7 +270,9 @@ impl GroupShell {
                 shell.group.tick(now)
             }
         };
-        shell.perform(outputs);
+        if let Err(error) = shell.perform(outputs).await {
+            tracing::warn!(group = %shell.group.group_id(), ?error, "offsets not stored");
+        }
         if let Some(deadline) = shell.group.next_deadline()
             && shell.timer_at.is_none_or(|at| deadline < at)
         {
@@ -226,9 +292,9 @@ impl GroupShell {
         ReplyToken(token)
     }
 
-    /// Performs outputs; returns false if storing offsets failed.
-    fn perform(&mut self, outputs: Vec<Output>) -> bool {
-        let mut stored = true;
+    /// Performs outputs; the error of the first store of offsets that failed.
+    async fn perform(&mut self, outputs: Vec<Output>) -> Result<(), ErrorCode> {
+        let mut stored = Ok(());
         for output in outputs {
             match output {
                 Output::Reply(ReplyToken(token), response) => {
@@ -241,48 +307,89 @@ impl GroupShell {
                         _ => tracing::error!("group reply of the wrong kind"),
                     }
                 }
-                Output::Persist(offsets) => stored &= self.store(offsets),
+                Output::Persist(offsets) => {
+                    let result = match &self.log {
+                        OffsetLog::Local => self.store(offsets),
+                        OffsetLog::Replicated { partition, epoch } => {
+                            let (partition, epoch) = (partition.clone(), *epoch);
+                            self.propose(&partition, epoch, offsets).await
+                        }
+                    };
+                    stored = stored.and(result);
+                }
             }
         }
         stored
     }
 
-    fn store(&self, offsets: PersistedOffsets) -> bool {
+    /// Proposes the offsets as one record batch to the group's partition of the offsets
+    /// stream; answered after commit.
+    async fn propose(
+        &self,
+        partition: &PartitionHandle,
+        epoch: u64,
+        offsets: PersistedOffsets,
+    ) -> Result<(), ErrorCode> {
+        // a coordinator of an older epoch (this node led, lost and leads again) replayed less
+        // than the partition holds: it must not write, its successor answers
+        let leads = partition.replica.as_ref().and_then(|view| *view.leadership.borrow());
+        if !leads.is_some_and(|leadership| leadership.is_leader && leadership.term == epoch) {
+            return Err(ErrorCode::NotCoordinator);
+        }
+        let now = self.ctx.now_ms();
+        let entries: Vec<(Vec<u8>, Option<Vec<u8>>)> = offsets
+            .records
+            .into_iter()
+            .map(|record| (offset_key(&offsets.group_id, &record.topic, record.partition), record.value.map(stored)))
+            .collect();
+        let records: Vec<NewRecord> = entries
+            .iter()
+            .map(|(key, value)| NewRecord { key: Some(key), value: value.as_deref(), headers: &[], timestamp_ms: now })
+            .collect();
+        let batch = build_record_batch(&records, now);
+        let (reply, answer) = ractor::concurrency::oneshot();
+        if partition.actor.cast(PartitionMsg::AppendBatch(batch, Acks::All, reply.into())).is_err() {
+            return Err(ErrorCode::CoordinatorNotAvailable);
+        }
+        match tokio::time::timeout(COMMIT_WAIT, answer).await {
+            Ok(Ok(Ok(_))) => Ok(()),
+            Ok(Ok(Err(ProduceError::NotLeader(_)))) => Err(ErrorCode::NotCoordinator),
+            Ok(Ok(Err(error))) => {
+                tracing::warn!(group = %offsets.group_id, %error, "committed offsets not replicated");
+                Err(ErrorCode::CoordinatorNotAvailable)
+            }
+            Ok(Err(_)) | Err(_) => Err(ErrorCode::CoordinatorNotAvailable),
+        }
+    }
+
+    fn store(&self, offsets: PersistedOffsets) -> Result<(), ErrorCode> {
         let ops = offsets
             .records
             .into_iter()
             .map(|record| {
                 let key = offset_key(&offsets.group_id, &record.topic, record.partition);
                 match record.value {
-                    Some(value) => StateOp::Put {
-                        space: GROUP_OFFSETS,
-                        key,
-                        value: persist::encode(&StoredOffset {
-                            offset: value.offset,
-                            leader_epoch: value.leader_epoch,
-                            metadata: value.metadata,
-                            commit_timestamp_ms: value.commit_timestamp_ms,
-                        }),
-                    },
+                    Some(value) => StateOp::Put { space: GROUP_OFFSETS, key, value: stored(value) },
                     None => StateOp::Delete { space: GROUP_OFFSETS, key },
                 }
             })
             .collect();
-        match self.ctx.state_store.write_batch(ops) {
-            Ok(()) => true,
-            Err(error) => {
-                tracing::error!(group = %offsets.group_id, %error, "cannot store committed offsets");
-                false
-            }
-        }
+        self.ctx.state_store.write_batch(ops).map_err(|error| {
+            tracing::error!(group = %offsets.group_id, %error, "cannot store committed offsets");
+            ErrorCode::CoordinatorNotAvailable
+        })
     }
 }
 
-/// The node's consumer groups.
+/// The node's consumer groups: each coordinator, and the leader epoch of the offsets
+/// partition it belongs to (`None` for a node alone).
 #[derive(Default)]
 pub struct GroupRegistry {
-    groups: tokio::sync::Mutex<BTreeMap<String, ActorRef<GroupMsg>>>,
+    groups: tokio::sync::Mutex<BTreeMap<String, Coordinating>>,
 }
+
+/// A coordinator and the leader epoch it belongs to.
+type Coordinating = (ActorRef<GroupMsg>, Option<u64>);
 
 impl std::fmt::Debug for GroupRegistry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -291,33 +398,55 @@ impl std::fmt::Debug for GroupRegistry {
 }
 
 impl GroupRegistry {
-    /// The coordinator of `group_id`, spawned if needed.
-    pub async fn get_or_spawn(&self, ctx: &NodeContext, group_id: &str) -> Option<ActorRef<GroupMsg>> {
+    /// The coordinator of `group_id`, spawned if needed: on a node alone always; in a
+    /// cluster only where the group's offsets partition is led, built again from the
+    /// partition when its leader epoch changed.
+    pub async fn get_or_spawn(
+        &self,
+        ctx: &NodeContext,
+        group_id: &str,
+    ) -> Result<ActorRef<GroupMsg>, GroupUnavailable> {
+        let log = group_place::locate(ctx, group_id).await;
         let mut groups = self.groups.lock().await;
-        if let Some(actor) = groups.get(group_id) {
-            return Some(actor.clone());
+        let epoch = match &log {
+            Ok(OffsetLog::Replicated { epoch, .. }) => Some(*epoch),
+            _ => None,
+        };
+        if let Some((actor, held)) = groups.get(group_id) {
+            if log.is_ok() && *held == epoch {
+                return Ok(actor.clone());
+            }
+            // coordinated elsewhere now, or here again in a later epoch: what it holds is stale
+            let (actor, _) = groups.remove(group_id).expect("present");
+            actor.stop(Some("the group's offsets partition changed leader".into()));
         }
-        let args = GroupArgs { ctx: ctx.clone(), group_id: group_id.to_string() };
+        let log = log?;
+        let args = GroupArgs { ctx: ctx.clone(), group_id: group_id.to_string(), log };
         match Actor::spawn(None, GroupCoordinator, args).await {
             Ok((actor, _)) => {
-                groups.insert(group_id.to_string(), actor.clone());
-                Some(actor)
+                groups.insert(group_id.to_string(), (actor.clone(), epoch));
+                Ok(actor)
             }
             Err(error) => {
-                tracing::error!(group = group_id, %error, "cannot start group coordinator");
-                None
+                tracing::warn!(group = group_id, %error, "cannot start group coordinator");
+                Err(if epoch.is_some() { GroupUnavailable::Loading } else { GroupUnavailable::NotAvailable })
             }
         }
     }
 
-    /// The coordinator of `group_id` if it exists (in memory or with stored offsets).
-    pub async fn get(&self, ctx: &NodeContext, group_id: &str) -> Option<ActorRef<GroupMsg>> {
-        if let Some(actor) = self.groups.lock().await.get(group_id) {
-            return Some(actor.clone());
+    /// The coordinator of `group_id` if the group exists: on a node alone, in memory or with
+    /// stored offsets; in a cluster, wherever this node coordinates it (its offsets are only
+    /// known once replayed).
+    pub async fn get(&self, ctx: &NodeContext, group_id: &str) -> Result<ActorRef<GroupMsg>, GroupUnavailable> {
+        if ctx.catalog().is_some() {
+            return self.get_or_spawn(ctx, group_id).await;
+        }
+        if let Some((actor, _)) = self.groups.lock().await.get(group_id) {
+            return Ok(actor.clone());
         }
         let has_offsets =
             ctx.state_store.scan_prefix(GROUP_OFFSETS, &group_prefix(group_id)).is_ok_and(|e| !e.is_empty());
-        if has_offsets { self.get_or_spawn(ctx, group_id).await } else { None }
+        if has_offsets { self.get_or_spawn(ctx, group_id).await } else { Err(GroupUnavailable::Unknown) }
     }
 
     /// Spawns a coordinator for every group with stored offsets (at start), so that
@@ -331,20 +460,20 @@ impl GroupRegistry {
             .collect();
         ids.dedup();
         for id in &ids {
-            self.get_or_spawn(ctx, id).await;
+            let _ = self.get_or_spawn(ctx, id).await;
         }
         ids.len()
     }
 
-    /// Every group coordinator, by group id.
+    /// Every group coordinator.
     pub async fn all(&self) -> Vec<ActorRef<GroupMsg>> {
-        self.groups.lock().await.values().cloned().collect()
+        self.groups.lock().await.values().map(|(actor, _)| actor.clone()).collect()
     }
 
     /// Stops every coordinator after the requests it holds (node shutdown).
     pub async fn shutdown(&self) {
         let groups = std::mem::take(&mut *self.groups.lock().await);
-        for actor in groups.values() {
+        for (actor, _) in groups.values() {
             let _ = actor.drain_and_wait(Some(Duration::from_secs(5))).await;
         }
     }

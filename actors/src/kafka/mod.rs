@@ -2,6 +2,7 @@
 
 pub mod codes;
 pub mod group;
+pub mod group_place;
 pub mod group_state;
 pub mod handlers;
 pub mod producer_ids;

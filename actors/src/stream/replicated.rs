@@ -4,16 +4,28 @@
 //!
 //! MQTT records are group-committed as on a single node (one RecordBatch per run of the
 //! mailbox) and proposed to be acknowledged on commit: a PUBACK for a record in a replicated
-//! stream means a majority of its replicas holds it. Kafka batches are proposed as sent; the
+//! stream means a majority of its replicas holds it. A device may be connected to any node,
+//! so MQTT batches go to whichever node's replica leads, over the data plane (a
+//! [`Forwarder`]): to the leader this node's replica knows, else the last leader that
+//! answered, else round the replica set, following each refusal's leader hint, until placed
+//! or a bounded wait passed (a proposal whose answer was lost is tried again, so a QoS 1
+//! record may land twice, as QoS 1 allows). Kafka batches are proposed as sent; the
 //! raft replica checks idempotent producers' sequences, stamps offsets and the leader epoch,
 //! and answers `acks=all` on commit and `acks=1` on the leader's own write. A node that does
 //! not hold the partition, or whose replica does not lead, refuses with the leader it knows,
 //! so a Kafka client refreshes its metadata and goes there.
 //!
 //! The actor never waits for raft: each proposal's answer is awaited by a small task that
-//! translates it for the publisher.
+//! translates it for the publisher. Two MQTT batches in flight through a leader change may
+//! land in the other order (each is acknowledged where it landed).
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tidewater_cluster::data_plane::{Forwarder, GroupId};
 use tidewater_cluster::raft::group::RaftReplicaMsg;
 use tidewater_cluster::raft::{AckOn, Leadership, Placed, Refusal};
 use tokio::sync::watch;
@@ -50,8 +62,10 @@ impl ReplicaView {
 pub struct ReplicatedArgs {
     /// which partition
     pub id: PartitionId,
-    /// this node's replica of it, if any
-    pub raft: Option<ActorRef<RaftReplicaMsg>>,
+    /// its replica set, this node's view of the leader, and its replica if it holds one
+    pub view: ReplicaView,
+    /// proposals to the leader's node
+    pub forwarder: Arc<Forwarder>,
     /// record batches are cut at about this many bytes
     pub max_batch_bytes: usize,
     /// the node's span
@@ -65,6 +79,75 @@ pub struct ReplicatedPartition;
 pub struct ReplicatedState {
     args: ReplicatedArgs,
     pending: MqttPending,
+    /// where MQTT batches go
+    route: Arc<Route>,
+}
+
+/// Where an MQTT batch is proposed: the leader as best known.
+struct Route {
+    group: GroupId,
+    view: ReplicaView,
+    forwarder: Arc<Forwarder>,
+    /// the node whose replica last accepted a batch or was named leader (0: none)
+    hint: AtomicU64,
+}
+
+/// How long one MQTT batch is tried before its PUBACKs are withheld (an election takes about
+/// a second; a node that died is noticed in about two).
+const MQTT_PLACE_WITHIN: Duration = Duration::from_secs(10);
+/// The pause after a refusal that names no other leader grows by this much, up to
+/// [`MQTT_RETRY_PAUSE_MAX`].
+const MQTT_RETRY_PAUSE: Duration = Duration::from_millis(100);
+const MQTT_RETRY_PAUSE_MAX: Duration = Duration::from_millis(500);
+
+impl Route {
+    /// The node to try on `attempt`: the leader this node's replica follows, else the last
+    /// leader heard of, else round the replica set.
+    fn target(&self, attempt: u32) -> u64 {
+        if let Some((leader, _)) = self.view.leader() {
+            return leader;
+        }
+        let hint = self.hint.load(Ordering::Relaxed);
+        let replicas = &self.view.replicas;
+        if hint != 0 || replicas.is_empty() {
+            return hint;
+        }
+        replicas[attempt as usize % replicas.len()]
+    }
+
+    /// Proposes `batch` on the leader's node until it is placed or [`MQTT_PLACE_WITHIN`]
+    /// passed. A refusal naming another leader redirects at once; any other pauses a little.
+    /// An answer that never came is tried again too: QoS 1 is at least once, so a record may
+    /// then be in the stream twice, never missing after its PUBACK.
+    async fn propose(&self, batch: Bytes) -> Result<Placed, Refusal> {
+        let deadline = tokio::time::Instant::now() + MQTT_PLACE_WITHIN;
+        let mut attempt = 0u32;
+        loop {
+            let target = self.target(attempt);
+            let refusal = match self.forwarder.propose(target, self.group.clone(), batch.clone(), AckOn::Commit).await {
+                Ok(placed) => {
+                    self.hint.store(target, Ordering::Relaxed);
+                    return Ok(placed);
+                }
+                Err(refusal) => refusal,
+            };
+            if matches!(refusal, Refusal::InvalidBatch | Refusal::OutOfOrderSequence | Refusal::ProducerFenced)
+                || tokio::time::Instant::now() >= deadline
+            {
+                return Err(refusal);
+            }
+            attempt += 1;
+            match refusal {
+                Refusal::NotLeader { leader: Some(leader) } if leader != target => {
+                    self.hint.store(leader, Ordering::Relaxed);
+                }
+                _ => {
+                    self.hint.store(0, Ordering::Relaxed);
+                    tokio::time::sleep((MQTT_RETRY_PAUSE * attempt).min(MQTT_RETRY_PAUSE_MAX)).await;
+                }
+            }
+        }
+    }
 }
 
 impl Actor for ReplicatedPartition {
@@ -77,7 +160,13 @@ impl Actor for ReplicatedPartition {
         _myself: ActorRef<PartitionMsg>,
         args: ReplicatedArgs,
     ) -> Result<ReplicatedState, ActorProcessingErr> {
-        Ok(ReplicatedState { args, pending: MqttPending::default() })
+        let route = Arc::new(Route {
+            group: GroupId::Partition { stream: args.id.stream.clone(), partition: args.id.partition as i32 },
+            view: args.view.clone(),
+            forwarder: Arc::clone(&args.forwarder),
+            hint: AtomicU64::new(0),
+        });
+        Ok(ReplicatedState { args, pending: MqttPending::default(), route })
     }
 
     async fn handle(
@@ -124,7 +213,9 @@ impl ReplicatedState {
     fn flush(&mut self) {
         for (batch, _, notices) in self.pending.batches(self.args.max_batch_bytes) {
             let stream = self.args.id.clone();
-            self.propose(batch, AckOn::Commit, move |answer| {
+            let route = Arc::clone(&self.route);
+            tokio::spawn(async move {
+                let answer = route.propose(batch).await;
                 if let Err(error) = &answer {
                     tracing::debug!(stream = %stream.stream, partition = stream.partition, %error, "mqtt records not committed");
                 }
@@ -141,7 +232,7 @@ impl ReplicatedState {
         ack_on: AckOn,
         answered: impl FnOnce(Result<Placed, ProduceError>) + Send + 'static,
     ) {
-        let Some(raft) = &self.args.raft else {
+        let Some(raft) = &self.args.view.raft else {
             answered(Err(ProduceError::NotLeader(None)));
             return;
         };
@@ -168,8 +259,11 @@ fn refused(refusal: Refusal) -> ProduceError {
         Refusal::InvalidBatch => ProduceError::Corrupt("not one record batch".into()),
         Refusal::OutOfOrderSequence => ProduceError::OutOfOrderSequence,
         Refusal::ProducerFenced => ProduceError::InvalidProducerEpoch,
-        Refusal::Superseded | Refusal::Stopped | Refusal::NotReady | Refusal::ChangePending => {
-            ProduceError::LeaderNotAvailable(refusal.to_string())
-        }
+        Refusal::Superseded
+        | Refusal::Stopped
+        | Refusal::NotReady
+        | Refusal::ChangePending
+        | Refusal::Unanswered
+        | Refusal::Unreachable => ProduceError::LeaderNotAvailable(refusal.to_string()),
     }
 }

@@ -9,7 +9,7 @@ use parking_lot::RwLock;
 use ractor::{Actor, ActorRef};
 
 use super::GroupId;
-use super::peer_link::{LinkOptions, PeerLink, PeerLinkArgs, PeerLinkMsg};
+use super::peer_link::{LinkOptions, PeerLink, PeerLinkArgs, PeerLinkMsg, Undelivered};
 use crate::raft::RaftMessage;
 use crate::raft::group::RaftTransport;
 use crate::seams::Net;
@@ -21,12 +21,25 @@ pub struct PeerLinks {
     net: Arc<dyn Net>,
     options: LinkOptions,
     links: RwLock<BTreeMap<u64, (SocketAddr, ActorRef<PeerLinkMsg>)>>,
+    undelivered: RwLock<Option<Undelivered>>,
 }
 
 impl PeerLinks {
     /// No links yet.
     pub fn new(local_node: u64, cluster: String, net: Arc<dyn Net>, options: LinkOptions) -> Arc<Self> {
-        Arc::new(Self { local_node, cluster, net, options, links: RwLock::new(BTreeMap::new()) })
+        Arc::new(Self {
+            local_node,
+            cluster,
+            net,
+            options,
+            links: RwLock::new(BTreeMap::new()),
+            undelivered: RwLock::new(None),
+        })
+    }
+
+    /// Who is told of forwarded proposals a link dropped unsent (links made from now on).
+    pub fn set_undelivered(&self, undelivered: Undelivered) {
+        *self.undelivered.write() = Some(undelivered);
     }
 
     /// Links to `node` at `address` (a new link, or the old one pointed at a new address).
@@ -48,6 +61,7 @@ impl PeerLinks {
             address,
             net: Arc::clone(&self.net),
             options: self.options.clone(),
+            undelivered: self.undelivered.read().clone(),
         };
         let (link, _) = Actor::spawn(None, PeerLink, args).await?;
         let _ = link.cast(PeerLinkMsg::Connect);
@@ -69,6 +83,14 @@ impl PeerLinks {
     pub fn stop_all(&self) {
         for (_, (_, link)) in std::mem::take(&mut *self.links.write()) {
             link.stop(None);
+        }
+    }
+
+    /// Queues a proposal or an answer for `node`; false if there is no link to it.
+    pub fn forward(&self, node: u64, item: super::Forwarded) -> bool {
+        match self.links.read().get(&node) {
+            Some((_, link)) => link.cast(PeerLinkMsg::Forward(item)).is_ok(),
+            None => false,
         }
     }
 

@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 
 use super::frame::{self, MAX_FRAME_BYTES};
-use super::{GroupId, PeerMessage};
+use super::{Forwarded, GroupId, PeerMessage};
 use crate::raft::RaftMessage;
 use crate::raft::wire::EntryPayload;
 use crate::seams::{Connection, Net};
@@ -67,13 +67,20 @@ pub struct PeerLinkArgs {
     pub net: Arc<dyn Net>,
     /// timeouts and bounds
     pub options: LinkOptions,
+    /// told the id of each forwarded proposal the link dropped unsent
+    pub undelivered: Option<Undelivered>,
 }
+
+/// Told the id of a forwarded proposal a link dropped without writing it.
+pub type Undelivered = Arc<dyn Fn(u64) + Send + Sync>;
 
 /// Messages to a link.
 #[allow(clippy::large_enum_variant)] // nearly every message is `Raft`; boxing it would cost an allocation each
 pub enum PeerLinkMsg {
     /// send a raft message of `GroupId` to the peer
     Raft(GroupId, RaftMessage),
+    /// send a proposal or an answer to the peer
+    Forward(Forwarded),
     /// write the outbox (sent by the link to itself)
     Flush,
     /// open the connection now if it is not open (so that status shows reachability)
@@ -91,9 +98,9 @@ pub struct LinkStatus {
     pub connected: bool,
     /// frames written
     pub frames_sent: u64,
-    /// raft messages written
+    /// messages written (raft's, proposals, answers)
     pub messages_sent: u64,
-    /// raft messages dropped (peer down, slow, or outbox full)
+    /// messages dropped (peer down, slow, or outbox full)
     pub messages_dropped: u64,
 }
 
@@ -104,6 +111,8 @@ pub struct PeerLink;
 pub struct LinkState {
     args: PeerLinkArgs,
     outbox: Vec<(GroupId, RaftMessage)>,
+    /// proposals and answers, in the order given (they leave in their own frame)
+    forwarded: Vec<Forwarded>,
     outbox_bytes: usize,
     flush_scheduled: bool,
     connection: Option<Open>,
@@ -179,6 +188,7 @@ impl Actor for PeerLink {
         Ok(LinkState {
             args,
             outbox: Vec::new(),
+            forwarded: Vec::new(),
             outbox_bytes: 0,
             flush_scheduled: false,
             connection: None,
@@ -198,17 +208,15 @@ impl Actor for PeerLink {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             PeerLinkMsg::Raft(group, message) => {
-                let bytes = estimated_bytes(&message);
-                if state.outbox_bytes + bytes > state.args.options.max_outbox_bytes {
-                    state.status.messages_dropped += 1;
-                    metrics::counter!(crate::metrics::PEER_MESSAGES_DROPPED).increment(1);
-                } else {
-                    state.outbox_bytes += bytes;
+                if state.admit(estimated_bytes(&message), &myself) {
                     state.outbox.push((group, message));
                 }
-                if !state.flush_scheduled {
-                    state.flush_scheduled = true;
-                    let _ = myself.cast(PeerLinkMsg::Flush);
+            }
+            PeerLinkMsg::Forward(item) => {
+                if state.admit(item.estimated_bytes(), &myself) {
+                    state.forwarded.push(item);
+                } else {
+                    state.undelivered(std::slice::from_ref(&item));
                 }
             }
             PeerLinkMsg::Flush => {
@@ -238,16 +246,43 @@ impl Actor for PeerLink {
 }
 
 impl LinkState {
+    /// Whether a message of `bytes` fits the outbox (counted as dropped if not); schedules
+    /// the flush either way.
+    fn admit(&mut self, bytes: usize, myself: &ActorRef<PeerLinkMsg>) -> bool {
+        if !self.flush_scheduled {
+            self.flush_scheduled = true;
+            let _ = myself.cast(PeerLinkMsg::Flush);
+        }
+        if self.outbox_bytes + bytes > self.args.options.max_outbox_bytes {
+            self.dropped(1);
+            return false;
+        }
+        self.outbox_bytes += bytes;
+        true
+    }
+
+    /// Tells whoever waits for the proposals among `items` that they were never sent.
+    fn undelivered(&self, items: &[Forwarded]) {
+        let Some(undelivered) = &self.args.undelivered else { return };
+        for item in items {
+            if let Forwarded::Propose { id, .. } = item {
+                undelivered(*id);
+            }
+        }
+    }
+
     async fn flush(&mut self) {
         let outbox = std::mem::take(&mut self.outbox);
+        let forwarded = std::mem::take(&mut self.forwarded);
         self.outbox_bytes = 0;
-        if outbox.is_empty() {
+        if outbox.is_empty() && forwarded.is_empty() {
             return;
         }
-        let count = outbox.len() as u64;
+        let count = (outbox.len() + forwarded.len()) as u64;
         self.check_acknowledged();
         if self.connection.is_none() && !self.connect().await {
             self.dropped(count);
+            self.undelivered(&forwarded);
             return;
         }
         self.buffer.clear();
@@ -257,13 +292,36 @@ impl LinkState {
         for (group, message) in outbox {
             let bytes = estimated_bytes(&message);
             if !chunk.is_empty() && chunk_bytes + bytes > MAX_FRAME_BYTES / 2 {
-                self.encode(std::mem::take(&mut chunk));
+                self.encode(PeerMessage::Raft(std::mem::take(&mut chunk)));
                 chunk_bytes = 0;
             }
             chunk_bytes += bytes;
             chunk.push((group, message));
         }
-        self.encode(chunk);
+        if !chunk.is_empty() {
+            self.encode(PeerMessage::Raft(chunk));
+        }
+        let mut chunk = Vec::new();
+        let mut chunk_bytes = 0;
+        let proposals: Vec<u64> = forwarded
+            .iter()
+            .filter_map(|item| match item {
+                Forwarded::Propose { id, .. } => Some(*id),
+                Forwarded::Answer { .. } => None,
+            })
+            .collect();
+        for item in forwarded {
+            let bytes = item.estimated_bytes();
+            if !chunk.is_empty() && chunk_bytes + bytes > MAX_FRAME_BYTES / 2 {
+                self.encode(PeerMessage::Forwarded(std::mem::take(&mut chunk)));
+                chunk_bytes = 0;
+            }
+            chunk_bytes += bytes;
+            chunk.push(item);
+        }
+        if !chunk.is_empty() {
+            self.encode(PeerMessage::Forwarded(chunk));
+        }
         let Some(open) = self.connection.as_mut() else { return };
         let written = tokio::time::timeout(self.args.options.write_timeout, open.writer.write_all(&self.buffer)).await;
         match written {
@@ -274,18 +332,18 @@ impl LinkState {
             }
             Ok(Err(error)) => {
                 tracing::debug!(peer = %self.args.address, %error, "peer link write failed");
-                self.lost_connection(count);
+                self.lost_connection(count, &proposals);
             }
             Err(_) => {
                 tracing::debug!(peer = %self.args.address, "peer link write timed out");
-                self.lost_connection(count);
+                self.lost_connection(count, &proposals);
             }
         }
     }
 
-    fn encode(&mut self, chunk: Vec<(GroupId, RaftMessage)>) {
+    fn encode(&mut self, message: PeerMessage) {
         self.correlation += 1;
-        if frame::encode(self.correlation, &PeerMessage::Raft(chunk), &mut self.buffer).is_ok() {
+        if frame::encode(self.correlation, &message, &mut self.buffer).is_ok() {
             self.status.frames_sent += 1;
         }
     }
@@ -310,10 +368,16 @@ impl LinkState {
         }
     }
 
-    fn lost_connection(&mut self, count: u64) {
+    /// The write failed: the connection is closed; `proposals` may or may not have reached the
+    /// peer (a frame cut short never parses there; one written whole may have), and their
+    /// senders are told so they can try again (a retry that duplicates is theirs to allow).
+    fn lost_connection(&mut self, count: u64, proposals: &[u64]) {
         self.connection = None;
         self.retry_at = None;
         self.dropped(count);
+        if let Some(undelivered) = &self.args.undelivered {
+            proposals.iter().for_each(|id| undelivered(*id));
+        }
     }
 
     fn dropped(&mut self, count: u64) {

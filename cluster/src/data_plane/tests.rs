@@ -53,6 +53,7 @@ async fn link(address: SocketAddr, cluster: &str) -> ractor::ActorRef<PeerLinkMs
         address,
         net: Arc::new(TokioNet),
         options: LinkOptions { backoff_min: Duration::from_millis(20), ..LinkOptions::default() },
+        undelivered: None,
     };
     Actor::spawn(None, PeerLink, args).await.expect("link starts").0
 }
@@ -67,7 +68,7 @@ fn raft_messages(received: &Received) -> Vec<(GroupId, RaftMessage)> {
         .iter()
         .flat_map(|(_, message)| match message {
             PeerMessage::Raft(messages) => messages.clone(),
-            PeerMessage::Hello { .. } | PeerMessage::Ack { .. } => Vec::new(),
+            PeerMessage::Hello { .. } | PeerMessage::Ack { .. } | PeerMessage::Forwarded(_) => Vec::new(),
         })
         .collect()
 }

@@ -56,7 +56,7 @@ impl ReplicaOptions {
 }
 
 /// When a proposal is acknowledged.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum AckOn {
     /// once a majority holds it (Kafka `acks=all`, MQTT QoS 1/2)
     Commit,
@@ -65,7 +65,7 @@ pub enum AckOn {
 }
 
 /// Where an acknowledged batch landed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Placed {
     /// the raft index of its entry
     pub index: u64,
@@ -81,7 +81,7 @@ pub struct Placed {
 
 /// Why a proposal was not (or will never be) acknowledged. None of these says the batch is
 /// absent: a client that retries may find it already there (idempotent producers dedupe).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum Refusal {
     /// this replica does not lead; the leader it knows of, if any
     #[error("not the leader (leader {leader:?})")]
@@ -111,6 +111,14 @@ pub enum Refusal {
     /// an idempotent producer's epoch is older than one seen already
     #[error("producer fenced by a newer epoch")]
     ProducerFenced,
+    /// forwarded to the leader's node, which did not answer in time (the entry may still
+    /// commit: only a client that may retry is told)
+    #[error("the leader's node did not answer in time")]
+    Unanswered,
+    /// forwarded to a node that could not be reached: the proposal was not sent, or the
+    /// connection failed as it was written
+    #[error("the leader's node cannot be reached")]
+    Unreachable,
 }
 
 /// A write the host must make durable, then report with [`ReplicaCore::persisted`].

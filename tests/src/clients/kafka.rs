@@ -18,9 +18,10 @@ use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::sync_group_request::SyncGroupRequestAssignment;
 use kafka_protocol::messages::{
-    ApiKey, BrokerId, CreateTopicsRequest, FetchRequest, FetchResponse, GroupId, HeartbeatRequest,
-    InitProducerIdRequest, JoinGroupRequest, ListOffsetsRequest, OffsetCommitRequest, OffsetFetchRequest,
-    ProduceRequest, ProduceResponse, ProducerId, RequestHeader, ResponseHeader, SyncGroupRequest, TopicName,
+    ApiKey, BrokerId, CreateTopicsRequest, FetchRequest, FetchResponse, FindCoordinatorRequest, GroupId,
+    HeartbeatRequest, InitProducerIdRequest, JoinGroupRequest, ListOffsetsRequest, OffsetCommitRequest,
+    OffsetFetchRequest, ProduceRequest, ProduceResponse, ProducerId, RequestHeader, ResponseHeader, SyncGroupRequest,
+    TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, Request, StrBytes};
 use tidewater_storage::{NewRecord, build_record_batch};
@@ -47,6 +48,8 @@ pub const INIT_PRODUCER_ID_VERSION: i16 = 4;
 pub const OFFSET_COMMIT_VERSION: i16 = 7;
 /// OffsetFetch version the client speaks (the last with per-request topics, not groups).
 pub const OFFSET_FETCH_VERSION: i16 = 7;
+/// FindCoordinator version used (one key, as before v4).
+pub const FIND_COORDINATOR_VERSION: i16 = 3;
 
 /// One Kafka connection over the byte stream `S`.
 pub struct KafkaConn<S: AsyncRead + AsyncWrite + Unpin + Send> {
@@ -355,6 +358,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> KafkaConn<S> {
             Some(p) => Ok(p.error_code),
             None => bail!("offset commit {group} {topic}/{partition}: no result for the partition"),
         }
+    }
+
+    /// The node coordinating `group`: (error code, node id).
+    pub async fn find_coordinator(&mut self, group: &str) -> anyhow::Result<(i16, i32)> {
+        let request = FindCoordinatorRequest::default().with_key(StrBytes::from_string(group.to_string()));
+        let response = self.call(FIND_COORDINATOR_VERSION, &request).await?;
+        Ok((response.error_code, response.node_id.0))
     }
 
     /// The offset `group` committed for `topic`/`partition`, -1 when none.

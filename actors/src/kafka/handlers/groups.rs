@@ -1,6 +1,8 @@
 //! Consumer-group APIs: FindCoordinator, JoinGroup, SyncGroup, Heartbeat, LeaveGroup,
 //! OffsetCommit, OffsetFetch, DescribeGroups and ListGroups, answered by the group's
-//! `GroupCoordinator` actor on this node.
+//! `GroupCoordinator` actor on this node. In a cluster a group is coordinated by the node
+//! whose replica leads its partition of the offsets stream ([`group_place`]): FindCoordinator
+//! names it, and every other node answers `NOT_COORDINATOR`.
 
 use kafka_protocol::messages::describe_groups_response::{DescribedGroup, DescribedGroupMember};
 use kafka_protocol::messages::find_coordinator_response::Coordinator;
@@ -23,9 +25,12 @@ use ractor::call_t;
 use crate::context::NodeContext;
 use crate::kafka::codes;
 use crate::kafka::group::GroupMsg;
+use crate::kafka::group_place::{self, GroupUnavailable};
 use crate::kafka::group_state::{FetchedOffset, JoinRequest, LeaveMember, OffsetCommitEntry, SyncRequest};
 
 const CALL_MS: u64 = 10_000;
+/// An OffsetCommit waits for the offsets to be stored (in a cluster: committed by raft).
+const COMMIT_CALL_MS: u64 = 15_000;
 
 fn s(value: impl Into<String>) -> StrBytes {
     StrBytes::from_string(value.into())
@@ -40,7 +45,9 @@ pub async fn dispatch(
     client_host: &str,
 ) -> Option<ResponseKind> {
     Some(match body {
-        RequestKind::FindCoordinator(request) => ResponseKind::FindCoordinator(find_coordinator(ctx, request, version)),
+        RequestKind::FindCoordinator(request) => {
+            ResponseKind::FindCoordinator(find_coordinator(ctx, request, version).await)
+        }
         RequestKind::JoinGroup(request) => {
             let group = request.group_id.0.to_string();
             let join = JoinRequest {
@@ -60,12 +67,14 @@ pub async fn dispatch(
                 api_version: version,
             };
             let wait = join.rebalance_timeout_ms.max(0) as u64 + CALL_MS;
-            let failed = JoinGroupResponse::default()
-                .with_error_code(codes::COORDINATOR_NOT_AVAILABLE)
-                .with_generation_id(-1)
-                .with_member_id(s(join.member_id.clone()));
+            let failed = |code| {
+                JoinGroupResponse::default()
+                    .with_error_code(code)
+                    .with_generation_id(-1)
+                    .with_member_id(s(join.member_id.clone()))
+            };
             let response = match ctx.groups.get_or_spawn(ctx, &group).await {
-                Some(actor) => match call_t!(actor, GroupMsg::Join, wait, join) {
+                Ok(actor) => match call_t!(actor, GroupMsg::Join, wait, join.clone()) {
                     Ok(r) => JoinGroupResponse::default()
                         .with_error_code(r.error.code())
                         .with_generation_id(r.generation_id)
@@ -88,9 +97,9 @@ pub async fn dispatch(
                                 })
                                 .collect(),
                         ),
-                    Err(_) => failed,
+                    Err(_) => failed(codes::COORDINATOR_NOT_AVAILABLE),
                 },
-                None => failed,
+                Err(unavailable) => failed(unavailable.code()),
             };
             ResponseKind::JoinGroup(response)
         }
@@ -104,7 +113,7 @@ pub async fn dispatch(
             let failed = SyncGroupResponse::default().with_error_code(codes::COORDINATOR_NOT_AVAILABLE);
             // a follower waits for the leader: up to a (long) rebalance
             let response = match ctx.groups.get(ctx, &group).await {
-                Some(actor) => match call_t!(actor, GroupMsg::Sync, 300_000 + CALL_MS, sync) {
+                Ok(actor) => match call_t!(actor, GroupMsg::Sync, 300_000 + CALL_MS, sync) {
                     Ok(r) => SyncGroupResponse::default()
                         .with_error_code(r.error.code())
                         .with_protocol_type(if version >= 5 { r.protocol_type.map(s) } else { None })
@@ -112,14 +121,14 @@ pub async fn dispatch(
                         .with_assignment(r.assignment),
                     Err(_) => failed,
                 },
-                None => SyncGroupResponse::default().with_error_code(25), // UNKNOWN_MEMBER_ID
+                Err(unavailable) => SyncGroupResponse::default().with_error_code(unavailable.code()),
             };
             ResponseKind::SyncGroup(response)
         }
         RequestKind::Heartbeat(request) => {
             let group = request.group_id.0.to_string();
             let code = match ctx.groups.get(ctx, &group).await {
-                Some(actor) => {
+                Ok(actor) => {
                     match call_t!(
                         actor,
                         GroupMsg::Heartbeat,
@@ -131,7 +140,7 @@ pub async fn dispatch(
                         Err(_) => codes::COORDINATOR_NOT_AVAILABLE,
                     }
                 }
-                None => 25, // UNKNOWN_MEMBER_ID
+                Err(unavailable) => unavailable.code(),
             };
             ResponseKind::Heartbeat(HeartbeatResponse::default().with_error_code(code))
         }
@@ -149,7 +158,7 @@ pub async fn dispatch(
                 members.push(LeaveMember { member_id: request.member_id.to_string(), group_instance_id: None });
             }
             let response = match ctx.groups.get(ctx, &group).await {
-                Some(actor) => match call_t!(actor, GroupMsg::Leave, CALL_MS, members) {
+                Ok(actor) => match call_t!(actor, GroupMsg::Leave, CALL_MS, members) {
                     Ok(r) => {
                         let mut response = LeaveGroupResponse::default().with_error_code(r.error.code());
                         if version >= 3 {
@@ -173,7 +182,7 @@ pub async fn dispatch(
                     }
                     Err(_) => LeaveGroupResponse::default().with_error_code(codes::COORDINATOR_NOT_AVAILABLE),
                 },
-                None => LeaveGroupResponse::default().with_error_code(25),
+                Err(unavailable) => LeaveGroupResponse::default().with_error_code(unavailable.code()),
             };
             ResponseKind::LeaveGroup(response)
         }
@@ -192,16 +201,16 @@ pub async fn dispatch(
                 }
             }
             let results = match ctx.groups.get_or_spawn(ctx, &group).await {
-                Some(actor) => call_t!(
+                Ok(actor) => call_t!(
                     actor,
                     GroupMsg::Commit,
-                    CALL_MS,
+                    COMMIT_CALL_MS,
                     request.member_id.to_string(),
                     request.generation_id_or_member_epoch,
                     entries
                 )
-                .ok(),
-                None => None,
+                .map_err(|_| codes::COORDINATOR_NOT_AVAILABLE),
+                Err(unavailable) => Err(unavailable.code()),
             };
             let topics = request
                 .topics
@@ -213,11 +222,11 @@ pub async fn dispatch(
                         .iter()
                         .map(|p| {
                             let code = match &results {
-                                Some(results) => results
+                                Ok(results) => results
                                     .iter()
                                     .find(|r| r.topic == name && r.partition == p.partition_index)
                                     .map_or(codes::NONE, |r| r.error.code()),
-                                None => codes::COORDINATOR_NOT_AVAILABLE,
+                                Err(code) => *code,
                             };
                             OffsetCommitResponsePartition::default()
                                 .with_partition_index(p.partition_index)
@@ -239,7 +248,10 @@ pub async fn dispatch(
                             .flat_map(|t| t.partition_indexes.iter().map(move |p| (t.name.0.to_string(), *p)))
                             .collect()
                     });
-                    let fetched = fetch_offsets(ctx, wanted.group_id.0.as_str(), partitions).await;
+                    let (fetched, code) = match fetch_offsets(ctx, wanted.group_id.0.as_str(), partitions).await {
+                        Ok(fetched) => (fetched, codes::NONE),
+                        Err(code) => (Vec::new(), code),
+                    };
                     let topics = group_by_topic(fetched)
                         .into_iter()
                         .map(|(topic, offsets)| {
@@ -257,7 +269,12 @@ pub async fn dispatch(
                             )
                         })
                         .collect();
-                    groups.push(OffsetFetchResponseGroup::default().with_group_id(wanted.group_id).with_topics(topics));
+                    groups.push(
+                        OffsetFetchResponseGroup::default()
+                            .with_group_id(wanted.group_id)
+                            .with_topics(topics)
+                            .with_error_code(code),
+                    );
                 }
                 ResponseKind::OffsetFetch(OffsetFetchResponse::default().with_groups(groups))
             } else {
@@ -267,7 +284,10 @@ pub async fn dispatch(
                         .flat_map(|t| t.partition_indexes.iter().map(move |p| (t.name.0.to_string(), *p)))
                         .collect()
                 });
-                let fetched = fetch_offsets(ctx, request.group_id.0.as_str(), partitions).await;
+                let (fetched, code) = match fetch_offsets(ctx, request.group_id.0.as_str(), partitions).await {
+                    Ok(fetched) => (fetched, codes::NONE),
+                    Err(code) => (Vec::new(), code),
+                };
                 let topics = group_by_topic(fetched)
                     .into_iter()
                     .map(|(topic, offsets)| {
@@ -285,18 +305,23 @@ pub async fn dispatch(
                         )
                     })
                     .collect();
-                ResponseKind::OffsetFetch(OffsetFetchResponse::default().with_topics(topics))
+                // v0 and v1 have no top-level error: a client learns of a moved coordinator from
+                // its next group request
+                let response = OffsetFetchResponse::default().with_topics(topics);
+                ResponseKind::OffsetFetch(if version >= 2 { response.with_error_code(code) } else { response })
             }
         }
         RequestKind::DescribeGroups(request) => {
             let mut groups = Vec::with_capacity(request.groups.len());
             for group_id in request.groups {
                 let described = match ctx.groups.get(ctx, group_id.0.as_str()).await {
-                    Some(actor) => call_t!(actor, GroupMsg::Describe, CALL_MS).ok(),
-                    None => None,
+                    Ok(actor) => {
+                        call_t!(actor, GroupMsg::Describe, CALL_MS).map_err(|_| codes::COORDINATOR_NOT_AVAILABLE)
+                    }
+                    Err(unavailable) => Err(unavailable.code()),
                 };
                 groups.push(match described {
-                    Some(d) => DescribedGroup::default()
+                    Ok(d) => DescribedGroup::default()
                         .with_group_id(group_id)
                         .with_group_state(s(d.state))
                         .with_protocol_type(s(d.protocol_type))
@@ -321,7 +346,12 @@ pub async fn dispatch(
                         )
                         .with_authorized_operations(i32::MIN),
                     // Kafka describes an unknown group as Dead, without an error
-                    None => DescribedGroup::default()
+                    Err(codes::UNKNOWN_MEMBER_ID) => DescribedGroup::default()
+                        .with_group_id(group_id)
+                        .with_group_state(s("Dead"))
+                        .with_authorized_operations(i32::MIN),
+                    Err(code) => DescribedGroup::default()
+                        .with_error_code(code)
                         .with_group_id(group_id)
                         .with_group_state(s("Dead"))
                         .with_authorized_operations(i32::MIN),
@@ -351,13 +381,22 @@ pub async fn dispatch(
     })
 }
 
-async fn fetch_offsets(ctx: &NodeContext, group: &str, partitions: Option<Vec<(String, i32)>>) -> Vec<FetchedOffset> {
+/// A group's committed offsets (-1 for each partition asked for without one), or the error
+/// code of a group coordinated elsewhere or not at all right now.
+async fn fetch_offsets(
+    ctx: &NodeContext,
+    group: &str,
+    partitions: Option<Vec<(String, i32)>>,
+) -> Result<Vec<FetchedOffset>, i16> {
     let wanted = partitions.clone();
     let fetched = match ctx.groups.get(ctx, group).await {
-        Some(actor) => call_t!(actor, GroupMsg::FetchOffsets, CALL_MS, partitions).unwrap_or_default(),
-        None => Vec::new(),
+        Ok(actor) => {
+            call_t!(actor, GroupMsg::FetchOffsets, CALL_MS, partitions).map_err(|_| codes::COORDINATOR_NOT_AVAILABLE)?
+        }
+        Err(GroupUnavailable::Unknown) => Vec::new(),
+        Err(unavailable) => return Err(unavailable.code()),
     };
-    match wanted {
+    Ok(match wanted {
         // every requested partition gets an answer, -1 when nothing is committed
         Some(wanted) => wanted
             .into_iter()
@@ -368,7 +407,7 @@ async fn fetch_offsets(ctx: &NodeContext, group: &str, partitions: Option<Vec<(S
             })
             .collect(),
         None => fetched,
-    }
+    })
 }
 
 fn group_by_topic(offsets: Vec<FetchedOffset>) -> Vec<(String, Vec<FetchedOffset>)> {
@@ -379,30 +418,46 @@ fn group_by_topic(offsets: Vec<FetchedOffset>) -> Vec<(String, Vec<FetchedOffset
     topics.into_iter().collect()
 }
 
-fn find_coordinator(ctx: &NodeContext, request: FindCoordinatorRequest, version: i16) -> FindCoordinatorResponse {
-    let node_id = BrokerId(ctx.node_id as i32);
-    let host = s(ctx.kafka.advertised_host.clone());
-    let port = ctx.kafka.advertised_port;
+/// Where a coordinator key's requests go: (node, host, port), or the error code.
+async fn coordinator_of(ctx: &NodeContext, key_type: i8, key: &str) -> Result<(i32, StrBytes, i32), i16> {
     // key type 1 is a transaction coordinator: transactions are not offered
-    let code = if request.key_type == 1 { codes::COORDINATOR_NOT_AVAILABLE } else { codes::NONE };
+    if key_type == 1 {
+        return Err(codes::COORDINATOR_NOT_AVAILABLE);
+    }
+    let node = group_place::coordinator(ctx, key).await.map_err(GroupUnavailable::code)?;
+    if node == ctx.node_id {
+        return Ok((node as i32, s(ctx.kafka.advertised_host.clone()), ctx.kafka.advertised_port));
+    }
+    let broker = ctx.catalog().and_then(|catalog| catalog.brokers().into_iter().find(|broker| broker.id == node));
+    match broker {
+        Some(broker) => Ok((node as i32, s(broker.host), broker.port)),
+        None => Err(codes::COORDINATOR_NOT_AVAILABLE),
+    }
+}
+
+async fn find_coordinator(ctx: &NodeContext, request: FindCoordinatorRequest, version: i16) -> FindCoordinatorResponse {
     if version >= 4 {
-        let coordinators = request
-            .coordinator_keys
-            .into_iter()
-            .map(|key| {
-                Coordinator::default()
-                    .with_key(key)
-                    .with_node_id(if code == codes::NONE { node_id } else { BrokerId(-1) })
-                    .with_host(host.clone())
+        let mut coordinators = Vec::with_capacity(request.coordinator_keys.len());
+        for key in request.coordinator_keys {
+            let found = coordinator_of(ctx, request.key_type, key.as_str()).await;
+            let coordinator = Coordinator::default().with_key(key);
+            coordinators.push(match found {
+                Ok((node, host, port)) => coordinator
+                    .with_node_id(BrokerId(node))
+                    .with_host(host)
                     .with_port(port)
-                    .with_error_code(code)
-            })
-            .collect();
+                    .with_error_code(codes::NONE),
+                Err(code) => coordinator.with_node_id(BrokerId(-1)).with_port(-1).with_error_code(code),
+            });
+        }
         return FindCoordinatorResponse::default().with_coordinators(coordinators);
     }
-    FindCoordinatorResponse::default()
-        .with_error_code(code)
-        .with_node_id(if code == codes::NONE { node_id } else { BrokerId(-1) })
-        .with_host(host)
-        .with_port(port)
+    match coordinator_of(ctx, request.key_type, request.key.as_str()).await {
+        Ok((node, host, port)) => FindCoordinatorResponse::default()
+            .with_error_code(codes::NONE)
+            .with_node_id(BrokerId(node))
+            .with_host(host)
+            .with_port(port),
+        Err(code) => FindCoordinatorResponse::default().with_error_code(code).with_node_id(BrokerId(-1)).with_port(-1),
+    }
 }

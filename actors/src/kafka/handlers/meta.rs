@@ -68,6 +68,8 @@ fn topic_entry(ctx: &NodeContext, stream: &Stream, version: i16) -> MetadataResp
         .collect();
     MetadataResponseTopic::default()
         .with_name(Some(TopicName(s(stream.def.name.clone()))))
+        // the cluster's committed offsets: clients leave it out of pattern subscriptions
+        .with_is_internal(stream.def.name == crate::kafka::group_place::OFFSETS_STREAM && stream.replicated())
         .with_partitions(partitions)
         .with_topic_authorized_operations(i32::MIN)
 }

@@ -1,0 +1,190 @@
+//! Proposals forwarded to the node whose replica leads: the write path of any node into a
+//! group it does not lead.
+//!
+//! An MQTT publish that matches a replicated stream lands on whichever node the device is
+//! connected to; an admin change lands on whichever node the operator asked. Both become
+//! proposals on the leader's replica. A [`Forwarder`] sends a proposal to a node over the data
+//! plane (riding the same frames as raft's messages, so a burst of sessions' batches leaves in
+//! one write), the receiving node proposes it to its replica of the group, and the answer
+//! (`Placed`, or the replica's refusal with the leader it knows) comes back on the receiver's
+//! own link. A proposal whose answer does not come in time is [`Refusal::Unanswered`]: it may
+//! still commit, so only a client that may retry (MQTT QoS 1 without its PUBACK; an admin
+//! change that is checked afterwards) is told it failed.
+//!
+//! Forwarding decides nothing: the leader's replica checks and stamps the batch as it does
+//! for a local proposal, and raft's commit is the only acknowledgement.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+use tracing::Instrument;
+
+use super::{GroupId, PeerLinks, PeerMessage};
+use crate::raft::group::{GroupRouter, RaftReplicaMsg};
+use crate::raft::{AckOn, Placed, Refusal};
+
+/// A proposal or its answer, between two nodes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Forwarded {
+    /// propose `batch` to the receiver's replica of `group`
+    Propose {
+        /// the sender's id for the answer
+        id: u64,
+        /// the raft group
+        group: GroupId,
+        /// the entry (a RecordBatch, or a controller command)
+        batch: Bytes,
+        /// when to answer
+        ack_on: AckOn,
+    },
+    /// what became of the sender's proposal `id`
+    Answer {
+        /// the proposal's id
+        id: u64,
+        /// where it landed, or why not
+        result: Result<Placed, Refusal>,
+    },
+}
+
+impl Forwarded {
+    /// A rough size in a frame, for the outbox bound.
+    pub fn estimated_bytes(&self) -> usize {
+        match self {
+            Self::Propose { batch, .. } => batch.len() + 64,
+            Self::Answer { .. } => 48,
+        }
+    }
+}
+
+/// An answer awaited: from which node, to whom.
+type Waiting = BTreeMap<u64, (u64, oneshot::Sender<Result<Placed, Refusal>>)>;
+
+/// Sends proposals to other nodes and answers theirs.
+pub struct Forwarder {
+    local_node: u64,
+    links: Arc<PeerLinks>,
+    router: Arc<GroupRouter>,
+    next_id: AtomicU64,
+    waiting: Mutex<Waiting>,
+    timeout: Duration,
+}
+
+impl Forwarder {
+    /// A forwarder that gives up on an answer after `timeout`.
+    /// It hears from `links` of proposals they drop unsent (so those fail at once, not after
+    /// `timeout`).
+    pub fn new(local_node: u64, links: Arc<PeerLinks>, router: Arc<GroupRouter>, timeout: Duration) -> Arc<Self> {
+        let forwarder = Arc::new(Self {
+            local_node,
+            links: Arc::clone(&links),
+            router,
+            next_id: AtomicU64::new(1),
+            waiting: Mutex::new(BTreeMap::new()),
+            timeout,
+        });
+        let weak = Arc::downgrade(&forwarder);
+        links.set_undelivered(Arc::new(move |id| {
+            if let Some(forwarder) = weak.upgrade()
+                && let Some((_, sender)) = forwarder.waiting.lock().remove(&id)
+            {
+                let _ = sender.send(Err(Refusal::Unreachable));
+            }
+        }));
+        forwarder
+    }
+
+    /// This node's id.
+    pub fn local_node(&self) -> u64 {
+        self.local_node
+    }
+
+    /// Proposes `batch` to `node`'s replica of `group` (this node's own, if `node` is this
+    /// node) and waits for the answer.
+    pub async fn propose(&self, node: u64, group: GroupId, batch: Bytes, ack_on: AckOn) -> Result<Placed, Refusal> {
+        if node == self.local_node {
+            return match self.router.get(&group) {
+                Some(replica) => propose_locally(&replica, batch, ack_on, self.timeout).await,
+                None => Err(Refusal::NotLeader { leader: None }),
+            };
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (sender, answer) = oneshot::channel();
+        self.waiting.lock().insert(id, (node, sender));
+        if !self.links.forward(node, Forwarded::Propose { id, group, batch, ack_on }) {
+            self.waiting.lock().remove(&id);
+            return Err(Refusal::Unreachable);
+        }
+        let answered = tokio::time::timeout(self.timeout, answer).await;
+        self.waiting.lock().remove(&id);
+        match answered {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) | Err(_) => Err(Refusal::Unanswered),
+        }
+    }
+
+    /// Proposals and answers awaiting (for status and tests).
+    pub fn waiting(&self) -> usize {
+        self.waiting.lock().len()
+    }
+
+    /// Handles one data-plane frame from `from`: raft messages go to their replicas,
+    /// proposals to this node's replica of their group, answers to whoever waits for them.
+    pub fn deliver(self: &Arc<Self>, from: u64, message: PeerMessage) {
+        let PeerMessage::Forwarded(items) = message else {
+            self.router.deliver(from, message);
+            return;
+        };
+        for item in items {
+            match item {
+                Forwarded::Propose { id, group, batch, ack_on } => {
+                    let Some(replica) = self.router.get(&group) else {
+                        let refusal = Err(Refusal::NotLeader { leader: None });
+                        self.links.forward(from, Forwarded::Answer { id, result: refusal });
+                        continue;
+                    };
+                    let this = Arc::clone(self);
+                    tokio::spawn(
+                        async move {
+                            let result = propose_locally(&replica, batch, ack_on, this.timeout).await;
+                            this.links.forward(from, Forwarded::Answer { id, result });
+                        }
+                        .in_current_span(),
+                    );
+                }
+                Forwarded::Answer { id, result } => {
+                    let mut waiting = self.waiting.lock();
+                    // only the node asked may answer
+                    if waiting.get(&id).is_some_and(|(node, _)| *node == from)
+                        && let Some((_, sender)) = waiting.remove(&id)
+                    {
+                        let _ = sender.send(result);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Proposes to this node's replica and waits (at most `timeout`) for its answer.
+async fn propose_locally(
+    replica: &ractor::ActorRef<RaftReplicaMsg>,
+    batch: Bytes,
+    ack_on: AckOn,
+    timeout: Duration,
+) -> Result<Placed, Refusal> {
+    let (reply, answer) = ractor::concurrency::oneshot();
+    if replica.cast(RaftReplicaMsg::Propose { batch, ack_on, reply: reply.into() }).is_err() {
+        return Err(Refusal::Stopped);
+    }
+    match tokio::time::timeout(timeout, answer).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(_)) => Err(Refusal::Stopped),
+        Err(_) => Err(Refusal::Unanswered),
+    }
+}
