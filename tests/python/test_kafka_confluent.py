@@ -173,6 +173,16 @@ def test_committed_offsets_survive_restart(make_broker):
                 asynchronous=False)
     committed = cons.committed([TopicPartition(topic, 0), TopicPartition(topic, 1)], timeout=10)
     assert [(tp.partition, tp.offset) for tp in committed] == [(0, 6), (1, 3)]
+    # a partition the topic does not have, and a topic that does not exist, are refused by name
+    for wrong in (TopicPartition(topic, 2, 1), TopicPartition(unique("nope"), 0, 1)):
+        try:
+            answered = cons.commit(offsets=[wrong], asynchronous=False)
+            code = answered[0].error.code() if answered[0].error else KafkaError.NO_ERROR
+        except KafkaException as refused:
+            code = refused.args[0].code()
+        assert code == KafkaError.UNKNOWN_TOPIC_OR_PART, f"{wrong}: {code}"
+    committed = cons.committed([TopicPartition(topic, 0), TopicPartition(topic, 1)], timeout=10)
+    assert [(tp.partition, tp.offset) for tp in committed] == [(0, 6), (1, 3)]
     cons.close()
 
     broker.restart()

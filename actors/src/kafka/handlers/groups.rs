@@ -189,8 +189,15 @@ pub async fn dispatch(
         RequestKind::OffsetCommit(request) => {
             let group = request.group_id.0.to_string();
             let mut entries = Vec::new();
+            // (topic, partition) of the request that name no partition of a stream
+            let mut unknown = std::collections::BTreeSet::new();
             for topic in &request.topics {
+                let partitions = ctx.streams.get(topic.name.0.as_str()).map_or(0, |stream| stream.partitions.len());
                 for p in &topic.partitions {
+                    if p.partition_index < 0 || p.partition_index as usize >= partitions {
+                        unknown.insert((topic.name.0.to_string(), p.partition_index));
+                        continue;
+                    }
                     entries.push(OffsetCommitEntry {
                         topic: topic.name.0.to_string(),
                         partition: p.partition_index,
@@ -222,6 +229,9 @@ pub async fn dispatch(
                         .iter()
                         .map(|p| {
                             let code = match &results {
+                                _ if unknown.contains(&(name.clone(), p.partition_index)) => {
+                                    codes::UNKNOWN_TOPIC_OR_PARTITION
+                                }
                                 Ok(results) => results
                                     .iter()
                                     .find(|r| r.topic == name && r.partition == p.partition_index)
