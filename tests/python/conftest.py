@@ -125,7 +125,7 @@ class Broker:
     """
 
     def __init__(self, base_dir: Path, name="b1", config=None, users=None, mosquitto_acl=None,
-                 env=None, extra_args=(), node_id=1):
+                 env=None, extra_args=(), node_id=1, host="127.0.0.1", netns=None):
         self.name = name
         self.node_id = node_id
         self.config = config or {}
@@ -133,7 +133,9 @@ class Broker:
         self.mosquitto_acl = mosquitto_acl
         self.extra_env = env or {}
         self.extra_args = list(extra_args)
-        self.host = "127.0.0.1"
+        self.host = host
+        # run inside this network namespace (made by the test), listening on `host` there
+        self.netns = netns
         self.dir = base_dir
         self.data_dir = base_dir / "data"
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -195,6 +197,8 @@ class Broker:
             if config_path:
                 cmd += ["--config", str(config_path)]
             cmd += self.extra_args
+            if self.netns:
+                cmd = ["ip", "netns", "exec", self.netns, *cmd]  # execs: the process is the node
             env = broker_env(self.extra_env)
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
                                      stdin=subprocess.DEVNULL, cwd=self.dir)

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.tidewater_only
 
 
 def bootstrap(nodes):
-    return ",".join(f"127.0.0.1:{broker.kafka_port}" for broker in nodes)
+    return ",".join(f"{broker.host}:{broker.kafka_port}" for broker in nodes)
 
 
 def cluster_of_three(make_broker):
