@@ -243,7 +243,10 @@ async fn serve(
             let args = RaftReplicaArgs {
                 group: group.clone(),
                 partition: id.clone(),
-                options: ReplicaOptions::new(ctx.node_id, ctx.rng.next_u64()),
+                options: ReplicaOptions {
+                    preferred_leader: partition.replicas.first().copied(),
+                    ..ReplicaOptions::new(ctx.node_id, ctx.rng.next_u64())
+                },
                 voters: partition.replicas.clone(),
                 tick: TICK,
                 log: Arc::clone(&ctx.log_store),

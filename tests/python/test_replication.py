@@ -112,6 +112,12 @@ def test_metadata_lists_the_cluster_and_each_partition_has_three_replicas(make_b
     expected = {(p, o) for _, p, o in delivered}
     got = read_all(nodes, "orders", 3, expected)
     assert expected.issubset(got.keys())
+    # leaders move to each partition's preferred replica (the first Metadata lists), which
+    # placement spreads over the nodes
+    def on_preferred():
+        topic = admin.list_topics("orders", timeout=5).topics["orders"]
+        return all(p.leader == p.replicas[0] for p in topic.partitions.values())
+    wait_for(on_preferred, timeout=30, step=0.5)
 
 
 def test_killing_a_partition_leader_loses_nothing_acknowledged_and_writes_nothing_twice(make_broker):

@@ -39,6 +39,12 @@ pub struct ReplicaOptions {
     pub max_inflight_messages: usize,
     /// seeds the election timeouts (raft-rs would draw them from `thread_rng`)
     pub seed: u64,
+    /// the voter that should lead when it can (the first of a partition's replica set):
+    /// another leader hands it leadership once it is active and caught up, so that the
+    /// partitions' leaders spread over the nodes as placement spread the replica sets
+    pub preferred_leader: Option<u64>,
+    /// ticks a leader keeps leadership before it hands it to the preferred leader
+    pub balance_after_ticks: u64,
 }
 
 impl ReplicaOptions {
@@ -51,6 +57,8 @@ impl ReplicaOptions {
             max_bytes_per_message: 1 << 20,
             max_inflight_messages: 256,
             seed,
+            preferred_leader: None,
+            balance_after_ticks: 100,
         }
     }
 }
@@ -238,6 +246,10 @@ pub struct ReplicaCore<T> {
     durable_index: u64,
     high_watermark: i64,
     applied: u64,
+    preferred_leader: Option<u64>,
+    balance_after_ticks: u64,
+    /// ticks since this replica last became leader (or since the last hand-over attempt)
+    led_ticks: u64,
 }
 
 impl<T> ReplicaCore<T> {
@@ -272,6 +284,9 @@ impl<T> ReplicaCore<T> {
             durable_index,
             high_watermark,
             applied,
+            preferred_leader: options.preferred_leader,
+            balance_after_ticks: options.balance_after_ticks,
+            led_ticks: 0,
         };
         core.redraw_election_timeout();
         Ok(core)
@@ -281,6 +296,38 @@ impl<T> ReplicaCore<T> {
     pub fn tick(&mut self) {
         self.node.tick();
         self.redraw_election_timeout();
+        self.balance();
+    }
+
+    /// A leader that is not the preferred one hands leadership to it once it has led for
+    /// `balance_after_ticks`, and the preferred voter is recently active with every entry
+    /// (raft-rs refuses proposals during a transfer, and gives up on one that does not complete
+    /// within an election timeout; the next attempt waits the full period again).
+    fn balance(&mut self) {
+        if !self.is_leader() {
+            self.led_ticks = 0;
+            return;
+        }
+        self.led_ticks += 1;
+        let Some(preferred) = self.preferred_leader else { return };
+        if preferred == self.node.raft.id
+            || self.led_ticks < self.balance_after_ticks
+            || self.node.raft.lead_transferee.is_some()
+        {
+            return;
+        }
+        let last_index = self.node.raft.raft_log.last_index();
+        let ready = self
+            .node
+            .raft
+            .prs()
+            .get(preferred)
+            .is_some_and(|progress| progress.recent_active && progress.matched == last_index)
+            && self.node.raft.prs().conf().voters().contains(preferred);
+        if ready {
+            self.led_ticks = 0;
+            self.node.transfer_leader(preferred);
+        }
     }
 
     /// Takes a message from a peer.
