@@ -185,3 +185,13 @@ class RawKafka:
         for _ in range(max(aborted, 0)):
             r.take(">qq")
         return error, high, r.bytes_()
+
+    def offset_for_leader_epoch(self, topic, partition, leader_epoch, current_leader_epoch=-1):
+        """OffsetForLeaderEpoch v3: (error_code, leader_epoch, end_offset)."""
+        body = (struct.pack(">ii", -1, 1) + _str(topic)
+                + struct.pack(">iiii", 1, partition, current_leader_epoch, leader_epoch))
+        r = self.request(23, 3, body)
+        r.take(">i")  # throttle
+        assert r.take(">i") == 1 and r.string() == topic and r.take(">i") == 1
+        error, _, epoch, end_offset = r.take(">hiiq")
+        return error, epoch, end_offset

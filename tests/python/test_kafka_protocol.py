@@ -18,13 +18,14 @@ pytestmark = pytest.mark.tidewater_only
 
 MESSAGE_TOO_LARGE = 10
 OUT_OF_ORDER_SEQUENCE_NUMBER = 45
+UNKNOWN_LEADER_EPOCH = 75
 
 # api key -> name, for every API Tidewater implements
 APIS = {0: "Produce", 1: "Fetch", 2: "ListOffsets", 3: "Metadata", 8: "OffsetCommit",
         9: "OffsetFetch", 10: "FindCoordinator", 11: "JoinGroup", 12: "Heartbeat",
         13: "LeaveGroup", 14: "SyncGroup", 15: "DescribeGroups", 16: "ListGroups",
         18: "ApiVersions", 19: "CreateTopics", 20: "DeleteTopics", 22: "InitProducerId",
-        32: "DescribeConfigs", 37: "CreatePartitions", 60: "DescribeCluster"}
+        23: "OffsetForLeaderEpoch", 32: "DescribeConfigs", 37: "CreatePartitions", 60: "DescribeCluster"}
 
 
 def test_api_versions(make_broker):
@@ -36,7 +37,7 @@ def test_api_versions(make_broker):
     for key, (lo, hi) in versions.items():
         assert 0 <= lo <= hi, (key, lo, hi)
     # the versions this file speaks
-    for key, version in ((0, 8), (1, 4), (2, 1), (18, 0)):
+    for key, version in ((0, 8), (1, 4), (2, 1), (18, 0), (23, 3)):
         lo, hi = versions[key]
         assert lo <= version <= hi, (APIS[key], lo, hi)
 
@@ -184,3 +185,21 @@ def test_idempotent_sequence_checks(make_broker):
             == (0, 4)
     got = read_partitions(broker, topic, [0])[0]
     assert [r.value for r in got] == [b"s0", b"s1", b"s2", b"s3", b"o0"]
+
+
+def test_offset_for_leader_epoch_on_a_single_node(make_broker):
+    broker = kafka_broker(make_broker)
+    topic = unique("epochs")
+    create_stream(broker, topic, partitions=1)
+    with RawKafka(broker) as raw:
+        for i in range(3):
+            assert raw.produce(topic, 0, record_batch([b"e%d" % i]))[0] == 0
+        # a node alone leads in epoch 0, which ends at the log end
+        assert raw.offset_for_leader_epoch(topic, 0, 0) == (0, 0, 3)
+        assert raw.offset_for_leader_epoch(topic, 0, 0, current_leader_epoch=0) == (0, 0, 3)
+        # an epoch above every one known: undefined epoch and offset
+        assert raw.offset_for_leader_epoch(topic, 0, 7) == (0, -1, -1)
+        # a client that believes in a later leader epoch is told the broker does not know it
+        assert raw.offset_for_leader_epoch(topic, 0, 0, current_leader_epoch=4)[0] == UNKNOWN_LEADER_EPOCH
+        assert raw.offset_for_leader_epoch(topic, 1, 0)[0] == UNKNOWN_TOPIC_OR_PARTITION
+        assert raw.offset_for_leader_epoch(unique("nope"), 0, 0)[0] == UNKNOWN_TOPIC_OR_PARTITION

@@ -164,6 +164,23 @@ def test_killing_a_partition_leader_loses_nothing_acknowledged_and_writes_nothin
         held = {b.node_id: segment_bytes(b, "payments", partition) for b in nodes}
         assert len(set(held.values())) == 1, f"partition {partition}: replicas differ in size " \
             f"{ {n: len(v) for n, v in held.items()} }"
+    # OffsetForLeaderEpoch on the leader: the current epoch ends at the log end; an earlier epoch
+    # asked for ends where a later one began, from the replicated epoch history
+    import json
+    from kafka_raw import RawKafka
+    def settled():  # leadership back on the preferred replica, where it stays
+        status, body = survivors[0].http_get("/api/v1/streams/payments")
+        found = json.loads(body)["partition_offsets"][0] if status == 200 else None
+        return found if found and found["leader"] == found["replicas"][0] else None
+    partition, _ = wait_for(settled, timeout=30, step=0.3)
+    leader = next(b for b in nodes if b.node_id == partition["leader"])
+    epoch, log_end = partition["leader_epoch"], partition["log_end_offset"]
+    with RawKafka(leader) as raw:
+        answered = raw.offset_for_leader_epoch("payments", 0, epoch, current_leader_epoch=epoch)
+        assert answered == (0, epoch, log_end), answered
+        error, earlier, end = raw.offset_for_leader_epoch("payments", 0, epoch - 1)
+        assert error == 0 and earlier < epoch and 0 < end <= log_end, (error, earlier, end)
+        assert raw.offset_for_leader_epoch("payments", 0, epoch, current_leader_epoch=epoch - 1)[0] == 74
 
 
 def test_mqtt_publishes_on_every_node_reach_the_leader_and_survive_its_kill(make_broker):

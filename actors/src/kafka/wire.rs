@@ -13,8 +13,8 @@ use kafka_protocol::messages::{
     ApiKey, CreatePartitionsResponse, CreateTopicsResponse, DeleteTopicsResponse, DescribeClusterResponse,
     DescribeConfigsResponse, DescribeGroupsResponse, FetchResponse, FindCoordinatorResponse, HeartbeatResponse,
     InitProducerIdResponse, JoinGroupResponse, LeaveGroupResponse, ListGroupsResponse, ListOffsetsResponse,
-    MetadataResponse, OffsetCommitResponse, OffsetFetchResponse, ProduceRequest, ProduceResponse, RequestHeader,
-    ResponseHeader, SyncGroupResponse,
+    MetadataResponse, OffsetCommitResponse, OffsetFetchResponse, OffsetForLeaderEpochResponse, ProduceRequest,
+    ProduceResponse, RequestHeader, ResponseHeader, SyncGroupResponse,
     api_versions_response::ApiVersion,
     produce_response::{PartitionProduceResponse, TopicProduceResponse},
 };
@@ -132,6 +132,8 @@ const SERVED: &[ServedApi] = &[
     api(ApiKey::DeleteTopics, 1, 5),
     // v5 transactions v2 (KIP-890), v6 two-phase commit
     api(ApiKey::InitProducerId, 0, 4),
+    // every version kafka-protocol has (Kafka 4.0 dropped v0 and v1)
+    api(ApiKey::OffsetForLeaderEpoch, 2, 4),
     // every version kafka-protocol has
     api(ApiKey::DescribeConfigs, 1, 4),
     api(ApiKey::CreatePartitions, 0, 3),
@@ -548,6 +550,7 @@ fn response_key(body: &ResponseKind) -> Option<ApiKey> {
         ResponseKind::CreateTopics(_) => ApiKey::CreateTopics,
         ResponseKind::DeleteTopics(_) => ApiKey::DeleteTopics,
         ResponseKind::InitProducerId(_) => ApiKey::InitProducerId,
+        ResponseKind::OffsetForLeaderEpoch(_) => ApiKey::OffsetForLeaderEpoch,
         ResponseKind::DescribeConfigs(_) => ApiKey::DescribeConfigs,
         ResponseKind::CreatePartitions(_) => ApiKey::CreatePartitions,
         ResponseKind::DescribeCluster(_) => ApiKey::DescribeCluster,
@@ -575,6 +578,7 @@ fn response_versions(key: ApiKey) -> Option<VersionRange> {
         ApiKey::CreateTopics => CreateTopicsResponse::VERSIONS,
         ApiKey::DeleteTopics => DeleteTopicsResponse::VERSIONS,
         ApiKey::InitProducerId => InitProducerIdResponse::VERSIONS,
+        ApiKey::OffsetForLeaderEpoch => OffsetForLeaderEpochResponse::VERSIONS,
         ApiKey::DescribeConfigs => DescribeConfigsResponse::VERSIONS,
         ApiKey::CreatePartitions => CreatePartitionsResponse::VERSIONS,
         ApiKey::DescribeCluster => DescribeClusterResponse::VERSIONS,

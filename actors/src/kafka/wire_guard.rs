@@ -131,6 +131,10 @@ const CREATE_PARTITIONS: &[Field] = &[all(Structs(CREATE_PARTITIONS_TOPIC)), all
 const CREATE_PARTITIONS_TOPIC: &[Field] = &[all(Str), all(I32), all(Structs(CREATE_PARTITIONS_ASSIGNMENT))];
 const CREATE_PARTITIONS_ASSIGNMENT: &[Field] = &[all(Int32s)];
 
+const OFFSET_FOR_LEADER_EPOCH: &[Field] = &[since(3, I32), all(Structs(OFFSET_FOR_LEADER_EPOCH_TOPIC))];
+const OFFSET_FOR_LEADER_EPOCH_TOPIC: &[Field] = &[all(Str), all(Structs(OFFSET_FOR_LEADER_EPOCH_PARTITION))];
+const OFFSET_FOR_LEADER_EPOCH_PARTITION: &[Field] = &[all(I32), all(I32), all(I32)];
+
 /// The body schema of a served api with arrays; apis without arrays need no walk.
 fn body_schema(key: ApiKey) -> Option<&'static [Field]> {
     Some(match key {
@@ -150,6 +154,7 @@ fn body_schema(key: ApiKey) -> Option<&'static [Field]> {
         ApiKey::DeleteTopics => DELETE_TOPICS,
         ApiKey::DescribeConfigs => DESCRIBE_CONFIGS,
         ApiKey::CreatePartitions => CREATE_PARTITIONS,
+        ApiKey::OffsetForLeaderEpoch => OFFSET_FOR_LEADER_EPOCH,
         _ => return None,
     })
 }

@@ -2,10 +2,11 @@ use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::{
     ApiKey, BrokerId, CreatePartitionsRequest, CreateTopicsRequest, DeleteTopicsRequest, DescribeConfigsRequest,
     DescribeGroupsRequest, FetchRequest, FindCoordinatorRequest, GroupId, JoinGroupRequest, LeaveGroupRequest,
-    ListGroupsRequest, ListOffsetsRequest, MetadataRequest, OffsetCommitRequest, OffsetFetchRequest, ProduceRequest,
-    RequestKind, SyncGroupRequest, TopicName, create_partitions_request, create_topics_request, delete_topics_request,
-    describe_configs_request, fetch_request, join_group_request, leave_group_request, list_offsets_request,
-    metadata_request, offset_commit_request, offset_fetch_request, produce_request, sync_group_request,
+    ListGroupsRequest, ListOffsetsRequest, MetadataRequest, OffsetCommitRequest, OffsetFetchRequest,
+    OffsetForLeaderEpochRequest, ProduceRequest, RequestKind, SyncGroupRequest, TopicName, create_partitions_request,
+    create_topics_request, delete_topics_request, describe_configs_request, fetch_request, join_group_request,
+    leave_group_request, list_offsets_request, metadata_request, offset_commit_request, offset_fetch_request,
+    offset_for_leader_epoch_request, produce_request, sync_group_request,
 };
 use kafka_protocol::protocol::StrBytes;
 use proptest::prelude::*;
@@ -172,6 +173,17 @@ fn fixture(key: ApiKey, v: i16) -> RequestKind {
             };
             CreatePartitionsRequest::default().with_topics(vec![t("a"), t("bb")]).into()
         }
+        ApiKey::OffsetForLeaderEpoch => {
+            use offset_for_leader_epoch_request::{OffsetForLeaderPartition, OffsetForLeaderTopic};
+            let p = |i| {
+                OffsetForLeaderPartition::default().with_partition(i).with_current_leader_epoch(3).with_leader_epoch(2)
+            };
+            let t = |name| OffsetForLeaderTopic::default().with_topic(topic(name)).with_partitions(vec![p(0), p(1)]);
+            OffsetForLeaderEpochRequest::default()
+                .with_replica_id(BrokerId(-1))
+                .with_topics(vec![t("a"), t("bb")])
+                .into()
+        }
         other => panic!("no fixture for {other:?}"),
     }
 }
@@ -214,7 +226,7 @@ fn decode_rest(key: ApiKey, v: i16, body: &[u8]) -> Option<usize> {
 #[test]
 fn walk_reads_exactly_what_kafka_protocol_writes_for_every_served_version() {
     let all = guarded();
-    assert_eq!(all.len(), 13 + 9 + 8 + 13 + 7 + 8 + 5 + 10 + 6 + 6 + 6 + 5 + 6 + 5 + 4 + 4);
+    assert_eq!(all.len(), 13 + 9 + 8 + 13 + 7 + 8 + 5 + 10 + 6 + 6 + 6 + 5 + 6 + 5 + 4 + 4 + 3);
     for (key, v) in all {
         let body = encode_body(key, v);
         let read = walk_body(key, v, flexible(key, v), &body).unwrap_or_else(|e| panic!("{key:?} v{v}: {e}"));

@@ -16,6 +16,7 @@ use kafka_protocol::messages::offset_commit_request::{OffsetCommitRequestPartiti
 use kafka_protocol::messages::offset_fetch_request::{
     OffsetFetchRequestGroup, OffsetFetchRequestTopic, OffsetFetchRequestTopics,
 };
+use kafka_protocol::messages::offset_for_leader_epoch_request::{OffsetForLeaderPartition, OffsetForLeaderTopic};
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
@@ -143,6 +144,15 @@ fn sample(api_key: i16, version: i16) -> Option<RequestKind> {
         22 => RequestKind::InitProducerId(
             InitProducerIdRequest::default().with_producer_id(ProducerId(-1)).with_producer_epoch(-1),
         ),
+        23 => RequestKind::OffsetForLeaderEpoch(OffsetForLeaderEpochRequest::default().with_topics(vec![
+            OffsetForLeaderTopic::default().with_topic(topic("t")).with_partitions(vec![
+                OffsetForLeaderPartition::default().with_partition(0).with_leader_epoch(0),
+                OffsetForLeaderPartition::default().with_partition(5).with_leader_epoch(0),
+            ]),
+            OffsetForLeaderTopic::default()
+                .with_topic(topic("nope"))
+                .with_partitions(vec![OffsetForLeaderPartition::default().with_partition(0)]),
+        ])),
         32 => RequestKind::DescribeConfigs(DescribeConfigsRequest::default().with_resources(vec![
             DescribeConfigsResource::default().with_resource_type(2).with_resource_name(s("t")),
             DescribeConfigsResource::default().with_resource_type(4).with_resource_name(s("1")),

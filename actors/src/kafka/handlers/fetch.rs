@@ -11,7 +11,10 @@ use kafka_protocol::messages::fetch_response::{FetchResponse, FetchableTopicResp
 use kafka_protocol::messages::list_offsets_response::{
     ListOffsetsPartitionResponse, ListOffsetsResponse, ListOffsetsTopicResponse,
 };
-use kafka_protocol::messages::{BrokerId, FetchRequest, ListOffsetsRequest};
+use kafka_protocol::messages::offset_for_leader_epoch_response::{EpochEndOffset, OffsetForLeaderTopicResult};
+use kafka_protocol::messages::{
+    BrokerId, FetchRequest, ListOffsetsRequest, OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse,
+};
 use tokio::sync::watch;
 
 use crate::context::NodeContext;
@@ -193,7 +196,8 @@ pub fn list_offsets(ctx: &NodeContext, request: ListOffsetsRequest, version: i16
 /// A single node's partition always may (epoch 0).
 pub fn leader_check(partition: &PartitionHandle, client_epoch: i32) -> Result<i32, i16> {
     let Some(view) = &partition.replica else {
-        return Ok(0);
+        // a node alone leads its partitions in epoch 0, forever
+        return if client_epoch > 0 { Err(codes::UNKNOWN_LEADER_EPOCH) } else { Ok(0) };
     };
     let Some(leadership) = *view.leadership.borrow() else {
         return Err(codes::LEADER_NOT_AVAILABLE);
@@ -226,4 +230,60 @@ fn record_at_or_after(
     let mut bytes = batch.bytes;
     let records = kafka_protocol::records::RecordBatchDecoder::decode(&mut bytes).ok()?;
     records.records.iter().find(|record| record.timestamp >= timestamp).map(|record| (record.offset, record.timestamp))
+}
+
+/// Answers OffsetForLeaderEpoch (KIP-101/320): for each partition, the largest leader epoch
+/// at or below the one asked and the offset where it ended, from the log's epoch history;
+/// the leader's current epoch ends at its log end. A consumer compares it with its position
+/// to tell a truncated log after a leader change. Only the leader answers (a stale
+/// `current_leader_epoch` is fenced as for Fetch); an epoch above every known one, or below
+/// every one kept, answers -1 and -1 (Kafka's undefined epoch and offset).
+pub fn offset_for_leader_epoch(
+    ctx: &NodeContext,
+    request: OffsetForLeaderEpochRequest,
+) -> OffsetForLeaderEpochResponse {
+    let topics = request
+        .topics
+        .into_iter()
+        .map(|topic| {
+            let stream = ctx.streams.get(topic.topic.0.as_str());
+            let partitions = topic
+                .partitions
+                .into_iter()
+                .map(|wanted| {
+                    let base = EpochEndOffset::default()
+                        .with_partition(wanted.partition)
+                        .with_leader_epoch(-1)
+                        .with_end_offset(-1);
+                    let Some(partition) = stream
+                        .as_ref()
+                        .and_then(|s| usize::try_from(wanted.partition).ok().and_then(|i| s.partitions.get(i)))
+                    else {
+                        return base.with_error_code(codes::UNKNOWN_TOPIC_OR_PARTITION);
+                    };
+                    let current = match leader_check(partition, wanted.current_leader_epoch) {
+                        Ok(epoch) => epoch,
+                        Err(code) => return base.with_error_code(code),
+                    };
+                    let Ok(offsets) = ctx.log_store.offsets(&partition.id) else {
+                        return base.with_error_code(codes::KAFKA_STORAGE_ERROR);
+                    };
+                    let found = match wanted.leader_epoch {
+                        epoch if epoch == current => Some((current, offsets.log_end)),
+                        epoch if epoch < 0 || epoch > current => None,
+                        epoch => match ctx.log_store.end_offset_for_epoch(&partition.id, epoch) {
+                            Ok(found) => found,
+                            Err(_) => return base.with_error_code(codes::KAFKA_STORAGE_ERROR),
+                        },
+                    };
+                    match found {
+                        Some((epoch, end_offset)) => base.with_leader_epoch(epoch).with_end_offset(end_offset),
+                        None => base,
+                    }
+                })
+                .collect();
+            OffsetForLeaderTopicResult::default().with_topic(topic.topic).with_partitions(partitions)
+        })
+        .collect();
+    OffsetForLeaderEpochResponse::default().with_topics(topics)
 }

@@ -56,6 +56,9 @@ pub async fn dispatch(ctx: &NodeContext, request: Request, client_host: &str) ->
             return Reply::SendFetch(ResponseKind::Fetch(response), sets);
         }
         RequestKind::ListOffsets(body) => ResponseKind::ListOffsets(fetch::list_offsets(ctx, body, version)),
+        RequestKind::OffsetForLeaderEpoch(body) => {
+            ResponseKind::OffsetForLeaderEpoch(fetch::offset_for_leader_epoch(ctx, body))
+        }
         RequestKind::InitProducerId(body) => ResponseKind::InitProducerId(produce::init_producer_id(ctx, body)),
         RequestKind::CreateTopics(body) => ResponseKind::CreateTopics(admin::create_topics(ctx, body, version).await),
         RequestKind::DeleteTopics(body) => ResponseKind::DeleteTopics(admin::delete_topics(ctx, body, version).await),
