@@ -150,9 +150,9 @@ class RawKafka:
         r.take(">i")  # throttle
         return r.take(">hqh")
 
-    def produce(self, topic, partition, batch: bytes, acks=-1):
+    def produce(self, topic, partition, batch: bytes, acks=-1, timeout_ms=10000):
         """Produce v8: (error_code, base_offset, error_message), or None with acks=0."""
-        body = (_str(None) + struct.pack(">hii", acks, 10000, 1) + _str(topic)
+        body = (_str(None) + struct.pack(">hii", acks, timeout_ms, 1) + _str(topic)
                 + struct.pack(">iii", 1, partition, len(batch)) + batch)
         r = self.request(0, 8, body, expect_response=acks != 0)
         if r is None:

@@ -10,6 +10,7 @@ import contextlib
 import fcntl
 import os
 import subprocess
+import time
 
 import pytest
 from confluent_kafka import Producer
@@ -17,10 +18,15 @@ from confluent_kafka.admin import AdminClient
 
 from helpers import connected
 from kafka_helpers import create_stream
+from kafka_raw import RawKafka, record_batch
 from test_cluster import agreed_controller, controller, node_ids, wait_for
 from test_replication import bootstrap, create_topic, leaders, read_all, segment_bytes, stream_offsets
 
 pytestmark = pytest.mark.tidewater_only
+
+LEADER_NOT_AVAILABLE = 5
+NOT_LEADER_OR_FOLLOWER = 6
+REQUEST_TIMED_OUT = 7
 
 
 def ip(*args, check=True):
@@ -129,7 +135,13 @@ def partitioned(make_broker, hosts, nodes):
     majority = [b for b in nodes if b is not victim]
     cut_off(victim.netns, [b.host for b in majority])
 
-    # the minority: nothing through the cut-off leader is acknowledged
+    # the minority: nothing through the cut-off leader is acknowledged; a produce is answered
+    # within its timeout_ms (REQUEST_TIMED_OUT, or NOT_LEADER once check-quorum deposed the leader)
+    with RawKafka(victim, timeout=20) as raw:
+        started = time.monotonic()
+        error, _, _ = raw.produce("split", 0, record_batch([b"minority-raw"]), timeout_ms=1500)
+        assert error in (REQUEST_TIMED_OUT, NOT_LEADER_OR_FOLLOWER, LEADER_NOT_AVAILABLE), error
+        assert time.monotonic() - started < 6, "answered within the request's timeout"
     minority_errors = produce([victim], [b"minority-%03d" % i for i in range(20)], 6000)
     assert all(err is not None for err in minority_errors), "the minority acknowledged a produce"
     device = connected(victim, client_id="cut-device")

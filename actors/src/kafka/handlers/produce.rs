@@ -1,6 +1,7 @@
 //! Produce and InitProducerId: Kafka producers writing free streams.
 
 use bytes::Bytes;
+use kafka_protocol::messages::produce_request::PartitionProduceData;
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, ProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{InitProducerIdRequest, InitProducerIdResponse, ProduceRequest, ProducerId};
 use kafka_protocol::protocol::StrBytes;
@@ -14,91 +15,102 @@ use crate::stream::partition::{Acks, PartitionMsg, ProduceError};
 
 const APPEND_TIMEOUT_MS: u64 = 30_000;
 
-/// Answers Produce (v3+; older versions are refused before this).
+/// Answers Produce (v3+; older versions are refused before this). The partitions of a request are
+/// written concurrently (each partition's batches in order); a replicated partition's answer waits at
+/// most the request's `timeout_ms`, then is `REQUEST_TIMED_OUT` (the batch may still commit: an
+/// idempotent producer's retry is then answered with its offset).
 pub async fn produce(ctx: &NodeContext, request: ProduceRequest, version: i16) -> ProduceResponse {
     let acks = if request.acks == 1 { Acks::Leader } else { Acks::All };
-    let mut responses = Vec::with_capacity(request.topic_data.len());
+    let replicated_wait = (request.timeout_ms.max(1) as u64).min(APPEND_TIMEOUT_MS);
+    let mut topics = Vec::with_capacity(request.topic_data.len());
+    let mut answers = Vec::new();
     for topic in request.topic_data {
+        let stream = ctx.streams.get(topic.name.0.as_str());
         let name = topic.name.0.to_string();
-        let stream = ctx.streams.get(&name);
-        let mut partition_responses = Vec::with_capacity(topic.partition_data.len());
+        topics.push((topic.name, topic.partition_data.len()));
         for data in topic.partition_data {
-            let index = data.index;
-            let reply = |code: i16, message: Option<String>| {
-                let response =
-                    PartitionProduceResponse::default().with_index(index).with_error_code(code).with_base_offset(-1);
-                // the error message field exists from v8
-                if version >= 8 { response.with_error_message(message.map(StrBytes::from_string)) } else { response }
-            };
-            let Some(stream) = &stream else {
-                partition_responses.push(reply(codes::UNKNOWN_TOPIC_OR_PARTITION, None));
-                continue;
-            };
-            if stream.def.kind == StreamKind::Bound {
-                let filter = stream.def.filter.clone().unwrap_or_default();
-                partition_responses.push(reply(
-                    codes::TOPIC_AUTHORIZATION_FAILED,
-                    Some(format!(
-                        "stream {name} is bound to the MQTT filter {filter}: it is written by MQTT publishes and \
-                         Kafka clients may only read it"
-                    )),
-                ));
-                continue;
-            }
-            let Some(partition) = usize::try_from(index).ok().and_then(|i| stream.partitions.get(i)) else {
-                partition_responses.push(reply(codes::UNKNOWN_TOPIC_OR_PARTITION, None));
-                continue;
-            };
-            let records = data.records.unwrap_or_default();
-            if records.len() > ctx.kafka.max_message_bytes {
-                partition_responses.push(reply(
-                    codes::MESSAGE_TOO_LARGE,
-                    Some(format!("{} bytes exceed max.message.bytes {}", records.len(), ctx.kafka.max_message_bytes)),
-                ));
-                continue;
-            }
-            let batches = match split_batches(&records).and_then(check_compressed) {
-                Ok(batches) if !batches.is_empty() => batches,
-                Ok(_) => {
-                    partition_responses.push(reply(codes::CORRUPT_MESSAGE, Some("no record batch".to_string())));
-                    continue;
-                }
-                Err(error) => {
-                    partition_responses.push(reply(codes::CORRUPT_MESSAGE, Some(error.to_string())));
-                    continue;
-                }
-            };
-            let mut base_offset = None;
-            let mut failure = None;
-            for batch in batches {
-                match append(&partition.actor, batch, acks).await {
-                    Ok(offset) => {
-                        base_offset.get_or_insert(offset);
-                    }
-                    Err(error) => {
-                        failure = Some(error);
-                        break;
-                    }
-                }
-            }
-            let response = match failure {
-                Some((code, message)) => reply(code, Some(message)),
-                None => {
-                    let offsets = ctx.log_store.offsets(&partition.id).unwrap_or_default();
-                    let response = reply(codes::NONE, None).with_base_offset(base_offset.unwrap_or(-1));
-                    if version >= 5 { response.with_log_start_offset(offsets.log_start) } else { response }
-                }
-            };
-            partition_responses.push(response);
+            let wait =
+                if stream.as_ref().is_some_and(|s| s.replicated()) { replicated_wait } else { APPEND_TIMEOUT_MS };
+            answers.push(produce_partition(ctx, stream.clone(), name.clone(), data, acks, version, wait));
         }
-        responses
-            .push(TopicProduceResponse::default().with_name(topic.name).with_partition_responses(partition_responses));
     }
+    let mut answers = futures::future::join_all(answers).await.into_iter();
+    let responses = topics
+        .into_iter()
+        .map(|(name, count)| {
+            let partition_responses = answers.by_ref().take(count).collect();
+            TopicProduceResponse::default().with_name(name).with_partition_responses(partition_responses)
+        })
+        .collect();
     ProduceResponse::default().with_responses(responses)
 }
 
-async fn append(actor: &ractor::ActorRef<PartitionMsg>, batch: Bytes, acks: Acks) -> Result<i64, (i16, String)> {
-    match call_t!(actor, PartitionMsg::AppendBatch, APPEND_TIMEOUT_MS, batch, acks) {
+/// Writes one partition's records: every batch in order, each answered within `wait_ms`.
+async fn produce_partition(
+    ctx: &NodeContext,
+    stream: Option<std::sync::Arc<crate::stream::registry::Stream>>,
+    name: String,
+    data: PartitionProduceData,
+    acks: Acks,
+    version: i16,
+    wait_ms: u64,
+) -> PartitionProduceResponse {
+    let index = data.index;
+    let reply = |code: i16, message: Option<String>| {
+        let response = PartitionProduceResponse::default().with_index(index).with_error_code(code).with_base_offset(-1);
+        // the error message field exists from v8
+        if version >= 8 { response.with_error_message(message.map(StrBytes::from_string)) } else { response }
+    };
+    let Some(stream) = &stream else {
+        return reply(codes::UNKNOWN_TOPIC_OR_PARTITION, None);
+    };
+    if stream.def.kind == StreamKind::Bound {
+        let filter = stream.def.filter.clone().unwrap_or_default();
+        return reply(
+            codes::TOPIC_AUTHORIZATION_FAILED,
+            Some(format!(
+                "stream {name} is bound to the MQTT filter {filter}: it is written by MQTT publishes and Kafka \
+                 clients may only read it"
+            )),
+        );
+    }
+    let Some(partition) = usize::try_from(index).ok().and_then(|i| stream.partitions.get(i)) else {
+        return reply(codes::UNKNOWN_TOPIC_OR_PARTITION, None);
+    };
+    let records = data.records.unwrap_or_default();
+    if records.len() > ctx.kafka.max_message_bytes {
+        return reply(
+            codes::MESSAGE_TOO_LARGE,
+            Some(format!("{} bytes exceed max.message.bytes {}", records.len(), ctx.kafka.max_message_bytes)),
+        );
+    }
+    let batches = match split_batches(&records).and_then(check_compressed) {
+        Ok(batches) if !batches.is_empty() => batches,
+        Ok(_) => return reply(codes::CORRUPT_MESSAGE, Some("no record batch".to_string())),
+        Err(error) => return reply(codes::CORRUPT_MESSAGE, Some(error.to_string())),
+    };
+    let mut base_offset = None;
+    for batch in batches {
+        match append(&partition.actor, batch, acks, wait_ms, stream.replicated()).await {
+            Ok(offset) => {
+                base_offset.get_or_insert(offset);
+            }
+            Err((code, message)) => return reply(code, Some(message)),
+        }
+    }
+    let offsets = ctx.log_store.offsets(&partition.id).unwrap_or_default();
+    let response = reply(codes::NONE, None).with_base_offset(base_offset.unwrap_or(-1));
+    if version >= 5 { response.with_log_start_offset(offsets.log_start) } else { response }
+}
+
+async fn append(
+    actor: &ractor::ActorRef<PartitionMsg>,
+    batch: Bytes,
+    acks: Acks,
+    wait_ms: u64,
+    replicated: bool,
+) -> Result<i64, (i16, String)> {
+    match call_t!(actor, PartitionMsg::AppendBatch, wait_ms, batch, acks) {
         Ok(Ok(produced)) => Ok(produced.base_offset),
         Ok(Err(error)) => Err((
             match error {
@@ -111,6 +123,9 @@ async fn append(actor: &ractor::ActorRef<PartitionMsg>, batch: Bytes, acks: Acks
             },
             error.to_string(),
         )),
+        Err(_) if replicated => {
+            Err((codes::REQUEST_TIMED_OUT, format!("not replicated within the request's timeout ({wait_ms} ms)")))
+        }
         Err(error) => Err((codes::KAFKA_STORAGE_ERROR, format!("partition did not answer: {error}"))),
     }
 }
