@@ -25,7 +25,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use tidewater_cluster::data_plane::{Forwarder, GroupId};
+use tidewater_cluster::data_plane::GroupId;
+use tidewater_cluster::data_plane::forward::{Answer, Forwarder, submit_locally};
 use tidewater_cluster::raft::group::RaftReplicaMsg;
 use tidewater_cluster::raft::{AckOn, Leadership, Placed, Refusal};
 use tokio::sync::watch;
@@ -77,7 +78,9 @@ pub struct ReplicatedPartition;
 
 /// Its state.
 pub struct ReplicatedState {
-    args: ReplicatedArgs,
+    id: PartitionId,
+    max_batch_bytes: usize,
+    span: tracing::Span,
     pending: MqttPending,
     /// where MQTT batches go
     route: Arc<Route>,
@@ -115,36 +118,54 @@ impl Route {
         replicas[attempt as usize % replicas.len()]
     }
 
-    /// Proposes `batch` on the leader's node until it is placed or [`MQTT_PLACE_WITHIN`]
-    /// passed. A refusal naming another leader redirects at once; any other pauses a little.
-    /// An answer that never came is tried again too: QoS 1 is at least once, so a record may
-    /// then be in the stream twice, never missing after its PUBACK.
-    async fn propose(&self, batch: Bytes) -> Result<Placed, Refusal> {
-        let deadline = tokio::time::Instant::now() + MQTT_PLACE_WITHIN;
-        let mut attempt = 0u32;
-        loop {
-            let target = self.target(attempt);
-            let refusal = match self.forwarder.propose(target, self.group.clone(), batch.clone(), AckOn::Commit).await {
-                Ok(placed) => {
-                    self.hint.store(target, Ordering::Relaxed);
-                    return Ok(placed);
-                }
-                Err(refusal) => refusal,
-            };
-            if matches!(refusal, Refusal::InvalidBatch | Refusal::OutOfOrderSequence | Refusal::ProducerFenced)
-                || tokio::time::Instant::now() >= deadline
-            {
-                return Err(refusal);
+    /// Sends `batch` to `target`'s replica now: this node's own directly, another's through
+    /// the forwarder.
+    fn submit(&self, target: u64, batch: Bytes) -> Answer {
+        match &self.view.raft {
+            Some(raft) if target == self.forwarder.local_node() => {
+                self.forwarder.submit_local(raft, batch, AckOn::Commit)
             }
-            attempt += 1;
-            match refusal {
-                Refusal::NotLeader { leader: Some(leader) } if leader != target => {
-                    self.hint.store(leader, Ordering::Relaxed);
+            _ => self.forwarder.submit(target, self.group.clone(), batch, AckOn::Commit),
+        }
+    }
+
+    /// Places `batch` on the leader's node until it is placed or [`MQTT_PLACE_WITHIN`]
+    /// passed. The first attempt is sent before this returns (from the actor, so that batches
+    /// reach the leader in the order they were cut); the future follows the refusals. One
+    /// naming another leader redirects at once; any other pauses a little. An answer that
+    /// never came is tried again too: QoS 1 is at least once, so a record may then be in the
+    /// stream twice, never missing after its PUBACK.
+    fn place(self: Arc<Self>, batch: Bytes) -> impl std::future::Future<Output = Result<Placed, Refusal>> + Send {
+        let mut target = self.target(0);
+        let mut answer = self.submit(target, batch.clone());
+        async move {
+            let deadline = tokio::time::Instant::now() + MQTT_PLACE_WITHIN;
+            let mut attempt = 0u32;
+            loop {
+                let refusal = match answer.await {
+                    Ok(placed) => {
+                        self.hint.store(target, Ordering::Relaxed);
+                        return Ok(placed);
+                    }
+                    Err(refusal) => refusal,
+                };
+                if matches!(refusal, Refusal::InvalidBatch | Refusal::OutOfOrderSequence | Refusal::ProducerFenced)
+                    || tokio::time::Instant::now() >= deadline
+                {
+                    return Err(refusal);
                 }
-                _ => {
-                    self.hint.store(0, Ordering::Relaxed);
-                    tokio::time::sleep((MQTT_RETRY_PAUSE * attempt).min(MQTT_RETRY_PAUSE_MAX)).await;
+                attempt += 1;
+                match refusal {
+                    Refusal::NotLeader { leader: Some(leader) } if leader != target => {
+                        self.hint.store(leader, Ordering::Relaxed);
+                    }
+                    _ => {
+                        self.hint.store(0, Ordering::Relaxed);
+                        tokio::time::sleep((MQTT_RETRY_PAUSE * attempt).min(MQTT_RETRY_PAUSE_MAX)).await;
+                    }
                 }
+                target = self.target(attempt);
+                answer = self.submit(target, batch.clone());
             }
         }
     }
@@ -162,11 +183,17 @@ impl Actor for ReplicatedPartition {
     ) -> Result<ReplicatedState, ActorProcessingErr> {
         let route = Arc::new(Route {
             group: GroupId::Partition { stream: args.id.stream.clone(), partition: args.id.partition as i32 },
-            view: args.view.clone(),
-            forwarder: Arc::clone(&args.forwarder),
+            view: args.view,
+            forwarder: args.forwarder,
             hint: AtomicU64::new(0),
         });
-        Ok(ReplicatedState { args, pending: MqttPending::default(), route })
+        Ok(ReplicatedState {
+            id: args.id,
+            max_batch_bytes: args.max_batch_bytes,
+            span: args.span,
+            pending: MqttPending::default(),
+            route,
+        })
     }
 
     async fn handle(
@@ -175,7 +202,7 @@ impl Actor for ReplicatedPartition {
         message: PartitionMsg,
         state: &mut ReplicatedState,
     ) -> Result<(), ActorProcessingErr> {
-        let span = state.args.span.clone();
+        let span = state.span.clone();
         let _entered = span.enter(); // the handler does not await
         match message {
             PartitionMsg::AppendMqtt(record, notice) => state.pending.push(record, notice, &myself),
@@ -211,11 +238,11 @@ impl Actor for ReplicatedPartition {
 
 impl ReplicatedState {
     fn flush(&mut self) {
-        for (batch, _, notices) in self.pending.batches(self.args.max_batch_bytes) {
-            let stream = self.args.id.clone();
-            let route = Arc::clone(&self.route);
+        for (batch, _, notices) in self.pending.batches(self.max_batch_bytes) {
+            let stream = self.id.clone();
+            let placing = Arc::clone(&self.route).place(batch);
             tokio::spawn(async move {
-                let answer = route.propose(batch).await;
+                let answer = placing.await;
                 if let Err(error) = &answer {
                     tracing::debug!(stream = %stream.stream, partition = stream.partition, %error, "mqtt records not committed");
                 }
@@ -232,23 +259,13 @@ impl ReplicatedState {
         ack_on: AckOn,
         answered: impl FnOnce(Result<Placed, ProduceError>) + Send + 'static,
     ) {
-        let Some(raft) = &self.args.view.raft else {
+        let Some(raft) = &self.route.view.raft else {
             answered(Err(ProduceError::NotLeader(None)));
             return;
         };
-        let (reply, answer) = ractor::concurrency::oneshot();
-        if raft.cast(RaftReplicaMsg::Propose { batch, ack_on, reply: reply.into() }).is_err() {
-            answered(Err(ProduceError::LeaderNotAvailable("this node's replica is not running".into())));
-            return;
-        }
-        tokio::spawn(async move {
-            let answer = match answer.await {
-                Ok(Ok(placed)) => Ok(placed),
-                Ok(Err(refusal)) => Err(refused(refusal)),
-                Err(_) => Err(ProduceError::LeaderNotAvailable("the replica stopped".into())),
-            };
-            answered(answer);
-        });
+        // sent now, in the order the actor takes batches (an idempotent producer's sequences)
+        let answer = submit_locally(raft, batch, ack_on);
+        tokio::spawn(async move { answered(answer.await.map_err(refused)) });
     }
 }
 

@@ -106,11 +106,24 @@ impl Forwarder {
 
     /// Proposes `batch` to `node`'s replica of `group` (this node's own, if `node` is this
     /// node) and waits for the answer.
-    pub async fn propose(&self, node: u64, group: GroupId, batch: Bytes, ack_on: AckOn) -> Result<Placed, Refusal> {
+    pub async fn propose(
+        self: &Arc<Self>,
+        node: u64,
+        group: GroupId,
+        batch: Bytes,
+        ack_on: AckOn,
+    ) -> Result<Placed, Refusal> {
+        self.submit(node, group, batch, ack_on).await
+    }
+
+    /// [`Forwarder::propose`] in two steps: the proposal is sent now (to this node's replica,
+    /// or queued on the peer's link), so proposals submitted one after the other reach the
+    /// leader in that order; the future only waits for the answer.
+    pub fn submit(self: &Arc<Self>, node: u64, group: GroupId, batch: Bytes, ack_on: AckOn) -> Answer {
         if node == self.local_node {
             return match self.router.get(&group) {
-                Some(replica) => propose_locally(&replica, batch, ack_on, self.timeout).await,
-                None => Err(Refusal::NotLeader { leader: None }),
+                Some(replica) => self.submit_local(&replica, batch, ack_on),
+                None => Box::pin(std::future::ready(Err(Refusal::NotLeader { leader: None }))),
             };
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -118,14 +131,25 @@ impl Forwarder {
         self.waiting.lock().insert(id, (node, sender));
         if !self.links.forward(node, Forwarded::Propose { id, group, batch, ack_on }) {
             self.waiting.lock().remove(&id);
-            return Err(Refusal::Unreachable);
+            return Box::pin(std::future::ready(Err(Refusal::Unreachable)));
         }
-        let answered = tokio::time::timeout(self.timeout, answer).await;
-        self.waiting.lock().remove(&id);
-        match answered {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) | Err(_) => Err(Refusal::Unanswered),
-        }
+        let this = Arc::clone(self);
+        Box::pin(async move {
+            let answered = tokio::time::timeout(this.timeout, answer).await;
+            this.waiting.lock().remove(&id);
+            match answered {
+                Ok(Ok(result)) => result,
+                Ok(Err(_)) | Err(_) => Err(Refusal::Unanswered),
+            }
+        })
+    }
+
+    /// Sends `batch` to this node's `replica` now; the future waits (at most the forwarder's
+    /// timeout) for its answer.
+    pub fn submit_local(&self, replica: &ractor::ActorRef<RaftReplicaMsg>, batch: Bytes, ack_on: AckOn) -> Answer {
+        let answer = submit_locally(replica, batch, ack_on);
+        let timeout = self.timeout;
+        Box::pin(async move { tokio::time::timeout(timeout, answer).await.unwrap_or(Err(Refusal::Unanswered)) })
     }
 
     /// Proposals and answers awaiting (for status and tests).
@@ -148,11 +172,13 @@ impl Forwarder {
                         self.links.forward(from, Forwarded::Answer { id, result: refusal });
                         continue;
                     };
-                    let this = Arc::clone(self);
+                    // sent to the replica here, in the frame's order; only the answer is awaited
+                    let answer = self.submit_local(&replica, batch, ack_on);
+                    let links = Arc::clone(&self.links);
                     tokio::spawn(
                         async move {
-                            let result = propose_locally(&replica, batch, ack_on, this.timeout).await;
-                            this.links.forward(from, Forwarded::Answer { id, result });
+                            let result = answer.await;
+                            links.forward(from, Forwarded::Answer { id, result });
                         }
                         .in_current_span(),
                     );
@@ -171,20 +197,22 @@ impl Forwarder {
     }
 }
 
-/// Proposes to this node's replica and waits (at most `timeout`) for its answer.
-async fn propose_locally(
+/// A proposal's answer to come.
+pub type Answer = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Placed, Refusal>> + Send>>;
+
+/// Sends `batch` to `replica` now (so proposals keep the order they are made in); the future
+/// waits for the replica's answer.
+pub fn submit_locally(
     replica: &ractor::ActorRef<RaftReplicaMsg>,
     batch: Bytes,
     ack_on: AckOn,
-    timeout: Duration,
-) -> Result<Placed, Refusal> {
+) -> impl std::future::Future<Output = Result<Placed, Refusal>> + Send + 'static {
     let (reply, answer) = ractor::concurrency::oneshot();
-    if replica.cast(RaftReplicaMsg::Propose { batch, ack_on, reply: reply.into() }).is_err() {
-        return Err(Refusal::Stopped);
-    }
-    match tokio::time::timeout(timeout, answer).await {
-        Ok(Ok(result)) => result,
-        Ok(Err(_)) => Err(Refusal::Stopped),
-        Err(_) => Err(Refusal::Unanswered),
+    let sent = replica.cast(RaftReplicaMsg::Propose { batch, ack_on, reply: reply.into() }).is_ok();
+    async move {
+        if !sent {
+            return Err(Refusal::Stopped);
+        }
+        answer.await.unwrap_or(Err(Refusal::Stopped))
     }
 }
