@@ -97,6 +97,11 @@ pub struct KafkaSettings {
     pub max_message_bytes: usize,
     /// Delay before the first rebalance of an empty group (ms).
     pub group_initial_rebalance_delay_ms: u64,
+    /// Smallest and largest session timeout a consumer may ask for (ms).
+    pub group_session_timeout_ms: (i32, i32),
+    /// How long `__consumer_offsets` keeps what was written (ms), as Kafka's
+    /// `offsets.retention.minutes`: a group with members rewrites its offsets before that.
+    pub offsets_retention_ms: i64,
     /// Names the cluster in the cluster id.
     pub cluster_name: String,
 }
@@ -110,6 +115,8 @@ impl Default for KafkaSettings {
             default_partitions: 1,
             max_message_bytes: 1024 * 1024,
             group_initial_rebalance_delay_ms: 0,
+            group_session_timeout_ms: (6_000, 1_800_000),
+            offsets_retention_ms: 7 * 24 * 3_600_000,
             cluster_name: "local".to_string(),
         }
     }

@@ -76,6 +76,13 @@ pub struct KafkaConfig {
     pub retention_check_ms: u64,
     /// Delay before the first rebalance of an empty group (ms), as group.initial.rebalance.delay.ms.
     pub group_initial_rebalance_delay_ms: u64,
+    /// Smallest session timeout a consumer may ask for (ms), as group.min.session.timeout.ms.
+    pub group_min_session_timeout_ms: u32,
+    /// Largest session timeout a consumer may ask for (ms), as group.max.session.timeout.ms.
+    pub group_max_session_timeout_ms: u32,
+    /// How long a cluster's `__consumer_offsets` keeps what was written (ms), as
+    /// offsets.retention.minutes; a group with members rewrites its offsets before that.
+    pub offsets_retention_ms: u64,
 }
 
 impl Default for KafkaConfig {
@@ -87,6 +94,9 @@ impl Default for KafkaConfig {
             max_message_bytes: 1024 * 1024,
             retention_check_ms: 30_000,
             group_initial_rebalance_delay_ms: 0,
+            group_min_session_timeout_ms: 6_000,
+            group_max_session_timeout_ms: 1_800_000,
+            offsets_retention_ms: 7 * 24 * 3_600_000,
         }
     }
 }
@@ -354,6 +364,20 @@ impl Config {
         if self.kafka.retention_check_ms == 0 {
             return Err(invalid("kafka.retention_check_ms", "must be at least 1"));
         }
+        if self.kafka.group_min_session_timeout_ms == 0 || self.kafka.group_min_session_timeout_ms > i32::MAX as u32 {
+            return Err(invalid("kafka.group_min_session_timeout_ms", "must be between 1 and 2147483647"));
+        }
+        if self.kafka.group_max_session_timeout_ms < self.kafka.group_min_session_timeout_ms
+            || self.kafka.group_max_session_timeout_ms > i32::MAX as u32
+        {
+            return Err(invalid(
+                "kafka.group_max_session_timeout_ms",
+                "must be at least kafka.group_min_session_timeout_ms and at most 2147483647",
+            ));
+        }
+        if self.kafka.offsets_retention_ms < 1_000 || self.kafka.offsets_retention_ms > i64::MAX as u64 {
+            return Err(invalid("kafka.offsets_retention_ms", "must be at least 1000"));
+        }
         if let Some(address) = &self.kafka.advertised_address
             && !address.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
         {
@@ -423,6 +447,11 @@ impl Config {
             default_partitions: self.kafka.default_partitions,
             max_message_bytes: self.kafka.max_message_bytes,
             group_initial_rebalance_delay_ms: self.kafka.group_initial_rebalance_delay_ms,
+            group_session_timeout_ms: (
+                self.kafka.group_min_session_timeout_ms as i32,
+                self.kafka.group_max_session_timeout_ms as i32,
+            ),
+            offsets_retention_ms: self.kafka.offsets_retention_ms as i64,
             // the cluster id Kafka clients check: the same on every node of a cluster
             cluster_name: if self.clustered() { self.cluster.name.clone() } else { format!("node{}", self.node_id) },
         }
@@ -478,6 +507,12 @@ mod tests {
         assert!(error.contains("storage.segment_ms"), "{error}");
         let error = load_toml("[mqtt]\nmax_inflight = \"many\"\n").unwrap_err().to_string();
         assert!(error.contains("max_inflight"), "{error}");
+        let error = load_toml("[kafka]\ngroup_min_session_timeout_ms = 9000\ngroup_max_session_timeout_ms = 8000\n")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("kafka.group_max_session_timeout_ms"), "{error}");
+        let error = load_toml("[kafka]\noffsets_retention_ms = 10\n").unwrap_err().to_string();
+        assert!(error.contains("kafka.offsets_retention_ms"), "{error}");
     }
 
     #[test]

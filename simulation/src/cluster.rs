@@ -11,10 +11,13 @@
 //!
 //! A Kafka client creates a replicated stream through whichever node leads the controller and
 //! produces idempotent `acks=all` batches into it through the faults, following the leader
-//! (`NOT_LEADER_OR_FOLLOWER`, lost connections). After healing it reads the partition back:
-//! every acknowledged batch is there at the offset it was acknowledged with, no record is
-//! there twice, offsets have no gap, and the replicas hold identical bytes below the high
-//! watermark.
+//! (`NOT_LEADER_OR_FOLLOWER`, lost connections). The stream keeps only a few kilobytes
+//! (`retention.bytes`), so every replica compacts its raft log as it goes, and a node that was
+//! down or cut off comes back behind the leader's compaction point and restarts its log from
+//! the leader's snapshot. After healing it reads the partition back: every acknowledged batch
+//! at or after the log start is there at the offset it was acknowledged with, the last one
+//! always, no record is there twice, offsets have no gap, and the replicas hold identical
+//! bytes from the latest log start to the high watermark.
 //!
 //! An MQTT device publishes QoS 1 into a bound replicated stream, created over HTTP on
 //! whichever node it asks first (any node forwards the command to the controller's leader).
@@ -56,6 +59,8 @@ use crate::workload::Mqtt;
 
 /// The replicated stream the Kafka client writes.
 const TOPIC: &str = "replicated";
+/// What [`TOPIC`] keeps: a few dozen batches.
+const TOPIC_RETENTION_BYTES: &str = "3000";
 /// The bound replicated stream the MQTT device's publishes land in.
 const MQTT_STREAM: &str = "mqtt-replicated";
 /// The topic the device publishes on.
@@ -129,6 +134,8 @@ struct Seen {
     status: BTreeMap<u64, (u64, u64, i64)>,
     /// per node, its replica of the replicated stream's partition, last seen
     stream_status: BTreeMap<u64, String>,
+    /// per (node, generation), snapshots its replica of the stream installed
+    snapshots: BTreeMap<(u64, u64), u64>,
 }
 
 /// The outcome of one cluster seed.
@@ -146,6 +153,10 @@ pub struct ClusterReport {
     pub acked: usize,
     /// MQTT messages the bound replicated stream acknowledged, by the node that did
     pub mqtt_acked: BTreeMap<u64, usize>,
+    /// where the replicated stream started after healing (retention moved it)
+    pub log_start: i64,
+    /// leaders' snapshots the stream's replicas installed
+    pub snapshots: u64,
 }
 
 fn node_config(id: u64, ip: IpAddr, seed_ip: IpAddr) -> Config {
@@ -161,6 +172,7 @@ fn node_config(id: u64, ip: IpAddr, seed_ip: IpAddr) -> Config {
         config.cluster.seeds = vec![format!("{seed_ip}:7946")];
     }
     config.kafka.advertised_address = Some(format!("{ip}:9092"));
+    config.kafka.retention_check_ms = 250;
     config
 }
 
@@ -240,7 +252,9 @@ pub fn run_cluster_seed(seed: u64) -> ClusterReport {
                                 && let Ok(status) =
                                     ractor::call_t!(raft, tidewater_cluster::raft::group::RaftReplicaMsg::Status, 500)
                             {
-                                seen.borrow_mut().stream_status.insert(id, format!("{status:?}"));
+                                let mut seen = seen.borrow_mut();
+                                seen.snapshots.insert((id, generation), status.snapshots_installed);
+                                seen.stream_status.insert(id, format!("{status:?}"));
                             }
                             match view.status().await {
                                 Some(status) => {
@@ -356,11 +370,13 @@ pub fn run_cluster_seed(seed: u64) -> ClusterReport {
         violations.extend(seen.trace.iter().cloned());
     }
     let acked = kafka.borrow().acked.len();
+    let log_start = kafka.borrow().read.as_ref().and_then(|read| read.first()).map_or(0, |(offset, _)| *offset);
+    let snapshots = seen.snapshots.values().sum();
     let mut mqtt_acked = BTreeMap::new();
     for node in device.borrow().acked.values() {
         *mqtt_acked.entry(*node).or_default() += 1;
     }
-    ClusterReport { seed, violations, terms: seen.leaders.len(), restarts, acked, mqtt_acked }
+    ClusterReport { seed, violations, terms: seen.leaders.len(), restarts, acked, mqtt_acked, log_start, snapshots }
 }
 
 async fn connect(id: u64) -> Option<KafkaConn<TcpStream>> {
@@ -380,7 +396,11 @@ async fn kafka_client(kafka: Rc<RefCell<Kafka>>, seed: u64) -> turmoil::Result {
     let mut target = 1;
     while kafka.borrow().created.is_none() && now_ms() < FAULT_PHASE_MS {
         if let Some(mut conn) = connect(target).await
-            && let Ok(Ok(code)) = tokio::time::timeout(Duration::from_secs(12), conn.create_topics(TOPIC, 1)).await
+            && let Ok(Ok(code)) = tokio::time::timeout(
+                Duration::from_secs(12),
+                conn.create_topics_with(TOPIC, 1, &[("retention.bytes", TOPIC_RETENTION_BYTES)]),
+            )
+            .await
             && (code == 0 || code == 36)
         {
             kafka.borrow_mut().created = Some(code);
@@ -479,7 +499,14 @@ fn check_stream(kafka: &Kafka, stores: &[Arc<MemoryStore>], violations: &mut Vec
     if distinct.len() != read.len() {
         violations.push(format!("{} records are there twice", read.len() - distinct.len()));
     }
-    for (base_offset, values) in &kafka.acked {
+    // retention removed what lies below the log start, but never the last batch
+    let log_start = read.first().map_or(0, |(offset, _)| *offset);
+    if let Some((last, _)) = kafka.acked.last()
+        && log_start > *last
+    {
+        violations.push(format!("{TOPIC}: the log starts at {log_start}, after the last acknowledged batch at {last}"));
+    }
+    for (base_offset, values) in kafka.acked.iter().filter(|(base_offset, _)| *base_offset >= log_start) {
         for (i, value) in values.iter().enumerate() {
             let offset = base_offset + i as i64;
             if at.get(&offset) != Some(&value) {
@@ -491,31 +518,42 @@ fn check_stream(kafka: &Kafka, stores: &[Arc<MemoryStore>], violations: &mut Vec
             }
         }
     }
-    check_replicas(TOPIC, read.len() as i64, stores, violations);
+    check_replicas(TOPIC, log_start + read.len() as i64, stores, violations);
 }
 
-/// Offsets from 0 without a gap.
+/// Offsets from the first one read without a gap.
 fn check_gapless(stream: &str, read: &[(i64, Vec<u8>)], violations: &mut Vec<String>) {
-    for (expected, (offset, _)) in read.iter().enumerate() {
-        if *offset != expected as i64 {
+    let start = read.first().map_or(0, |(offset, _)| *offset);
+    for (expected, (offset, _)) in (start..).zip(read) {
+        if *offset != expected {
             violations.push(format!("{stream}: offsets have a gap: {expected} holds offset {offset}"));
             break;
         }
     }
 }
 
-/// The replicas of `stream`'s partition 0 hold the same bytes below the high watermark, and
-/// at least two reached it.
+/// The replicas of `stream`'s partition 0 hold the same bytes from the latest log start (each
+/// applies retention to its own log) to the high watermark, and at least two reached it.
 fn check_replicas(stream: &str, high_watermark: i64, stores: &[Arc<MemoryStore>], violations: &mut Vec<String>) {
     let id = tidewater_storage::PartitionId { stream: stream.into(), partition: 0 };
     let mut held = BTreeMap::new();
+    let reached: Vec<(usize, i64)> = stores
+        .iter()
+        .enumerate()
+        .filter_map(|(node, store)| store.offsets(&id).ok().map(|offsets| (node, offsets)))
+        // not a replica, or behind (caught up or not, it may not differ)
+        .filter(|(_, offsets)| offsets.log_end >= high_watermark)
+        .map(|(node, offsets)| (node, offsets.log_start))
+        .collect();
+    let from = reached.iter().map(|(_, log_start)| *log_start).max().unwrap_or(0);
     for (node, store) in stores.iter().enumerate() {
-        let Ok(offsets) = store.offsets(&id) else { continue };
-        if offsets.log_end < high_watermark {
-            continue; // not a replica, or behind (caught up or not, it may not differ)
+        if !reached.iter().any(|(reached, _)| *reached == node) {
+            continue;
         }
-        let Ok(batches) = store.read(&id, 0, usize::MAX, high_watermark) else { continue };
-        let bytes: Vec<u8> = batches.iter().flat_map(|batch| batch.bytes.iter().copied()).collect();
+        let Ok(batches) = store.read(&id, from, usize::MAX, high_watermark) else { continue };
+        // a batch that straddles `from` on one replica and not another is not compared
+        let batches = batches.iter().filter(|batch| batch.base_offset >= from);
+        let bytes: Vec<u8> = batches.flat_map(|batch| batch.bytes.iter().copied()).collect();
         held.insert(node + 1, bytes);
     }
     if held.len() < 2 {

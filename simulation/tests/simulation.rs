@@ -77,6 +77,7 @@ fn a_cluster_keeps_one_controller_leader_per_term_and_every_acknowledged_batch_t
     // (the data plane now acknowledges frames, and an unacknowledged link reconnects)
     let count: u64 = std::env::var("CLUSTER_SEEDS").ok().and_then(|count| count.parse().ok()).unwrap_or(4);
     let (mut terms, mut restarts, mut acked) = (0, 0, 0);
+    let (mut retained, mut snapshots) = (0, 0);
     let mut mqtt_acked: std::collections::BTreeMap<u64, usize> = std::collections::BTreeMap::new();
     // 180: a stream created while the cluster was forming got replication factor 1 (the
     // default was capped at the nodes registered so far, not the voters)
@@ -95,19 +96,24 @@ fn a_cluster_keeps_one_controller_leader_per_term_and_every_acknowledged_batch_t
         terms += report.terms;
         restarts += report.restarts;
         acked += report.acked;
+        retained += usize::from(report.log_start > 0);
+        snapshots += report.snapshots;
         for (node, count) in report.mqtt_acked {
             *mqtt_acked.entry(node).or_default() += count;
         }
     }
     println!(
         "{count} cluster seeds: {terms} terms with a leader, {restarts} restarts, {acked} batches acknowledged, \
-         MQTT acknowledged by node {mqtt_acked:?}"
+         MQTT acknowledged by node {mqtt_acked:?}, retention moved the log start in {retained} seeds, \
+         {snapshots} snapshots installed"
     );
     if alone.is_some() {
         return;
     }
     assert!(terms > count as usize, "faults made the controller change leaders ({terms} terms with a leader)");
     assert!(restarts > 0, "nodes were restarted");
+    assert!(retained > 0, "retention compacted the replicated stream");
+    assert!(snapshots > 0, "nodes behind the leader's compaction point installed its snapshot");
     // one node leads the partition at a time: acknowledgements from three or more nodes mean
     // publishes on followers and on the node without a replica reached the leader
     assert!(mqtt_acked.len() >= 3, "MQTT publishes were acknowledged on nodes other than the leader's: {mqtt_acked:?}");

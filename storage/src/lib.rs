@@ -30,7 +30,9 @@ pub use batch::{
 };
 pub use error::StorageError;
 pub use fjall_store::{FjallStore, FsyncPolicy};
-pub use log::{Append, AppendDone, AppendResult, FetchedBatch, LogStore, PartitionId, PartitionOffsets};
+pub use log::{
+    Append, AppendDone, AppendResult, FetchedBatch, LogStore, PartitionId, PartitionOffsets, Retention, retention_point,
+};
 pub use log_rules::EpochHistory;
 pub use memory::MemoryStore;
 pub use producers::{ProducerCheck, ProducerTable};

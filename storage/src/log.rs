@@ -120,3 +120,35 @@ pub trait LogStore: Send + Sync + 'static {
     /// Makes every append so far durable (fsync).
     fn sync(&self) -> Result<(), StorageError>;
 }
+
+/// A stream's retention: how long records are kept and how many bytes a partition may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Retention {
+    /// records older than this (ms) go
+    pub ms: Option<i64>,
+    /// the oldest batches go while the partition holds more than this
+    pub bytes: Option<u64>,
+}
+
+/// Where `retention` at `now_ms` keeps partition `id` from: the later of what the time limit
+/// and the size limit keep, always a batch boundary; `None` when nothing has to go. The
+/// caller caps it at what it may drop (never past its high watermark).
+pub fn retention_point(
+    store: &dyn LogStore,
+    id: &PartitionId,
+    now_ms: i64,
+    retention: Retention,
+) -> Result<Option<i64>, StorageError> {
+    let offsets = store.offsets(id)?;
+    let mut keep_from = offsets.log_start;
+    if let Some(ms) = retention.ms {
+        let by_time = store.offset_for_timestamp(id, now_ms.saturating_sub(ms))?.unwrap_or(offsets.log_end);
+        keep_from = keep_from.max(by_time);
+    }
+    if let Some(limit) = retention.bytes
+        && let Some(by_size) = store.retention_offset_for_bytes(id, limit)?
+    {
+        keep_from = keep_from.max(by_size);
+    }
+    Ok((keep_from > offsets.log_start).then_some(keep_from))
+}

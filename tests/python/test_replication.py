@@ -259,13 +259,7 @@ def test_a_consumer_group_keeps_its_committed_offsets_when_its_coordinator_is_ki
     consumer = Consumer({"bootstrap.servers": bootstrap(nodes), "group.id": "workers", "enable.auto.commit": False,
                          "auto.offset.reset": "earliest", "session.timeout.ms": 6000})
     consumer.subscribe(["jobs"])
-    seen = 0
-    deadline = time.monotonic() + 30
-    while seen < 150 and time.monotonic() < deadline:
-        message = consumer.poll(0.5)
-        if message is not None and not message.error():
-            seen += 1
-    assert seen == 150
+    assert consume(consumer, 150, timeout=30) == 150
     # partitions the consumer has not read yet commit nothing (-1001)
     committed = {tp.partition: tp.offset for tp in consumer.commit(asynchronous=False) if tp.offset >= 0}
     consumer.close()
@@ -291,6 +285,17 @@ def test_a_consumer_group_keeps_its_committed_offsets_when_its_coordinator_is_ki
     consumer.close()
     assert len(rest) == 150, f"{len(rest)} of the 150 records after the committed offsets"
     assert all(offset >= committed.get(partition, 0) for partition, offset in rest), "nothing below a commit"
+
+
+def consume(consumer, count, timeout):
+    """Polls until `count` records arrived or `timeout` passed; how many arrived."""
+    seen = 0
+    deadline = time.monotonic() + timeout
+    while seen < count and time.monotonic() < deadline:
+        message = consumer.poll(0.5)
+        if message is not None and not message.error():
+            seen += 1
+    return seen
 
 
 def _try(what):
@@ -369,3 +374,144 @@ def test_a_rolling_restart_under_load_loses_nothing_acknowledged(make_broker):
     stored = read_all(nodes, "meters", 2, set(), until=lambda got: mqtt_acked <= set(got.values()))
     missing = mqtt_acked - set(stored.values())
     assert not missing, f"{len(missing)} PUBACKed messages missing, e.g. {sorted(missing)[:3]}"
+
+
+def batches_on_disk(broker, name, partition):
+    """{base offset: RecordBatch bytes} of a partition's segment files."""
+    import struct
+    data, batches, position = segment_bytes(broker, name, partition), {}, 0
+    while position + 12 <= len(data):
+        base_offset, length = struct.unpack(">qi", data[position:position + 12])
+        end = position + 12 + length
+        batches[base_offset] = data[position:end]
+        position = end
+    return batches
+
+
+def disk_bytes(broker, name, partition):
+    directory = broker.data_dir / "logs" / f"{name}-{partition}"
+    return sum(path.stat().st_size for path in directory.glob("*.log"))
+
+
+def snapshots_installed(broker):
+    return sum(value for (name, _), value in broker.metrics().items()
+               if name == "tidewater_raft_snapshots_installed_total")
+
+
+def test_retention_frees_disk_on_every_replica_and_a_node_behind_restarts_from_the_leaders_snapshot(make_broker):
+    limit, segment, value_size, count = 20_000, 16_384, 500, 300
+    config = {"kafka": {"retention_check_ms": 200}, "storage": {"segment_bytes": segment}}
+    nodes = three_nodes(make_broker, config=config, voters="1,2,3")
+    wait_for(lambda: agreed_controller(nodes) and len(controller(nodes[0])["registered"]) == 3, timeout=15)
+    admin = AdminClient({"bootstrap.servers": bootstrap(nodes)})
+    topic = NewTopic("rolling", num_partitions=1, replication_factor=3, config={"retention.bytes": str(limit)})
+    admin.create_topics([topic], request_timeout=15)["rolling"].result(timeout=20)
+    leader_id = leaders(admin, "rolling", 1)[0][0]
+    # a follower is down while the others write and retention compacts the raft log past it
+    victim = next(b for b in nodes if b.node_id != leader_id)
+    survivors = [b for b in nodes if b is not victim]
+    victim.kill()
+    acked = {}
+
+    def delivery(err, msg):
+        assert err is None, err
+        acked[msg.offset()] = msg.value()
+
+    producer = Producer({"bootstrap.servers": bootstrap(survivors), "acks": "all", "enable.idempotence": True,
+                         "linger.ms": 0})
+    values = [b"%04d" % i + b"x" * (value_size - 4) for i in range(count)]
+    for i, value in enumerate(values):
+        producer.produce("rolling", value=value, partition=0, on_delivery=delivery)
+        if i % 10 == 9:
+            producer.flush(20)
+    assert producer.flush(20) == 0 and len(acked) == count
+    assert sorted(acked) == list(range(count)), "offsets 0.. in produce order"
+
+    def offsets(broker):
+        found = stream_offsets_full(broker, "rolling")
+        return found and found[0]
+    leader = next(b for b in survivors if b.node_id == leader_id)
+    wait_for(lambda: offsets(leader)["log_start_offset"] > 0, timeout=15, step=0.2)
+    time.sleep(1.0)  # several more retention runs: the result is stable
+    for broker in survivors:
+        found = offsets(broker)
+        low, end = found["log_start_offset"], found["log_end_offset"]
+        assert end == count, found
+        # what is left fits in the limit, and no more was removed than a batch beyond it
+        assert (end - low) * value_size <= limit, found
+        assert (end - low) * (value_size + 100) >= limit - 10 * (value_size + 100), found
+        # whole segments below the log start left the disk
+        assert disk_bytes(broker, "rolling", 0) <= limit + 2 * segment, disk_bytes(broker, "rolling", 0)
+    low = max(offsets(b)["log_start_offset"] for b in survivors)
+    got = read_all(survivors, "rolling", 1, {(0, o) for o in range(low, count)})
+    for offset in range(low, count):
+        assert got[(0, offset)] == acked[offset] == values[offset], offset
+    # the follower comes back: what it needs is compacted away, so the leader's snapshot restarts
+    # its log at the leader's log start, and it takes the batches after it byte for byte
+    victim.start()
+    reference = offsets(leader)
+    wait_for(lambda: offsets(victim) and offsets(victim)["high_watermark"] == count
+             and offsets(victim)["log_end_offset"] == count, timeout=20, step=0.2)
+    assert snapshots_installed(victim) >= 1
+    caught_up = offsets(victim)
+    assert 0 < caught_up["log_start_offset"] <= count, caught_up
+    assert caught_up["log_start_offset"] >= reference["log_start_offset"] - limit // value_size, caught_up
+    on_victim = batches_on_disk(victim, "rolling", 0)
+    on_leader = batches_on_disk(leader, "rolling", 0)
+    start = max(caught_up["log_start_offset"], offsets(leader)["log_start_offset"])
+    common = {base: data for base, data in on_leader.items() if base >= start}
+    assert common and {base: on_victim.get(base) for base in common} == common, "identical batches above the start"
+    assert disk_bytes(victim, "rolling", 0) <= limit + 2 * segment
+    # and the replicated log goes on: a new record is acknowledged and read at the next offset
+    producer.produce("rolling", value=b"after", partition=0, on_delivery=delivery)
+    assert producer.flush(20) == 0 and acked[count] == b"after"
+
+
+def stream_offsets_full(broker, name):
+    import json
+    status, body = broker.http_get(f"/api/v1/streams/{name}")
+    return json.loads(body)["partition_offsets"] if status == 200 else None
+
+
+def test_offsets_of_a_group_in_use_outlive_the_offsets_retention_and_an_empty_groups_expire(make_broker):
+    retention = 4_000
+    config = {"kafka": {"offsets_retention_ms": retention, "retention_check_ms": 200}}
+    nodes = three_nodes(make_broker, config=config, voters="1,2,3")
+    wait_for(lambda: agreed_controller(nodes) and len(controller(nodes[0])["registered"]) == 3, timeout=15)
+    admin = create_topic(nodes, "tasks", 1, 3)
+    leaders(admin, "tasks", 1)
+    producer = Producer({"bootstrap.servers": bootstrap(nodes), "acks": "all"})
+    for i in range(10):
+        producer.produce("tasks", value=b"t%d" % i, partition=0)
+    assert producer.flush(20) == 0
+    # "idle" commits 3 and has no members; "alive" commits 5 and keeps its member
+    idle = Consumer({"bootstrap.servers": bootstrap(nodes), "group.id": "idle", "enable.auto.commit": False})
+    committed, _ = wait_for(lambda: _try(lambda: idle.commit(offsets=[TopicPartition("tasks", 0, 3)],
+                                                             asynchronous=False)), timeout=20, step=0.5)
+    idle.close()
+    alive = Consumer({"bootstrap.servers": bootstrap(nodes), "group.id": "alive", "enable.auto.commit": False,
+                      "auto.offset.reset": "earliest", "session.timeout.ms": 6000, "heartbeat.interval.ms": 500})
+    alive.subscribe(["tasks"])
+    assert consume(alive, 5, timeout=20) == 5
+    alive.commit(offsets=[TopicPartition("tasks", 0, 5)], asynchronous=False)
+    # more than twice the retention passes, the member heartbeating all along
+    until = time.monotonic() + 2.5 * retention / 1000
+    while time.monotonic() < until:
+        alive.poll(0.2)
+    assert committed_offsets(admin, "alive", "tasks", 1) == {0: 5}, "a group in use keeps its offsets"
+    assert committed_offsets(admin, "idle", "tasks", 1).get(0, -1) < 0, "an empty group's offsets expired"
+    # the offsets log was cut by retention: what is left is what was written within it
+    def retained():
+        starts = [p["log_start_offset"] for b in nodes for p in stream_offsets_full(b, "__consumer_offsets") or []]
+        return starts and max(starts) > 0
+    wait_for(retained, timeout=10, step=0.2)
+    # the coordinator of "alive" dies: its successor replays the retained log and still has 5
+    group = admin.describe_consumer_groups(["alive"], request_timeout=10)["alive"].result(timeout=15)
+    alive.close()
+    victim = next(b for b in nodes if b.node_id == group.coordinator.id)
+    survivors = [b for b in nodes if b is not victim]
+    victim.kill()
+    admin = AdminClient({"bootstrap.servers": bootstrap(survivors)})
+    found, _ = wait_for(lambda: _try(lambda: committed_offsets(admin, "alive", "tasks", 1)), timeout=30, step=0.5)
+    assert found == {0: 5}
+    assert committed_offsets(admin, "idle", "tasks", 1).get(0, -1) < 0

@@ -7,6 +7,13 @@
 //! record batch per commit, answered after raft commits it. A coordinator of the cluster
 //! belongs to one leader epoch of that partition: when the epoch changes, or another node
 //! leads, the registry drops it, and the next request builds it again from the partition.
+//!
+//! The offsets stream keeps what was written within `kafka.offsets_retention_ms` (Kafka's
+//! `offsets.retention.minutes`, 7 days) and retention drops the rest, so its log, and a new
+//! coordinator's replay, stay bounded. A group with members rewrites all its offsets as one
+//! batch once the oldest of them was written half that long ago, so its offsets never
+//! expire; a group without members keeps each for the retention after it was written, as
+//! Kafka expires the offsets of an empty group, and then forgets it as the log does.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -88,6 +95,8 @@ pub struct GroupShell {
     pending: BTreeMap<u64, Pending>,
     next_token: u64,
     timer_at: Option<i64>,
+    /// when each committed offset was last written to the replicated log
+    written: BTreeMap<(String, i32), i64>,
 }
 
 /// A committed offset as stored.
@@ -165,7 +174,7 @@ async fn replay_offsets(
     ctx: &NodeContext,
     partition: &PartitionHandle,
     group_id: &str,
-) -> Result<Vec<OffsetRecord>, ActorProcessingErr> {
+) -> Result<(Vec<OffsetRecord>, BTreeMap<(String, i32), i64>), ActorProcessingErr> {
     let end = ctx.log_store.offsets(&partition.id)?.log_end;
     let mut high_watermark = partition.high_watermark.clone();
     tokio::time::timeout(LOAD_WAIT, high_watermark.wait_for(|committed| *committed >= end))
@@ -173,6 +182,8 @@ async fn replay_offsets(
         .map_err(|_| "the offsets partition has not committed its log yet")??;
     let prefix = group_prefix(group_id);
     let mut records = Vec::new();
+    // per key, when its latest value was written
+    let mut written: BTreeMap<(String, i32), Option<i64>> = BTreeMap::new();
     let mut at = ctx.log_store.offsets(&partition.id)?.log_start;
     while at < end {
         let batches = ctx.log_store.read(&partition.id, at, REPLAY_CHUNK, end)?;
@@ -186,11 +197,13 @@ async fn replay_offsets(
                     Some(value) => Some(committed(persist::decode(GROUP_OFFSETS, value)?)),
                     None => None, // a tombstone: the group was deleted
                 };
+                written.insert((topic.clone(), partition), value.as_ref().map(|_| batch.max_timestamp));
                 records.push(OffsetRecord { topic, partition, value });
             }
         }
     }
-    Ok(records)
+    let written = written.into_iter().filter_map(|(key, at)| Some((key, at?))).collect();
+    Ok((records, written))
 }
 
 impl Actor for GroupCoordinator {
@@ -201,15 +214,25 @@ impl Actor for GroupCoordinator {
     async fn pre_start(&self, _: ActorRef<GroupMsg>, args: GroupArgs) -> Result<GroupShell, ActorProcessingErr> {
         let config = GroupConfig {
             initial_rebalance_delay_ms: args.ctx.kafka.group_initial_rebalance_delay_ms as i32,
+            min_session_timeout_ms: args.ctx.kafka.group_session_timeout_ms.0,
+            max_session_timeout_ms: args.ctx.kafka.group_session_timeout_ms.1,
             ..GroupConfig::default()
         };
         let mut group = GroupState::new(args.group_id.clone(), config, args.ctx.rng.next_u64());
-        let records = match &args.log {
-            OffsetLog::Local => load_offsets(args.ctx.state_store.as_ref(), &args.group_id),
+        let (records, written) = match &args.log {
+            OffsetLog::Local => (load_offsets(args.ctx.state_store.as_ref(), &args.group_id), BTreeMap::new()),
             OffsetLog::Replicated { partition, .. } => replay_offsets(&args.ctx, partition, &args.group_id).await?,
         };
         group.restore_offsets(records);
-        Ok(GroupShell { ctx: args.ctx, log: args.log, group, pending: BTreeMap::new(), next_token: 0, timer_at: None })
+        Ok(GroupShell {
+            ctx: args.ctx,
+            log: args.log,
+            group,
+            pending: BTreeMap::new(),
+            next_token: 0,
+            timer_at: None,
+            written,
+        })
     }
 
     async fn handle(
@@ -227,6 +250,8 @@ impl GroupShell {
     async fn on_message(&mut self, myself: ActorRef<GroupMsg>, message: GroupMsg) -> Result<(), ActorProcessingErr> {
         let shell = self;
         let now = shell.ctx.now_ms();
+        // before the request: a fetch never answers with an offset that has expired
+        shell.refresh(now).await;
         let outputs = match message {
             GroupMsg::Join(request, reply) => {
                 let token = shell.park(Pending::Join(reply));
@@ -312,7 +337,23 @@ impl GroupShell {
                         OffsetLog::Local => self.store(offsets),
                         OffsetLog::Replicated { partition, epoch } => {
                             let (partition, epoch) = (partition.clone(), *epoch);
-                            self.propose(&partition, epoch, offsets).await
+                            let keys: Vec<(String, i32, bool)> = offsets
+                                .records
+                                .iter()
+                                .map(|r| (r.topic.clone(), r.partition, r.value.is_some()))
+                                .collect();
+                            let written = self.propose(&partition, epoch, offsets).await;
+                            if written.is_ok() {
+                                let now = self.ctx.now_ms();
+                                for (topic, partition, present) in keys {
+                                    if present {
+                                        self.written.insert((topic, partition), now);
+                                    } else {
+                                        self.written.remove(&(topic, partition));
+                                    }
+                                }
+                            }
+                            written
                         }
                     };
                     stored = stored.and(result);
@@ -320,6 +361,46 @@ impl GroupShell {
             }
         }
         stored
+    }
+
+    /// Keeps the group's offsets within the offsets stream's retention (see the module's
+    /// text): a group with members rewrites them all once the oldest was written half the
+    /// retention ago; a group without members forgets each one the retention after it was
+    /// written, as the log's retention drops it.
+    async fn refresh(&mut self, now: i64) {
+        let OffsetLog::Replicated { partition, epoch } = &self.log else { return };
+        let retention = self.ctx.kafka.offsets_retention_ms;
+        let Some(&oldest) = self.written.values().min() else { return };
+        if self.group.member_count() == 0 {
+            let expired: Vec<OffsetRecord> = self
+                .written
+                .iter()
+                .filter(|(_, at)| now - **at >= retention)
+                .map(|((topic, partition), _)| OffsetRecord {
+                    topic: topic.clone(),
+                    partition: *partition,
+                    value: None,
+                })
+                .collect();
+            for record in &expired {
+                self.written.remove(&(record.topic.clone(), record.partition));
+            }
+            if !expired.is_empty() {
+                tracing::info!(group = %self.group.group_id(), offsets = expired.len(), "committed offsets of an empty group expired");
+                self.group.restore_offsets(expired);
+            }
+            return;
+        }
+        if now - oldest < retention / 2 {
+            return;
+        }
+        let (partition, epoch) = (partition.clone(), *epoch);
+        let offsets = self.group.committed_offsets();
+        let keys: Vec<(String, i32)> = offsets.records.iter().map(|r| (r.topic.clone(), r.partition)).collect();
+        match self.propose(&partition, epoch, offsets).await {
+            Ok(()) => self.written = keys.into_iter().map(|key| (key, now)).collect(),
+            Err(error) => tracing::warn!(group = %self.group.group_id(), ?error, "committed offsets not rewritten"),
+        }
     }
 
     /// Proposes the offsets as one record batch to the group's partition of the offsets

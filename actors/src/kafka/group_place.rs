@@ -80,6 +80,8 @@ async fn offsets_stream(ctx: &NodeContext) -> Result<Arc<Stream>, GroupUnavailab
     }
     let mut def = StreamDef::free(OFFSETS_STREAM, OFFSETS_PARTITIONS);
     def.replication_factor = ctx.default_replication_factor();
+    // what a group in use does not rewrite within this goes (see `GroupShell::refresh`)
+    def.retention_ms = Some(ctx.kafka.offsets_retention_ms);
     match ctx.create_stream(def).await {
         Ok(stream) => Ok(stream),
         Err(StreamError::Exists(_)) => ctx.streams.get(OFFSETS_STREAM).ok_or(GroupUnavailable::NotAvailable),

@@ -92,6 +92,22 @@ impl GroupState {
         }
     }
 
+    /// Every committed offset, as the records that store them again (a refresh: the offsets
+    /// log keeps what was written within its retention, so a group in use rewrites its
+    /// offsets before they would expire).
+    pub fn committed_offsets(&self) -> PersistedOffsets {
+        let records = self
+            .offsets
+            .iter()
+            .map(|((topic, partition), value)| OffsetRecord {
+                topic: topic.clone(),
+                partition: *partition,
+                value: Some(value.clone()),
+            })
+            .collect();
+        PersistedOffsets { group_id: self.group_id.clone(), records }
+    }
+
     /// Handles DeleteGroups for this group: only an Empty group may be deleted; its offsets are tombstoned.
     pub fn delete(&mut self) -> (ErrorCode, Vec<Output>) {
         match self.phase {

@@ -21,8 +21,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tidewater_storage::{
-    Append, AppendResult, LogStore, NewRecord, PartitionId, ProducerCheck, ProducerTable, StorageError,
-    build_record_batch, validate_batch,
+    Append, AppendResult, LogStore, NewRecord, PartitionId, ProducerCheck, ProducerTable, Retention, StorageError,
+    build_record_batch, retention_point, validate_batch,
 };
 use tokio::sync::{mpsc, watch};
 
@@ -103,14 +103,12 @@ pub enum PartitionMsg {
     AppendBatch(Bytes, Acks, RpcReplyPort<Result<Produced, ProduceError>>),
     /// The store reported on appends this actor submitted (the reports wait in its queue).
     Written,
-    /// Apply retention at `now_ms`.
+    /// Apply the stream's retention at `now_ms` (ms since the epoch).
     ApplyRetention {
         /// Now, ms since the epoch.
         now_ms: i64,
-        /// Delete batches whose records are all older than this.
-        retention_ms: Option<i64>,
-        /// Delete the oldest batches beyond this size.
-        retention_bytes: Option<u64>,
+        /// The stream's limits.
+        retention: Retention,
     },
 }
 
@@ -233,8 +231,8 @@ impl Actor for PartitionReplica {
                     state.reported(report);
                 }
             }
-            PartitionMsg::ApplyRetention { now_ms, retention_ms, retention_bytes } => {
-                if let Err(error) = state.apply_retention(now_ms, retention_ms, retention_bytes) {
+            PartitionMsg::ApplyRetention { now_ms, retention } => {
+                if let Err(error) = state.apply_retention(now_ms, retention) {
                     tracing::error!(stream = %state.args.id.stream, partition = state.args.id.partition, %error, "retention failed");
                 }
             }
@@ -449,28 +447,11 @@ impl PartitionState {
         }
     }
 
-    fn apply_retention(
-        &mut self,
-        now_ms: i64,
-        retention_ms: Option<i64>,
-        retention_bytes: Option<u64>,
-    ) -> Result<(), StorageError> {
-        let store = &self.args.store;
-        let id = &self.args.id;
+    fn apply_retention(&mut self, now_ms: i64, retention: Retention) -> Result<(), StorageError> {
         // never past the high watermark: what is not committed yet (appends in flight) stays
         let high_watermark = *self.args.high_watermark.borrow();
-        if let Some(retention_ms) = retention_ms {
-            let offsets = store.offsets(id)?;
-            let keep_from = store.offset_for_timestamp(id, now_ms - retention_ms)?.unwrap_or(offsets.log_end);
-            let keep_from = keep_from.min(high_watermark);
-            if keep_from > offsets.log_start {
-                store.truncate_before(id, keep_from)?;
-            }
-        }
-        if let Some(limit) = retention_bytes
-            && let Some(keep_from) = store.retention_offset_for_bytes(id, limit)?
-        {
-            store.truncate_before(id, keep_from.min(high_watermark))?;
+        if let Some(keep_from) = retention_point(self.args.store.as_ref(), &self.args.id, now_ms, retention)? {
+            self.args.store.truncate_before(&self.args.id, keep_from.min(high_watermark))?;
         }
         Ok(())
     }

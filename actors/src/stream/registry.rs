@@ -363,11 +363,9 @@ impl StreamRegistry {
                 continue;
             }
             for partition in &stream.partitions {
-                let _ = partition.actor.cast(PartitionMsg::ApplyRetention {
-                    now_ms,
-                    retention_ms: stream.def.retention_ms,
-                    retention_bytes: stream.def.retention_bytes,
-                });
+                let retention =
+                    tidewater_storage::Retention { ms: stream.def.retention_ms, bytes: stream.def.retention_bytes };
+                let _ = partition.actor.cast(PartitionMsg::ApplyRetention { now_ms, retention });
             }
         }
     }

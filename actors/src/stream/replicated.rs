@@ -219,9 +219,14 @@ impl Actor for ReplicatedPartition {
                     );
                 });
             }
-            // retention of a replicated log needs raft snapshots (a follower that is behind
-            // would otherwise ask for entries that are gone): not yet
-            PartitionMsg::Written | PartitionMsg::ApplyRetention { .. } => {}
+            // each replica applies retention to its own log, as far as it has applied (a
+            // follower behind the leader's point gets a snapshot of it)
+            PartitionMsg::ApplyRetention { now_ms, retention } => {
+                if let Some(raft) = &state.route.view.raft {
+                    let _ = raft.cast(RaftReplicaMsg::Retain { now_ms, retention });
+                }
+            }
+            PartitionMsg::Written => {}
         }
         Ok(())
     }

@@ -9,6 +9,12 @@
 //! a data entry (one RecordBatch) moves it to the batch's last offset + 1, a no-op or a
 //! conf change leaves it where it was. That is what turns a raft commit index into a high
 //! watermark and tells a new leader where to stamp the next batch.
+//!
+//! Retention compacts the log: the entries up to a point, all applied and all with Kafka
+//! offsets below the new log start, are dropped ([`EntryLog::compact`]), and raft's snapshot
+//! of that point holds no data but where the Kafka log now starts. A follower too far behind
+//! gets that snapshot: its log restarts empty at that offset ([`EntryLog::install`]), as
+//! Kafka's followers take the leader's log start, and the entries after it follow.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -55,6 +61,40 @@ struct Held {
     slot: Slot,
 }
 
+/// What a compaction dropped, for the journal to record: the new compaction point.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Compaction {
+    /// the last index dropped (the snapshot's index)
+    pub index: u64,
+    /// its term
+    pub term: u64,
+    /// the Kafka offset the log now starts at
+    pub end_offset: i64,
+    /// the membership at `index`
+    pub conf_state: ConfState,
+    /// (term, base offset) of the entry after `index`, if it is a batch (a run starts there)
+    pub next_batch: Option<(u64, i64)>,
+}
+
+/// The snapshot data format: a version byte, then the Kafka log start (i64, big-endian).
+const SNAPSHOT_VERSION: u8 = 1;
+
+/// The snapshot data of a compaction point whose Kafka log starts at `end_offset`.
+pub fn snapshot_data(end_offset: i64) -> Bytes {
+    let mut data = Vec::with_capacity(9);
+    data.push(SNAPSHOT_VERSION);
+    data.extend_from_slice(&end_offset.to_be_bytes());
+    data.into()
+}
+
+/// The Kafka log start a snapshot's data names, or `None` for data not of this format.
+pub fn snapshot_offset(data: &[u8]) -> Option<i64> {
+    match data {
+        [SNAPSHOT_VERSION, rest @ ..] => Some(i64::from_be_bytes(rest.try_into().ok()?)),
+        _ => None,
+    }
+}
+
 /// A replica's raft log: hard state, conf state, and the entries after the compaction point.
 ///
 /// Every entry's term and offsets stay in memory; a data entry's bytes only until it is
@@ -69,7 +109,11 @@ pub struct EntryLog {
     base_term: u64,
     /// the Kafka log end after `base_index`
     base_end_offset: i64,
+    /// the membership at `base_index` (what a snapshot of it carries)
+    base_conf_state: ConfState,
     entries: VecDeque<Held>,
+    /// indices of the membership changes held
+    conf_changes: std::collections::BTreeSet<u64>,
     /// where evicted batches are read back from
     source: Option<(Arc<dyn LogStore>, PartitionId)>,
 }
@@ -88,18 +132,29 @@ impl EntryLog {
     /// A log whose first voters are `voters`, with its Kafka log starting at `log_start`.
     pub fn new(voters: &[u64], log_start: i64) -> Self {
         let conf_state = ConfState { voters: voters.to_vec(), ..ConfState::default() };
-        Self { conf_state, base_end_offset: log_start, ..Self::default() }
+        Self { base_conf_state: conf_state.clone(), conf_state, base_end_offset: log_start, ..Self::default() }
     }
 
-    /// A log rebuilt from disk: state, the compaction point, and the entries after it.
+    /// A log rebuilt from disk: state, the compaction point (index, term, Kafka offset,
+    /// membership), and no entries yet.
     pub(crate) fn rebuilt(
         hard_state: HardState,
         conf_state: ConfState,
-        base: (u64, u64, i64),
+        base: (u64, u64, i64, ConfState),
         source: Option<(Arc<dyn LogStore>, PartitionId)>,
     ) -> Self {
-        let (base_index, base_term, base_end_offset) = base;
-        Self { hard_state, conf_state, base_index, base_term, base_end_offset, entries: VecDeque::new(), source }
+        let (base_index, base_term, base_end_offset, base_conf_state) = base;
+        Self {
+            hard_state,
+            conf_state,
+            base_index,
+            base_term,
+            base_end_offset,
+            base_conf_state,
+            entries: VecDeque::new(),
+            conf_changes: Default::default(),
+            source,
+        }
     }
 
     /// Reads evicted batches back from `source`.
@@ -123,6 +178,11 @@ impl EntryLog {
             return None;
         }
         self.entries.get((index - self.base_index - 1) as usize)
+    }
+
+    /// The Kafka offset the log starts at (the end of the compaction point).
+    pub fn start_offset(&self) -> i64 {
+        self.base_end_offset
     }
 
     /// The Kafka log end after the entry at `index` (clamped to the entries held).
@@ -225,6 +285,7 @@ impl EntryLog {
                 cut = Some(end_before);
             }
             self.entries.truncate(keep);
+            self.conf_changes.split_off(&first.index);
         }
         for entry in entries {
             let end_before = self.end_offset();
@@ -245,11 +306,71 @@ impl EntryLog {
                         data: Some(entry.data.clone()),
                     },
                 },
-                None => Held { term: entry.term, end_offset: end_before, slot: Slot::Other(entry.clone()) },
+                None => {
+                    if entry.get_entry_type() != EntryType::EntryNormal {
+                        self.conf_changes.insert(entry.index);
+                    }
+                    Held { term: entry.term, end_offset: end_before, slot: Slot::Other(entry.clone()) }
+                }
             };
             self.entries.push_back(held);
         }
         Ok(cut)
+    }
+
+    /// Where retention that keeps the Kafka log from `keep_from` may compact to: the last index
+    /// at or below `applied` whose entries all end at or before `keep_from`, provided no
+    /// membership change lies after it up to `applied` (the snapshot of the point must carry
+    /// the membership as it was there, and only the applied one is known). `None` when
+    /// nothing can go yet.
+    pub fn compaction_point(&self, keep_from: i64, applied: u64) -> Option<u64> {
+        let applied = applied.min(self.last_index());
+        if applied <= self.base_index {
+            return None;
+        }
+        let held = (applied - self.base_index) as usize;
+        let dropped = self.entries.partition_point(|held| held.end_offset <= keep_from).min(held);
+        if dropped == 0 {
+            return None;
+        }
+        let index = self.base_index + dropped as u64;
+        if self.conf_changes.range(index + 1..).next().is_some_and(|&change| change <= applied) {
+            return None;
+        }
+        Some(index)
+    }
+
+    /// Drops the entries up to `index` (from [`EntryLog::compaction_point`]): the log then
+    /// starts after it, and a snapshot of it is what a follower that needs them gets.
+    pub fn compact(&mut self, index: u64) -> Option<Compaction> {
+        if index <= self.base_index || index > self.last_index() {
+            return None;
+        }
+        let term = self.term_at(index)?;
+        let end_offset = self.end_offset_at(index);
+        self.entries.drain(..(index - self.base_index) as usize);
+        self.conf_changes = self.conf_changes.split_off(&(index + 1));
+        self.base_index = index;
+        self.base_term = term;
+        self.base_end_offset = end_offset;
+        self.base_conf_state = self.conf_state.clone();
+        let next_batch = match self.entries.front() {
+            Some(Held { term, slot: Slot::Data { base_offset, .. }, .. }) => Some((*term, *base_offset)),
+            _ => None,
+        };
+        Some(Compaction { index, term, end_offset, conf_state: self.conf_state.clone(), next_batch })
+    }
+
+    /// Replaces the whole log by a snapshot's point: no entries, the compaction point at
+    /// (`index`, `term`), the Kafka log starting at `end_offset`, membership `conf_state`.
+    pub fn install(&mut self, index: u64, term: u64, end_offset: i64, conf_state: ConfState) {
+        self.entries.clear();
+        self.conf_changes.clear();
+        self.base_index = index;
+        self.base_term = term;
+        self.base_end_offset = end_offset;
+        self.base_conf_state = conf_state.clone();
+        self.conf_state = conf_state;
     }
 
     /// Adds an entry rebuilt from disk after the last one: a batch read from the log store,
@@ -312,12 +433,24 @@ impl EntryLog {
         Ok(batches)
     }
 
-    fn snapshot_of_base(&self) -> Snapshot {
+    /// The snapshot of the compaction point, for replica `to`. A replica added after the
+    /// point is not in its membership, and raft-rs refuses a snapshot that does not name the
+    /// receiver, so it is named as a learner: it votes for nothing until the entries after the
+    /// point (its own addition among them, a no-op for a learner) make it a voter.
+    fn snapshot_of_base(&self, to: u64) -> Snapshot {
+        let mut conf_state = self.base_conf_state.clone();
+        if !conf_state.voters.contains(&to)
+            && !conf_state.learners.contains(&to)
+            && !conf_state.voters_outgoing.contains(&to)
+        {
+            conf_state.learners.push(to);
+        }
         let mut snapshot = Snapshot::default();
         let metadata = snapshot.mut_metadata();
         metadata.index = self.base_index;
         metadata.term = self.base_term;
-        metadata.set_conf_state(self.conf_state.clone());
+        metadata.set_conf_state(conf_state);
+        snapshot.data = snapshot_data(self.base_end_offset);
         snapshot
     }
 }
@@ -395,8 +528,13 @@ impl raft::Storage for EntryLog {
         Ok(EntryLog::last_index(self))
     }
 
-    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        // nothing is compacted yet, so a follower never needs one past `base_index`
-        Ok(self.snapshot_of_base())
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
+        // the compaction point is the only snapshot there is: it holds no data but the Kafka
+        // offset the log starts at (retention dropped what was below it on every replica that
+        // compacted; a follower that gets it starts there too)
+        if self.base_index < request_index {
+            return Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable));
+        }
+        Ok(self.snapshot_of_base(to))
     }
 }

@@ -21,7 +21,7 @@ use super::journal::RaftJournal;
 use super::replica::{AckOn, Leadership, Output, Placed, Refusal, ReplicaCore, ReplicaOptions};
 use super::wire::RaftMessage;
 use crate::data_plane::GroupId;
-use tidewater_storage::{LogStore, PartitionId, ProducerCheck, ProducerTable, StateStore};
+use tidewater_storage::{LogStore, PartitionId, ProducerCheck, ProducerTable, Retention, StateStore, retention_point};
 
 /// Where a replica's outgoing raft messages go.
 pub trait RaftTransport: Send + Sync + 'static {
@@ -83,6 +83,13 @@ pub enum RaftReplicaMsg {
     TransferLeader(u64),
     /// add a node as a learner (leader only; answered once proposed, not once applied)
     AddLearner(u64, RpcReplyPort<Result<(), Refusal>>),
+    /// apply the stream's retention to this replica's log at `now_ms` (ms since the epoch)
+    Retain {
+        /// now
+        now_ms: i64,
+        /// the stream's limits
+        retention: Retention,
+    },
     /// a snapshot of the replica's state
     Status(RpcReplyPort<ReplicaStatus>),
 }
@@ -104,6 +111,12 @@ pub struct ReplicaStatus {
     pub voters: Vec<u64>,
     /// the learners applied so far
     pub learners: Vec<u64>,
+    /// the compaction point (entries up to it are gone from the raft log)
+    pub compacted_index: u64,
+    /// the Kafka offset the log starts at
+    pub log_start: i64,
+    /// leaders' snapshots this replica installed since it started
+    pub snapshots_installed: u64,
 }
 
 /// The replica actor.
@@ -122,6 +135,8 @@ pub struct RaftReplicaState {
     producers: Option<ProducerTable>,
     /// retries of batches not committed yet: (the original's last offset, answer)
     duplicates: Vec<(i64, ProposeReply, Placed)>,
+    /// leaders' snapshots installed
+    snapshots_installed: u64,
 }
 
 impl Actor for RaftReplica {
@@ -147,6 +162,7 @@ impl Actor for RaftReplica {
             ticker,
             producers: None,
             duplicates: Vec::new(),
+            snapshots_installed: 0,
         };
         state.drain(&myself);
         Ok(state)
@@ -218,8 +234,20 @@ impl Actor for RaftReplica {
                     last_index: state.core.log().last_index(),
                     high_watermark: state.core.high_watermark(),
                     waiting: state.core.waiting(),
+                    compacted_index: state.core.log().base_index(),
+                    log_start: state.core.log().start_offset(),
+                    snapshots_installed: state.snapshots_installed,
                 });
                 return Ok(());
+            }
+            RaftReplicaMsg::Retain { now_ms, retention } => {
+                if let Err(error) = state.retain(now_ms, retention) {
+                    // the record or the log store failed: as with any failed write, restart
+                    // from what the disk holds
+                    tracing::error!(group = ?state.args.group, %error, "retention failed: the replica stops");
+                    myself.stop(Some(format!("retention failed: {error}")));
+                    return Ok(());
+                }
             }
         }
         state.drain(&myself);
@@ -228,6 +256,20 @@ impl Actor for RaftReplica {
 }
 
 impl RaftReplicaState {
+    /// Retention: the raft log is compacted up to what the stream keeps, never past what this
+    /// replica has applied, and the batches below go from the log store.
+    fn retain(&mut self, now_ms: i64, retention: Retention) -> Result<(), tidewater_storage::StorageError> {
+        let log = self.args.log.as_ref();
+        let Some(keep_from) = retention_point(log, &self.args.partition, now_ms, retention)? else {
+            return Ok(());
+        };
+        let Some(compaction) = self.core.compact(keep_from.min(self.core.high_watermark())) else {
+            return Ok(());
+        };
+        tracing::debug!(group = ?self.args.group, index = compaction.index, log_start = compaction.end_offset, "raft log compacted");
+        self.journal.compact(&compaction)
+    }
+
     /// Proposes a batch after the idempotent-producer check (a retry of a batch already in the
     /// log is answered with the original's offsets, once they are committed).
     fn propose(&mut self, batch: &[u8], ack_on: AckOn, reply: ProposeReply) {
@@ -330,6 +372,11 @@ impl RaftReplicaState {
 
     fn handle_output(&mut self, out: Output<ProposeReply>, myself: &ActorRef<RaftReplicaMsg>) {
         if let Some(job) = out.persist {
+            if let Some(snapshot) = &job.snapshot {
+                self.snapshots_installed += 1;
+                metrics::counter!("tidewater_raft_snapshots_installed_total").increment(1);
+                tracing::info!(group = ?self.args.group, index = snapshot.index, log_start = snapshot.end_offset, "behind the leader's compaction point: the log restarts from its snapshot");
+            }
             self.jobs.push_back((job.number, false));
             let number = job.number;
             let actor = myself.clone();

@@ -19,6 +19,12 @@
 //! a cut of the Kafka log is synced before the markers that replace it; markers are synced
 //! before the batches they describe are submitted; a new term or vote is synced before the
 //! job is reported (raft may not send a vote it could forget).
+//!
+//! Retention moves the compaction point: the hard record names the new point (with a marker
+//! for the run that now starts after it) and is synced before the batches below it leave the
+//! log store, so a crash between the two leaves batches the rebuild ignores and removes. A
+//! leader's snapshot is written the same way: the record first, then the log restarts empty
+//! at the snapshot's offset.
 
 use std::sync::Arc;
 
@@ -28,7 +34,7 @@ use raft::eraftpb::{Entry, EntryType, HardState};
 use serde::{Deserialize, Serialize};
 use tidewater_storage::{Append, BatchHeader, LogStore, PartitionId, StateOp, StateStore, StorageError};
 
-use super::entry_log::{EntryLog, batch_span};
+use super::entry_log::{Compaction, EntryLog, batch_span};
 use super::replica::PersistJob;
 use super::wire::{ConfStateForm, EntryForm};
 
@@ -50,6 +56,39 @@ struct HardRecord {
     base_index: u64,
     base_term: u64,
     base_end_offset: i64,
+    /// the membership at `base_index`
+    base_conf: ConfStateForm,
+}
+
+/// The hard record as written before compaction existed (no membership at the base, which
+/// was then always the first one).
+#[derive(Deserialize)]
+struct HardRecordV1 {
+    term: u64,
+    vote: u64,
+    commit: u64,
+    applied: u64,
+    conf: ConfStateForm,
+    base_index: u64,
+    base_term: u64,
+    base_end_offset: i64,
+}
+
+fn decode_record(bytes: &[u8]) -> Result<HardRecord, StorageError> {
+    decode::<HardRecord>(bytes).or_else(|error| match decode::<HardRecordV1>(bytes) {
+        Ok(old) => Ok(HardRecord {
+            base_conf: old.conf.clone(),
+            term: old.term,
+            vote: old.vote,
+            commit: old.commit,
+            applied: old.applied,
+            conf: old.conf,
+            base_index: old.base_index,
+            base_term: old.base_term,
+            base_end_offset: old.base_end_offset,
+        }),
+        Err(_) => Err(error),
+    })
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -140,7 +179,7 @@ impl RaftJournal {
         prefix.extend_from_slice(&id.partition.to_be_bytes());
         let offsets = log.offsets(&id)?;
         let record = match state.get(SPACE, &key(&prefix, HARD, None))? {
-            Some(bytes) => decode::<HardRecord>(&bytes)?,
+            Some(bytes) => decode_record(&bytes)?,
             None => {
                 // a new replica: its raft log starts where the partition's log ends now, and
                 // that is recorded before anything is appended
@@ -168,9 +207,26 @@ impl RaftJournal {
         let mut entry_log = EntryLog::rebuilt(
             hard_state,
             record.conf.to_raft(),
-            (record.base_index, record.base_term, record.base_end_offset),
+            (record.base_index, record.base_term, record.base_end_offset, record.base_conf.to_raft()),
             Some((Arc::clone(&self.log), self.id.clone())),
         );
+        if record.base_index > 0 {
+            // compacted: batches below the point may still be there (a crash after the record
+            // was written), or the log may end before it (a snapshot's restart not done yet)
+            let offsets = self.log.offsets(&self.id)?;
+            if offsets.log_start > record.base_end_offset {
+                return Err(StorageError::CorruptMetadata(format!(
+                    "raft journal: the log starts at {} after the compaction point's offset {}",
+                    offsets.log_start, record.base_end_offset
+                )));
+            }
+            if offsets.log_end < record.base_end_offset {
+                self.log.truncate_after(&self.id, offsets.log_start)?;
+            }
+            if offsets.log_start < record.base_end_offset {
+                self.log.truncate_before(&self.id, record.base_end_offset)?;
+            }
+        }
         let mut markers = std::collections::BTreeMap::new();
         for (key, value) in self.state.scan_prefix(SPACE, &key(&self.prefix, MARKER, None))? {
             let Some(index) = key.get(key.len().saturating_sub(8)..).and_then(|raw| raw.try_into().ok()) else {
@@ -250,6 +306,9 @@ impl RaftJournal {
 
     /// The cut and the state-store part of a job; returns the batches still to write.
     fn write_state(&self, job: &PersistJob) -> Result<Vec<(Bytes, u64, i64)>, StorageError> {
+        if let Some(snapshot) = &job.snapshot {
+            self.install(snapshot)?;
+        }
         let mut ops = Vec::new();
         let mut sync_state = job.must_sync;
         let mut batches = Vec::new();
@@ -302,7 +361,8 @@ impl RaftJournal {
             if let Some(hard_state) = &job.hard_state {
                 record.term = hard_state.term;
                 record.vote = hard_state.vote;
-                record.commit = hard_state.commit;
+                // a compaction point is committed even if this job's state is older
+                record.commit = hard_state.commit.max(record.base_index);
             }
             if let Some(conf_state) = &job.conf_state {
                 record.conf = ConfStateForm::from_raft(conf_state);
@@ -328,6 +388,77 @@ impl RaftJournal {
             }
         }
         Ok(batches)
+    }
+
+    /// A leader's snapshot: the record names its point and the markers go (synced), then the
+    /// log restarts empty at the snapshot's offset.
+    fn install(&self, snapshot: &Compaction) -> Result<(), StorageError> {
+        let mut ops: Vec<StateOp> = self
+            .state
+            .scan_prefix(SPACE, &key(&self.prefix, MARKER, None))?
+            .into_iter()
+            .map(|(key, _)| StateOp::Delete { space: SPACE, key })
+            .collect();
+        let mut record = self.record.lock();
+        record.base_index = snapshot.index;
+        record.base_term = snapshot.term;
+        record.base_end_offset = snapshot.end_offset;
+        record.base_conf = ConfStateForm::from_raft(&snapshot.conf_state);
+        record.conf = record.base_conf.clone();
+        record.commit = record.commit.max(snapshot.index);
+        record.applied = record.applied.max(snapshot.index);
+        ops.push(StateOp::Put { space: SPACE, key: key(&self.prefix, HARD, None), value: encode(&*record) });
+        self.state.write_batch(ops)?;
+        self.state.sync()?;
+        *self.written.lock() = record.clone();
+        drop(record);
+        let offsets = self.log.offsets(&self.id)?;
+        self.log.truncate_after(&self.id, offsets.log_start.min(snapshot.end_offset))?;
+        self.log.truncate_before(&self.id, snapshot.end_offset)?;
+        self.log.sync()?;
+        *self.tail.lock() = Tail { last_index: snapshot.index, last_data_term: None };
+        Ok(())
+    }
+
+    /// Records a compaction (retention dropped the entries up to `compaction.index`), then
+    /// removes the batches below its offset from the log store.
+    pub fn compact(&self, compaction: &Compaction) -> Result<(), StorageError> {
+        let mut ops: Vec<StateOp> = Vec::new();
+        for (key, _) in self.state.scan_prefix(SPACE, &key(&self.prefix, MARKER, None))? {
+            let index = key.get(key.len().saturating_sub(8)..).and_then(|raw| raw.try_into().ok());
+            match index.map(u64::from_be_bytes) {
+                Some(index) if index <= compaction.index => ops.push(StateOp::Delete { space: SPACE, key }),
+                // markers are in index order
+                _ => break,
+            }
+        }
+        match compaction.next_batch {
+            // the run the first entry kept belongs to may have started below the point
+            Some((term, base_offset)) => {
+                ops.push(put_marker(&self.prefix, compaction.index + 1, &Marker::Data { base_offset, term }));
+            }
+            None => {
+                // nothing follows the point yet: the next batch written starts a run, even of
+                // the term of the last one compacted away (whose marker goes now)
+                let mut tail = self.tail.lock();
+                if tail.last_index <= compaction.index {
+                    tail.last_data_term = None;
+                }
+            }
+        }
+        let mut record = self.record.lock();
+        record.base_index = compaction.index;
+        record.base_term = compaction.term;
+        record.base_end_offset = compaction.end_offset;
+        record.base_conf = ConfStateForm::from_raft(&compaction.conf_state);
+        record.commit = record.commit.max(compaction.index);
+        record.applied = record.applied.max(compaction.index);
+        ops.push(StateOp::Put { space: SPACE, key: key(&self.prefix, HARD, None), value: encode(&*record) });
+        self.state.write_batch(ops)?;
+        self.state.sync()?;
+        *self.written.lock() = record.clone();
+        drop(record);
+        self.log.truncate_before(&self.id, compaction.end_offset)
     }
 
     fn write_batches(&self, batches: Vec<(Bytes, u64, i64)>, done: Box<dyn FnOnce(Result<(), StorageError>) + Send>) {
@@ -372,6 +503,7 @@ fn new_record(voters: &[u64], log_end: i64) -> HardRecord {
         base_index: 0,
         base_term: 0,
         base_end_offset: log_end,
+        base_conf: ConfStateForm { voters: voters.to_vec(), ..ConfStateForm::default() },
     }
 }
 
@@ -494,5 +626,39 @@ mod tests {
         let (_, restored) = open(&store);
         assert_eq!(restored.log.last_index(), 5);
         assert_eq!(restored.log.end_offset(), 3);
+    }
+
+    #[test]
+    fn a_compacted_log_comes_back_from_its_point_and_the_batches_below_are_gone() {
+        let store = Arc::new(MemoryStore::new());
+        let (journal, restored) = open(&store);
+        let mut log = restored.log;
+        let entries = vec![data(1, 1, 0), data(2, 1, 1), noop(3, 2), data(4, 2, 2), data(5, 2, 3)];
+        log.append(&entries).unwrap();
+        let hard_state = HardState { term: 2, vote: 1, commit: 5, ..HardState::default() };
+        write(&journal, PersistJob { entries, hard_state: Some(hard_state), applied: 5, ..PersistJob::default() })
+            .unwrap();
+        // retention keeps from offset 3: entries 1 to 4 go; 5 starts a run of its own now
+        let point = log.compaction_point(3, 5).unwrap();
+        assert_eq!(point, 4);
+        let compaction = log.compact(point).unwrap();
+        assert_eq!((compaction.index, compaction.term, compaction.end_offset), (4, 2, 3));
+        journal.compact(&compaction).unwrap();
+        let id = PartitionId { stream: "s".into(), partition: 0 };
+        assert_eq!(store.offsets(&id).unwrap().log_start, 3);
+        // everything compacted away: the next batch of the same term still starts a run
+        let compaction = log.compact(5).unwrap();
+        assert_eq!(compaction.next_batch, None);
+        journal.compact(&compaction).unwrap();
+        write(&journal, PersistJob { entries: vec![data(6, 2, 4)], ..PersistJob::default() }).unwrap();
+        store.power_loss();
+        drop(journal);
+        let (_, restored) = open(&store);
+        assert_eq!(restored.log.base_index(), 5);
+        assert_eq!(restored.log.start_offset(), 4);
+        assert_eq!(restored.log.last_index(), 6);
+        assert_eq!(restored.log.entry(6).unwrap().data, data(6, 2, 4).data);
+        assert!(restored.applied >= 5);
+        assert_eq!(store.offsets(&id).unwrap(), tidewater_storage::PartitionOffsets { log_start: 4, log_end: 5 });
     }
 }

@@ -20,7 +20,7 @@ use raft::{RawNode, StateRole};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::entry_log::{AppendError, BatchSpan, EntryLog, batch_span};
+use super::entry_log::{AppendError, BatchSpan, Compaction, EntryLog, batch_span, snapshot_offset};
 use super::logger;
 use super::wire::{RaftMessage, WireError};
 
@@ -147,11 +147,18 @@ pub struct PersistJob {
     pub applied: u64,
     /// whether this must reach the disk before the report (term or vote changed, or entries)
     pub must_sync: bool,
+    /// a leader's snapshot to install first: the log restarts empty at its point (written
+    /// before `entries`, which follow it)
+    pub snapshot: Option<Compaction>,
 }
 
 impl PersistJob {
     fn is_empty(&self) -> bool {
-        self.cut_to.is_none() && self.entries.is_empty() && self.hard_state.is_none() && self.conf_state.is_none()
+        self.cut_to.is_none()
+            && self.entries.is_empty()
+            && self.hard_state.is_none()
+            && self.conf_state.is_none()
+            && self.snapshot.is_none()
     }
 }
 
@@ -210,6 +217,12 @@ pub enum ReplicaError {
     /// raft-rs handed us entries our log cannot take (a bug)
     #[error(transparent)]
     Log(#[from] AppendError),
+    /// a leader sent a snapshot whose data is not a compaction point of ours
+    #[error("a snapshot at index {index} holds no Kafka log start")]
+    BadSnapshot {
+        /// the snapshot's index
+        index: u64,
+    },
 }
 
 struct Ticket<T> {
@@ -227,6 +240,8 @@ struct Unpersisted {
     last_index: Option<u64>,
     /// messages raft-rs said must wait for it
     messages: Vec<RaftMessage>,
+    /// the index of a snapshot it installs (applied once it is durable)
+    snapshot: Option<u64>,
 }
 
 /// A replica of one partition: raft-rs plus Kafka offsets, with no I/O of its own.
@@ -448,6 +463,10 @@ impl<T> ReplicaCore<T> {
             }
             self.released.extend(done.messages);
             self.node.on_persist_ready(done.number);
+            if let Some(index) = done.snapshot {
+                // a durable snapshot is applied: raft-rs may apply what follows it
+                self.node.advance_apply_to(index);
+            }
         }
     }
 
@@ -477,6 +496,9 @@ impl<T> ReplicaCore<T> {
             applied: self.applied,
             ..PersistJob::default()
         };
+        if !ready.snapshot().is_empty() {
+            self.install(ready.snapshot(), &mut job, out)?;
+        }
         let entries = ready.take_entries();
         if let Some(first) = entries.first() {
             job.cut_to = self.node.mut_store().append(&entries)?;
@@ -503,7 +525,14 @@ impl<T> ReplicaCore<T> {
         let committed = ready.take_committed_entries();
         let persisted_messages =
             ready.take_persisted_messages().iter().map(RaftMessage::from_raft).collect::<Result<Vec<_>, _>>()?;
+        let snapshot = job.snapshot.as_ref().map(|snapshot| snapshot.index);
         self.node.advance_append_async(ready);
+        // our snapshots are a few bytes of metadata, sent whole in one message: handing one
+        // to the link is reporting it done (if it was lost, the follower's next answer shows
+        // it still behind the compaction point, and the leader sends another)
+        for message in out.send.iter().filter(|message| message.kind == super::wire::RaftMessageKind::Snapshot) {
+            self.node.report_snapshot(message.to, raft::SnapshotStatus::Finish);
+        }
         self.apply(committed, &mut job, out)?;
         let written = !job.is_empty();
         if !written && self.unpersisted.is_empty() {
@@ -514,8 +543,9 @@ impl<T> ReplicaCore<T> {
             self.unpersisted.push_back(Unpersisted {
                 number: job.number,
                 written,
-                last_index,
+                last_index: last_index.or(snapshot),
                 messages: persisted_messages,
+                snapshot,
             });
             if written {
                 out.persist = Some(job);
@@ -559,6 +589,46 @@ impl<T> ReplicaCore<T> {
         // applied entries are durable in the log store: their bytes need not stay in memory
         self.node.mut_store().evict_applied(last);
         Ok(())
+    }
+
+    /// Installs a leader's snapshot (this follower was behind the leader's compaction point):
+    /// the log restarts empty at the snapshot's point, readable by raft-rs before the job is
+    /// durable, as asynchronous persistence requires; the journal makes it so (see
+    /// [`PersistJob::snapshot`]). Everything from before is gone, proposals waiting included.
+    fn install(
+        &mut self,
+        snapshot: &raft::eraftpb::Snapshot,
+        job: &mut PersistJob,
+        out: &mut Output<T>,
+    ) -> Result<(), ReplicaError> {
+        let metadata = snapshot.get_metadata();
+        let index = metadata.index;
+        let end_offset = snapshot_offset(&snapshot.data).ok_or(ReplicaError::BadSnapshot { index })?;
+        let conf_state = metadata.get_conf_state().clone();
+        self.node.mut_store().install(index, metadata.term, end_offset, conf_state.clone());
+        for (_, ticket) in std::mem::take(&mut self.tickets) {
+            out.acks.push((ticket.ticket, Err(Refusal::Superseded)));
+        }
+        self.next_offset = None;
+        self.applied = index;
+        self.durable_index = index;
+        if end_offset > self.high_watermark {
+            self.high_watermark = end_offset;
+            out.high_watermark = Some(end_offset);
+        }
+        job.applied = index;
+        job.conf_state = Some(conf_state.clone());
+        job.snapshot = Some(Compaction { index, term: metadata.term, end_offset, conf_state, next_batch: None });
+        job.must_sync = true;
+        Ok(())
+    }
+
+    /// Retention: drops from the raft log what lies below `keep_from` (a Kafka offset), as
+    /// far as applied entries allow. The host records the returned compaction point and then
+    /// removes the batches below its offset from the log store; `None` when nothing can go.
+    pub fn compact(&mut self, keep_from: i64) -> Option<Compaction> {
+        let index = self.node.store().compaction_point(keep_from, self.applied)?;
+        self.node.mut_store().compact(index)
     }
 
     /// `acks=1`: proposals of this term whose entry the leader's own write made durable.

@@ -12,7 +12,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::sync::Arc;
 
-use tidewater_storage::{MemoryStore, NewRecord, PartitionId, build_record_batch, patch_for_append};
+use tidewater_storage::{LogStore, MemoryStore, NewRecord, PartitionId, build_record_batch, patch_for_append};
 
 use super::entry_log::batch_span;
 use super::*;
@@ -31,6 +31,7 @@ struct Replica {
 }
 
 /// What survives a crash.
+#[allow(clippy::large_enum_variant)] // one per replica of a test cluster
 enum Disk {
     /// a copy of the log that jobs are applied to (the model)
     Model { log: EntryLog, applied: u64 },
@@ -62,9 +63,15 @@ impl Disk {
     fn write(&mut self, job: &PersistJob) -> Result<(), String> {
         match self {
             Disk::Model { log, applied } => {
+                if let Some(snapshot) = &job.snapshot {
+                    log.install(snapshot.index, snapshot.term, snapshot.end_offset, snapshot.conf_state.clone());
+                }
                 log.append(&job.entries).map_err(|error| error.to_string())?;
                 if let Some(hard_state) = &job.hard_state {
-                    log.set_hard_state(hard_state.clone());
+                    // as the journal does: a compaction point stays committed
+                    let mut hard_state = hard_state.clone();
+                    hard_state.commit = hard_state.commit.max(log.base_index());
+                    log.set_hard_state(hard_state);
                 }
                 if let Some(conf_state) = &job.conf_state {
                     log.set_conf_state(conf_state.clone());
@@ -83,6 +90,22 @@ impl Disk {
                     None => Err("the journal did not answer".into()),
                 }
             }
+        }
+    }
+
+    /// Records a compaction; an error means the replica must restart.
+    fn compact(&mut self, compaction: &super::entry_log::Compaction) -> Result<(), String> {
+        match self {
+            Disk::Model { log, applied } => {
+                // what a compaction records: its point is applied, so committed
+                log.compact(compaction.index);
+                let mut hard_state = log.hard_state().clone();
+                hard_state.commit = hard_state.commit.max(compaction.index);
+                log.set_hard_state(hard_state);
+                *applied = (*applied).max(compaction.index);
+                Ok(())
+            }
+            Disk::Journal { journal, .. } => journal.compact(compaction).map_err(|error| error.to_string()),
         }
     }
 
@@ -110,6 +133,11 @@ struct Cluster {
     in_flight: Vec<RaftMessage>,
     /// one-way links that drop everything: (from, to)
     cut: BTreeSet<(u64, u64)>,
+    /// compactions done, and snapshots installed
+    compactions: u64,
+    installs: u64,
+    /// the highest Kafka offset retention asked any replica to keep from
+    retained_below: i64,
     rng: StdRng,
     leaders: BTreeMap<u64, u64>,
     /// every batch proposed, by ticket (unstamped), and when it is acknowledged
@@ -183,6 +211,9 @@ impl Cluster {
             replicas,
             in_flight: Vec::new(),
             cut: BTreeSet::new(),
+            compactions: 0,
+            installs: 0,
+            retained_below: 0,
             rng: StdRng::seed_from_u64(seed),
             leaders: BTreeMap::new(),
             proposed: BTreeMap::new(),
@@ -293,7 +324,7 @@ impl Cluster {
         replica.high_watermark = high_watermark;
         let log = replica.core.as_ref().expect("live").log();
         let mut below = Vec::new();
-        for index in 1..=log.last_index() {
+        for index in log.base_index() + 1..=log.last_index() {
             let Some(entry) = log.entry(index) else { continue };
             if let Some(span) = batch_span(&entry)
                 && span.last_offset < high_watermark
@@ -301,7 +332,7 @@ impl Cluster {
                 below.push((span, entry.data.clone()));
             }
         }
-        let mut expected = 0;
+        let mut expected = log.start_offset();
         for (span, data) in below {
             let base_offset = span.base_offset;
             if base_offset != expected {
@@ -361,6 +392,9 @@ impl Cluster {
             self.restart(id);
             return;
         }
+        if job.snapshot.is_some() {
+            self.installs += 1;
+        }
         if let Some(hard_state) = &job.hard_state {
             if hard_state.term < replica.highest_term {
                 self.violations.push(format!("replica {id}: durable term went back to {}", hard_state.term));
@@ -385,6 +419,30 @@ impl Cluster {
             self.drain(id);
         }
         proposed
+    }
+
+    /// Retention on replica `id`: its log is compacted to a random point at or below its high
+    /// watermark (followers behind it then need a snapshot).
+    fn compact(&mut self, id: u64) {
+        let replica = self.replicas.get_mut(&id).expect("known replica");
+        let Some(core) = replica.core.as_mut() else { return };
+        let start = core.log().start_offset();
+        let high_watermark = core.high_watermark();
+        if high_watermark <= start {
+            return;
+        }
+        let keep_from = self.rng.random_range(start..=high_watermark);
+        let Some(compaction) = core.compact(keep_from) else { return };
+        if compaction.end_offset > keep_from || compaction.index > core.applied() {
+            self.violations.push(format!("replica {id}: compacted past what retention allows: {compaction:?}"));
+        }
+        self.compactions += 1;
+        self.retained_below = self.retained_below.max(keep_from);
+        if let Err(error) = replica.disk.compact(&compaction) {
+            self.violations.push(format!("replica {id}: compaction failed: {error}"));
+            self.crash(id);
+            self.restart(id);
+        }
     }
 
     fn crash(&mut self, id: u64) {
@@ -429,7 +487,12 @@ impl Cluster {
                 let position = self.rng.random_range(0..self.in_flight.len());
                 self.in_flight.swap_remove(position);
             }
-            350..600 => {
+            350..362 => {
+                if let Some(id) = self.pick(&live) {
+                    self.compact(id);
+                }
+            }
+            362..600 => {
                 if let Some(id) = self.pick(&live) {
                     self.tick(id);
                 }
@@ -576,11 +639,20 @@ impl Cluster {
     fn check_acknowledged(&mut self) {
         for (&id, replica) in &self.replicas {
             let log = replica.core.as_ref().expect("settled").log();
-            let held: BTreeMap<i64, Bytes> = (1..=log.last_index())
+            let held: BTreeMap<i64, Bytes> = (log.base_index() + 1..=log.last_index())
                 .filter_map(|index| log.entry(index))
                 .filter_map(|entry| batch_span(&entry).map(|span| (span.base_offset, entry.data.clone())))
                 .collect();
-            for (offset, bytes) in &self.acked {
+            // retention dropped what lies below the log start, on this replica or on the
+            // leader whose snapshot it installed, never more than it was asked to
+            if log.start_offset() > self.retained_below {
+                self.violations.push(format!(
+                    "replica {id}: the log starts at {}, retention kept from {}",
+                    log.start_offset(),
+                    self.retained_below
+                ));
+            }
+            for (offset, bytes) in self.acked.range(log.start_offset()..) {
                 match held.get(offset) {
                     Some(found) if found == bytes => {}
                     Some(_) => self.violations.push(format!("replica {id}: acknowledged offset {offset} changed")),
@@ -615,11 +687,13 @@ fn run_on(seed: u64, size: u64, steps: usize, journal: bool) -> (Vec<String>, Ve
             .values()
             .find_map(|replica| replica.core.as_ref().filter(|core| core.is_leader()).map(|core| core.membership()));
         eprintln!(
-            "seed {seed}: membership {membership:?}, {} acked, {} terms with a leader, {} lives, {} committed batches",
+            "seed {seed}: membership {membership:?}, {} acked, {} terms with a leader, {} lives, {} committed batches, {} compactions, {} snapshots installed",
             cluster.acked.len(),
             cluster.leaders.len(),
             cluster.replicas.values().map(|r| r.lives).sum::<u64>(),
-            cluster.committed.len()
+            cluster.committed.len(),
+            cluster.compactions,
+            cluster.installs
         );
     }
     (cluster.violations, cluster.trace)
@@ -646,6 +720,73 @@ fn three_replicas_elect_commit_and_number_batches_contiguously() {
     assert!(cluster.acked.len() >= 51);
     for replica in cluster.replicas.values() {
         assert_eq!(replica.high_watermark, expected, "every replica reached the high watermark");
+    }
+}
+
+#[test]
+fn a_follower_behind_the_compaction_point_restarts_its_log_from_the_leaders_snapshot() {
+    for journal in [false, true] {
+        let mut cluster = Cluster::with_disks(5, 3, journal);
+        cluster.append_faults = 0;
+        cluster.settle(500).expect("a leader");
+        let leader =
+            cluster.ids().into_iter().find(|id| cluster.replicas[id].core.as_ref().unwrap().is_leader()).unwrap();
+        let behind = cluster.ids().into_iter().find(|&id| id != leader).unwrap();
+        for id in cluster.ids() {
+            cluster.cut.insert((leader, behind));
+            cluster.cut.insert((id, behind));
+        }
+        // the others commit 40 batches; retention then keeps the leader's log from its high
+        // watermark on, so entries the cut-off follower needs are gone from it
+        for _ in 0..40 {
+            assert!(cluster.propose(leader, AckOn::Commit));
+            for _ in 0..3 {
+                while !cluster.in_flight.is_empty() {
+                    cluster.deliver(0);
+                }
+                for id in cluster.ids() {
+                    while !cluster.replicas[&id].jobs.is_empty() {
+                        cluster.persist_one(id);
+                    }
+                }
+            }
+        }
+        let replica = cluster.replicas.get_mut(&leader).unwrap();
+        let core = replica.core.as_mut().unwrap();
+        let keep_from = core.high_watermark();
+        assert!(keep_from > 40, "the majority committed: {keep_from}");
+        let compaction = core.compact(keep_from).expect("applied entries can go");
+        assert_eq!(compaction.end_offset, keep_from);
+        cluster.retained_below = keep_from;
+        replica.disk.compact(&compaction).expect("recorded");
+        if let Disk::Journal { store, .. } = &replica.disk {
+            let offsets = store.offsets(&partition()).unwrap();
+            assert_eq!(offsets.log_start, keep_from, "the batches below the point left the log store");
+        }
+        // heal: the follower gets the snapshot, starts its log there, and takes what follows
+        cluster.cut.clear();
+        cluster.settle(1_000).expect("settles");
+        cluster.check_acknowledged();
+        assert!(cluster.violations.is_empty(), "journal {journal}: {:?}", cluster.violations);
+        assert!(cluster.installs >= 1, "journal {journal}: the follower installed the snapshot");
+        let follower = cluster.replicas[&behind].core.as_ref().unwrap();
+        assert_eq!(follower.log().start_offset(), keep_from);
+        let leader_hw = cluster.replicas[&leader].high_watermark;
+        assert_eq!(follower.high_watermark(), leader_hw, "journal {journal}: the follower caught up");
+        // and it comes back the same from its journal
+        if journal {
+            cluster.crash(behind);
+            cluster.restart(behind);
+            let follower = cluster.replicas[&behind].core.as_ref().unwrap();
+            assert_eq!(follower.log().start_offset(), keep_from);
+            if let Disk::Journal { store, .. } = &cluster.replicas[&behind].disk {
+                let offsets = store.offsets(&partition()).unwrap();
+                assert_eq!((offsets.log_start, offsets.log_end), (keep_from, leader_hw));
+            }
+            cluster.settle(1_000).expect("settles");
+            cluster.check_acknowledged();
+            assert!(cluster.violations.is_empty(), "after the restart: {:?}", cluster.violations);
+        }
     }
 }
 
@@ -761,5 +902,21 @@ proptest! {
     fn replicas_on_the_journal_keep_every_acknowledged_batch_across_power_loss(seed in any::<u64>(), five in any::<bool>()) {
         let (violations, _) = run_on(seed, if five { 5 } else { 3 }, 3_000, true);
         prop_assert!(violations.is_empty(), "seed {seed}: {violations:?}");
+    }
+}
+
+/// Seeds that found bugs in compaction: a compaction point above the applied index's range
+/// (a panic), a job's older commit written after a compaction (a restart that raft-rs
+/// refused), and a compaction of every entry written, after which the next batch of the same
+/// term started no run (a restart cut it and what followed: acknowledged batches lost).
+#[test]
+fn compaction_regression_seeds() {
+    for seed in
+        [15_531_635_357_461_640_660, 6_990_105_217_777_742_761, 6_116_215_249_818_089_349, 9_154_397_216_265_722_310]
+    {
+        for journal in [false, true] {
+            let (violations, _) = run_on(seed, 3, 3_000, journal);
+            assert!(violations.is_empty(), "seed {seed} journal {journal}: {violations:?}");
+        }
     }
 }

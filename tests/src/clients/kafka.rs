@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 
 use anyhow::{Context, bail};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use kafka_protocol::messages::create_topics_request::CreatableTopic;
+use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
@@ -190,11 +190,30 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> KafkaConn<S> {
 
     /// Creates `name` with `partitions` partitions (default replication); the topic's error code.
     pub async fn create_topics(&mut self, name: &str, partitions: i32) -> anyhow::Result<i16> {
+        self.create_topics_with(name, partitions, &[]).await
+    }
+
+    /// [`KafkaConn::create_topics`] with topic configs (`retention.bytes`, ...).
+    pub async fn create_topics_with(
+        &mut self,
+        name: &str,
+        partitions: i32,
+        configs: &[(&str, &str)],
+    ) -> anyhow::Result<i16> {
+        let configs = configs
+            .iter()
+            .map(|(key, value)| {
+                CreatableTopicConfig::default()
+                    .with_name(StrBytes::from_string(key.to_string()))
+                    .with_value(Some(StrBytes::from_string(value.to_string())))
+            })
+            .collect();
         let request = CreateTopicsRequest::default().with_timeout_ms(30_000).with_topics(vec![
             CreatableTopic::default()
                 .with_name(topic_name(name))
                 .with_num_partitions(partitions)
-                .with_replication_factor(-1),
+                .with_replication_factor(-1)
+                .with_configs(configs),
         ]);
         let response = self.call(CREATE_TOPICS_VERSION, &request).await?;
         match response.topics.iter().find(|t| t.name.0.as_str() == name) {
