@@ -46,7 +46,8 @@ pub enum MetadataCommand {
         /// the stream name
         name: String,
     },
-    /// A partition's replica set changes (placement after a join, a death or a decommission).
+    /// A partition's replica set changes (placement after a join, a death or a decommission):
+    /// the target its raft group moves to, one membership change at a time.
     SetReplicas {
         /// the stream name
         name: String,
@@ -54,6 +55,34 @@ pub enum MetadataCommand {
         partition: u32,
         /// the new set; the first is the preferred leader
         replicas: Vec<u64>,
+    },
+    /// A partition's raft group reached the replica set of `replica_epoch`: replicas outside
+    /// it may now stop and remove their data.
+    ReplicasSettled {
+        /// the stream name
+        name: String,
+        /// the partition
+        partition: u32,
+        /// the replica epoch whose set the group's voters now are
+        replica_epoch: u64,
+    },
+    /// A partition's replica became its leader in `term` (informational, as gossip is: nodes
+    /// outside the replica set tell Kafka clients and forward MQTT batches by it; raft alone
+    /// decides who leads).
+    Led {
+        /// the stream name
+        name: String,
+        /// the partition
+        partition: u32,
+        /// the leader's node id
+        leader: u64,
+        /// its raft term (the Kafka leader epoch)
+        term: u64,
+    },
+    /// A node is to hold no replicas: placement moves them elsewhere.
+    Decommission {
+        /// the node id
+        id: u64,
     },
 }
 
@@ -92,6 +121,9 @@ pub enum MetadataError {
 pub struct NodeRecord {
     /// the generation it registered with last
     pub generation: u64,
+    /// placement moves its replicas away
+    #[serde(default)]
+    pub decommissioned: bool,
 }
 
 /// A stream as the controller knows it.
@@ -110,6 +142,19 @@ pub struct PartitionRecord {
     pub replicas: Vec<u64>,
     /// grows with every change of the set
     pub replica_epoch: u64,
+    /// the set the partition was created with: the membership a new replica's raft log
+    /// starts from (the log's own membership changes lead from there to the current one)
+    pub initial: Vec<u64>,
+    /// whether the partition's raft group reached `replicas` (a replica outside it may go)
+    pub settled: bool,
+}
+
+impl PartitionRecord {
+    /// Whether `node` holds a replica, or must keep the one it holds until the group has
+    /// settled on a set without it.
+    pub fn keeps(&self, node: u64, held: bool) -> bool {
+        self.replicas.contains(&node) || (held && !self.settled)
+    }
 }
 
 /// Everything the controller's log says, applied.
@@ -121,6 +166,8 @@ pub struct ClusterMetadata {
     pub streams: BTreeMap<String, StreamRecord>,
     /// the controller log offset applied last (-1 before any)
     pub applied_offset: i64,
+    /// the last leader each partition's replicas reported: (stream, partition) -> (node, term)
+    pub leaders: BTreeMap<(String, u32), (u64, u64)>,
 }
 
 impl ClusterMetadata {
@@ -138,7 +185,31 @@ impl ClusterMetadata {
         self.applied_offset = offset;
         match command {
             MetadataCommand::RegisterNode { id, generation } => {
-                self.nodes.insert(*id, NodeRecord { generation: *generation });
+                let decommissioned = self.nodes.get(id).is_some_and(|node| node.decommissioned);
+                self.nodes.insert(*id, NodeRecord { generation: *generation, decommissioned });
+            }
+            MetadataCommand::Led { name, partition, leader, term } => {
+                if self.streams.get(name).is_none_or(|stream| (*partition as usize) >= stream.partitions.len()) {
+                    return Err(MetadataError::UnknownPartition { stream: name.clone(), partition: *partition });
+                }
+                let known = self.leaders.entry((name.clone(), *partition)).or_insert((*leader, *term));
+                if *term >= known.1 {
+                    *known = (*leader, *term);
+                }
+            }
+            MetadataCommand::Decommission { id } => {
+                let node = self.nodes.get_mut(id).ok_or(MetadataError::UnknownNode(*id))?;
+                node.decommissioned = true;
+            }
+            MetadataCommand::ReplicasSettled { name, partition, replica_epoch } => {
+                let stream = self.streams.get_mut(name).ok_or_else(|| MetadataError::UnknownStream(name.clone()))?;
+                let record = stream
+                    .partitions
+                    .get_mut(*partition as usize)
+                    .ok_or_else(|| MetadataError::UnknownPartition { stream: name.clone(), partition: *partition })?;
+                if record.replica_epoch == *replica_epoch {
+                    record.settled = true;
+                }
             }
             MetadataCommand::RemoveNode { id } => {
                 if self.nodes.remove(id).is_none() {
@@ -158,14 +229,22 @@ impl ClusterMetadata {
                 for set in replicas {
                     self.check_replicas(set)?;
                 }
-                let partitions =
-                    replicas.iter().map(|set| PartitionRecord { replicas: set.clone(), replica_epoch: 0 }).collect();
+                let partitions = replicas
+                    .iter()
+                    .map(|set| PartitionRecord {
+                        replicas: set.clone(),
+                        replica_epoch: 0,
+                        initial: set.clone(),
+                        settled: true,
+                    })
+                    .collect();
                 self.streams.insert(name.clone(), StreamRecord { definition: definition.clone(), partitions });
             }
             MetadataCommand::DeleteStream { name } => {
                 if self.streams.remove(name).is_none() {
                     return Err(MetadataError::UnknownStream(name.clone()));
                 }
+                self.leaders.retain(|(stream, _), _| stream != name);
             }
             MetadataCommand::SetReplicas { name, partition, replicas } => {
                 self.check_replicas(replicas)?;
@@ -177,6 +256,7 @@ impl ClusterMetadata {
                 if record.replicas != *replicas {
                     record.replicas = replicas.clone();
                     record.replica_epoch += 1;
+                    record.settled = false;
                 }
             }
         }
@@ -275,10 +355,25 @@ mod tests {
         metadata.apply(14, &moved).unwrap();
         assert_eq!(metadata.streams["events"].partitions[1].replicas, vec![3, 1]);
         assert_eq!(metadata.streams["events"].partitions[1].replica_epoch, 1);
+        let record = &metadata.streams["events"].partitions[1];
+        assert_eq!(record.initial, vec![2, 3, 1], "a new replica's log starts from the set it was created with");
+        assert!(!record.settled && record.keeps(2, true) && !record.keeps(2, false));
+        // settling names the epoch: an older epoch's report changes nothing
+        let stale = MetadataCommand::ReplicasSettled { name: "events".into(), partition: 1, replica_epoch: 0 };
+        metadata.apply(15, &stale).unwrap();
+        assert!(!metadata.streams["events"].partitions[1].settled);
+        let settled = MetadataCommand::ReplicasSettled { name: "events".into(), partition: 1, replica_epoch: 1 };
+        metadata.apply(16, &settled).unwrap();
+        assert!(metadata.streams["events"].partitions[1].settled);
+        assert!(!metadata.streams["events"].partitions[1].keeps(2, true), "node 2 may now remove its replica");
+        metadata.apply(17, &MetadataCommand::Decommission { id: 3 }).unwrap();
+        assert!(metadata.nodes[&3].decommissioned);
+        metadata.apply(18, &MetadataCommand::RegisterNode { id: 3, generation: 2 }).unwrap();
+        assert!(metadata.nodes[&3].decommissioned, "a restart does not undo a decommission");
         assert_eq!(metadata.replicas_on(2).len(), 1);
-        metadata.apply(15, &MetadataCommand::DeleteStream { name: "events".into() }).unwrap();
+        metadata.apply(19, &MetadataCommand::DeleteStream { name: "events".into() }).unwrap();
         assert!(metadata.streams.is_empty());
-        assert_eq!(metadata.applied_offset, 15);
+        assert_eq!(metadata.applied_offset, 19);
     }
 
     #[test]

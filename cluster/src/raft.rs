@@ -26,5 +26,7 @@ mod tests;
 
 pub use entry_log::{BatchSpan, EntryLog};
 pub use journal::{RaftJournal, Restored};
-pub use replica::{AckOn, Leadership, Output, PersistJob, Placed, Refusal, ReplicaCore, ReplicaError, ReplicaOptions};
+pub use replica::{
+    AckOn, Leadership, Output, PersistJob, Placed, Reconciled, Refusal, ReplicaCore, ReplicaError, ReplicaOptions,
+};
 pub use wire::RaftMessage;

@@ -164,6 +164,8 @@ pub struct ClusterConfig {
     pub gossip_interval_ms: u64,
     /// Silence after which a node counts as dead.
     pub dead_after_ms: u64,
+    /// A node gone this long has its replicas re-created on other nodes (ms).
+    pub replace_dead_after_ms: u64,
 }
 
 impl Default for ClusterConfig {
@@ -175,6 +177,7 @@ impl Default for ClusterConfig {
             advertise_host: None,
             gossip_interval_ms: 200,
             dead_after_ms: 2_000,
+            replace_dead_after_ms: 300_000,
         }
     }
 }
@@ -354,6 +357,9 @@ impl Config {
         }
         if cluster.dead_after_ms < 2 * cluster.gossip_interval_ms {
             return Err(invalid("cluster.dead_after_ms", "must be at least twice cluster.gossip_interval_ms"));
+        }
+        if cluster.replace_dead_after_ms < cluster.dead_after_ms {
+            return Err(invalid("cluster.replace_dead_after_ms", "must be at least cluster.dead_after_ms"));
         }
         if cluster.advertise_host.as_ref().is_some_and(|host| host.is_empty() || host.contains(':')) {
             return Err(invalid("cluster.advertise_host", "must be a host name or IPv4 address, without a port"));

@@ -8,6 +8,7 @@
 //! each registered node that is not a voter as a raft learner, which receives the log and
 //! applies it but never votes.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,6 +16,7 @@ use ractor::{Actor, ActorRef};
 use tidewater_cluster::controller::{ClusterMetadata, MetadataCommand, decode_commands, encode_command};
 use tidewater_cluster::data_plane::{GroupId, PeerLinks};
 use tidewater_cluster::membership::Members;
+use tidewater_cluster::placement;
 use tidewater_cluster::raft::group::{GroupRouter, RaftReplica, RaftReplicaArgs, RaftReplicaMsg, ReplicaStatus};
 use tidewater_cluster::raft::{AckOn, Leadership, ReplicaOptions};
 use tidewater_cluster::seams::{Clock, NodeRng};
@@ -82,6 +84,8 @@ pub struct ControllerParts {
     pub clock: Arc<dyn Clock>,
     /// seeds the election timeouts
     pub rng: NodeRng,
+    /// a node gone this long has its replicas placed elsewhere
+    pub replace_dead_after: Duration,
 }
 
 impl Controller {
@@ -122,6 +126,7 @@ impl Controller {
                 metadata.clone(),
                 parts.members.clone(),
                 Arc::clone(&parts.clock),
+                parts.replace_dead_after,
                 shutdown,
             )
             .in_current_span(),
@@ -200,8 +205,10 @@ async fn register_members(
     mut metadata: watch::Receiver<ClusterMetadata>,
     mut members: watch::Receiver<Members>,
     clock: Arc<dyn Clock>,
+    replace_dead_after: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let mut placement = Placement { replace_dead_after, down_since: BTreeMap::new() };
     loop {
         let leads = leadership.borrow_and_update().is_some_and(|leadership| leadership.is_leader);
         if leads {
@@ -228,6 +235,12 @@ async fn register_members(
         if leads {
             let known = metadata.borrow().clone();
             add_learners(&replica, &known).await;
+            let live = members.borrow().clone();
+            for command in placement.moves(&known, &live, tokio::time::Instant::now()) {
+                propose_command(&replica, &command, clock.as_ref()).await;
+            }
+        } else {
+            placement.down_since.clear();
         }
         tokio::select! {
             biased;
@@ -241,6 +254,85 @@ async fn register_members(
     }
 }
 
+/// Proposes one metadata command on this node's controller replica (the leader's).
+async fn propose_command(replica: &ActorRef<RaftReplicaMsg>, command: &MetadataCommand, clock: &dyn Clock) {
+    let batch = encode_command(command, clock.now_millis());
+    let proposed =
+        ractor::call_t!(replica, |reply| RaftReplicaMsg::Propose { batch, ack_on: AckOn::Commit, reply }, 3_000);
+    match proposed {
+        Ok(Ok(_)) => tracing::info!(?command, "placement proposed"),
+        Ok(Err(refusal)) => tracing::debug!(?command, %refusal, "placement not committed"),
+        Err(error) => tracing::debug!(?command, %error, "placement timed out"),
+    }
+}
+
+/// Placement after creation, on the controller's leader: each partition's replica set is
+/// the best `replication factor` (its creation set's size) of the nodes that may hold
+/// replicas, by rendezvous ranking: registered, not decommissioned, and not gone longer than
+/// `cluster.replace_dead_after`. A node that joins takes its share; a node gone that long,
+/// or decommissioned, has its replicas re-created elsewhere; a node only briefly down keeps
+/// them. A partition already moving is left to settle, and at most [`MOVES_AT_ONCE`]
+/// partitions move at a time.
+struct Placement {
+    replace_dead_after: Duration,
+    /// registered nodes not live, since when (on this leader's clock)
+    down_since: BTreeMap<u64, tokio::time::Instant>,
+}
+
+/// Partitions whose replica set moves at one time, cluster-wide.
+const MOVES_AT_ONCE: usize = 4;
+
+impl Placement {
+    fn moves(&mut self, metadata: &ClusterMetadata, live: &Members, now: tokio::time::Instant) -> Vec<MetadataCommand> {
+        self.down_since.retain(|node, _| !live.contains_key(node) && metadata.nodes.contains_key(node));
+        for node in metadata.nodes.keys() {
+            if !live.contains_key(node) {
+                self.down_since.entry(*node).or_insert(now);
+            }
+        }
+        let gone = |node: &u64| self.down_since.get(node).is_some_and(|since| now - *since >= self.replace_dead_after);
+        let candidates: Vec<u64> = metadata
+            .nodes
+            .iter()
+            .filter(|(node, record)| !record.decommissioned && !gone(node))
+            .map(|(node, _)| *node)
+            .collect();
+        let mut moving = metadata.streams.values().flat_map(|stream| &stream.partitions).filter(|p| !p.settled).count();
+        let mut commands = Vec::new();
+        for (name, stream) in &metadata.streams {
+            for (index, partition) in stream.partitions.iter().enumerate() {
+                if moving >= MOVES_AT_ONCE {
+                    return commands;
+                }
+                if !partition.settled {
+                    continue;
+                }
+                let factor = partition.initial.len();
+                let wanted = placement::replica_set(name, index as u32, &candidates, factor);
+                // never fewer replicas than the stream asks for: a node gone with no other to take
+                // its place stays in the set (the partition is under-replicated, not shrunk)
+                if wanted.len() < factor || same_members(&wanted, &partition.replicas) {
+                    continue;
+                }
+                moving += 1;
+                commands.push(MetadataCommand::SetReplicas {
+                    name: name.clone(),
+                    partition: index as u32,
+                    replicas: wanted,
+                });
+            }
+        }
+        commands
+    }
+}
+
+fn same_members(a: &[u64], b: &[u64]) -> bool {
+    let (mut a, mut b) = (a.to_vec(), b.to_vec());
+    a.sort_unstable();
+    b.sort_unstable();
+    a == b
+}
+
 /// On the leader: adds every registered node that is neither voter nor learner as a learner
 /// (one at a time: raft takes one membership change at a time; the next waits a round).
 async fn add_learners(replica: &ActorRef<RaftReplicaMsg>, metadata: &ClusterMetadata) {
@@ -252,5 +344,110 @@ async fn add_learners(replica: &ActorRef<RaftReplicaMsg>, metadata: &ClusterMeta
             Ok(Err(refusal)) => tracing::debug!(node, %refusal, "learner not added yet"),
             Err(error) => tracing::debug!(node, %error, "learner not added yet"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use tidewater_cluster::membership::{Advertised, Member};
+
+    use super::*;
+
+    fn member(id: u64) -> (u64, Member) {
+        let gossip = "127.0.0.1:7946".parse().expect("address");
+        (id, Member { id, generation: 1, gossip, advertised: Advertised::default() })
+    }
+
+    fn cluster(nodes: &[u64], partitions: usize) -> ClusterMetadata {
+        let mut metadata = ClusterMetadata::new();
+        let mut offset = 0;
+        for &id in nodes {
+            metadata.apply(offset, &MetadataCommand::RegisterNode { id, generation: 1 }).unwrap();
+            offset += 1;
+        }
+        let replicas = (0..partitions as u32).map(|p| placement::replica_set("s", p, &[1, 2, 3], 3)).collect();
+        let create = MetadataCommand::CreateStream { name: "s".into(), definition: Bytes::new(), replicas };
+        metadata.apply(offset, &create).unwrap();
+        metadata
+    }
+
+    #[test]
+    fn placement_follows_joins_deaths_and_decommissions_a_few_partitions_at_a_time() {
+        let mut now = tokio::time::Instant::now();
+        let mut placement = Placement { replace_dead_after: Duration::from_secs(60), down_since: BTreeMap::new() };
+        let live: Members = [1, 2, 3].into_iter().map(member).collect();
+        let mut metadata = cluster(&[1, 2, 3], 12);
+        assert!(placement.moves(&metadata, &live, now).is_empty(), "three nodes hold every replica already");
+        // node 4 joins: the partitions where it ranks in the top three move, four at a time
+        metadata.apply(100, &MetadataCommand::RegisterNode { id: 4, generation: 1 }).unwrap();
+        let live: Members = [1, 2, 3, 4].into_iter().map(member).collect();
+        let moves = placement.moves(&metadata, &live, now);
+        assert_eq!(moves.len(), MOVES_AT_ONCE);
+        for command in &moves {
+            let MetadataCommand::SetReplicas { replicas, .. } = command else { panic!("{command:?}") };
+            assert!(replicas.contains(&4) && replicas.len() == 3, "{replicas:?}");
+        }
+        let mut offset = 101;
+        for command in moves {
+            metadata.apply(offset, &command).unwrap();
+            offset += 1;
+        }
+        assert!(placement.moves(&metadata, &live, now).is_empty(), "nothing more while four partitions move");
+        // node 2 is down: its replicas stay until it has been gone for replace_dead_after
+        let partial: Members = [1, 3, 4].into_iter().map(member).collect();
+        let settle_all = |metadata: &mut ClusterMetadata, offset: &mut i64| {
+            let unsettled: Vec<(u32, u64)> = metadata.streams["s"]
+                .partitions
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| !p.settled)
+                .map(|(i, p)| (i as u32, p.replica_epoch))
+                .collect();
+            for (partition, replica_epoch) in unsettled {
+                let settled = MetadataCommand::ReplicasSettled { name: "s".into(), partition, replica_epoch };
+                metadata.apply(*offset, &settled).unwrap();
+                *offset += 1;
+            }
+        };
+        settle_all(&mut metadata, &mut offset);
+        let before_death: Vec<Vec<u64>> = loop {
+            let moves = placement.moves(&metadata, &live, now);
+            if moves.is_empty() {
+                break metadata.streams["s"].partitions.iter().map(|p| p.replicas.clone()).collect();
+            }
+            for command in moves {
+                metadata.apply(offset, &command).unwrap();
+                offset += 1;
+            }
+            settle_all(&mut metadata, &mut offset);
+        };
+        assert!(placement.moves(&metadata, &partial, now).is_empty(), "a node just gone keeps its replicas");
+        now += Duration::from_secs(61);
+        let moves = placement.moves(&metadata, &partial, now);
+        assert!(!moves.is_empty());
+        for command in &moves {
+            let MetadataCommand::SetReplicas { partition, replicas, .. } = command else { panic!("{command:?}") };
+            assert!(!replicas.contains(&2) && replicas.len() == 3, "{replicas:?}");
+            assert!(before_death[*partition as usize].contains(&2), "only the sets that held node 2 move");
+        }
+        // with only two nodes left nothing can take a dead node's place: the sets keep it
+        let mut placement = Placement { replace_dead_after: Duration::from_secs(60), down_since: BTreeMap::new() };
+        let metadata = cluster(&[1, 2, 3], 4);
+        let two: Members = [1, 3].into_iter().map(member).collect();
+        assert!(placement.moves(&metadata, &two, now).is_empty());
+        now += Duration::from_secs(61);
+        assert!(placement.moves(&metadata, &two, now).is_empty(), "never fewer replicas than the factor");
+        // a decommissioned node's replicas go to the others
+        let mut metadata = cluster(&[1, 2, 3, 4], 4);
+        metadata.apply(50, &MetadataCommand::Decommission { id: 1 }).unwrap();
+        let everyone: Members = [1, 2, 3, 4].into_iter().map(member).collect();
+        let moves = placement.moves(&metadata, &everyone, now);
+        assert_eq!(moves.len(), 4);
+        assert!(
+            moves.iter().all(
+                |command| matches!(command, MetadataCommand::SetReplicas { replicas, .. } if !replicas.contains(&1))
+            )
+        );
     }
 }

@@ -53,6 +53,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/health", get(health))
         .route("/metrics", get(metrics_text))
         .route("/api/v1/cluster", get(cluster_status))
+        .route("/api/v1/cluster/nodes/{id}/decommission", axum::routing::post(decommission))
         .route("/api/v1/streams", get(list_streams).post(create_stream))
         .route("/api/v1/streams/{name}", get(get_stream).delete(delete_stream))
         .with_state(state)
@@ -106,12 +107,18 @@ async fn cluster_status(State(state): State<HttpState>) -> Response {
     let controller = &cluster.controller;
     let leadership = *controller.leadership.borrow();
     let status = controller.status().await;
-    let registered: Vec<Value> = controller
-        .metadata
-        .borrow()
+    let metadata = controller.metadata.borrow().clone();
+    let registered: Vec<Value> = metadata
         .nodes
         .iter()
-        .map(|(id, node)| json!({"id": id, "generation": node.generation}))
+        .map(|(id, node)| {
+            json!({
+                "id": id,
+                "generation": node.generation,
+                "decommissioned": node.decommissioned,
+                "replicas": metadata.replicas_on(*id).len(),
+            })
+        })
         .collect();
     let controller = json!({
         "voters": controller.voters,
@@ -128,6 +135,19 @@ async fn cluster_status(State(state): State<HttpState>) -> Response {
     });
     axum::Json(json!({"cluster": cluster.name, "node_id": cluster.node_id, "nodes": nodes, "controller": controller}))
         .into_response()
+}
+
+/// `POST /api/v1/cluster/nodes/{id}/decommission`: placement moves the node's replicas to
+/// the others; `GET /api/v1/cluster` shows how many it still holds.
+async fn decommission(State(state): State<HttpState>, Path(id): Path<u64>) -> Response {
+    let Some(catalog) = state.ctx.catalog() else {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "this node is not part of a cluster");
+    };
+    match catalog.decommission(id).await {
+        Ok(()) => (StatusCode::ACCEPTED, axum::Json(json!({"id": id, "decommissioned": true}))).into_response(),
+        Err(e @ StreamError::Unknown(_)) => error(StatusCode::NOT_FOUND, e),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
+    }
 }
 
 /// Serves HTTP on a listener of the `Net` seam until `shutdown` turns true.
@@ -187,6 +207,7 @@ fn stream_json(ctx: &NodeContext, stream: &Stream) -> Value {
                 // this node's view of the partition's raft group
                 let leader = view.leader();
                 value["replicas"] = json!(view.replicas);
+                value["settled"] = json!(view.settled);
                 value["replica_here"] = json!(view.raft.is_some());
                 value["leader"] = json!(leader.map(|(leader, _)| leader));
                 value["leader_epoch"] = json!(leader.map(|(_, term)| term));

@@ -175,6 +175,7 @@ impl Node {
             members: cluster.members(),
             clock: Arc::clone(&ctx.clock),
             rng: ctx.rng.clone(),
+            replace_dead_after: Duration::from_millis(config.cluster.replace_dead_after_ms),
         };
         let controller = match Controller::start(controller_parts, shutdown_rx.clone()).await {
             Ok(controller) => controller,
@@ -210,6 +211,8 @@ impl Node {
                 links: Arc::clone(&cluster.links),
                 forwarder: Arc::clone(&cluster.forwarder),
                 metadata: view.metadata.clone(),
+                controller_leadership: view.leadership.clone(),
+                generation,
                 served: served_sender,
             },
             streams_stopped,

@@ -27,7 +27,7 @@ use tidewater_cluster::membership::Members;
 use tidewater_cluster::placement;
 use tidewater_cluster::raft::RaftJournal;
 use tidewater_cluster::raft::group::{GroupRouter, RaftReplica, RaftReplicaArgs, RaftReplicaMsg};
-use tidewater_cluster::raft::{AckOn, Leadership, Refusal, ReplicaOptions};
+use tidewater_cluster::raft::{AckOn, Leadership, Reconciled, Refusal, ReplicaOptions};
 use tidewater_storage::PartitionId;
 use tokio::sync::watch;
 use tracing::Instrument;
@@ -65,21 +65,7 @@ impl NodeCatalog {
     /// Proposes `command` on the node whose controller replica leads (this one or another:
     /// any node takes admin requests), following one redirect.
     async fn propose(&self, command: &MetadataCommand) -> Result<i64, StreamError> {
-        let batch = encode_command(command, self.clock.now_millis());
-        let mut leader = self.controller_leadership.borrow().and_then(|leadership| leadership.leader);
-        for _ in 0..2 {
-            let Some(node) = leader else { break };
-            let answer = self.forwarder.propose(node, GroupId::Controller, batch.clone(), AckOn::Commit).await;
-            match answer {
-                Ok(placed) => return Ok(placed.base_offset),
-                Err(Refusal::NotLeader { leader: Some(next) }) if next != node => leader = Some(next),
-                Err(Refusal::NotLeader { .. }) => break,
-                Err(refusal) => {
-                    return Err(StreamError::Unavailable(format!("the controller did not commit: {refusal}")));
-                }
-            }
-        }
-        Err(StreamError::NotController(None))
+        propose_to_controller(&self.forwarder, &self.controller_leadership, self.clock.as_ref(), command).await
     }
 
     /// Waits until this node's metadata has applied `offset` and `served` holds for it.
@@ -93,6 +79,29 @@ impl NodeCatalog {
         .await;
         waited.map_err(|_| StreamError::Unavailable("the change committed but this node does not serve it yet".into()))
     }
+}
+
+/// Proposes `command` to the controller's leader, wherever it runs, following one redirect;
+/// the offset it committed at.
+async fn propose_to_controller(
+    forwarder: &Arc<Forwarder>,
+    leadership: &watch::Receiver<Option<Leadership>>,
+    clock: &dyn tidewater_cluster::seams::Clock,
+    command: &MetadataCommand,
+) -> Result<i64, StreamError> {
+    let batch = encode_command(command, clock.now_millis());
+    let mut leader = leadership.borrow().and_then(|leadership| leadership.leader);
+    for _ in 0..2 {
+        let Some(node) = leader else { break };
+        let answer = forwarder.propose(node, GroupId::Controller, batch.clone(), AckOn::Commit).await;
+        match answer {
+            Ok(placed) => return Ok(placed.base_offset),
+            Err(Refusal::NotLeader { leader: Some(next) }) if next != node => leader = Some(next),
+            Err(Refusal::NotLeader { .. }) => break,
+            Err(refusal) => return Err(StreamError::Unavailable(format!("the controller did not commit: {refusal}"))),
+        }
+    }
+    Err(StreamError::NotController(None))
 }
 
 impl ClusterCatalog for NodeCatalog {
@@ -154,6 +163,16 @@ impl ClusterCatalog for NodeCatalog {
         })
     }
 
+    fn decommission(&self, node: u64) -> BoxFuture<'_, Result<(), StreamError>> {
+        Box::pin(async move {
+            if !self.metadata.borrow().nodes.contains_key(&node) {
+                return Err(StreamError::Unknown(format!("node {node}")));
+            }
+            let offset = self.propose(&MetadataCommand::Decommission { id: node }).await?;
+            self.settle(offset, |_| true).await
+        })
+    }
+
     fn delete(&self, name: String) -> BoxFuture<'_, Result<(), StreamError>> {
         Box::pin(async move {
             if !self.metadata.borrow().streams.contains_key(&name) {
@@ -177,20 +196,60 @@ pub struct StreamParts {
     pub forwarder: Arc<Forwarder>,
     /// the controller's applied metadata
     pub metadata: watch::Receiver<ClusterMetadata>,
+    /// who leads the controller (where a settled move is reported)
+    pub controller_leadership: watch::Receiver<Option<Leadership>>,
+    /// this node's generation (its registration at it bounds how stale its metadata is)
+    pub generation: u64,
     /// published: the streams served
     pub served: watch::Sender<BTreeSet<String>>,
 }
 
-/// A stream of the cluster served here: its record (to notice a change) and its replicas.
-struct Served {
-    record: StreamRecord,
-    replicas: Vec<(GroupId, ActorRef<RaftReplicaMsg>)>,
+impl StreamParts {
+    /// Proposes `command` to the controller's leader.
+    async fn propose(&self, command: &MetadataCommand) -> Result<i64, StreamError> {
+        propose_to_controller(&self.forwarder, &self.controller_leadership, self.ctx.clock.as_ref(), command).await
+    }
 }
 
+/// This node's raft replica of one partition, with what it publishes.
+struct LocalReplica {
+    actor: ActorRef<RaftReplicaMsg>,
+    high_watermark: watch::Receiver<i64>,
+    leadership: watch::Receiver<Option<Leadership>>,
+}
+
+/// A stream of the cluster served here: its record (to notice a change) and this node's
+/// replicas of its partitions.
+struct Served {
+    record: StreamRecord,
+    replicas: BTreeMap<u32, LocalReplica>,
+    /// for the partitions this node holds no replica of: the leader their replicas reported
+    remote: BTreeMap<u32, watch::Sender<Option<Leadership>>>,
+}
+
+/// How often a partition whose replica set is moving takes its next step.
+const RECONCILE_EVERY: Duration = Duration::from_millis(500);
+/// A replica moved away is stopped at once but its data goes only after this, if the
+/// metadata still says so: metadata a node applies can be behind (replayed after a restart,
+/// or arriving after a cut heals), and a later command may have put the node back in a group
+/// that counts on the data it holds.
+const FORGET_AFTER: Duration = Duration::from_secs(10);
+
 /// The streams of the cluster served on this node, until `shutdown`; then their replicas stop.
+///
+/// A stream whose partitions' replica sets changed is served again with the replicas this
+/// node keeps (a replica running on goes on undisturbed): a node newly in a set starts an
+/// empty replica that the leader adds as a learner; a node no longer in it keeps its replica
+/// until the group has settled on the new set, then stops it and removes its data. While a
+/// set moves, this node's replica, if it leads, takes one membership step toward it every
+/// [`RECONCILE_EVERY`], and reports the group settled to the controller.
 pub async fn follow_streams(parts: StreamParts, mut shutdown: watch::Receiver<bool>) {
     let mut metadata = parts.metadata.clone();
     let mut served: BTreeMap<String, Served> = BTreeMap::new();
+    // leaderships of this node's replicas reported to the controller: (stream, partition) -> term
+    let mut reported: BTreeMap<(String, u32), u64> = BTreeMap::new();
+    // replicas stopped because they moved away, whose data is still here, since when
+    let mut doomed: BTreeMap<PartitionId, tokio::time::Instant> = BTreeMap::new();
     loop {
         let now = metadata.borrow_and_update().clone();
         for name in served.keys().cloned().collect::<Vec<_>>() {
@@ -202,21 +261,27 @@ pub async fn follow_streams(parts: StreamParts, mut shutdown: watch::Receiver<bo
             }
         }
         for (name, record) in &now.streams {
-            if served.contains_key(name) {
+            if served.get(name).is_some_and(|stream| stream.record == *record) {
                 continue;
             }
-            match serve(&parts, name, record).await {
-                Ok(replicas) => {
-                    served.insert(name.clone(), Served { record: record.clone(), replicas });
+            let held = served.remove(name).map(|stream| stream.replicas).unwrap_or_default();
+            match serve(&parts, name, record, held, &mut doomed).await {
+                Ok((replicas, remote)) => {
+                    served.insert(name.clone(), Served { record: record.clone(), replicas, remote });
                 }
                 Err(error) => tracing::error!(stream = %name, %error, "cannot serve a stream of the cluster"),
             }
         }
         parts.served.send_replace(served.keys().cloned().collect());
+        forget_moved(&parts, &now, &mut doomed);
+        learn_leaders(&served, &now);
+        report_leaders(&parts, &served, &now, &mut reported).await;
+        reconcile(&parts, &served).await;
         tokio::select! {
             biased;
             _ = shutdown.changed() => break,
             changed = metadata.changed() => if changed.is_err() { break },
+            _ = tokio::time::sleep(RECONCILE_EVERY) => {}
         }
     }
     for (name, gone) in std::mem::take(&mut served) {
@@ -224,45 +289,169 @@ pub async fn follow_streams(parts: StreamParts, mut shutdown: watch::Receiver<bo
     }
 }
 
-/// Starts a stream's replicas (where this node holds one) and writers, and serves it.
+/// Removes the data of replicas that moved away [`FORGET_AFTER`] ago and are still not this
+/// node's under metadata that includes this node's registration at its generation.
+fn forget_moved(
+    parts: &StreamParts,
+    metadata: &ClusterMetadata,
+    doomed: &mut BTreeMap<PartitionId, tokio::time::Instant>,
+) {
+    let me = parts.ctx.node_id;
+    let fresh = metadata.nodes.get(&me).is_some_and(|node| node.generation == parts.generation);
+    if !fresh {
+        return;
+    }
+    let now = tokio::time::Instant::now();
+    doomed.retain(|id, since| {
+        let record = metadata.streams.get(&id.stream).and_then(|stream| stream.partitions.get(id.partition as usize));
+        match record {
+            Some(record) if record.replicas.contains(&me) => false, // it came back: serve reopened it
+            Some(record) if !record.settled || now - *since < FORGET_AFTER => true,
+            Some(_) => {
+                forget_partition(&parts.ctx, id);
+                tracing::info!(stream = %id.stream, partition = id.partition, "replica moved away: its data is removed");
+                false
+            }
+            None => false, // the stream was deleted (its release removed the data)
+        }
+    });
+}
+
+/// Partitions this node holds no replica of learn their leader from what the replicas
+/// reported to the controller.
+fn learn_leaders(served: &BTreeMap<String, Served>, metadata: &ClusterMetadata) {
+    for (name, stream) in served {
+        for (partition, sender) in &stream.remote {
+            if let Some(&(leader, term)) = metadata.leaders.get(&(name.clone(), *partition)) {
+                let leadership = Some(Leadership { term, leader: Some(leader), is_leader: false });
+                sender.send_if_modified(|known| {
+                    let changed = *known != leadership;
+                    *known = leadership;
+                    changed
+                });
+            }
+        }
+    }
+}
+
+/// Reports to the controller each leadership of this node's replicas it does not record yet.
+async fn report_leaders(
+    parts: &StreamParts,
+    served: &BTreeMap<String, Served>,
+    metadata: &ClusterMetadata,
+    reported: &mut BTreeMap<(String, u32), u64>,
+) {
+    let me = parts.ctx.node_id;
+    for (name, stream) in served {
+        for (partition, local) in &stream.replicas {
+            let Some(leadership) = *local.leadership.borrow() else { continue };
+            let key = (name.clone(), *partition);
+            if !leadership.is_leader
+                || metadata.leaders.get(&key) == Some(&(me, leadership.term))
+                || reported.get(&key) == Some(&leadership.term)
+            {
+                continue;
+            }
+            let command =
+                MetadataCommand::Led { name: name.clone(), partition: *partition, leader: me, term: leadership.term };
+            let proposed = parts.propose(&command).await;
+            if proposed.is_ok() {
+                reported.insert(key, leadership.term);
+            }
+        }
+    }
+}
+
+/// One step toward the recorded set for every moving partition whose replica leads here;
+/// a group that reached it is reported settled. Whether any partition is still moving.
+async fn reconcile(parts: &StreamParts, served: &BTreeMap<String, Served>) -> bool {
+    let mut moving = false;
+    for (name, stream) in served {
+        for (index, record) in stream.record.partitions.iter().enumerate() {
+            if record.settled {
+                continue;
+            }
+            moving = true;
+            let Some(local) = stream.replicas.get(&(index as u32)) else { continue };
+            if !local.leadership.borrow().is_some_and(|leadership| leadership.is_leader) {
+                continue;
+            }
+            let target = record.replicas.clone();
+            let answer = ractor::call_t!(local.actor, RaftReplicaMsg::Reconcile, 500, target);
+            if let Ok(Reconciled::Settled) = answer {
+                let command = MetadataCommand::ReplicasSettled {
+                    name: name.clone(),
+                    partition: index as u32,
+                    replica_epoch: record.replica_epoch,
+                };
+                let proposed = parts.propose(&command).await;
+                match proposed {
+                    Ok(_) => {
+                        tracing::info!(stream = %name, partition = index, replicas = ?record.replicas, "replica set moved")
+                    }
+                    Err(error) => {
+                        tracing::debug!(stream = %name, partition = index, %error, "settled move not recorded yet")
+                    }
+                }
+            }
+        }
+    }
+    moving
+}
+
+/// Serves a stream: a raft replica for each partition this node keeps (`held` are those
+/// running already, reused), and in front of each partition a `ReplicatedPartition` writer
+/// with the interface every partition has. Replicas not kept stop and their data goes.
 async fn serve(
     parts: &StreamParts,
     name: &str,
     record: &StreamRecord,
-) -> Result<Vec<(GroupId, ActorRef<RaftReplicaMsg>)>, String> {
+    mut held: BTreeMap<u32, LocalReplica>,
+    doomed: &mut BTreeMap<PartitionId, tokio::time::Instant>,
+) -> Result<(BTreeMap<u32, LocalReplica>, BTreeMap<u32, watch::Sender<Option<Leadership>>>), String> {
     let def: StreamDef = persist::decode(DEFINITION_SPACE, &record.definition).map_err(|error| error.to_string())?;
     let ctx = &parts.ctx;
     let mut handles = Vec::with_capacity(record.partitions.len());
-    let mut replicas = Vec::new();
+    let mut replicas = BTreeMap::new();
+    let mut remote = BTreeMap::new();
+    let mut gone = Vec::new();
     for (index, partition) in record.partitions.iter().enumerate() {
         let id = PartitionId { stream: name.to_string(), partition: index as u32 };
         let group = GroupId::Partition { stream: name.to_string(), partition: index as i32 };
-        let (high_watermark_sender, high_watermark) = watch::channel(0);
-        let (leadership_sender, leadership) = watch::channel(None);
-        let raft = if partition.replicas.contains(&ctx.node_id) {
-            let args = RaftReplicaArgs {
-                group: group.clone(),
-                partition: id.clone(),
-                options: ReplicaOptions {
-                    preferred_leader: partition.replicas.first().copied(),
-                    ..ReplicaOptions::new(ctx.node_id, ctx.rng.next_u64())
-                },
-                voters: partition.replicas.clone(),
-                tick: TICK,
-                log: Arc::clone(&ctx.log_store),
-                state: Arc::clone(&ctx.state_store),
-                transport: parts.links.clone(),
-                high_watermark: high_watermark_sender,
-                leadership: leadership_sender,
-            };
-            let (replica, _) = Actor::spawn(None, RaftReplica, args).await.map_err(|error| error.to_string())?;
-            parts.router.insert(group.clone(), replica.clone());
-            replicas.push((group, replica.clone()));
-            Some(replica)
-        } else {
-            None
+        let running = held.remove(&(index as u32));
+        // a replica on disk counts as held (a node restarted in the middle of a move keeps it),
+        // unless it was stopped already for having moved away
+        let on_disk = running.is_some()
+            || (!doomed.contains_key(&id)
+                && RaftJournal::exists(&id, ctx.state_store.as_ref()).map_err(|error| error.to_string())?);
+        let local = match (partition.keeps(ctx.node_id, on_disk), running) {
+            (true, Some(running)) => Some(running),
+            (true, None) => {
+                doomed.remove(&id);
+                Some(start_replica(parts, &id, &group, partition).await?)
+            }
+            (false, running) => {
+                if on_disk {
+                    gone.push((group.clone(), running));
+                    doomed.entry(id.clone()).or_insert_with(tokio::time::Instant::now);
+                }
+                None
+            }
         };
-        let view = ReplicaView { replicas: partition.replicas.clone(), leadership, raft };
+        let (leadership, high_watermark) = match &local {
+            Some(local) => (local.leadership.clone(), local.high_watermark.clone()),
+            None => {
+                let (sender, leadership) = watch::channel(None);
+                remote.insert(index as u32, sender);
+                (leadership, watch::channel(0).1)
+            }
+        };
+        let view = ReplicaView {
+            replicas: partition.replicas.clone(),
+            settled: partition.settled,
+            leadership,
+            raft: local.as_ref().map(|local| local.actor.clone()),
+        };
         let args = ReplicatedArgs {
             id: id.clone(),
             view: view.clone(),
@@ -272,11 +461,68 @@ async fn serve(
         };
         let (actor, _) = Actor::spawn(None, ReplicatedPartition, args).await.map_err(|error| error.to_string())?;
         handles.push(PartitionHandle { id, actor, high_watermark, replica: Some(view) });
+        if let Some(local) = local {
+            replicas.insert(index as u32, local);
+        }
     }
-    let held = replicas.len();
+    // the new writers take over at once (no moment without the stream), the old ones drain
+    let previous = ctx.streams.get(name);
     ctx.streams.adopt(def, handles).await;
-    tracing::info!(stream = %name, replicas_here = held, "serving a stream of the cluster");
-    Ok(replicas)
+    if let Some(previous) = previous {
+        for partition in &previous.partitions {
+            let _ = partition.actor.drain_and_wait(Some(Duration::from_secs(2))).await;
+        }
+    }
+    for (group, running) in gone {
+        if let Some(running) = running {
+            parts.router.remove(&group);
+            let _ = running.actor.stop_and_wait(None, Some(Duration::from_secs(2))).await;
+        }
+    }
+    tracing::info!(stream = %name, replicas_here = replicas.len(), "serving a stream of the cluster");
+    Ok((replicas, remote))
+}
+
+/// Starts this node's replica of a partition. A new one starts from the membership the
+/// partition was created with, which the log's own membership changes (or a leader's
+/// snapshot) bring up to date.
+async fn start_replica(
+    parts: &StreamParts,
+    id: &PartitionId,
+    group: &GroupId,
+    partition: &tidewater_cluster::controller::PartitionRecord,
+) -> Result<LocalReplica, String> {
+    let ctx = &parts.ctx;
+    let (high_watermark_sender, high_watermark) = watch::channel(0);
+    let (leadership_sender, leadership) = watch::channel(None);
+    let args = RaftReplicaArgs {
+        group: group.clone(),
+        partition: id.clone(),
+        options: ReplicaOptions {
+            preferred_leader: partition.replicas.first().copied(),
+            ..ReplicaOptions::new(ctx.node_id, ctx.rng.next_u64())
+        },
+        voters: partition.initial.clone(),
+        tick: TICK,
+        log: Arc::clone(&ctx.log_store),
+        state: Arc::clone(&ctx.state_store),
+        transport: parts.links.clone(),
+        high_watermark: high_watermark_sender,
+        leadership: leadership_sender,
+    };
+    let (actor, _) = Actor::spawn(None, RaftReplica, args).await.map_err(|error| error.to_string())?;
+    parts.router.insert(group.clone(), actor.clone());
+    Ok(LocalReplica { actor, high_watermark, leadership })
+}
+
+/// Removes this node's data of a partition: its raft records and its log.
+fn forget_partition(ctx: &NodeContext, id: &PartitionId) {
+    if let Err(error) = RaftJournal::forget(id, ctx.state_store.as_ref()) {
+        tracing::warn!(stream = %id.stream, partition = id.partition, %error, "cannot remove a partition's raft records");
+    }
+    if let Err(error) = ctx.log_store.delete_partition(id) {
+        tracing::warn!(stream = %id.stream, partition = id.partition, %error, "cannot remove a partition's log");
+    }
 }
 
 /// Stops serving a stream; `forget` removes this node's data of it (the stream was deleted).
@@ -287,19 +533,13 @@ async fn release(parts: &StreamParts, name: &str, gone: Served, forget: bool) {
             let _ = partition.actor.drain_and_wait(Some(Duration::from_secs(2))).await;
         }
     }
-    for (group, replica) in gone.replicas {
-        parts.router.remove(&group);
-        let _ = replica.stop_and_wait(None, Some(Duration::from_secs(2))).await;
+    for (partition, local) in gone.replicas {
+        parts.router.remove(&GroupId::Partition { stream: name.to_string(), partition: partition as i32 });
+        let _ = local.actor.stop_and_wait(None, Some(Duration::from_secs(2))).await;
     }
     if forget {
         for partition in 0..gone.record.partitions.len() as u32 {
-            let id = PartitionId { stream: name.to_string(), partition };
-            if let Err(error) = RaftJournal::forget(&id, ctx.state_store.as_ref()) {
-                tracing::warn!(stream = %name, partition, %error, "cannot remove a deleted partition's raft records");
-            }
-            if let Err(error) = ctx.log_store.delete_partition(&id) {
-                tracing::warn!(stream = %name, partition, %error, "cannot remove a deleted partition's log");
-            }
+            forget_partition(ctx, &PartitionId { stream: name.to_string(), partition });
         }
         tracing::info!(stream = %name, "stream of the cluster deleted");
     }

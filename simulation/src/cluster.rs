@@ -136,6 +136,8 @@ struct Seen {
     stream_status: BTreeMap<u64, String>,
     /// per (node, generation), snapshots its replica of the stream installed
     snapshots: BTreeMap<(u64, u64), u64>,
+    /// the most replica set changes any node applied
+    moves: u64,
 }
 
 /// The outcome of one cluster seed.
@@ -157,6 +159,8 @@ pub struct ClusterReport {
     pub log_start: i64,
     /// leaders' snapshots the stream's replicas installed
     pub snapshots: u64,
+    /// replica set changes (placement after deaths and returns)
+    pub moves: u64,
 }
 
 fn node_config(id: u64, ip: IpAddr, seed_ip: IpAddr) -> Config {
@@ -173,11 +177,27 @@ fn node_config(id: u64, ip: IpAddr, seed_ip: IpAddr) -> Config {
     }
     config.kafka.advertised_address = Some(format!("{ip}:9092"));
     config.kafka.retention_check_ms = 250;
+    // a node down longer than this has its replicas re-created elsewhere, and takes them back
+    // when it returns: replica sets move through the faults
+    config.cluster.replace_dead_after_ms = 2_500;
     config
 }
 
+/// Panics anywhere in the process while a seed runs (a replica actor that panics is stopped
+/// by ractor and the run goes on: the checker counts it as a violation).
+static PANICS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 /// Runs one cluster seed and checks it.
 pub fn run_cluster_seed(seed: u64) -> ClusterReport {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            PANICS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            default(info);
+        }));
+    });
+    let panics_before = PANICS.load(std::sync::atomic::Ordering::SeqCst);
     let seen = Rc::new(RefCell::new(Seen::default()));
     let stores: Vec<Arc<MemoryStore>> = (0..NODES).map(|_| Arc::new(MemoryStore::new())).collect();
     let boots = Rc::new(RefCell::new(BTreeMap::<u64, u64>::new()));
@@ -238,6 +258,8 @@ pub fn run_cluster_seed(seed: u64) -> ClusterReport {
                         let registered: Vec<(u64, u64)> =
                             applied.nodes.iter().map(|(&node, record)| (node, record.generation)).collect();
                         let term = lead.map_or(0, |lead| lead.term);
+                        let moves = applied.streams.values().flat_map(|s| &s.partitions).map(|p| p.replica_epoch).sum();
+                        seen.moves = seen.moves.max(moves);
                         seen.last.insert(id, (lead.and_then(|lead| lead.leader), term, registered, generation));
                     }
                     tokio::select! {
@@ -336,6 +358,10 @@ pub fn run_cluster_seed(seed: u64) -> ClusterReport {
         }
     }
     drop(sim);
+    let panics = PANICS.load(std::sync::atomic::Ordering::SeqCst) - panics_before;
+    if panics > 0 {
+        violations.push(format!("{panics} panics in the nodes (see the output above)"));
+    }
     let seen = seen.borrow();
     for (term, leaders) in &seen.leaders {
         if leaders.len() > 1 {
@@ -376,7 +402,18 @@ pub fn run_cluster_seed(seed: u64) -> ClusterReport {
     for node in device.borrow().acked.values() {
         *mqtt_acked.entry(*node).or_default() += 1;
     }
-    ClusterReport { seed, violations, terms: seen.leaders.len(), restarts, acked, mqtt_acked, log_start, snapshots }
+    let moves = seen.moves;
+    ClusterReport {
+        seed,
+        violations,
+        terms: seen.leaders.len(),
+        restarts,
+        acked,
+        mqtt_acked,
+        log_start,
+        snapshots,
+        moves,
+    }
 }
 
 async fn connect(id: u64) -> Option<KafkaConn<TcpStream>> {

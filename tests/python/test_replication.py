@@ -515,3 +515,96 @@ def test_offsets_of_a_group_in_use_outlive_the_offsets_retention_and_an_empty_gr
     found, _ = wait_for(lambda: _try(lambda: committed_offsets(admin, "alive", "tasks", 1)), timeout=30, step=0.5)
     assert found == {0: 5}
     assert committed_offsets(admin, "idle", "tasks", 1).get(0, -1) < 0
+
+
+def partition_sets(admin, name):
+    topic = admin.list_topics(name, timeout=5).topics.get(name)
+    if topic is None or any(p.error is not None or p.leader < 0 for p in topic.partitions.values()):
+        return None
+    return {p.id: (p.leader, sorted(p.replicas)) for p in topic.partitions.values()}
+
+
+def unsettled(broker):
+    """Registered nodes with how many replicas each holds, once every move settled."""
+    import json
+    status, body = broker.http_get("/api/v1/cluster")
+    return json.loads(body)["controller"]["registered"] if status == 200 else None
+
+
+def test_a_fourth_node_takes_its_share_of_replicas_and_a_decommissioned_node_gives_them_back(make_broker):
+    nodes = cluster_of_three(make_broker)
+    admin = create_topic(nodes, "fleet", 6, 3)
+    leaders(admin, "fleet", 6)
+    acked = {}
+
+    def delivery(err, msg):
+        assert err is None, err
+        acked[(msg.partition(), msg.offset())] = msg.value()
+
+    producer = Producer({"bootstrap.servers": bootstrap(nodes), "acks": "all", "enable.idempotence": True})
+    for i in range(600):
+        producer.produce("fleet", value=b"before-%04d" % i, key=b"k%d" % i, on_delivery=delivery)
+    assert producer.flush(20) == 0
+    # a fourth node joins: rendezvous placement gives it its share (about three in four
+    # partitions of replication factor 3 over four nodes), as learners that catch up and become
+    # voters, and the replica each move replaces removes its data
+    fourth = make_broker(node_id=4, extra_args=["--seeds", f"127.0.0.1:{nodes[0].gossip_port}", "--voters", "1,2,3"])
+    everyone = [*nodes, fourth]
+
+    def moved_to_four():
+        sets = _try(lambda: partition_sets(admin, "fleet"))
+        if not sets or not any(4 in replicas for _, replicas in sets.values()):
+            return None
+        if any(len(replicas) != 3 for _, replicas in sets.values()):
+            return None
+        return sets if all(p["settled"] for p in partition_records(nodes[0], "fleet")) else None
+    sets, _ = wait_for(moved_to_four, timeout=60, step=0.5)
+    held_by_four = [p for p, (_, replicas) in sets.items() if 4 in replicas]
+    assert 2 <= len(held_by_four) <= 6, sets
+    # writes go on through the moves, and every acknowledged record is there once
+    for i in range(600):
+        producer.produce("fleet", value=b"after-%04d" % i, key=b"k%d" % i, on_delivery=delivery)
+    assert producer.flush(20) == 0 and len(acked) == 1200
+    got = read_all(everyone, "fleet", 6, set(acked))
+    assert {key: got.get(key) for key in acked} == acked
+    assert len(got) == 1200
+    # each partition's data is on exactly its replicas, byte for byte
+    def on_disk_where_placed():
+        sets = partition_sets(admin, "fleet")
+        for partition, (_, replicas) in sets.items():
+            holders = [b for b in everyone if (b.data_dir / "logs" / f"fleet-{partition}").exists()]
+            if sorted(b.node_id for b in holders) != replicas:
+                return None
+            if len({segment_bytes(b, "fleet", partition) for b in holders}) != 1:
+                return None
+        return True
+    wait_for(on_disk_where_placed, timeout=30, step=0.5)
+    # node 4 is decommissioned over HTTP: its replicas go back to the others
+    import json
+    import urllib.request
+    request = urllib.request.Request(f"http://127.0.0.1:{nodes[1].http_port}/api/v1/cluster/nodes/4/decommission",
+                                     method="POST")
+    with urllib.request.urlopen(request, timeout=15) as response:
+        assert response.status == 202
+    def emptied():
+        registered = unsettled(nodes[0])
+        four = next((n for n in registered or [] if n["id"] == 4), None)
+        return four and four["decommissioned"] and four["replicas"] == 0 and all(
+            p["settled"] for p in partition_records(nodes[0], "fleet"))
+    wait_for(emptied, timeout=60, step=0.5)
+    wait_for(on_disk_where_placed, timeout=30, step=0.5)
+    assert not any((fourth.data_dir / "logs" / f"fleet-{p}").exists() for p in range(6))
+    got = read_all(nodes, "fleet", 6, set(acked))
+    assert {key: got.get(key) for key in acked} == acked
+    # an unknown node is a 404
+    request = urllib.request.Request(f"http://127.0.0.1:{nodes[1].http_port}/api/v1/cluster/nodes/9/decommission",
+                                     method="POST")
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=15)
+    assert refused.value.code == 404 and "9" in json.loads(refused.value.read())["error"]
+
+
+def partition_records(broker, name):
+    """The controller's record of each partition of `name`, from the stream's HTTP detail."""
+    found = stream_offsets_full(broker, name) or []
+    return [{"settled": p.get("settled", False), "replicas": p.get("replicas")} for p in found] or [{"settled": False}]

@@ -41,6 +41,9 @@ pub trait ClusterCatalog: Send + Sync + 'static {
     fn create(&self, def: StreamDef) -> BoxFuture<'_, Result<(), StreamError>>;
     /// Removes a stream of the cluster (this node must lead the controller).
     fn delete(&self, name: String) -> BoxFuture<'_, Result<(), StreamError>>;
+    /// Marks a registered node decommissioned (placement then moves its replicas away);
+    /// `StreamError::Unknown` names a node that is not registered.
+    fn decommission(&self, node: u64) -> BoxFuture<'_, Result<(), StreamError>>;
 }
 
 /// The replication factor a stream created without one gets: Kafka's default of 3 where

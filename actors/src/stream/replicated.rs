@@ -39,6 +39,8 @@ use tidewater_storage::PartitionId;
 pub struct ReplicaView {
     /// the replica set from the controller; the first is the preferred leader
     pub replicas: Vec<u64>,
+    /// whether the partition's raft group has reached that set (false while it moves)
+    pub settled: bool,
     /// who leads, as this node's replica sees it (`None` until it knows; always `None` when
     /// this node holds no replica)
     pub leadership: watch::Receiver<Option<Leadership>>,

@@ -18,7 +18,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::watch;
 
 use super::journal::RaftJournal;
-use super::replica::{AckOn, Leadership, Output, Placed, Refusal, ReplicaCore, ReplicaOptions};
+use super::replica::{AckOn, Leadership, Output, Placed, Reconciled, Refusal, ReplicaCore, ReplicaOptions};
 use super::wire::RaftMessage;
 use crate::data_plane::GroupId;
 use tidewater_storage::{LogStore, PartitionId, ProducerCheck, ProducerTable, Retention, StateStore, retention_point};
@@ -83,6 +83,8 @@ pub enum RaftReplicaMsg {
     TransferLeader(u64),
     /// add a node as a learner (leader only; answered once proposed, not once applied)
     AddLearner(u64, RpcReplyPort<Result<(), Refusal>>),
+    /// take one step toward voters `target` (leader only; see `ReplicaCore::reconcile`)
+    Reconcile(Vec<u64>, RpcReplyPort<Reconciled>),
     /// apply the stream's retention to this replica's log at `now_ms` (ms since the epoch)
     Retain {
         /// now
@@ -223,6 +225,9 @@ impl Actor for RaftReplica {
             RaftReplicaMsg::TransferLeader(to) => state.core.transfer_leader(to),
             RaftReplicaMsg::AddLearner(node, reply) => {
                 let _ = reply.send(state.core.add_learner(node));
+            }
+            RaftReplicaMsg::Reconcile(target, reply) => {
+                let _ = reply.send(state.core.reconcile(&target));
             }
             RaftReplicaMsg::Status(reply) => {
                 let (voters, learners) = state.core.membership();

@@ -148,6 +148,14 @@ fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, StorageErro
 }
 
 impl RaftJournal {
+    /// Whether this node holds a replica of partition `id` (its raft record is there).
+    pub fn exists(id: &PartitionId, state: &dyn StateStore) -> Result<bool, StorageError> {
+        let mut prefix = id.stream.as_bytes().to_vec();
+        prefix.push(0);
+        prefix.extend_from_slice(&id.partition.to_be_bytes());
+        Ok(state.get(SPACE, &key(&prefix, HARD, None))?.is_some())
+    }
+
     /// Removes every raft record of partition `id` (its replica is gone: the stream was
     /// deleted or the replica moved away); the caller removes the partition's log.
     pub fn forget(id: &PartitionId, state: &dyn StateStore) -> Result<(), StorageError> {

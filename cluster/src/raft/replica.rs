@@ -162,6 +162,20 @@ impl PersistJob {
     }
 }
 
+/// Where a [`ReplicaCore::reconcile`] toward a target replica set stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Reconciled {
+    /// this replica does not lead: the leader reconciles
+    NotLeader,
+    /// a membership change is under way, or a learner is catching up
+    Moving,
+    /// the voters are the target set and there are no learners
+    Settled,
+}
+
+/// A learner is promoted once its log is this close to the commit index.
+const CAUGHT_UP_ENTRIES: u64 = 64;
+
 /// Who leads, as this replica last saw it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Leadership {
@@ -265,6 +279,10 @@ pub struct ReplicaCore<T> {
     balance_after_ticks: u64,
     /// ticks since this replica last became leader (or since the last hand-over attempt)
     led_ticks: u64,
+    /// (term, index) of the empty entry a reconcile proposed once the membership matched its
+    /// target: committing it in this term proves the membership is the group's, not a
+    /// deposed leader's that has not noticed yet
+    settle_probe: Option<(u64, u64)>,
 }
 
 impl<T> ReplicaCore<T> {
@@ -302,6 +320,7 @@ impl<T> ReplicaCore<T> {
             preferred_leader: options.preferred_leader,
             balance_after_ticks: options.balance_after_ticks,
             led_ticks: 0,
+            settle_probe: None,
         };
         core.redraw_election_timeout();
         Ok(core)
@@ -373,6 +392,75 @@ impl<T> ReplicaCore<T> {
         self.change_membership(raft::eraftpb::ConfChangeType::AddLearnerNode, node)
     }
 
+    /// Proposes removing `node` (voter or learner) from the group.
+    pub fn remove(&mut self, node: u64) -> Result<(), Refusal> {
+        self.change_membership(raft::eraftpb::ConfChangeType::RemoveNode, node)
+    }
+
+    /// The leader takes one step toward voters `target` (the replica set the controller
+    /// records, the first its preferred leader), one membership change at a time as raft
+    /// requires, in an order that never shrinks redundancy first: nodes of the target join as
+    /// learners; a learner is promoted once caught up with the commit index; then learners and
+    /// voters outside the target are removed. A leader outside the target first hands
+    /// leadership to a caught-up voter of it.
+    pub fn reconcile(&mut self, target: &[u64]) -> Reconciled {
+        if !self.is_leader() {
+            return Reconciled::NotLeader;
+        }
+        self.preferred_leader = target.first().copied();
+        if target.is_empty() || self.node.raft.has_pending_conf() || self.node.raft.lead_transferee.is_some() {
+            return Reconciled::Moving;
+        }
+        let (voters, learners) = self.membership();
+        let committed = self.node.raft.raft_log.committed;
+        let matched = |core: &Self, node: u64| core.node.raft.prs().get(node).map_or(0, |progress| progress.matched);
+        for &node in target {
+            if !voters.contains(&node) && !learners.contains(&node) {
+                let _ = self.add_learner(node);
+                return Reconciled::Moving;
+            }
+        }
+        for &node in target {
+            if learners.contains(&node) {
+                if matched(self, node) + CAUGHT_UP_ENTRIES >= committed {
+                    let _ = self.promote(node);
+                }
+                return Reconciled::Moving;
+            }
+        }
+        if let Some(&node) = learners.iter().find(|node| !target.contains(node)) {
+            let _ = self.remove(node);
+            return Reconciled::Moving;
+        }
+        let me = self.node.raft.id;
+        if let Some(&node) = voters.iter().find(|node| **node != me && !target.contains(node)) {
+            let _ = self.remove(node);
+            return Reconciled::Moving;
+        }
+        if !target.contains(&me) {
+            let last_index = self.node.raft.raft_log.last_index();
+            let heir = target.iter().copied().find(|&node| matched(self, node) == last_index);
+            if let Some(heir) = heir {
+                self.led_ticks = 0;
+                self.node.transfer_leader(heir);
+            }
+            return Reconciled::Moving;
+        }
+        // the membership is the target as this leader sees it; it is settled once an entry
+        // of this term after it commits (a leader cut off and deposed never gets there)
+        let term = self.term();
+        match self.settle_probe {
+            Some((probe_term, index)) if probe_term == term && self.commit_index() >= index => Reconciled::Settled,
+            Some((probe_term, _)) if probe_term == term => Reconciled::Moving,
+            _ => {
+                if self.node.propose(Vec::new(), Vec::new()).is_ok() {
+                    self.settle_probe = Some((term, self.node.raft.raft_log.last_index()));
+                }
+                Reconciled::Moving
+            }
+        }
+    }
+
     /// Proposes making the learner `node` a voter.
     pub fn promote(&mut self, node: u64) -> Result<(), Refusal> {
         let conf = self.node.store().conf_state();
@@ -389,6 +477,7 @@ impl<T> ReplicaCore<T> {
         if !self.is_leader() {
             return Err(Refusal::NotLeader { leader: self.leader() });
         }
+        self.settle_probe = None;
         if self.node.raft.has_pending_conf() {
             return Err(Refusal::ChangePending);
         }

@@ -538,7 +538,8 @@ impl Cluster {
             }
             982..988 => self.cut.clear(),
             988..990 => {
-                // membership: the spare joins as a learner, then becomes a voter
+                // membership: reconciling toward a set with the spare adds it as a learner,
+                // then makes it a voter once caught up
                 let leader = live
                     .iter()
                     .copied()
@@ -546,8 +547,9 @@ impl Cluster {
                 if let (Some(spare), Some(leader)) = (self.spare, leader)
                     && let Some(core) = self.replicas.get_mut(&leader).and_then(|replica| replica.core.as_mut())
                 {
-                    let (_, learners) = core.membership();
-                    let _ = if learners.contains(&spare) { core.promote(spare) } else { core.add_learner(spare) };
+                    let mut target = self.voters.clone();
+                    target.push(spare);
+                    let _ = core.reconcile(&target);
                     self.drain(leader);
                 }
             }
@@ -787,6 +789,101 @@ fn a_follower_behind_the_compaction_point_restarts_its_log_from_the_leaders_snap
             cluster.check_acknowledged();
             assert!(cluster.violations.is_empty(), "after the restart: {:?}", cluster.violations);
         }
+    }
+}
+
+#[test]
+fn reconciling_moves_the_voters_to_a_target_set_without_losing_anything() {
+    for (seed, journal) in [(3, false), (4, true), (8, true)] {
+        let mut cluster = Cluster::with_spare(seed, 3, journal, true);
+        cluster.append_faults = 0;
+        cluster.settle(500).expect("a leader");
+        let leader_of = |cluster: &Cluster| {
+            cluster.ids().into_iter().find(|id| cluster.replicas[id].core.as_ref().is_some_and(|core| core.is_leader()))
+        };
+        // the leader itself leaves the set; the spare (4) joins it and is preferred
+        let leaving = leader_of(&cluster).unwrap();
+        let mut target: Vec<u64> = vec![4];
+        target.extend((1..=3).filter(|&id| id != leaving));
+        // the spare (a learner since the first settle) is cut off while the others write
+        for id in 1..=3 {
+            cluster.cut.insert((id, 4));
+        }
+        for _ in 0..30 {
+            let leader = leader_of(&cluster).unwrap();
+            assert!(cluster.propose(leader, AckOn::Commit));
+        }
+        if journal {
+            // retention on the leader first: the spare starts from its snapshot
+            let leader = leader_of(&cluster).unwrap();
+            for _ in 0..20 {
+                while !cluster.in_flight.is_empty() {
+                    cluster.deliver(0);
+                }
+                for id in 1..=3 {
+                    while !cluster.replicas[&id].jobs.is_empty() {
+                        cluster.persist_one(id);
+                    }
+                }
+            }
+            let replica = cluster.replicas.get_mut(&leader).unwrap();
+            let core = replica.core.as_mut().unwrap();
+            let keep_from = core.high_watermark() / 2;
+            if let Some(compaction) = core.compact(keep_from) {
+                replica.disk.compact(&compaction).unwrap();
+                cluster.retained_below = keep_from;
+            }
+        }
+        cluster.cut.clear();
+        let mut settled = false;
+        for round in 0..3_000 {
+            while !cluster.in_flight.is_empty() {
+                cluster.deliver(0);
+            }
+            for id in cluster.ids() {
+                while !cluster.replicas[&id].jobs.is_empty() {
+                    cluster.persist_one(id);
+                }
+                cluster.tick(id);
+            }
+            let Some(leader) = leader_of(&cluster) else { continue };
+            if round % 7 == 0 {
+                assert!(cluster.propose(leader, AckOn::Commit) || !target.contains(&leader));
+            }
+            let core = cluster.replicas.get_mut(&leader).unwrap().core.as_mut().unwrap();
+            let answer = core.reconcile(&target);
+            cluster.drain(leader);
+            if answer == Reconciled::Settled {
+                settled = true;
+                break;
+            }
+        }
+        assert!(settled, "seed {seed}: the group reached the target");
+        let leader = leader_of(&cluster).unwrap();
+        assert!(target.contains(&leader), "a member of the target leads");
+        let (mut voters, learners) = cluster.replicas[&leader].core.as_ref().unwrap().membership();
+        voters.sort_unstable();
+        let mut expected = target.clone();
+        expected.sort_unstable();
+        assert_eq!((voters, learners), (expected, Vec::new()));
+        // the removed replica stops; the others hold every acknowledged batch
+        cluster.crash(leaving);
+        cluster.replicas.remove(&leaving);
+        cluster.spare = None;
+        cluster.settle(1_000).expect("settles without the removed replica");
+        cluster.check_acknowledged();
+        assert!(cluster.violations.is_empty(), "seed {seed}: {:?}", cluster.violations);
+        if journal {
+            assert!(cluster.installs >= 1, "seed {seed}: the spare started from the leader's snapshot");
+        }
+        // balancing then hands leadership to the target's first
+        for _ in 0..40 {
+            if leader_of(&cluster) == Some(4) {
+                break;
+            }
+            cluster.settle(100).expect("settles");
+        }
+        assert_eq!(leader_of(&cluster), Some(4), "seed {seed}: the preferred replica of the new set leads");
     }
 }
 
