@@ -93,6 +93,8 @@ pub struct KafkaSettings {
     pub auto_create_topics: bool,
     /// Partitions of an auto-created stream.
     pub default_partitions: u32,
+    /// Replication factor of a stream of the cluster created without one.
+    pub default_replication_factor: u16,
     /// Largest produce payload per partition (bytes).
     pub max_message_bytes: usize,
     /// Delay before the first rebalance of an empty group (ms).
@@ -113,6 +115,7 @@ impl Default for KafkaSettings {
             advertised_port: 9092,
             auto_create_topics: true,
             default_partitions: 1,
+            default_replication_factor: 3,
             max_message_bytes: 1024 * 1024,
             group_initial_rebalance_delay_ms: 0,
             group_session_timeout_ms: (6_000, 1_800_000),

@@ -70,6 +70,9 @@ pub struct KafkaConfig {
     pub auto_create_topics: bool,
     /// Partitions of an auto-created stream.
     pub default_partitions: u32,
+    /// Replication factor of a stream of the cluster created without one (capped at the
+    /// nodes), as Kafka's default.replication.factor.
+    pub default_replication_factor: u16,
     /// Largest record batch accepted (bytes), as Kafka's message.max.bytes.
     pub max_message_bytes: usize,
     /// How often retention runs (ms).
@@ -91,6 +94,7 @@ impl Default for KafkaConfig {
             advertised_address: None,
             auto_create_topics: true,
             default_partitions: 1,
+            default_replication_factor: 3,
             max_message_bytes: 1024 * 1024,
             retention_check_ms: 30_000,
             group_initial_rebalance_delay_ms: 0,
@@ -367,6 +371,9 @@ impl Config {
         if !(1..=10_000).contains(&self.kafka.default_partitions) {
             return Err(invalid("kafka.default_partitions", "must be between 1 and 10000"));
         }
+        if !(1..=7).contains(&self.kafka.default_replication_factor) {
+            return Err(invalid("kafka.default_replication_factor", "must be between 1 and 7"));
+        }
         if self.kafka.retention_check_ms == 0 {
             return Err(invalid("kafka.retention_check_ms", "must be at least 1"));
         }
@@ -451,6 +458,7 @@ impl Config {
             advertised_port,
             auto_create_topics: self.kafka.auto_create_topics,
             default_partitions: self.kafka.default_partitions,
+            default_replication_factor: self.kafka.default_replication_factor,
             max_message_bytes: self.kafka.max_message_bytes,
             group_initial_rebalance_delay_ms: self.kafka.group_initial_rebalance_delay_ms,
             group_session_timeout_ms: (
@@ -517,6 +525,8 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(error.contains("kafka.group_max_session_timeout_ms"), "{error}");
+        let error = load_toml("[kafka]\ndefault_replication_factor = 0\n").unwrap_err().to_string();
+        assert!(error.contains("kafka.default_replication_factor"), "{error}");
         let error = load_toml("[kafka]\noffsets_retention_ms = 10\n").unwrap_err().to_string();
         assert!(error.contains("kafka.offsets_retention_ms"), "{error}");
     }

@@ -608,3 +608,15 @@ def partition_records(broker, name):
     """The controller's record of each partition of `name`, from the stream's HTTP detail."""
     found = stream_offsets_full(broker, name) or []
     return [{"settled": p.get("settled", False), "replicas": p.get("replicas")} for p in found] or [{"settled": False}]
+
+
+def test_a_topic_created_without_a_replication_factor_gets_the_configured_default(make_broker):
+    nodes = three_nodes(make_broker, config={"kafka": {"default_replication_factor": 2}}, voters="1,2,3")
+    wait_for(lambda: agreed_controller(nodes) and len(controller(nodes[0])["registered"]) == 3, timeout=15)
+    admin = AdminClient({"bootstrap.servers": bootstrap(nodes)})
+    admin.create_topics([NewTopic("pairs", num_partitions=4)], request_timeout=15)["pairs"].result(timeout=20)
+    found = leaders(admin, "pairs", 4)
+    assert all(len(replicas) == 2 for _, replicas in found.values()), found
+    # an explicit factor still wins
+    create_topic(nodes, "triples", 1, 3)
+    assert [len(replicas) for _, replicas in leaders(admin, "triples", 1).values()] == [3]

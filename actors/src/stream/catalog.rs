@@ -46,22 +46,22 @@ pub trait ClusterCatalog: Send + Sync + 'static {
     fn decommission(&self, node: u64) -> BoxFuture<'_, Result<(), StreamError>>;
 }
 
-/// The replication factor a stream created without one gets: Kafka's default of 3 where
-/// the cluster has the nodes, fewer where it has not.
-pub const DEFAULT_REPLICATION_FACTOR: u16 = 3;
-
 impl NodeContext {
     /// The cluster, when this node is part of one.
     pub fn catalog(&self) -> Option<&Arc<dyn ClusterCatalog>> {
         self.cluster.get().filter(|catalog| catalog.clustered())
     }
 
-    /// The replication factor for a stream that asked for none.
+    /// The replication factor for a stream that asked for none: `kafka.default_replication_factor`
+    /// (3, Kafka's `default.replication.factor` as most deployments set it) where the cluster has
+    /// the nodes, fewer where it has not.
     pub fn default_replication_factor(&self) -> u16 {
         match self.catalog() {
-            Some(catalog) => {
-                DEFAULT_REPLICATION_FACTOR.min(u16::try_from(catalog.registered_nodes()).unwrap_or(u16::MAX)).max(1)
-            }
+            Some(catalog) => self
+                .kafka
+                .default_replication_factor
+                .min(u16::try_from(catalog.registered_nodes()).unwrap_or(u16::MAX))
+                .max(1),
             None => 1,
         }
     }
