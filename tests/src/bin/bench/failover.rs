@@ -10,6 +10,12 @@
 //! once, as a Kafka client's retry after a metadata refresh would find). The reference printed
 //! beside it is the configured election window (10 to 20 ticks of 50 ms): the time raft waits
 //! before it may elect.
+//!
+//! With `--replication` it kills nothing: it measures what replication costs. One node alone
+//! takes `acks=all` produces into a stream of replication factor 1, then the three nodes take
+//! the same into a stream of replication factor 3 (each partition's batches sent to its
+//! leader), and it prints the bytes persisted per second, summed over the replicas, side by
+//! side (the target: RF 3 at least 80% of RF 1).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -37,6 +43,15 @@ pub(crate) struct FailoverArgs {
     /// acknowledged write) instead of the controller's.
     #[arg(long)]
     partition: bool,
+    /// Measure bytes persisted per second at replication factor 3 against 1 instead.
+    #[arg(long)]
+    replication: bool,
+    /// Seconds of producing per replication factor (`--replication`).
+    #[arg(long, default_value_t = 10.0)]
+    seconds: f64,
+    /// Partitions of the streams of `--replication`.
+    #[arg(long, default_value_t = 6)]
+    partitions: i32,
 }
 
 /// The replicated stream of `--partition`.
@@ -168,24 +183,37 @@ async fn wait_agreed(nodes: &[&ClusterNode], newer_than: u64, limit: Duration) -
 pub(crate) async fn main(args: FailoverArgs, threads: usize) -> anyhow::Result<()> {
     let binary = std::fs::canonicalize(&args.spawn).with_context(|| format!("cannot find {}", args.spawn.display()))?;
     let root = tempfile::Builder::new().prefix("tidewater-failover-").tempdir()?;
+    if args.replication {
+        return replication_cost(&args, &binary, root.path(), threads).await;
+    }
+    let mut nodes = spawn_nodes(&binary, root.path(), 3)?;
+    let mut term = wait_agreed(&nodes.iter().collect::<Vec<_>>(), 0, Duration::from_secs(30)).await?.1;
+    if args.partition {
+        return partition_failover(&args, &binary, &mut nodes, term, threads).await;
+    }
+    controller_failover(&args, &binary, &mut nodes, &mut term, threads).await
+}
+
+/// Starts `count` nodes under `root`: three form a cluster (`--voters 1,2,3`), one is a node
+/// alone.
+fn spawn_nodes(binary: &Path, root: &Path, count: u64) -> anyhow::Result<Vec<ClusterNode>> {
     let seed_port = free_port()?;
     let mut nodes = Vec::new();
-    for id in 1..=3u64 {
-        let dir = root.path().join(format!("n{id}"));
+    for id in 1..=count {
+        let dir = root.join(format!("n{id}"));
         std::fs::create_dir_all(&dir)?;
         let http = loopback(free_port()?);
         let gossip = if id == 1 { seed_port } else { free_port()? };
-        let mut node_args: Vec<String> = vec![
-            "start".into(),
-            "--node-id".into(),
-            id.to_string(),
-            "--voters".into(),
-            "1,2,3".into(),
+        let mut node_args: Vec<String> = vec!["start".into(), "--node-id".into(), id.to_string()];
+        if count > 1 {
+            node_args.extend(["--voters".into(), (1..=count).map(|id| id.to_string()).collect::<Vec<_>>().join(",")]);
+        }
+        node_args.extend([
             "--log-level".into(),
             "warn".into(),
             "--data-dir".into(),
             dir.join("data").display().to_string(),
-        ];
+        ]);
         let kafka = loopback(free_port()?);
         for (flag, port) in [
             ("--mqtt-listen", free_port()?),
@@ -200,23 +228,30 @@ pub(crate) async fn main(args: FailoverArgs, threads: usize) -> anyhow::Result<(
             node_args.extend(["--seeds".into(), loopback(seed_port).to_string()]);
         }
         let mut node = ClusterNode { id, http, kafka, args: node_args, dir, child: None };
-        node.start(&binary)?;
+        node.start(binary)?;
         nodes.push(node);
     }
-    let mut term = wait_agreed(&nodes.iter().collect::<Vec<_>>(), 0, Duration::from_secs(30)).await?.1;
-    if args.partition {
-        return partition_failover(&args, &binary, &mut nodes, term, threads).await;
-    }
+    Ok(nodes)
+}
+
+/// Kills the controller's leader `--kills` times (see the module's text).
+async fn controller_failover(
+    args: &FailoverArgs,
+    binary: &Path,
+    nodes: &mut [ClusterNode],
+    term: &mut u64,
+    threads: usize,
+) -> anyhow::Result<()> {
     let mut table = Table::new(&["kill", "old leader", "new leader", "term", "fail-over ms", "election window ms"]);
     let mut times = Vec::new();
     for kill in 1..=args.kills {
         let everyone: Vec<&ClusterNode> = nodes.iter().collect();
-        let (leader, _) = wait_agreed(&everyone, term - 1, Duration::from_secs(30)).await?;
+        let (leader, _) = wait_agreed(&everyone, *term - 1, Duration::from_secs(30)).await?;
         let position = nodes.iter().position(|node| node.id == leader).context("the leader is one of ours")?;
         nodes[position].kill();
         let killed_at = Instant::now();
         let survivors: Vec<&ClusterNode> = nodes.iter().filter(|node| node.id != leader).collect();
-        let (new_leader, new_term) = wait_agreed(&survivors, term, Duration::from_secs(30)).await?;
+        let (new_leader, new_term) = wait_agreed(&survivors, *term, Duration::from_secs(30)).await?;
         let millis = killed_at.elapsed().as_secs_f64() * 1000.0;
         times.push(millis);
         table.row(vec![
@@ -228,11 +263,11 @@ pub(crate) async fn main(args: FailoverArgs, threads: usize) -> anyhow::Result<(
             "500–1000".into(),
         ]);
         eprintln!("kill {kill}: leader {leader} -> {new_leader} in {millis:.0} ms");
-        term = new_term;
+        *term = new_term;
         // the killed node comes back on its own data; the three agree before the next kill
-        nodes[position].start(&binary)?;
+        nodes[position].start(binary)?;
         let everyone: Vec<&ClusterNode> = nodes.iter().collect();
-        term = wait_agreed(&everyone, term - 1, Duration::from_secs(30)).await?.1;
+        *term = wait_agreed(&everyone, *term - 1, Duration::from_secs(30)).await?.1;
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let (median, worst) = median_and_max(&times);
@@ -322,6 +357,175 @@ async fn partition_failover(
         json!({"next_acked_write_ms": times, "median_ms": median, "max_ms": worst}),
     );
     Ok(())
+}
+
+/// `--replication`: bytes persisted per second at replication factor 1 (one node alone) and 3
+/// (three nodes), under the same `acks=all` produce load.
+async fn replication_cost(args: &FailoverArgs, binary: &Path, root: &Path, threads: usize) -> anyhow::Result<()> {
+    let mut table = Table::new(&["replication", "nodes", "acked MB/s", "persisted MB/s (all replicas)", "of RF 1"]);
+    let mut results = Vec::new();
+    for (factor, count) in [(1u64, 1u64), (3, 3)] {
+        let root = root.join(format!("rf{factor}"));
+        let nodes = spawn_nodes(binary, &root, count)?;
+        let everyone: Vec<&ClusterNode> = nodes.iter().collect();
+        let at = if count > 1 {
+            let (controller, _) = wait_agreed(&everyone, 0, Duration::from_secs(30)).await?;
+            nodes.iter().find(|node| node.id == controller).context("the controller is one of ours")?
+        } else {
+            wait_http(&nodes[0], Duration::from_secs(30)).await?;
+            &nodes[0]
+        };
+        let stream = format!("rf{factor}");
+        let started = Instant::now();
+        loop {
+            let created = async {
+                let mut conn = KafkaConn::connect(at.kafka).await.ok()?;
+                conn.create_topics(&stream, args.partitions).await.ok()
+            };
+            match tokio::time::timeout(Duration::from_secs(15), created).await.ok().flatten() {
+                Some(0) => break,
+                code => {
+                    anyhow::ensure!(started.elapsed() < Duration::from_secs(30), "cannot create {stream}: {code:?}")
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let leaders = partition_leaders(&nodes, &stream, args.partitions, Duration::from_secs(60)).await?;
+        let acked = produce_for(&nodes, &stream, &leaders, Duration::from_secs_f64(args.seconds)).await?;
+        let persisted: u64 = nodes.iter().map(|node| stream_disk_bytes(node, &stream)).sum();
+        let (acked_rate, persisted_rate) = (acked as f64 / args.seconds / 1e6, persisted as f64 / args.seconds / 1e6);
+        results.push(json!({"replication_factor": factor, "acked_bytes": acked, "persisted_bytes": persisted,
+            "seconds": args.seconds}));
+        let of_rf1 = results
+            .first()
+            .and_then(|first| first["persisted_bytes"].as_f64())
+            .map_or(100.0, |rf1| persisted as f64 / rf1 * 100.0);
+        table.row(vec![
+            factor.to_string(),
+            count.to_string(),
+            format!("{acked_rate:.1}"),
+            format!("{persisted_rate:.1}"),
+            format!("{of_rf1:.0}%"),
+        ]);
+        eprintln!("replication factor {factor}: {acked_rate:.1} MB/s acknowledged, {persisted_rate:.1} MB/s persisted");
+        drop(nodes);
+    }
+    report::finish(
+        "failover --replication",
+        threads,
+        json!({"partitions": args.partitions, "seconds": args.seconds, "acks": "all", "batch": "256 x 1 KiB"}),
+        &table,
+        json!({"runs": results}),
+    );
+    Ok(())
+}
+
+/// Waits until a node alone answers HTTP.
+async fn wait_http(node: &ClusterNode, limit: Duration) -> anyhow::Result<()> {
+    let started = Instant::now();
+    while http_request(node.http, "GET", "/health", None).await.map(|(status, _)| status).ok() != Some(200) {
+        anyhow::ensure!(started.elapsed() < limit, "node {} did not start within {limit:?}", node.id);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+/// Each partition's leader (a node alone leads them all), once every partition has settled on
+/// its preferred replica.
+async fn partition_leaders(
+    nodes: &[ClusterNode],
+    stream: &str,
+    partitions: i32,
+    limit: Duration,
+) -> anyhow::Result<Vec<SocketAddr>> {
+    if nodes.len() == 1 {
+        return Ok(vec![nodes[0].kafka; partitions as usize]);
+    }
+    let started = Instant::now();
+    loop {
+        let found = async {
+            let (status, body) =
+                http_request(nodes[0].http, "GET", &format!("/api/v1/streams/{stream}"), None).await.ok()?;
+            if status != 200 {
+                return None;
+            }
+            let view: Value = serde_json::from_str(&body).ok()?;
+            let mut leaders = Vec::new();
+            for partition in view["partition_offsets"].as_array()? {
+                // once on its preferred replica, where balancing leaves it
+                let leader =
+                    partition["leader"].as_u64().filter(|leader| Some(*leader) == partition["replicas"][0].as_u64())?;
+                leaders.push(nodes.iter().find(|node| node.id == leader)?.kafka);
+            }
+            (leaders.len() == partitions as usize).then_some(leaders)
+        };
+        if let Some(leaders) = found.await {
+            return Ok(leaders);
+        }
+        anyhow::ensure!(started.elapsed() < limit, "{stream} has no leader for every partition within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `acks=all` produces of 256 x 1 KiB batches for `duration`, one connection per partition to
+/// its leader with 8 requests in flight; the value bytes acknowledged.
+async fn produce_for(
+    nodes: &[ClusterNode],
+    stream: &str,
+    leaders: &[SocketAddr],
+    duration: Duration,
+) -> anyhow::Result<u64> {
+    use tidewater_tests::clients::kafka::{PRODUCE_VERSION, produce_errors, produce_request};
+    let _ = nodes;
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64;
+    let batch = crate::kafka::produce_batch(256, 1024, crate::kafka::Codec::None, now_ms)?;
+    let deadline = tokio::time::Instant::now() + duration;
+    let mut tasks = Vec::new();
+    for (partition, &leader) in leaders.iter().enumerate() {
+        let request = produce_request(stream, partition as i32, -1, 30_000, batch.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut conn = KafkaConn::connect(leader).await?;
+            let (mut in_flight, mut acked) = (0usize, 0u64);
+            loop {
+                let done = tokio::time::Instant::now() >= deadline;
+                if !done {
+                    while in_flight < 8 {
+                        conn.queue(PRODUCE_VERSION, &request)?;
+                        in_flight += 1;
+                    }
+                    conn.flush().await?;
+                }
+                if in_flight == 0 {
+                    break;
+                }
+                let response = conn.receive::<kafka_protocol::messages::ProduceRequest>(PRODUCE_VERSION).await?;
+                in_flight -= 1;
+                match produce_errors(&response) {
+                    None => acked += 256 * 1024,
+                    Some(error) => anyhow::bail!("produce to partition {partition}: {error}"),
+                }
+            }
+            anyhow::Ok(acked)
+        }));
+    }
+    let mut acked = 0;
+    for task in tasks {
+        acked += task.await??;
+    }
+    Ok(acked)
+}
+
+/// Bytes of `stream`'s segment files in a node's data directory.
+fn stream_disk_bytes(node: &ClusterNode, stream: &str) -> u64 {
+    let Ok(entries) = std::fs::read_dir(node.dir.join("data").join("logs")) else { return 0 };
+    entries
+        .flatten()
+        .filter(|entry| entry.file_name().to_string_lossy().starts_with(&format!("{stream}-")))
+        .flat_map(|entry| std::fs::read_dir(entry.path()).into_iter().flatten().flatten())
+        .filter(|file| file.path().extension().is_some_and(|extension| extension == "log"))
+        .filter_map(|file| file.metadata().ok())
+        .map(|metadata| metadata.len())
+        .sum()
 }
 
 /// The median and the largest of `times`.

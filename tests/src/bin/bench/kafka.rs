@@ -103,7 +103,7 @@ impl Codec {
 
 /// One batch of `count` records of `size` random hex digits (xorshift, fixed seed), compressed
 /// with `codec`.
-fn produce_batch(count: usize, size: usize, codec: Codec, now_ms: i64) -> anyhow::Result<Bytes> {
+pub(crate) fn produce_batch(count: usize, size: usize, codec: Codec, now_ms: i64) -> anyhow::Result<Bytes> {
     let mut state = 0x9E37_79B9_7F4A_7C15u64;
     let mut hex = || {
         state ^= state << 13;
