@@ -363,15 +363,13 @@ async fn report_leaders(
 }
 
 /// One step toward the recorded set for every moving partition whose replica leads here;
-/// a group that reached it is reported settled. Whether any partition is still moving.
-async fn reconcile(parts: &StreamParts, served: &BTreeMap<String, Served>) -> bool {
-    let mut moving = false;
+/// a group that reached it is reported settled.
+async fn reconcile(parts: &StreamParts, served: &BTreeMap<String, Served>) {
     for (name, stream) in served {
         for (index, record) in stream.record.partitions.iter().enumerate() {
             if record.settled {
                 continue;
             }
-            moving = true;
             let Some(local) = stream.replicas.get(&(index as u32)) else { continue };
             if !local.leadership.borrow().is_some_and(|leadership| leadership.is_leader) {
                 continue;
@@ -396,7 +394,6 @@ async fn reconcile(parts: &StreamParts, served: &BTreeMap<String, Served>) -> bo
             }
         }
     }
-    moving
 }
 
 /// Serves a stream: a raft replica for each partition this node keeps (`held` are those

@@ -128,6 +128,14 @@ pub struct Restored {
     pub applied: u64,
 }
 
+/// Where partition `id`'s raft records start in [`SPACE`].
+fn partition_prefix(id: &PartitionId) -> Vec<u8> {
+    let mut prefix = id.stream.as_bytes().to_vec();
+    prefix.push(0);
+    prefix.extend_from_slice(&id.partition.to_be_bytes());
+    prefix
+}
+
 fn key(prefix: &[u8], tag: u8, index: Option<u64>) -> Vec<u8> {
     let mut key = prefix.to_vec();
     key.push(tag);
@@ -150,18 +158,14 @@ fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, StorageErro
 impl RaftJournal {
     /// Whether this node holds a replica of partition `id` (its raft record is there).
     pub fn exists(id: &PartitionId, state: &dyn StateStore) -> Result<bool, StorageError> {
-        let mut prefix = id.stream.as_bytes().to_vec();
-        prefix.push(0);
-        prefix.extend_from_slice(&id.partition.to_be_bytes());
+        let prefix = partition_prefix(id);
         Ok(state.get(SPACE, &key(&prefix, HARD, None))?.is_some())
     }
 
     /// Removes every raft record of partition `id` (its replica is gone: the stream was
     /// deleted or the replica moved away); the caller removes the partition's log.
     pub fn forget(id: &PartitionId, state: &dyn StateStore) -> Result<(), StorageError> {
-        let mut prefix = id.stream.as_bytes().to_vec();
-        prefix.push(0);
-        prefix.extend_from_slice(&id.partition.to_be_bytes());
+        let prefix = partition_prefix(id);
         let ops: Vec<StateOp> = state
             .scan_prefix(SPACE, &prefix)?
             .into_iter()
@@ -182,9 +186,7 @@ impl RaftJournal {
         voters: &[u64],
     ) -> Result<(Self, Restored), StorageError> {
         log.create_partition(&id)?;
-        let mut prefix = id.stream.as_bytes().to_vec();
-        prefix.push(0);
-        prefix.extend_from_slice(&id.partition.to_be_bytes());
+        let prefix = partition_prefix(&id);
         let offsets = log.offsets(&id)?;
         let record = match state.get(SPACE, &key(&prefix, HARD, None))? {
             Some(bytes) => decode_record(&bytes)?,
@@ -401,25 +403,13 @@ impl RaftJournal {
     /// A leader's snapshot: the record names its point and the markers go (synced), then the
     /// log restarts empty at the snapshot's offset.
     fn install(&self, snapshot: &Compaction) -> Result<(), StorageError> {
-        let mut ops: Vec<StateOp> = self
+        let ops: Vec<StateOp> = self
             .state
             .scan_prefix(SPACE, &key(&self.prefix, MARKER, None))?
             .into_iter()
             .map(|(key, _)| StateOp::Delete { space: SPACE, key })
             .collect();
-        let mut record = self.record.lock();
-        record.base_index = snapshot.index;
-        record.base_term = snapshot.term;
-        record.base_end_offset = snapshot.end_offset;
-        record.base_conf = ConfStateForm::from_raft(&snapshot.conf_state);
-        record.conf = record.base_conf.clone();
-        record.commit = record.commit.max(snapshot.index);
-        record.applied = record.applied.max(snapshot.index);
-        ops.push(StateOp::Put { space: SPACE, key: key(&self.prefix, HARD, None), value: encode(&*record) });
-        self.state.write_batch(ops)?;
-        self.state.sync()?;
-        *self.written.lock() = record.clone();
-        drop(record);
+        self.move_base(snapshot, true, ops)?;
         let offsets = self.log.offsets(&self.id)?;
         self.log.truncate_after(&self.id, offsets.log_start.min(snapshot.end_offset))?;
         self.log.truncate_before(&self.id, snapshot.end_offset)?;
@@ -454,19 +444,29 @@ impl RaftJournal {
                 }
             }
         }
+        self.move_base(compaction, false, ops)?;
+        self.log.truncate_before(&self.id, compaction.end_offset)
+    }
+
+    /// Writes and syncs the hard record with its compaction point at `point` (committed and
+    /// applied, so at or below both), together with the marker changes `ops`; with `installed`
+    /// the point's membership is the current one too (a snapshot replaced the whole log).
+    fn move_base(&self, point: &Compaction, installed: bool, mut ops: Vec<StateOp>) -> Result<(), StorageError> {
         let mut record = self.record.lock();
-        record.base_index = compaction.index;
-        record.base_term = compaction.term;
-        record.base_end_offset = compaction.end_offset;
-        record.base_conf = ConfStateForm::from_raft(&compaction.conf_state);
-        record.commit = record.commit.max(compaction.index);
-        record.applied = record.applied.max(compaction.index);
+        record.base_index = point.index;
+        record.base_term = point.term;
+        record.base_end_offset = point.end_offset;
+        record.base_conf = ConfStateForm::from_raft(&point.conf_state);
+        if installed {
+            record.conf = record.base_conf.clone();
+        }
+        record.commit = record.commit.max(point.index);
+        record.applied = record.applied.max(point.index);
         ops.push(StateOp::Put { space: SPACE, key: key(&self.prefix, HARD, None), value: encode(&*record) });
         self.state.write_batch(ops)?;
         self.state.sync()?;
         *self.written.lock() = record.clone();
-        drop(record);
-        self.log.truncate_before(&self.id, compaction.end_offset)
+        Ok(())
     }
 
     fn write_batches(&self, batches: Vec<(Bytes, u64, i64)>, done: Box<dyn FnOnce(Result<(), StorageError>) + Send>) {

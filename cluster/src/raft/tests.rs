@@ -570,6 +570,18 @@ impl Cluster {
         }
     }
 
+    /// Delivers every message in flight, then makes every replica's jobs durable.
+    fn deliver_and_persist(&mut self) {
+        while !self.in_flight.is_empty() {
+            self.deliver(0);
+        }
+        for id in self.ids() {
+            while !self.replicas[&id].jobs.is_empty() {
+                self.persist_one(id);
+            }
+        }
+    }
+
     /// Heals everything and runs the cluster fairly until one leader has committed a batch
     /// of its own and every replica reached its high watermark.
     fn settle(&mut self, rounds: usize) -> Result<(), String> {
@@ -580,14 +592,7 @@ impl Cluster {
         }
         let mut final_ticket: Option<u64> = None;
         for _ in 0..rounds {
-            while !self.in_flight.is_empty() {
-                self.deliver(0);
-            }
-            for id in self.ids() {
-                while !self.replicas[&id].jobs.is_empty() {
-                    self.persist_one(id);
-                }
-            }
+            self.deliver_and_persist();
             for id in self.ids() {
                 self.tick(id);
             }
@@ -743,14 +748,7 @@ fn a_follower_behind_the_compaction_point_restarts_its_log_from_the_leaders_snap
         for _ in 0..40 {
             assert!(cluster.propose(leader, AckOn::Commit));
             for _ in 0..3 {
-                while !cluster.in_flight.is_empty() {
-                    cluster.deliver(0);
-                }
-                for id in cluster.ids() {
-                    while !cluster.replicas[&id].jobs.is_empty() {
-                        cluster.persist_one(id);
-                    }
-                }
+                cluster.deliver_and_persist();
             }
         }
         let replica = cluster.replicas.get_mut(&leader).unwrap();
@@ -817,14 +815,7 @@ fn reconciling_moves_the_voters_to_a_target_set_without_losing_anything() {
             // retention on the leader first: the spare starts from its snapshot
             let leader = leader_of(&cluster).unwrap();
             for _ in 0..20 {
-                while !cluster.in_flight.is_empty() {
-                    cluster.deliver(0);
-                }
-                for id in 1..=3 {
-                    while !cluster.replicas[&id].jobs.is_empty() {
-                        cluster.persist_one(id);
-                    }
-                }
+                cluster.deliver_and_persist();
             }
             let replica = cluster.replicas.get_mut(&leader).unwrap();
             let core = replica.core.as_mut().unwrap();
@@ -837,13 +828,8 @@ fn reconciling_moves_the_voters_to_a_target_set_without_losing_anything() {
         cluster.cut.clear();
         let mut settled = false;
         for round in 0..3_000 {
-            while !cluster.in_flight.is_empty() {
-                cluster.deliver(0);
-            }
+            cluster.deliver_and_persist();
             for id in cluster.ids() {
-                while !cluster.replicas[&id].jobs.is_empty() {
-                    cluster.persist_one(id);
-                }
                 cluster.tick(id);
             }
             let Some(leader) = leader_of(&cluster) else { continue };

@@ -391,7 +391,7 @@ async fn replication_cost(args: &FailoverArgs, binary: &Path, root: &Path, threa
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         let leaders = partition_leaders(&nodes, &stream, args.partitions, Duration::from_secs(60)).await?;
-        let acked = produce_for(&nodes, &stream, &leaders, Duration::from_secs_f64(args.seconds)).await?;
+        let acked = produce_for(&stream, &leaders, Duration::from_secs_f64(args.seconds)).await?;
         let persisted: u64 = nodes.iter().map(|node| stream_disk_bytes(node, &stream)).sum();
         let (acked_rate, persisted_rate) = (acked as f64 / args.seconds / 1e6, persisted as f64 / args.seconds / 1e6);
         results.push(json!({"replication_factor": factor, "acked_bytes": acked, "persisted_bytes": persisted,
@@ -469,14 +469,8 @@ async fn partition_leaders(
 
 /// `acks=all` produces of 256 x 1 KiB batches for `duration`, one connection per partition to
 /// its leader with 8 requests in flight; the value bytes acknowledged.
-async fn produce_for(
-    nodes: &[ClusterNode],
-    stream: &str,
-    leaders: &[SocketAddr],
-    duration: Duration,
-) -> anyhow::Result<u64> {
+async fn produce_for(stream: &str, leaders: &[SocketAddr], duration: Duration) -> anyhow::Result<u64> {
     use tidewater_tests::clients::kafka::{PRODUCE_VERSION, produce_errors, produce_request};
-    let _ = nodes;
     let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64;
     let batch = crate::kafka::produce_batch(256, 1024, crate::kafka::Codec::None, now_ms)?;
     let deadline = tokio::time::Instant::now() + duration;
