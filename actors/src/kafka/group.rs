@@ -10,10 +10,11 @@
 //!
 //! The offsets stream keeps what was written within `kafka.offsets_retention_ms` (Kafka's
 //! `offsets.retention.minutes`, 7 days) and retention drops the rest, so its log, and a new
-//! coordinator's replay, stay bounded. A group with members rewrites all its offsets as one
-//! batch once the oldest of them was written half that long ago, so its offsets never
-//! expire; a group without members keeps each for the retention after it was written, as
-//! Kafka expires the offsets of an empty group, and then forgets it as the log does.
+//! coordinator's replay, stay bounded. A group with members, or one that lost its last member
+//! less than the retention ago (as Kafka counts an empty group's expiry; a new coordinator
+//! counts from its start), rewrites all its offsets as one batch once the oldest of them was
+//! written half that long ago; after that each offset is forgotten the retention after it was
+//! written, as the log drops it.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -97,6 +98,8 @@ pub struct GroupShell {
     timer_at: Option<i64>,
     /// when each committed offset was last written to the replicated log
     written: BTreeMap<(String, i32), i64>,
+    /// since when the group has had no members, as this coordinator knows (from its start)
+    empty_since: Option<i64>,
 }
 
 /// A committed offset as stored.
@@ -224,6 +227,7 @@ impl Actor for GroupCoordinator {
             OffsetLog::Replicated { partition, .. } => replay_offsets(&args.ctx, partition, &args.group_id).await?,
         };
         group.restore_offsets(records);
+        let started = args.ctx.now_ms();
         Ok(GroupShell {
             ctx: args.ctx,
             log: args.log,
@@ -232,6 +236,7 @@ impl Actor for GroupCoordinator {
             next_token: 0,
             timer_at: None,
             written,
+            empty_since: Some(started),
         })
     }
 
@@ -298,7 +303,11 @@ impl GroupShell {
         if let Err(error) = shell.perform(outputs).await {
             tracing::warn!(group = %shell.group.group_id(), ?error, "offsets not stored");
         }
-        if let Some(deadline) = shell.group.next_deadline()
+        let deadline = match (shell.group.next_deadline(), shell.refresh_due(now)) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if let Some(deadline) = deadline
             && shell.timer_at.is_none_or(|at| deadline < at)
         {
             shell.timer_at = Some(deadline);
@@ -364,14 +373,32 @@ impl GroupShell {
     }
 
     /// Keeps the group's offsets within the offsets stream's retention (see the module's
-    /// text): a group with members rewrites them all once the oldest was written half the
-    /// retention ago; a group without members forgets each one the retention after it was
-    /// written, as the log's retention drops it.
+    /// text): while the group has members, and for the retention after it last had some (as
+    /// Kafka counts an empty group's expiry), every offset is rewritten once the oldest was
+    /// written half the retention ago; after that each one is forgotten the retention after it
+    /// was written, as the log's retention drops it.
+    /// When [`GroupShell::refresh`] next has work: the next rewrite, or the first expiry (the
+    /// coordinator's timer wakes it, so an idle group's offsets are rewritten or expire on time).
+    fn refresh_due(&self, now: i64) -> Option<i64> {
+        let OffsetLog::Replicated { .. } = &self.log else { return None };
+        let retention = self.ctx.kafka.offsets_retention_ms;
+        let oldest = *self.written.values().min()?;
+        let rewriting = self.group.member_count() > 0 || self.empty_since.is_none_or(|since| now - since < retention);
+        let due = if rewriting { oldest + retention / 2 } else { oldest + retention };
+        // refresh ran at the start of this message: what is due still failed, and is tried again
+        // a second later, not in a loop
+        Some(due.max(now + 1_000))
+    }
+
     async fn refresh(&mut self, now: i64) {
         let OffsetLog::Replicated { partition, epoch } = &self.log else { return };
         let retention = self.ctx.kafka.offsets_retention_ms;
         let Some(&oldest) = self.written.values().min() else { return };
-        if self.group.member_count() == 0 {
+        if self.group.member_count() > 0 {
+            self.empty_since = None;
+        }
+        let empty_since = *self.empty_since.get_or_insert(now);
+        if self.group.member_count() == 0 && now - empty_since >= retention {
             let expired: Vec<OffsetRecord> = self
                 .written
                 .iter()
