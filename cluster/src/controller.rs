@@ -40,6 +40,9 @@ pub enum MetadataCommand {
         definition: Bytes,
         /// one replica set per partition; the first node is the preferred leader
         replicas: Vec<Vec<u64>>,
+        /// the sets were assigned by an operator: placement keeps them (it replaces only a
+        /// node dead or decommissioned)
+        pinned: bool,
     },
     /// A stream goes, with its partitions.
     DeleteStream {
@@ -83,6 +86,19 @@ pub enum MetadataCommand {
     Decommission {
         /// the node id
         id: u64,
+    },
+    /// A stream's definition changes (its retention at run time, its partition count): the
+    /// partitions it has keep their replicas and data; `added` holds the replica set of each
+    /// new partition, numbered after the existing ones.
+    AlterStream {
+        /// the stream name
+        name: String,
+        /// the new definition (the streams layer checked it against the old one)
+        definition: Bytes,
+        /// one replica set per new partition; the first node is the preferred leader
+        added: Vec<Vec<u64>>,
+        /// the added sets were assigned by an operator
+        pinned: bool,
     },
 }
 
@@ -133,6 +149,9 @@ pub struct StreamRecord {
     pub definition: Bytes,
     /// per partition: the replica set and how many times it changed
     pub partitions: Vec<PartitionRecord>,
+    /// the controller log offset of the `CreateStream`: a stream deleted and created again
+    /// under its name is another stream (its replicas start empty)
+    pub created: i64,
 }
 
 /// A partition's replicas.
@@ -147,9 +166,17 @@ pub struct PartitionRecord {
     pub initial: Vec<u64>,
     /// whether the partition's raft group reached `replicas` (a replica outside it may go)
     pub settled: bool,
+    /// an operator assigned the set: placement replaces only its nodes that are gone or
+    /// decommissioned, and does not rebalance it
+    pub pinned: bool,
 }
 
 impl PartitionRecord {
+    /// A new partition on `replicas`.
+    fn new(replicas: &[u64], pinned: bool) -> Self {
+        Self { replicas: replicas.to_vec(), replica_epoch: 0, initial: replicas.to_vec(), settled: true, pinned }
+    }
+
     /// Whether `node` holds a replica, or must keep the one it holds until the group has
     /// settled on a set without it.
     pub fn keeps(&self, node: u64, held: bool) -> bool {
@@ -216,7 +243,7 @@ impl ClusterMetadata {
                     return Err(MetadataError::UnknownNode(*id));
                 }
             }
-            MetadataCommand::CreateStream { name, definition, replicas } => {
+            MetadataCommand::CreateStream { name, definition, replicas, pinned } => {
                 if self.streams.contains_key(name) {
                     return Err(MetadataError::StreamExists(name.clone()));
                 }
@@ -229,16 +256,17 @@ impl ClusterMetadata {
                 for set in replicas {
                     self.check_replicas(set)?;
                 }
-                let partitions = replicas
-                    .iter()
-                    .map(|set| PartitionRecord {
-                        replicas: set.clone(),
-                        replica_epoch: 0,
-                        initial: set.clone(),
-                        settled: true,
-                    })
-                    .collect();
-                self.streams.insert(name.clone(), StreamRecord { definition: definition.clone(), partitions });
+                let partitions = replicas.iter().map(|set| PartitionRecord::new(set, *pinned)).collect();
+                let record = StreamRecord { definition: definition.clone(), partitions, created: offset };
+                self.streams.insert(name.clone(), record);
+            }
+            MetadataCommand::AlterStream { name, definition, added, pinned } => {
+                for set in added {
+                    self.check_replicas(set)?;
+                }
+                let stream = self.streams.get_mut(name).ok_or_else(|| MetadataError::UnknownStream(name.clone()))?;
+                stream.definition = definition.clone();
+                stream.partitions.extend(added.iter().map(|set| PartitionRecord::new(set, *pinned)));
             }
             MetadataCommand::DeleteStream { name } => {
                 if self.streams.remove(name).is_none() {
@@ -340,6 +368,7 @@ mod tests {
             name: "events".into(),
             definition: Bytes::from_static(b"def"),
             replicas: vec![vec![1, 2, 3], vec![2, 3, 1]],
+            pinned: false,
         };
         metadata.apply(10, &create).unwrap();
         // a replay of an applied offset is skipped, not an error
@@ -371,9 +400,33 @@ mod tests {
         metadata.apply(18, &MetadataCommand::RegisterNode { id: 3, generation: 2 }).unwrap();
         assert!(metadata.nodes[&3].decommissioned, "a restart does not undo a decommission");
         assert_eq!(metadata.replicas_on(2).len(), 1);
-        metadata.apply(19, &MetadataCommand::DeleteStream { name: "events".into() }).unwrap();
+        // an alteration keeps the partitions (and their moves) and appends the added ones
+        let bad = MetadataCommand::AlterStream {
+            name: "events".into(),
+            definition: Bytes::from_static(b"def2"),
+            added: vec![vec![1, 9]],
+            pinned: true,
+        };
+        assert!(matches!(metadata.apply(19, &bad), Err(MetadataError::InvalidReplicas { .. })));
+        assert_eq!(metadata.streams["events"].definition.as_ref(), b"def");
+        let altered = MetadataCommand::AlterStream {
+            name: "events".into(),
+            definition: Bytes::from_static(b"def2"),
+            added: vec![vec![2, 1]],
+            pinned: true,
+        };
+        metadata.apply(20, &altered).unwrap();
+        let stream = &metadata.streams["events"];
+        assert_eq!((stream.definition.as_ref(), stream.partitions.len(), stream.created), (&b"def2"[..], 3, 10));
+        assert_eq!(stream.partitions[1].replicas, vec![3, 1]);
+        assert_eq!((stream.partitions[2].initial.as_slice(), stream.partitions[2].replica_epoch), (&[2, 1][..], 0));
+        assert!(stream.partitions[2].pinned && !stream.partitions[1].pinned);
+        metadata.apply(21, &MetadataCommand::DeleteStream { name: "events".into() }).unwrap();
         assert!(metadata.streams.is_empty());
-        assert_eq!(metadata.applied_offset, 19);
+        assert_eq!(metadata.apply(22, &altered), Err(MetadataError::UnknownStream("events".into())));
+        metadata.apply(23, &create).unwrap();
+        assert_eq!(metadata.streams["events"].created, 23, "created again: another stream");
+        assert_eq!(metadata.applied_offset, 23);
     }
 
     #[test]

@@ -308,7 +308,12 @@ impl Placement {
                     continue;
                 }
                 let factor = partition.initial.len();
-                let wanted = placement::replica_set(name, index as u32, &candidates, factor);
+                // an operator's assignment stays where it is but for its nodes that are gone
+                let wanted = if partition.pinned {
+                    placement::repaired(name, index as u32, &partition.replicas, &candidates, factor)
+                } else {
+                    placement::replica_set(name, index as u32, &candidates, factor)
+                };
                 // never fewer replicas than the stream asks for: a node gone with no other to take
                 // its place stays in the set (the partition is under-replicated, not shrunk)
                 if wanted.len() < factor || same_members(&wanted, &partition.replicas) {
@@ -367,7 +372,8 @@ mod tests {
             offset += 1;
         }
         let replicas = (0..partitions as u32).map(|p| placement::replica_set("s", p, &[1, 2, 3], 3)).collect();
-        let create = MetadataCommand::CreateStream { name: "s".into(), definition: Bytes::new(), replicas };
+        let create =
+            MetadataCommand::CreateStream { name: "s".into(), definition: Bytes::new(), replicas, pinned: false };
         metadata.apply(offset, &create).unwrap();
         metadata
     }
@@ -449,5 +455,30 @@ mod tests {
                 |command| matches!(command, MetadataCommand::SetReplicas { replicas, .. } if !replicas.contains(&1))
             )
         );
+    }
+
+    #[test]
+    fn placement_keeps_an_assigned_set_and_replaces_only_its_departed_nodes() {
+        let now = tokio::time::Instant::now();
+        let mut placement = Placement { replace_dead_after: Duration::from_secs(60), down_since: BTreeMap::new() };
+        let mut metadata = ClusterMetadata::new();
+        for id in 1..=4 {
+            metadata.apply(i64::from(id as u32), &MetadataCommand::RegisterNode { id, generation: 1 }).unwrap();
+        }
+        // sets no rendezvous ranking would choose for all four partitions
+        let replicas = vec![vec![4, 3], vec![4, 3], vec![3, 4], vec![3, 4]];
+        let create =
+            MetadataCommand::CreateStream { name: "s".into(), definition: Bytes::new(), replicas, pinned: true };
+        metadata.apply(10, &create).unwrap();
+        let everyone: Members = [1, 2, 3, 4].into_iter().map(member).collect();
+        assert!(placement.moves(&metadata, &everyone, now).is_empty(), "an assignment is not rebalanced");
+        metadata.apply(11, &MetadataCommand::Decommission { id: 4 }).unwrap();
+        let moves = placement.moves(&metadata, &everyone, now);
+        assert_eq!(moves.len(), 4);
+        for command in &moves {
+            let MetadataCommand::SetReplicas { replicas, .. } = command else { panic!("{command:?}") };
+            assert_eq!(replicas[0], 3, "node 3 stays where the operator put it: {replicas:?}");
+            assert!(replicas.len() == 2 && !replicas.contains(&4), "{replicas:?}");
+        }
     }
 }

@@ -185,7 +185,7 @@ impl Node {
                 return Err(error);
             }
         };
-        let (served_sender, served) = watch::channel(std::collections::BTreeSet::new());
+        let (served_sender, served) = watch::channel(std::collections::BTreeMap::new());
         let view = controller.view();
         let caught_up = config
             .clustered()
@@ -347,14 +347,14 @@ async fn caught_up_with_the_cluster(
     node_id: u64,
     generation: u64,
     mut metadata: watch::Receiver<ClusterMetadata>,
-    mut served: watch::Receiver<std::collections::BTreeSet<String>>,
+    mut served: watch::Receiver<crate::replication::Served>,
 ) {
     let caught_up = async {
         let _ = metadata
             .wait_for(|metadata| metadata.nodes.get(&node_id).is_some_and(|node| node.generation == generation))
             .await;
         let streams: Vec<String> = metadata.borrow().streams.keys().cloned().collect();
-        let _ = served.wait_for(|served| streams.iter().all(|name| served.contains(name))).await;
+        let _ = served.wait_for(|served| streams.iter().all(|name| served.contains_key(name))).await;
     };
     match tokio::time::timeout(CATCH_UP_WAIT, caught_up).await {
         Ok(()) => tracing::info!("caught up with the cluster's metadata: serving MQTT"),

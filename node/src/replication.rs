@@ -13,11 +13,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures::future::BoxFuture;
 use ractor::{Actor, ActorRef};
 use tidewater_actors::NodeContext;
 use tidewater_actors::mqtt::persist;
-use tidewater_actors::stream::catalog::{Broker, ClusterCatalog};
+use tidewater_actors::stream::catalog::{Assignment, Broker, ClusterCatalog};
 use tidewater_actors::stream::def::StreamDef;
 use tidewater_actors::stream::registry::{PartitionHandle, StreamError};
 use tidewater_actors::stream::replicated::{ReplicaView, ReplicatedArgs, ReplicatedPartition};
@@ -55,8 +56,8 @@ pub struct NodeCatalog {
     pub controller_leadership: watch::Receiver<Option<Leadership>>,
     /// proposals to the controller's leader, wherever it runs
     pub forwarder: Arc<Forwarder>,
-    /// the streams of the cluster this node serves
-    pub served: watch::Receiver<BTreeSet<String>>,
+    /// the streams of the cluster this node serves, with the definitions it serves
+    pub served: watch::Receiver<Served>,
     /// time, for command timestamps
     pub clock: Arc<dyn tidewater_cluster::seams::Clock>,
 }
@@ -69,7 +70,7 @@ impl NodeCatalog {
     }
 
     /// Waits until this node's metadata has applied `offset` and `served` holds for it.
-    async fn settle(&self, offset: i64, served: impl Fn(&BTreeSet<String>) -> bool) -> Result<(), StreamError> {
+    async fn settle(&self, offset: i64, served: impl Fn(&Served) -> bool) -> Result<(), StreamError> {
         let mut metadata = self.metadata.clone();
         let mut serving = self.served.clone();
         let waited = tokio::time::timeout(ADMIN_WAIT, async {
@@ -104,6 +105,40 @@ async fn propose_to_controller(
     Err(StreamError::NotController(None))
 }
 
+impl NodeCatalog {
+    /// Replica sets from rendezvous placement over the live registered nodes for `partitions`.
+    fn placed(
+        &self,
+        name: &str,
+        partitions: std::ops::Range<u32>,
+        replication_factor: u16,
+    ) -> Result<Vec<Vec<u64>>, StreamError> {
+        let registered: Vec<u64> = self.metadata.borrow().nodes.keys().copied().collect();
+        let live: BTreeSet<u64> = self.members.borrow().keys().copied().collect();
+        let nodes: Vec<u64> = registered.into_iter().filter(|node| live.contains(node)).collect();
+        let factor = usize::from(replication_factor);
+        if nodes.len() < factor {
+            return Err(StreamError::ReplicationFactor { wanted: replication_factor, nodes: nodes.len() });
+        }
+        Ok(partitions.map(|partition| placement::replica_set(name, partition, &nodes, factor)).collect())
+    }
+
+    /// An operator's replica sets, each naming only registered nodes not decommissioned.
+    fn check_assignment(&self, sets: Assignment) -> Result<Vec<Vec<u64>>, StreamError> {
+        let metadata = self.metadata.borrow();
+        for node in sets.iter().flatten() {
+            match metadata.nodes.get(node) {
+                None => return Err(StreamError::InvalidAssignment(format!("broker {node} is not in the cluster"))),
+                Some(record) if record.decommissioned => {
+                    return Err(StreamError::InvalidAssignment(format!("broker {node} is decommissioned")));
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(sets)
+    }
+}
+
 impl ClusterCatalog for NodeCatalog {
     fn clustered(&self) -> bool {
         self.clustered
@@ -130,36 +165,46 @@ impl ClusterCatalog for NodeCatalog {
         self.controller_leadership.borrow().and_then(|leadership| leadership.leader)
     }
 
-    fn create(&self, def: StreamDef) -> BoxFuture<'_, Result<(), StreamError>> {
+    fn create(&self, def: StreamDef, assignment: Option<Assignment>) -> BoxFuture<'_, Result<(), StreamError>> {
         Box::pin(async move {
             let name = def.name.clone();
-            let (registered, live): (Vec<u64>, BTreeSet<u64>) = {
-                let metadata = self.metadata.borrow();
-                if metadata.streams.contains_key(&name) {
-                    return Err(StreamError::Exists(name));
-                }
-                (metadata.nodes.keys().copied().collect(), self.members.borrow().keys().copied().collect())
-            };
-            let nodes: Vec<u64> = registered.into_iter().filter(|node| live.contains(node)).collect();
-            let factor = usize::from(def.replication_factor);
-            if nodes.len() < factor {
-                return Err(StreamError::ReplicationFactor { wanted: def.replication_factor, nodes: nodes.len() });
+            if self.metadata.borrow().streams.contains_key(&name) {
+                return Err(StreamError::Exists(name));
             }
-            let replicas =
-                (0..def.partitions).map(|partition| placement::replica_set(&name, partition, &nodes, factor)).collect();
-            let command = MetadataCommand::CreateStream {
-                name: name.clone(),
-                definition: persist::encode(&def).into(),
-                replicas,
+            let (replicas, pinned) = match assignment {
+                Some(sets) => (self.check_assignment(sets)?, true),
+                None => (self.placed(&name, 0..def.partitions, def.replication_factor)?, false),
             };
+            let definition = Bytes::from(persist::encode(&def));
+            let command =
+                MetadataCommand::CreateStream { name: name.clone(), definition: definition.clone(), replicas, pinned };
             let offset = self.propose(&command).await?;
-            self.settle(offset, |served| served.contains(&name)).await?;
+            self.settle(offset, |served| served.contains_key(&name)).await?;
             // a stream created concurrently under the same name won; this one changed nothing
             let created = self.metadata.borrow().streams.get(&name).map(|record| record.definition.clone());
             match created {
-                Some(definition) if definition.as_ref() == persist::encode(&def).as_slice() => Ok(()),
+                Some(created) if created == definition => Ok(()),
                 _ => Err(StreamError::Exists(name)),
             }
+        })
+    }
+
+    fn alter(&self, def: StreamDef, assignment: Option<Assignment>) -> BoxFuture<'_, Result<(), StreamError>> {
+        Box::pin(async move {
+            let name = def.name.clone();
+            let Some(current) = self.metadata.borrow().streams.get(&name).map(|stream| stream.partitions.len() as u32)
+            else {
+                return Err(StreamError::Unknown(name));
+            };
+            let (added, pinned) = match assignment {
+                Some(sets) => (self.check_assignment(sets)?, true),
+                None => (self.placed(&name, current..def.partitions, def.replication_factor)?, false),
+            };
+            let definition = Bytes::from(persist::encode(&def));
+            let command =
+                MetadataCommand::AlterStream { name: name.clone(), definition: definition.clone(), added, pinned };
+            let offset = self.propose(&command).await?;
+            self.settle(offset, |served| served.get(&name) == Some(&definition)).await
         })
     }
 
@@ -179,7 +224,7 @@ impl ClusterCatalog for NodeCatalog {
                 return Err(StreamError::Unknown(name));
             }
             let offset = self.propose(&MetadataCommand::DeleteStream { name: name.clone() }).await?;
-            self.settle(offset, |served| !served.contains(&name)).await
+            self.settle(offset, |served| !served.contains_key(&name)).await
         })
     }
 }
@@ -200,8 +245,8 @@ pub struct StreamParts {
     pub controller_leadership: watch::Receiver<Option<Leadership>>,
     /// this node's generation (its registration at it bounds how stale its metadata is)
     pub generation: u64,
-    /// published: the streams served
-    pub served: watch::Sender<BTreeSet<String>>,
+    /// published: the streams served, with their definitions
+    pub served: watch::Sender<Served>,
 }
 
 impl StreamParts {
@@ -218,9 +263,12 @@ struct LocalReplica {
     leadership: watch::Receiver<Option<Leadership>>,
 }
 
+/// The streams of the cluster a node serves: name -> the definition it serves (encoded).
+pub type Served = BTreeMap<String, Bytes>;
+
 /// A stream of the cluster served here: its record (to notice a change) and this node's
 /// replicas of its partitions.
-struct Served {
+struct ServedStream {
     record: StreamRecord,
     replicas: BTreeMap<u32, LocalReplica>,
     /// for the partitions this node holds no replica of: the leader their replicas reported
@@ -245,16 +293,17 @@ const FORGET_AFTER: Duration = Duration::from_secs(10);
 /// [`RECONCILE_EVERY`], and reports the group settled to the controller.
 pub async fn follow_streams(parts: StreamParts, mut shutdown: watch::Receiver<bool>) {
     let mut metadata = parts.metadata.clone();
-    let mut served: BTreeMap<String, Served> = BTreeMap::new();
+    let mut served: BTreeMap<String, ServedStream> = BTreeMap::new();
     // leaderships of this node's replicas reported to the controller: (stream, partition) -> term
     let mut reported: BTreeMap<(String, u32), u64> = BTreeMap::new();
     // replicas stopped because they moved away, whose data is still here, since when
     let mut doomed: BTreeMap<PartitionId, tokio::time::Instant> = BTreeMap::new();
     loop {
         let now = metadata.borrow_and_update().clone();
+        // a stream deleted, or deleted and created again (another stream under its name)
         for name in served.keys().cloned().collect::<Vec<_>>() {
             let current = now.streams.get(&name);
-            if current.is_none_or(|record| record.definition != served[&name].record.definition)
+            if current.is_none_or(|record| record.created != served[&name].record.created)
                 && let Some(gone) = served.remove(&name)
             {
                 release(&parts, &name, gone, true).await;
@@ -267,12 +316,14 @@ pub async fn follow_streams(parts: StreamParts, mut shutdown: watch::Receiver<bo
             let held = served.remove(name).map(|stream| stream.replicas).unwrap_or_default();
             match serve(&parts, name, record, held, &mut doomed).await {
                 Ok((replicas, remote)) => {
-                    served.insert(name.clone(), Served { record: record.clone(), replicas, remote });
+                    served.insert(name.clone(), ServedStream { record: record.clone(), replicas, remote });
                 }
                 Err(error) => tracing::error!(stream = %name, %error, "cannot serve a stream of the cluster"),
             }
         }
-        parts.served.send_replace(served.keys().cloned().collect());
+        parts.served.send_replace(
+            served.iter().map(|(name, stream)| (name.clone(), stream.record.definition.clone())).collect(),
+        );
         forget_moved(&parts, &now, &mut doomed);
         learn_leaders(&served, &now);
         report_leaders(&parts, &served, &now, &mut reported).await;
@@ -319,7 +370,7 @@ fn forget_moved(
 
 /// Partitions this node holds no replica of learn their leader from what the replicas
 /// reported to the controller.
-fn learn_leaders(served: &BTreeMap<String, Served>, metadata: &ClusterMetadata) {
+fn learn_leaders(served: &BTreeMap<String, ServedStream>, metadata: &ClusterMetadata) {
     for (name, stream) in served {
         for (partition, sender) in &stream.remote {
             if let Some(&(leader, term)) = metadata.leaders.get(&(name.clone(), *partition)) {
@@ -337,7 +388,7 @@ fn learn_leaders(served: &BTreeMap<String, Served>, metadata: &ClusterMetadata) 
 /// Reports to the controller each leadership of this node's replicas it does not record yet.
 async fn report_leaders(
     parts: &StreamParts,
-    served: &BTreeMap<String, Served>,
+    served: &BTreeMap<String, ServedStream>,
     metadata: &ClusterMetadata,
     reported: &mut BTreeMap<(String, u32), u64>,
 ) {
@@ -364,7 +415,7 @@ async fn report_leaders(
 
 /// One step toward the recorded set for every moving partition whose replica leads here;
 /// a group that reached it is reported settled.
-async fn reconcile(parts: &StreamParts, served: &BTreeMap<String, Served>) {
+async fn reconcile(parts: &StreamParts, served: &BTreeMap<String, ServedStream>) {
     for (name, stream) in served {
         for (index, record) in stream.record.partitions.iter().enumerate() {
             if record.settled {
@@ -523,7 +574,7 @@ fn forget_partition(ctx: &NodeContext, id: &PartitionId) {
 }
 
 /// Stops serving a stream; `forget` removes this node's data of it (the stream was deleted).
-async fn release(parts: &StreamParts, name: &str, gone: Served, forget: bool) {
+async fn release(parts: &StreamParts, name: &str, gone: ServedStream, forget: bool) {
     let ctx = &parts.ctx;
     if let Some(stream) = ctx.streams.release(name).await {
         for partition in &stream.partitions {

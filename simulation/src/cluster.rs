@@ -59,8 +59,13 @@ use crate::workload::Mqtt;
 
 /// The replicated stream the Kafka client writes.
 const TOPIC: &str = "replicated";
-/// What [`TOPIC`] keeps: a few dozen batches.
+/// What [`TOPIC`] keeps once the client altered it: a few dozen batches.
 const TOPIC_RETENTION_BYTES: &str = "3000";
+/// What [`TOPIC`] is created keeping.
+const TOPIC_CREATED_RETENTION_BYTES: &str = "12000";
+/// After this many acknowledged batches the client alters [`TOPIC`] through whichever node
+/// it talks to: its retention to [`TOPIC_RETENTION_BYTES`], and a second partition.
+const ALTER_AFTER: u32 = 10;
 /// The bound replicated stream the MQTT device's publishes land in.
 const MQTT_STREAM: &str = "mqtt-replicated";
 /// The topic the device publishes on.
@@ -106,6 +111,10 @@ struct Kafka {
     errors: BTreeMap<i16, usize>,
     /// what became of the create
     created: Option<i16>,
+    /// whether the alteration (retention, a second partition) was acknowledged
+    altered: bool,
+    /// after healing, whether every node serves the second partition with the altered retention
+    altered_everywhere: Option<Result<(), String>>,
 }
 
 /// Nodes in the cluster; the first `VOTERS` vote in the controller, the rest follow as learners.
@@ -435,7 +444,7 @@ async fn kafka_client(kafka: Rc<RefCell<Kafka>>, seed: u64) -> turmoil::Result {
         if let Some(mut conn) = connect(target).await
             && let Ok(Ok(code)) = tokio::time::timeout(
                 Duration::from_secs(12),
-                conn.create_topics_with(TOPIC, 1, &[("retention.bytes", TOPIC_RETENTION_BYTES)]),
+                conn.create_topics_with(TOPIC, 1, &[("retention.bytes", TOPIC_CREATED_RETENTION_BYTES)]),
             )
             .await
             && (code == 0 || code == 36)
@@ -469,6 +478,31 @@ async fn kafka_client(kafka: Rc<RefCell<Kafka>>, seed: u64) -> turmoil::Result {
             }
             continue;
         };
+        if !kafka.borrow().altered && batch >= ALTER_AFTER {
+            // through any node: it forwards to the controller's leader; a lost answer is
+            // retried (the configs are set again, the partitions found there already)
+            let set = tokio::time::timeout(
+                Duration::from_secs(12),
+                c.set_topic_configs(TOPIC, &[("retention.bytes", TOPIC_RETENTION_BYTES)]),
+            )
+            .await;
+            let grown = match set {
+                Ok(Ok(0)) => tokio::time::timeout(Duration::from_secs(12), c.create_partitions(TOPIC, 2)).await,
+                other => other,
+            };
+            match grown {
+                Ok(Ok(0 | 37)) => kafka.borrow_mut().altered = true,
+                Ok(Ok(code)) => {
+                    // alteration errors are counted apart from produce errors
+                    *kafka.borrow_mut().errors.entry(1000 + code).or_default() += 1;
+                    sleep_ms(100).await;
+                    target = target % NODES + 1;
+                    conn = None;
+                }
+                _ => conn = None,
+            }
+            continue;
+        }
         let records = 1 + (batch % 3) as usize;
         let values: Vec<Vec<u8>> = (0..records).map(|i| format!("b{batch}:{i}").into_bytes()).collect();
         let refs: Vec<&[u8]> = values.iter().map(Vec::as_slice).collect();
@@ -497,6 +531,39 @@ async fn kafka_client(kafka: Rc<RefCell<Kafka>>, seed: u64) -> turmoil::Result {
         sleep_ms(rng.random_range(0..150)).await;
     }
     kafka.borrow_mut().read = read_back(TOPIC).await;
+    if kafka.borrow().altered {
+        kafka.borrow_mut().altered_everywhere = Some(altered_everywhere().await);
+    }
+    Ok(())
+}
+
+/// After healing: every node describes [`TOPIC`] with the altered retention and lists its
+/// second partition.
+async fn altered_everywhere() -> Result<(), String> {
+    use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
+    use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+    use kafka_protocol::messages::{DescribeConfigsRequest, MetadataRequest};
+    use kafka_protocol::protocol::StrBytes;
+    for id in 1..=NODES {
+        let mut conn = connect(id).await.ok_or(format!("node {id}: no connection"))?;
+        let topic = MetadataRequestTopic::default().with_name(Some(kafka::topic_name(TOPIC)));
+        let request = MetadataRequest::default().with_topics(Some(vec![topic]));
+        let metadata = conn.call(12, &request).await.map_err(|error| format!("node {id}: {error:#}"))?;
+        let partitions = metadata.topics.first().map_or(0, |topic| topic.partitions.len());
+        if partitions != 2 {
+            return Err(format!("node {id}: metadata lists {partitions} partitions"));
+        }
+        let resource = DescribeConfigsResource::default()
+            .with_resource_type(2)
+            .with_resource_name(StrBytes::from_static_str(TOPIC))
+            .with_configuration_keys(Some(vec![StrBytes::from_static_str("retention.bytes")]));
+        let request = DescribeConfigsRequest::default().with_resources(vec![resource]);
+        let response = conn.call(4, &request).await.map_err(|error| format!("node {id}: {error:#}"))?;
+        let value = response.results.first().and_then(|r| r.configs.first()).and_then(|c| c.value.clone());
+        if value.as_deref() != Some(TOPIC_RETENTION_BYTES) {
+            return Err(format!("node {id}: retention.bytes is {value:?}"));
+        }
+    }
     Ok(())
 }
 
@@ -522,6 +589,13 @@ fn check_stream(kafka: &Kafka, stores: &[Arc<MemoryStore>], violations: &mut Vec
     }
     if kafka.acked.is_empty() {
         violations.push(format!("no produce to the replicated stream was acknowledged: errors {:?}", kafka.errors));
+    }
+    match &kafka.altered_everywhere {
+        _ if !kafka.altered => {
+            violations.push(format!("{TOPIC} was never altered (retention, a partition): errors {:?}", kafka.errors))
+        }
+        Some(Err(error)) => violations.push(format!("{TOPIC} altered, but not everywhere: {error}")),
+        _ => {}
     }
     if kafka.errors.contains_key(&45) {
         violations.push(format!("the leader forgot a producer's acknowledged sequence: errors {:?}", kafka.errors));

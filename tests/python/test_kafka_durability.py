@@ -292,3 +292,87 @@ def test_retention_and_delete_free_the_data_dir(make_broker):
     assert watermarks(broker, kept, 0) == (count, count)
     prod = producer(broker)
     assert produce_all(prod, kept, [{"value": b"after", "partition": 0}]) == [(0, count)]
+
+
+def topic_config(admin, topic, key):
+    from confluent_kafka.admin import ConfigResource, ResourceType
+    resource = ConfigResource(ResourceType.TOPIC, topic)
+    return admin.describe_configs([resource])[resource].result(timeout=15)[key]
+
+
+def test_retention_changes_at_run_time_through_both_alter_configs_apis(make_broker):
+    """IncrementalAlterConfigs (confluent-kafka) and AlterConfigs (kafka-python) change a stream's
+    retention while it runs: the next retention pass applies it, what it keeps is untouched,
+    and bad changes get INVALID_CONFIG naming the key."""
+    from confluent_kafka.admin import (AlterConfigOpType, ConfigEntry, ConfigResource, ConfigSource,
+                                       ResourceType)
+    from kafka.admin import ConfigResource as PyConfigResource
+    from kafka.admin import ConfigResourceType, KafkaAdminClient
+    from kafka_helpers import admin_client, bootstrap
+
+    broker = kafka_broker(make_broker, kafka=FAST_RETENTION)
+    topic = unique("alter")
+    create_stream(broker, topic, partitions=1)
+    admin = admin_client(broker)
+    entry = topic_config(admin, topic, "retention.bytes")
+    assert (entry.value, entry.source) == ("-1", ConfigSource.DEFAULT_CONFIG.value)
+    value_size, count = 500, 20
+    values = [f"{i:04d}".encode() + b"x" * (value_size - 4) for i in range(count)]
+    prod = producer(broker, **{"linger.ms": 0})
+    produce_all(prod, topic, [{"value": v, "partition": 0} for v in values], flush_each=True)
+    time.sleep(0.6)  # retention passes run: nothing goes without a limit
+    assert watermarks(broker, topic, 0) == (0, count)
+
+    def incremental(*entries):
+        resource = ConfigResource(ResourceType.TOPIC, topic, incremental_configs=list(entries))
+        return admin.incremental_alter_configs([resource])[resource].result(timeout=15)
+
+    incremental(ConfigEntry("retention.bytes", "3000", incremental_operation=AlterConfigOpType.SET))
+    entry = topic_config(admin, topic, "retention.bytes")
+    assert (entry.value, entry.source) == ("3000", ConfigSource.DYNAMIC_TOPIC_CONFIG.value)
+    wait_for(lambda: watermarks(broker, topic, 0)[0] > 0, timeout=15, message="the new limit applied")
+    low, high = watermarks(broker, topic, 0)
+    assert high == count and (count - low) * value_size <= 3000, (low, high)
+    got = read_partitions(broker, topic, [0])[0]
+    assert [(r.offset, r.value) for r in got] == [(o, values[o]) for o in range(low, count)]
+
+    # bad changes: a value, a key we do not take, a read-only key, an unknown topic
+    for key, value in (("retention.bytes", "lots"), ("cleanup.policy", "compact"),
+                       ("tidewater.stream.kind", "bound"), ("unclean.leader.election.enable", "true")):
+        with pytest.raises(Exception) as refused:
+            incremental(ConfigEntry(key, value, incremental_operation=AlterConfigOpType.SET))
+        error = refused.value.args[0]
+        assert error.code() == KafkaError.INVALID_CONFIG and key in error.str(), error
+    missing = ConfigResource(ResourceType.TOPIC, unique("nope"),
+                             incremental_configs=[ConfigEntry("retention.ms", "1000",
+                                                              incremental_operation=AlterConfigOpType.SET)])
+    with pytest.raises(Exception) as refused:
+        admin.incremental_alter_configs([missing])[missing].result(timeout=15)
+    assert refused.value.args[0].code() == KafkaError.UNKNOWN_TOPIC_OR_PART
+    assert topic_config(admin, topic, "retention.bytes").value == "3000", "a refused change changes nothing"
+
+    # DELETE returns the key to its default: no limit again
+    incremental(ConfigEntry("retention.bytes", None, incremental_operation=AlterConfigOpType.DELETE))
+    assert topic_config(admin, topic, "retention.bytes").value == "-1"
+
+    # the legacy AlterConfigs (kafka-python) replaces the topic's configs: retention.ms set,
+    # retention.bytes (not named) stays at its default; it survives a restart
+    legacy = KafkaAdminClient(bootstrap_servers=bootstrap(broker), request_timeout_ms=15000)
+    try:
+        answer = legacy.alter_configs([PyConfigResource(ConfigResourceType.TOPIC, topic,
+                                                        configs={"retention.ms": "2000"})],
+                                      raise_on_unknown=False, incremental=False)
+        assert answer == {"topic": {topic: "OK"}}, answer
+        refused = legacy.alter_configs([PyConfigResource(ConfigResourceType.TOPIC, topic,
+                                                         configs={"retention.ms": "-7"})],
+                                       raise_on_unknown=False, incremental=False)
+        assert "InvalidConfig" in refused["topic"][topic] and "retention.ms" in refused["topic"][topic], refused
+    finally:
+        legacy.close()
+    assert topic_config(admin, topic, "retention.ms").value == "2000"
+    broker.restart()
+    admin = admin_client(broker)
+    assert topic_config(admin, topic, "retention.ms").value == "2000"
+    assert topic_config(admin, topic, "retention.bytes").value == "-1"
+    wait_for(lambda: watermarks(broker, topic, 0) == (count, count), timeout=15,
+             message="the two-second limit removed every record")

@@ -620,3 +620,90 @@ def test_a_topic_created_without_a_replication_factor_gets_the_configured_defaul
     # an explicit factor still wins
     create_topic(nodes, "triples", 1, 3)
     assert [len(replicas) for _, replicas in leaders(admin, "triples", 1).values()] == [3]
+
+
+def test_topic_configs_partitions_and_replica_assignments_change_a_replicated_stream_in_place(make_broker):
+    """Through nodes that do not lead the controller: IncrementalAlterConfigs changes a
+    replicated stream's retention on every replica (the stream keeps its data and offsets,
+    it is not re-created), CreatePartitions adds partitions with their own raft groups, and
+    CreateTopics with replica assignments puts each partition on the brokers named (which
+    placement then leaves there); a broker outside the cluster is INVALID_REPLICA_ASSIGNMENT."""
+    from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource, NewPartitions, ResourceType
+    config = {"kafka": {"retention_check_ms": 200}}
+    nodes = three_nodes(make_broker, config=config, voters="1,2,3")
+    wait_for(lambda: agreed_controller(nodes) and len(controller(nodes[0])["registered"]) == 3, timeout=15)
+    admin = create_topic(nodes, "tuned", 1, 3)
+    leaders(admin, "tuned", 1)
+    acked = {}
+
+    def delivery(err, msg):
+        assert err is None, err
+        acked[(msg.partition(), msg.offset())] = msg.value()
+
+    producer = Producer({"bootstrap.servers": bootstrap(nodes), "acks": "all", "enable.idempotence": True,
+                         "linger.ms": 0})
+    value_size, count, limit = 500, 120, 10_000
+    for i in range(count):
+        producer.produce("tuned", value=b"%04d" % i + b"x" * (value_size - 4), partition=0, on_delivery=delivery)
+        if i % 10 == 9:
+            producer.flush(20)
+    assert producer.flush(20) == 0 and len(acked) == count
+    # the change goes through a node that does not lead the controller
+    leader_of_controller = agreed_controller(nodes)
+    other = next(b for b in nodes if b.node_id != leader_of_controller)
+    one = AdminClient({"bootstrap.servers": f"127.0.0.1:{other.kafka_port}"})
+    resource = ConfigResource(ResourceType.TOPIC, "tuned", incremental_configs=[
+        ConfigEntry("retention.bytes", str(limit), incremental_operation=AlterConfigOpType.SET)])
+    one.incremental_alter_configs([resource])[resource].result(timeout=20)
+    for broker in nodes:
+        single = AdminClient({"bootstrap.servers": f"127.0.0.1:{broker.kafka_port}"})
+        described = ConfigResource(ResourceType.TOPIC, "tuned")
+        wait_for(lambda: single.describe_configs([described])[described].result(timeout=10)["retention.bytes"].value
+                 == str(limit), timeout=10)
+
+    def offsets(broker):
+        found = stream_offsets_full(broker, "tuned")
+        return found and found[0]
+    # every replica applies the new limit to the log it has: same end, a start that moved
+    wait_for(lambda: all(offsets(b) and offsets(b)["log_start_offset"] > 0 for b in nodes), timeout=20, step=0.2)
+    for broker in nodes:
+        found = offsets(broker)
+        assert found["log_end_offset"] == count and (count - found["log_start_offset"]) * value_size <= limit, found
+    low = max(offsets(b)["log_start_offset"] for b in nodes)
+    got = read_all(nodes, "tuned", 1, {(0, o) for o in range(low, count)})
+    assert all(got[(0, o)] == acked[(0, o)] for o in range(low, count))
+
+    # two more partitions, each its own raft group on three replicas; partition 0 goes on
+    one.create_partitions([NewPartitions("tuned", 3)])["tuned"].result(timeout=20)
+    found = leaders(admin, "tuned", 3)
+    assert all(replicas == [1, 2, 3] for _, replicas in found.values()), found
+    # a new producer: the first one's metadata knows one partition
+    producer = Producer({"bootstrap.servers": bootstrap(nodes), "acks": "all", "enable.idempotence": True})
+    for partition in (0, 1, 2):
+        producer.produce("tuned", value=b"new-%d" % partition, partition=partition, on_delivery=delivery)
+    assert producer.flush(20) == 0
+    assert acked[(0, count)] == b"new-0" and acked[(1, 0)] == b"new-1" and acked[(2, 0)] == b"new-2"
+    got = read_all(nodes, "tuned", 3, {(0, count), (1, 0), (2, 0)})
+    assert (got[(1, 0)], got[(2, 0)]) == (b"new-1", b"new-2")
+
+    # an operator's assignment: partition 0 on nodes 2 and 3 (2 preferred), partition 1 on 3 and 1
+    assigned = NewTopic("placed", num_partitions=2, replica_assignment=[[2, 3], [3, 1]])
+    one.create_topics([assigned], request_timeout=15)["placed"].result(timeout=20)
+
+    def placed():
+        topic = admin.list_topics("placed", timeout=5).topics.get("placed")
+        if topic is None or any(p.error is not None or p.leader < 0 for p in topic.partitions.values()):
+            return None
+        return {p.id: (p.leader, list(p.replicas)) for p in topic.partitions.values()}
+    wait_for(lambda: placed() == {0: (2, [2, 3]), 1: (3, [3, 1])}, timeout=30, step=0.3)
+    time.sleep(2.0)  # placement passes run: an assignment is not rebalanced
+    assert placed() == {0: (2, [2, 3]), 1: (3, [3, 1])}
+    placed_acks = []
+    producer.produce("placed", value=b"here", partition=1,
+                     on_delivery=lambda err, msg: placed_acks.append((err, msg.partition(), msg.offset())))
+    assert producer.flush(20) == 0 and placed_acks == [(None, 1, 0)]
+    refused = NewTopic("misplaced", num_partitions=1, replica_assignment=[[1, 9]])
+    with pytest.raises(Exception) as error:
+        one.create_topics([refused], request_timeout=15)["misplaced"].result(timeout=20)
+    assert error.value.args[0].code() == KafkaError.INVALID_REPLICA_ASSIGNMENT, error.value
+    assert "misplaced" not in admin.list_topics(timeout=5).topics

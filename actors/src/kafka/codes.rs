@@ -36,6 +36,8 @@ pub const TOPIC_ALREADY_EXISTS: i16 = 36;
 pub const INVALID_PARTITIONS: i16 = 37;
 /// The replication factor is invalid.
 pub const INVALID_REPLICATION_FACTOR: i16 = 38;
+/// The replica assignment is invalid.
+pub const INVALID_REPLICA_ASSIGNMENT: i16 = 39;
 /// The configuration is invalid.
 pub const INVALID_CONFIG: i16 = 40;
 /// The client's leader epoch is older than the leader's: refresh metadata.

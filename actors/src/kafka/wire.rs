@@ -10,11 +10,11 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{
-    ApiKey, CreatePartitionsResponse, CreateTopicsResponse, DeleteTopicsResponse, DescribeClusterResponse,
-    DescribeConfigsResponse, DescribeGroupsResponse, FetchResponse, FindCoordinatorResponse, HeartbeatResponse,
-    InitProducerIdResponse, JoinGroupResponse, LeaveGroupResponse, ListGroupsResponse, ListOffsetsResponse,
-    MetadataResponse, OffsetCommitResponse, OffsetFetchResponse, OffsetForLeaderEpochResponse, ProduceRequest,
-    ProduceResponse, RequestHeader, ResponseHeader, SyncGroupResponse,
+    AlterConfigsResponse, ApiKey, CreatePartitionsResponse, CreateTopicsResponse, DeleteTopicsResponse,
+    DescribeClusterResponse, DescribeConfigsResponse, DescribeGroupsResponse, FetchResponse, FindCoordinatorResponse,
+    HeartbeatResponse, IncrementalAlterConfigsResponse, InitProducerIdResponse, JoinGroupResponse, LeaveGroupResponse,
+    ListGroupsResponse, ListOffsetsResponse, MetadataResponse, OffsetCommitResponse, OffsetFetchResponse,
+    OffsetForLeaderEpochResponse, ProduceRequest, ProduceResponse, RequestHeader, ResponseHeader, SyncGroupResponse,
     api_versions_response::ApiVersion,
     produce_response::{PartitionProduceResponse, TopicProduceResponse},
 };
@@ -136,7 +136,9 @@ const SERVED: &[ServedApi] = &[
     api(ApiKey::OffsetForLeaderEpoch, 2, 4),
     // every version kafka-protocol has
     api(ApiKey::DescribeConfigs, 1, 4),
+    api(ApiKey::AlterConfigs, 0, 2),
     api(ApiKey::CreatePartitions, 0, 3),
+    api(ApiKey::IncrementalAlterConfigs, 0, 1),
     // v2 lists fenced brokers
     api(ApiKey::DescribeCluster, 0, 1),
 ];
@@ -552,7 +554,9 @@ fn response_key(body: &ResponseKind) -> Option<ApiKey> {
         ResponseKind::InitProducerId(_) => ApiKey::InitProducerId,
         ResponseKind::OffsetForLeaderEpoch(_) => ApiKey::OffsetForLeaderEpoch,
         ResponseKind::DescribeConfigs(_) => ApiKey::DescribeConfigs,
+        ResponseKind::AlterConfigs(_) => ApiKey::AlterConfigs,
         ResponseKind::CreatePartitions(_) => ApiKey::CreatePartitions,
+        ResponseKind::IncrementalAlterConfigs(_) => ApiKey::IncrementalAlterConfigs,
         ResponseKind::DescribeCluster(_) => ApiKey::DescribeCluster,
         _ => return None,
     })
@@ -580,7 +584,9 @@ fn response_versions(key: ApiKey) -> Option<VersionRange> {
         ApiKey::InitProducerId => InitProducerIdResponse::VERSIONS,
         ApiKey::OffsetForLeaderEpoch => OffsetForLeaderEpochResponse::VERSIONS,
         ApiKey::DescribeConfigs => DescribeConfigsResponse::VERSIONS,
+        ApiKey::AlterConfigs => AlterConfigsResponse::VERSIONS,
         ApiKey::CreatePartitions => CreatePartitionsResponse::VERSIONS,
+        ApiKey::IncrementalAlterConfigs => IncrementalAlterConfigsResponse::VERSIONS,
         ApiKey::DescribeCluster => DescribeClusterResponse::VERSIONS,
         _ => return None,
     })

@@ -127,6 +127,15 @@ const DELETE_TOPICS_TOPIC: &[Field] = &[all(Str), all(Uuid)];
 const DESCRIBE_CONFIGS: &[Field] = &[all(Structs(DESCRIBE_CONFIGS_RESOURCE)), all(Bool), since(3, Bool)];
 const DESCRIBE_CONFIGS_RESOURCE: &[Field] = &[all(I8), all(Str), all(Strs)];
 
+const ALTER_CONFIGS: &[Field] = &[all(Structs(ALTER_CONFIGS_RESOURCE)), all(Bool)];
+const ALTER_CONFIGS_RESOURCE: &[Field] = &[all(I8), all(Str), all(Structs(ALTER_CONFIGS_CONFIG))];
+const ALTER_CONFIGS_CONFIG: &[Field] = &[all(Str), all(Str)];
+
+const INCREMENTAL_ALTER_CONFIGS: &[Field] = &[all(Structs(INCREMENTAL_ALTER_CONFIGS_RESOURCE)), all(Bool)];
+const INCREMENTAL_ALTER_CONFIGS_RESOURCE: &[Field] =
+    &[all(I8), all(Str), all(Structs(INCREMENTAL_ALTER_CONFIGS_CONFIG))];
+const INCREMENTAL_ALTER_CONFIGS_CONFIG: &[Field] = &[all(Str), all(I8), all(Str)];
+
 const CREATE_PARTITIONS: &[Field] = &[all(Structs(CREATE_PARTITIONS_TOPIC)), all(I32), all(Bool)];
 const CREATE_PARTITIONS_TOPIC: &[Field] = &[all(Str), all(I32), all(Structs(CREATE_PARTITIONS_ASSIGNMENT))];
 const CREATE_PARTITIONS_ASSIGNMENT: &[Field] = &[all(Int32s)];
@@ -154,6 +163,8 @@ fn body_schema(key: ApiKey) -> Option<&'static [Field]> {
         ApiKey::DeleteTopics => DELETE_TOPICS,
         ApiKey::DescribeConfigs => DESCRIBE_CONFIGS,
         ApiKey::CreatePartitions => CREATE_PARTITIONS,
+        ApiKey::AlterConfigs => ALTER_CONFIGS,
+        ApiKey::IncrementalAlterConfigs => INCREMENTAL_ALTER_CONFIGS,
         ApiKey::OffsetForLeaderEpoch => OFFSET_FOR_LEADER_EPOCH,
         _ => return None,
     })

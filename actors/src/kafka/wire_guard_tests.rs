@@ -1,12 +1,13 @@
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::{
-    ApiKey, BrokerId, CreatePartitionsRequest, CreateTopicsRequest, DeleteTopicsRequest, DescribeConfigsRequest,
-    DescribeGroupsRequest, FetchRequest, FindCoordinatorRequest, GroupId, JoinGroupRequest, LeaveGroupRequest,
-    ListGroupsRequest, ListOffsetsRequest, MetadataRequest, OffsetCommitRequest, OffsetFetchRequest,
-    OffsetForLeaderEpochRequest, ProduceRequest, RequestKind, SyncGroupRequest, TopicName, create_partitions_request,
-    create_topics_request, delete_topics_request, describe_configs_request, fetch_request, join_group_request,
-    leave_group_request, list_offsets_request, metadata_request, offset_commit_request, offset_fetch_request,
-    offset_for_leader_epoch_request, produce_request, sync_group_request,
+    AlterConfigsRequest, ApiKey, BrokerId, CreatePartitionsRequest, CreateTopicsRequest, DeleteTopicsRequest,
+    DescribeConfigsRequest, DescribeGroupsRequest, FetchRequest, FindCoordinatorRequest, GroupId,
+    IncrementalAlterConfigsRequest, JoinGroupRequest, LeaveGroupRequest, ListGroupsRequest, ListOffsetsRequest,
+    MetadataRequest, OffsetCommitRequest, OffsetFetchRequest, OffsetForLeaderEpochRequest, ProduceRequest, RequestKind,
+    SyncGroupRequest, TopicName, alter_configs_request, create_partitions_request, create_topics_request,
+    delete_topics_request, describe_configs_request, fetch_request, incremental_alter_configs_request,
+    join_group_request, leave_group_request, list_offsets_request, metadata_request, offset_commit_request,
+    offset_fetch_request, offset_for_leader_epoch_request, produce_request, sync_group_request,
 };
 use kafka_protocol::protocol::StrBytes;
 use proptest::prelude::*;
@@ -162,6 +163,29 @@ fn fixture(key: ApiKey, v: i16) -> RequestKind {
             };
             DescribeConfigsRequest::default().with_resources(vec![r("a"), r("bb")]).into()
         }
+        ApiKey::AlterConfigs => {
+            use alter_configs_request::{AlterConfigsResource, AlterableConfig};
+            let c = |name| AlterableConfig::default().with_name(s(name)).with_value(Some(s("1")));
+            let r = |name| {
+                AlterConfigsResource::default()
+                    .with_resource_type(2)
+                    .with_resource_name(s(name))
+                    .with_configs(vec![c("retention.ms"), c("x")])
+            };
+            AlterConfigsRequest::default().with_resources(vec![r("a"), r("bb")]).into()
+        }
+        ApiKey::IncrementalAlterConfigs => {
+            use incremental_alter_configs_request::{AlterConfigsResource, AlterableConfig};
+            let c =
+                |name| AlterableConfig::default().with_name(s(name)).with_config_operation(1).with_value(Some(s("1")));
+            let r = |name| {
+                AlterConfigsResource::default()
+                    .with_resource_type(2)
+                    .with_resource_name(s(name))
+                    .with_configs(vec![c("retention.ms"), c("x")])
+            };
+            IncrementalAlterConfigsRequest::default().with_resources(vec![r("a"), r("bb")]).into()
+        }
         ApiKey::CreatePartitions => {
             use create_partitions_request::{CreatePartitionsAssignment, CreatePartitionsTopic};
             let a = || CreatePartitionsAssignment::default().with_broker_ids(vec![BrokerId(1), BrokerId(2)]);
@@ -226,7 +250,7 @@ fn decode_rest(key: ApiKey, v: i16, body: &[u8]) -> Option<usize> {
 #[test]
 fn walk_reads_exactly_what_kafka_protocol_writes_for_every_served_version() {
     let all = guarded();
-    assert_eq!(all.len(), 13 + 9 + 8 + 13 + 7 + 8 + 5 + 10 + 6 + 6 + 6 + 5 + 6 + 5 + 4 + 4 + 3);
+    assert_eq!(all.len(), 13 + 9 + 8 + 13 + 7 + 8 + 5 + 10 + 6 + 6 + 6 + 5 + 6 + 5 + 4 + 3 + 4 + 2 + 3);
     for (key, v) in all {
         let body = encode_body(key, v);
         let read = walk_body(key, v, flexible(key, v), &body).unwrap_or_else(|e| panic!("{key:?} v{v}: {e}"));

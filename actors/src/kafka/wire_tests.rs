@@ -1,11 +1,11 @@
 use bytes::{Buf, Bytes, BytesMut};
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsRequest, CreatePartitionsRequest, CreateTopicsRequest, DeleteTopicsRequest,
+    AlterConfigsRequest, ApiKey, ApiVersionsRequest, CreatePartitionsRequest, CreateTopicsRequest, DeleteTopicsRequest,
     DescribeClusterRequest, DescribeConfigsRequest, DescribeGroupsRequest, FetchRequest, FetchResponse,
-    FindCoordinatorRequest, HeartbeatRequest, InitProducerIdRequest, JoinGroupRequest, LeaveGroupRequest,
-    ListGroupsRequest, ListOffsetsRequest, MetadataRequest, MetadataResponse, OffsetCommitRequest, OffsetFetchRequest,
-    OffsetForLeaderEpochRequest, ProduceRequest, RequestHeader, ResponseHeader, SyncGroupRequest, TopicName,
-    fetch_response, metadata_request, produce_request,
+    FindCoordinatorRequest, HeartbeatRequest, IncrementalAlterConfigsRequest, InitProducerIdRequest, JoinGroupRequest,
+    LeaveGroupRequest, ListGroupsRequest, ListOffsetsRequest, MetadataRequest, MetadataResponse, OffsetCommitRequest,
+    OffsetFetchRequest, OffsetForLeaderEpochRequest, ProduceRequest, RequestHeader, ResponseHeader, SyncGroupRequest,
+    TopicName, fetch_response, metadata_request, produce_request,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, Message, StrBytes, VersionRange};
 use proptest::prelude::*;
@@ -13,7 +13,7 @@ use proptest::prelude::*;
 use super::*;
 
 /// The advertised table, written out (reasons beside `SERVED`): (api key, min, max).
-const TABLE: [(i16, i16, i16); 21] = [
+const TABLE: [(i16, i16, i16); 23] = [
     (0, 0, 12),
     (1, 4, 12),
     (2, 1, 8),
@@ -33,7 +33,9 @@ const TABLE: [(i16, i16, i16); 21] = [
     (22, 0, 4),
     (23, 2, 4),
     (32, 1, 4),
+    (33, 0, 2),
     (37, 0, 3),
+    (44, 0, 1),
     (60, 0, 1),
 ];
 
@@ -82,6 +84,8 @@ fn request_versions(key: ApiKey) -> VersionRange {
         ApiKey::OffsetForLeaderEpoch => OffsetForLeaderEpochRequest::VERSIONS,
         ApiKey::DescribeConfigs => DescribeConfigsRequest::VERSIONS,
         ApiKey::CreatePartitions => CreatePartitionsRequest::VERSIONS,
+        ApiKey::AlterConfigs => AlterConfigsRequest::VERSIONS,
+        ApiKey::IncrementalAlterConfigs => IncrementalAlterConfigsRequest::VERSIONS,
         ApiKey::DescribeCluster => DescribeClusterRequest::VERSIONS,
         other => panic!("{other:?} is not served"),
     }
@@ -187,7 +191,7 @@ fn with_size(body: Vec<u8>) -> Vec<u8> {
 #[test]
 fn api_versions_v0_response_golden() {
     let body = ResponseKind::ApiVersions(api_versions_response(0));
-    let mut expected = vec![0, 0, 0, 1, 0, 0, 0, 0, 0, 21]; // correlation id, error code, i32 count
+    let mut expected = vec![0, 0, 0, 1, 0, 0, 0, 0, 0, 23]; // correlation id, error code, i32 count
     expected.extend(table_entries(false));
     assert_eq!(&encoded(ApiKey::ApiVersions, 0, 1, &body)[..], &with_size(expected)[..]);
 }
@@ -195,8 +199,8 @@ fn api_versions_v0_response_golden() {
 #[test]
 fn api_versions_v3_response_has_header_v0_and_no_tagged_fields() {
     let body = ResponseKind::ApiVersions(api_versions_response(3));
-    // correlation id with no header tagged fields (header v0), error code, compact count 21 + 1
-    let mut expected = vec![0, 0, 0, 9, 0, 0, 22];
+    // correlation id with no header tagged fields (header v0), error code, compact count 23 + 1
+    let mut expected = vec![0, 0, 0, 9, 0, 0, 24];
     expected.extend(table_entries(true));
     expected.extend([0, 0, 0, 0, 0]); // throttle time, then an empty tagged-field section
     assert_eq!(&encoded(ApiKey::ApiVersions, 3, 9, &body)[..], &with_size(expected.clone())[..]);
@@ -211,7 +215,7 @@ fn api_versions_at_an_unknown_version_answers_v0_with_unsupported_version() {
     };
     assert_eq!((api_key, api_version, correlation_id), (18, 5, 2));
     let body = error_response(api_key, api_version, UNSUPPORTED_VERSION).unwrap();
-    let mut expected = vec![0, 0, 0, 2, 0, 35, 0, 0, 0, 21];
+    let mut expected = vec![0, 0, 0, 2, 0, 35, 0, 0, 0, 23];
     expected.extend(table_entries(false));
     assert_eq!(&encoded(ApiKey::ApiVersions, api_version, correlation_id, &body)[..], &with_size(expected)[..]);
     assert_eq!(api_versions_response(5).error_code, UNSUPPORTED_VERSION);

@@ -15,6 +15,10 @@ use crate::context::NodeContext;
 use crate::stream::def::StreamDef;
 use crate::stream::registry::{Stream, StreamError};
 
+/// Replica sets an operator assigned, one per partition (CreateTopics) or per new partition
+/// (CreatePartitions); the first node of each is the preferred leader.
+pub type Assignment = Vec<Vec<u64>>;
+
 /// A broker as Kafka clients are told of it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Broker {
@@ -36,9 +40,12 @@ pub trait ClusterCatalog: Send + Sync + 'static {
     fn brokers(&self) -> Vec<Broker>;
     /// The controller's leader, if known.
     fn controller(&self) -> Option<u64>;
-    /// Records a stream in the controller (this node must lead it) and returns once this
-    /// node serves it.
-    fn create(&self, def: StreamDef) -> BoxFuture<'_, Result<(), StreamError>>;
+    /// Records a stream in the controller and returns once this node serves it; `assignment`
+    /// names each partition's replica set (else placement chooses them).
+    fn create(&self, def: StreamDef, assignment: Option<Assignment>) -> BoxFuture<'_, Result<(), StreamError>>;
+    /// Changes a stream of the cluster (its retention, or more partitions, whose replica sets
+    /// `assignment` names or placement chooses) and returns once this node serves the change.
+    fn alter(&self, def: StreamDef, assignment: Option<Assignment>) -> BoxFuture<'_, Result<(), StreamError>>;
     /// Removes a stream of the cluster (this node must lead the controller).
     fn delete(&self, name: String) -> BoxFuture<'_, Result<(), StreamError>>;
     /// Marks a registered node decommissioned (placement then moves its replicas away);
@@ -68,7 +75,27 @@ impl NodeContext {
 
     /// Creates a stream: the cluster's when this node is in one, else this node's own.
     pub async fn create_stream(&self, def: StreamDef) -> Result<Arc<Stream>, StreamError> {
+        self.create_assigned(def, None).await
+    }
+
+    /// A node alone holds every replica: an assignment may name only it.
+    fn check_alone(&self, assignment: Option<&Assignment>) -> Result<(), StreamError> {
+        match assignment {
+            Some(sets) if sets.iter().any(|set| set.as_slice() != [self.node_id]) => Err(
+                StreamError::InvalidAssignment(format!("a node alone (broker {}) holds every replica", self.node_id)),
+            ),
+            _ => Ok(()),
+        }
+    }
+
+    /// Creates a stream with replica sets an operator assigned (`None`: placement's).
+    pub async fn create_assigned(
+        &self,
+        def: StreamDef,
+        assignment: Option<Assignment>,
+    ) -> Result<Arc<Stream>, StreamError> {
         let Some(catalog) = self.catalog() else {
+            self.check_alone(assignment.as_ref())?;
             return self.streams.create(def).await;
         };
         def.validate()?;
@@ -80,8 +107,32 @@ impl NodeContext {
             return Err(StreamError::Exists(def.name));
         }
         let name = def.name.clone();
-        catalog.create(def).await?;
+        catalog.create(def, assignment).await?;
         self.streams.get(&name).ok_or_else(|| StreamError::Unavailable(format!("stream {name} was not served")))
+    }
+
+    /// Changes a stream's definition (retention at run time; more partitions, whose replica
+    /// sets `assignment` names or placement chooses), through the controller when it is the
+    /// cluster's. What a stream is (its kind, filter, replication factor, strategy) stays.
+    pub async fn alter_stream(&self, def: StreamDef, assignment: Option<Assignment>) -> Result<(), StreamError> {
+        let current = self.streams.get(&def.name).ok_or_else(|| StreamError::Unknown(def.name.clone()))?;
+        current.def.check_change(&def)?;
+        if let Some(sets) = &assignment
+            && sets.len() != (def.partitions - current.def.partitions) as usize
+        {
+            return Err(StreamError::InvalidAssignment(format!(
+                "{} replica sets for {} new partitions",
+                sets.len(),
+                def.partitions - current.def.partitions
+            )));
+        }
+        match self.catalog() {
+            Some(catalog) if current.replicated() => catalog.alter(def, assignment).await,
+            _ => {
+                self.check_alone(assignment.as_ref())?;
+                self.streams.alter(def).await
+            }
+        }
     }
 
     /// Deletes a stream, through the controller when it is the cluster's.

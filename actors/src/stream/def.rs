@@ -109,6 +109,33 @@ impl StreamDef {
         }
     }
 
+    /// Checks that `new` may replace this definition of a running stream: only the retention
+    /// and (upward) the partition count change; `new` is valid.
+    pub fn check_change(&self, new: &StreamDef) -> Result<(), crate::stream::registry::StreamError> {
+        use crate::stream::registry::StreamError;
+        new.validate()?;
+        let immutable = |field| Err(StreamError::Immutable { name: self.name.clone(), field });
+        if new.name != self.name {
+            return immutable("the name");
+        }
+        if new.kind != self.kind {
+            return immutable("the kind");
+        }
+        if new.filter != self.filter {
+            return immutable("the MQTT filter");
+        }
+        if new.replication_factor != self.replication_factor {
+            return immutable("the replication factor");
+        }
+        if new.partition_strategy != self.partition_strategy {
+            return immutable("the partition strategy");
+        }
+        if new.partitions < self.partitions {
+            return Err(StreamError::PartitionsNotIncreased { name: self.name.clone(), current: self.partitions });
+        }
+        Ok(())
+    }
+
     /// Checks the definition.
     pub fn validate(&self) -> Result<(), StreamDefError> {
         if !valid_name(&self.name) {

@@ -73,6 +73,18 @@ pub enum StreamError {
     /// the cluster cannot take the change now (no controller, not enough nodes, a timeout)
     #[error("{0}")]
     Unavailable(String),
+    /// what a stream is cannot change once it exists
+    #[error("stream {name}: {field} cannot change after the stream is created")]
+    Immutable {
+        /// the stream
+        name: String,
+        /// what the change touched
+        field: &'static str,
+    },
+    /// replica sets an operator assigned that cannot be (unknown or repeated nodes, sizes
+    /// that differ, a count that is not the partitions')
+    #[error("invalid replica assignment: {0}")]
+    InvalidAssignment(String),
     /// more replicas than nodes
     #[error("replication factor {wanted} is larger than the {nodes} registered nodes")]
     ReplicationFactor {
@@ -276,31 +288,27 @@ impl StreamRegistry {
         Ok(())
     }
 
-    /// Raises a stream's partition count.
-    pub async fn add_partitions(&self, name: &str, count: u32) -> Result<(), StreamError> {
+    /// Changes a stream of this node: its retention (applied from the next retention pass)
+    /// or its partition count (only up); the partitions it has run on undisturbed.
+    pub async fn alter(&self, def: StreamDef) -> Result<(), StreamError> {
         let _admin = self.admin.lock().await;
-        let current = self.get(name).ok_or_else(|| StreamError::Unknown(name.to_string()))?;
+        let name = def.name.clone();
+        let current = self.get(&name).ok_or_else(|| StreamError::Unknown(name.clone()))?;
         if current.replicated() {
-            return Err(StreamError::Replicated(name.to_string()));
+            return Err(StreamError::Replicated(name));
         }
-        if count <= current.def.partitions {
-            return Err(StreamError::PartitionsNotIncreased {
-                name: name.to_string(),
-                current: current.def.partitions,
-            });
-        }
-        let mut def = current.def.clone();
-        def.partitions = count;
-        def.validate()?;
+        current.def.check_change(&def)?;
         let mut partitions = current.partitions.clone();
-        for index in current.def.partitions..count {
-            partitions.push(self.start_partition(name, index).await?);
+        for index in current.def.partitions..def.partitions {
+            partitions.push(self.start_partition(&name, index).await?);
         }
         self.state_store
             .put(STREAMS, name.as_bytes(), &persist::encode(&def))
             .map_err(|e| StreamError::Storage(e.to_string()))?;
+        tracing::info!(stream = %name, partitions = def.partitions, retention_ms = ?def.retention_ms,
+            retention_bytes = ?def.retention_bytes, "stream changed");
         let stream = Arc::new(Stream { def, partitions, round_robin: AtomicU32::new(0) });
-        self.streams.write().insert(name.to_string(), stream);
+        self.streams.write().insert(name, stream);
         Ok(())
     }
 

@@ -222,6 +222,43 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> KafkaConn<S> {
         }
     }
 
+    /// Sets topic configs with IncrementalAlterConfigs (v1); the resource's error code.
+    pub async fn set_topic_configs(&mut self, name: &str, configs: &[(&str, &str)]) -> anyhow::Result<i16> {
+        use kafka_protocol::messages::IncrementalAlterConfigsRequest;
+        use kafka_protocol::messages::incremental_alter_configs_request::{AlterConfigsResource, AlterableConfig};
+        let configs = configs
+            .iter()
+            .map(|(key, value)| {
+                AlterableConfig::default()
+                    .with_name(StrBytes::from_string(key.to_string()))
+                    .with_value(Some(StrBytes::from_string(value.to_string())))
+            })
+            .collect();
+        let resource = AlterConfigsResource::default()
+            .with_resource_type(2)
+            .with_resource_name(StrBytes::from_string(name.to_string()))
+            .with_configs(configs);
+        let request = IncrementalAlterConfigsRequest::default().with_resources(vec![resource]);
+        let response = self.call(1, &request).await?;
+        match response.responses.first() {
+            Some(resource) => Ok(resource.error_code),
+            None => bail!("incremental alter configs {name}: no result"),
+        }
+    }
+
+    /// Raises a topic's partition count with CreatePartitions (v3); the topic's error code.
+    pub async fn create_partitions(&mut self, name: &str, count: i32) -> anyhow::Result<i16> {
+        use kafka_protocol::messages::CreatePartitionsRequest;
+        use kafka_protocol::messages::create_partitions_request::CreatePartitionsTopic;
+        let topic = CreatePartitionsTopic::default().with_name(topic_name(name)).with_count(count);
+        let request = CreatePartitionsRequest::default().with_timeout_ms(30_000).with_topics(vec![topic]);
+        let response = self.call(3, &request).await?;
+        match response.results.first() {
+            Some(result) => Ok(result.error_code),
+            None => bail!("create partitions {name}: no result"),
+        }
+    }
+
     /// A fresh idempotent (non-transactional) producer id and its epoch.
     pub async fn init_producer_id(&mut self) -> anyhow::Result<(i64, i16)> {
         let request = InitProducerIdRequest::default()

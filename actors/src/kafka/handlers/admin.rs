@@ -9,6 +9,8 @@ use kafka_protocol::protocol::StrBytes;
 
 use crate::context::NodeContext;
 use crate::kafka::codes;
+use crate::kafka::handlers::configs::set_topic_config;
+use crate::stream::catalog::Assignment;
 use crate::stream::def::{StreamDef, StreamDefError};
 use crate::stream::registry::StreamError;
 
@@ -16,50 +18,87 @@ fn message(text: impl Into<String>) -> Option<StrBytes> {
     Some(StrBytes::from_string(text.into()))
 }
 
-/// Turns a CreatableTopic into a free stream definition, or an error code and message.
-fn stream_def(ctx: &NodeContext, topic: &CreatableTopic) -> Result<StreamDef, (i16, String)> {
+/// Operator-assigned replica sets as broker ids: each set non-empty, without repeats, all of
+/// one size (Kafka's rules; the cluster checks the brokers exist).
+fn assigned_sets(sets: Vec<Vec<i32>>) -> Result<Assignment, (i16, String)> {
+    let invalid = |text: String| (codes::INVALID_REPLICA_ASSIGNMENT, text);
+    let mut out = Vec::with_capacity(sets.len());
+    for set in sets {
+        let mut nodes = Vec::with_capacity(set.len());
+        for broker in set {
+            let node = u64::try_from(broker).map_err(|_| invalid(format!("broker id {broker} is negative")))?;
+            if nodes.contains(&node) {
+                return Err(invalid(format!("broker {node} appears twice in one replica set")));
+            }
+            nodes.push(node);
+        }
+        if nodes.is_empty() {
+            return Err(invalid("a replica set is empty".into()));
+        }
+        if out.first().is_some_and(|first: &Vec<u64>| first.len() != nodes.len()) {
+            return Err(invalid("every partition must have the same number of replicas".into()));
+        }
+        out.push(nodes);
+    }
+    Ok(out)
+}
+
+/// A CreatableTopic's replica assignments, one set per partition in partition order.
+fn topic_assignment(topic: &CreatableTopic) -> Result<Option<Assignment>, (i16, String)> {
+    if topic.assignments.is_empty() {
+        return Ok(None);
+    }
+    if topic.num_partitions != -1 || topic.replication_factor != -1 {
+        return Err((
+            codes::INVALID_REQUEST,
+            "with replica assignments, num_partitions and replication_factor must be -1".to_string(),
+        ));
+    }
+    let mut assignments: Vec<_> = topic.assignments.iter().collect();
+    assignments.sort_by_key(|assignment| assignment.partition_index);
+    if assignments.iter().enumerate().any(|(index, assignment)| assignment.partition_index != index as i32) {
+        return Err((
+            codes::INVALID_REPLICA_ASSIGNMENT,
+            "replica assignments must number the partitions 0, 1, 2, ... once each".to_string(),
+        ));
+    }
+    let sets = assignments.iter().map(|a| a.broker_ids.iter().map(|broker| broker.0).collect()).collect();
+    assigned_sets(sets).map(Some)
+}
+
+/// Turns a CreatableTopic into a free stream definition and its assignment, or an error code
+/// and message.
+fn stream_def(ctx: &NodeContext, topic: &CreatableTopic) -> Result<(StreamDef, Option<Assignment>), (i16, String)> {
     let name = topic.name.0.to_string();
-    let partitions = match topic.num_partitions {
-        -1 => ctx.kafka.default_partitions,
-        n if n >= 1 => n as u32,
-        n => return Err((codes::INVALID_PARTITIONS, format!("num_partitions {n} must be positive"))),
+    let assignment = topic_assignment(topic)?;
+    let partitions = match (&assignment, topic.num_partitions) {
+        (Some(sets), _) => sets.len() as u32,
+        (None, -1) => ctx.kafka.default_partitions,
+        (None, n) if n >= 1 => n as u32,
+        (None, n) => return Err((codes::INVALID_PARTITIONS, format!("num_partitions {n} must be positive"))),
     };
-    let replication_factor = match topic.replication_factor {
-        -1 => ctx.default_replication_factor(),
-        1 => 1,
-        n if n >= 1 && ctx.catalog().is_some() => n as u16,
-        n => {
+    let replication_factor = match (&assignment, topic.replication_factor) {
+        (Some(sets), _) => sets[0].len() as u16,
+        (None, -1) => ctx.default_replication_factor(),
+        (None, 1) => 1,
+        (None, n) if n >= 1 && ctx.catalog().is_some() => n as u16,
+        (None, n) => {
             return Err((
                 codes::INVALID_REPLICATION_FACTOR,
                 format!("replication factor {n} is not available on a node that is not part of a cluster"),
             ));
         }
     };
-    if !topic.assignments.is_empty() {
-        return Err((codes::INVALID_REQUEST, "manual replica assignments are not supported yet".to_string()));
-    }
     let mut def = StreamDef::free(&name, partitions);
     def.replication_factor = replication_factor;
     for config in &topic.configs {
-        let key = config.name.as_str();
-        let value = config.value.as_ref().map(|v| v.as_str()).unwrap_or("");
-        let parse =
-            |v: &str| v.parse::<i64>().map_err(|_| (codes::INVALID_CONFIG, format!("{key}={v} is not a number")));
-        match key {
-            "retention.ms" => def.retention_ms = Some(parse(value)?).filter(|ms| *ms > 0),
-            "retention.bytes" => def.retention_bytes = Some(parse(value)?).filter(|b| *b > 0).map(|b| b as u64),
-            // accepted and ignored: they describe what every stream already does
-            "cleanup.policy" if value == "delete" => {}
-            "min.insync.replicas" | "segment.bytes" | "segment.ms" | "max.message.bytes" | "message.timestamp.type" => {
-            }
-            other => return Err((codes::INVALID_CONFIG, format!("unsupported topic config {other}"))),
-        }
+        set_topic_config(&mut def, config.name.as_str(), config.value.as_ref().map(|v| v.as_str()))?;
     }
     def.validate().map_err(|error| match error {
         StreamDefError::InvalidReplicationFactor => (codes::INVALID_REPLICATION_FACTOR, error.to_string()),
         error => (codes::INVALID_TOPIC_EXCEPTION, error.to_string()),
     })?;
-    Ok(def)
+    Ok((def, assignment))
 }
 
 /// The Kafka error a failed stream creation answers with.
@@ -71,6 +110,8 @@ pub fn create_error(error: StreamError) -> (i16, String) {
         StreamError::Unavailable(_) => codes::REQUEST_TIMED_OUT,
         StreamError::Invalid(StreamDefError::InvalidReplicationFactor) => codes::INVALID_REPLICATION_FACTOR,
         StreamError::Invalid(_) => codes::INVALID_TOPIC_EXCEPTION,
+        StreamError::InvalidAssignment(_) => codes::INVALID_REPLICA_ASSIGNMENT,
+        StreamError::PartitionsNotIncreased { .. } => codes::INVALID_PARTITIONS,
         _ => codes::INVALID_REQUEST,
     };
     (code, error.to_string())
@@ -86,8 +127,8 @@ pub async fn create_topics(ctx: &NodeContext, request: CreateTopicsRequest, vers
             Ok(_) if ctx.streams.get(topic.name.0.as_str()).is_some() => {
                 Err((codes::TOPIC_ALREADY_EXISTS, format!("topic {} already exists", topic.name.0.as_str())))
             }
-            Ok(def) if request.validate_only => Ok(def),
-            Ok(def) => match ctx.create_stream(def.clone()).await {
+            Ok((def, _)) if request.validate_only => Ok(def),
+            Ok((def, assignment)) => match ctx.create_assigned(def.clone(), assignment).await {
                 Ok(_) => Ok(def),
                 Err(error) => Err(create_error(error)),
             },
@@ -124,29 +165,56 @@ pub async fn delete_topics(ctx: &NodeContext, request: DeleteTopicsRequest, vers
     DeleteTopicsResponse::default().with_responses(responses)
 }
 
-/// Answers CreatePartitions.
+/// Answers CreatePartitions: more partitions for a stream of this node or of the cluster
+/// (whose new partitions get the replica sets assigned, or placement's).
 pub async fn create_partitions(ctx: &NodeContext, request: CreatePartitionsRequest) -> CreatePartitionsResponse {
     let mut results = Vec::with_capacity(request.topics.len());
     for topic in request.topics {
         let result = CreatePartitionsTopicResult::default().with_name(topic.name.clone());
         let name = topic.name.0.to_string();
-        let outcome = match ctx.streams.get(&name) {
-            None => Err((codes::UNKNOWN_TOPIC_OR_PARTITION, format!("topic {name} does not exist"))),
-            Some(stream) if topic.count <= stream.def.partitions as i32 => Err((
-                codes::INVALID_PARTITIONS,
-                format!("topic {name} has {} partitions; the new count must be larger", stream.def.partitions),
-            )),
-            Some(stream) if stream.replicated() => Err((
-                codes::INVALID_REQUEST,
-                format!("topic {name} belongs to the cluster: adding partitions to it is not supported yet"),
-            )),
-            Some(_) if request.validate_only => Ok(()),
-            Some(_) => ctx
+        let outcome = async {
+            let stream = ctx
                 .streams
-                .add_partitions(&name, topic.count as u32)
-                .await
-                .map_err(|e| (codes::INVALID_PARTITIONS, e.to_string())),
-        };
+                .get(&name)
+                .ok_or_else(|| (codes::UNKNOWN_TOPIC_OR_PARTITION, format!("topic {name} does not exist")))?;
+            let current = stream.def.partitions;
+            if topic.count <= current as i32 {
+                return Err((
+                    codes::INVALID_PARTITIONS,
+                    format!("topic {name} has {current} partitions; the new count must be larger"),
+                ));
+            }
+            let assignment = match topic.assignments.filter(|sets| !sets.is_empty()) {
+                None => None,
+                Some(sets) => {
+                    let sets = assigned_sets(
+                        sets.into_iter().map(|set| set.broker_ids.into_iter().map(|b| b.0).collect()).collect(),
+                    )?;
+                    if sets.len() != (topic.count as u32 - current) as usize
+                        || sets[0].len() != usize::from(stream.def.replication_factor)
+                    {
+                        return Err((
+                            codes::INVALID_REPLICA_ASSIGNMENT,
+                            format!(
+                                "{} new partitions need {} replica sets of {} brokers",
+                                topic.count as u32 - current,
+                                topic.count as u32 - current,
+                                stream.def.replication_factor
+                            ),
+                        ));
+                    }
+                    Some(sets)
+                }
+            };
+            let mut def = stream.def.clone();
+            def.partitions = topic.count as u32;
+            def.validate().map_err(|error| (codes::INVALID_PARTITIONS, error.to_string()))?;
+            if request.validate_only {
+                return Ok(());
+            }
+            ctx.alter_stream(def, assignment).await.map_err(create_error)
+        }
+        .await;
         results.push(match outcome {
             Ok(()) => result,
             Err((code, text)) => result.with_error_code(code).with_error_message(message(text)),

@@ -157,6 +157,30 @@ fn sample(api_key: i16, version: i16) -> Option<RequestKind> {
             DescribeConfigsResource::default().with_resource_type(2).with_resource_name(s("t")),
             DescribeConfigsResource::default().with_resource_type(4).with_resource_name(s("1")),
         ])),
+        33 => RequestKind::AlterConfigs(AlterConfigsRequest::default().with_resources(vec![
+            alter_configs_request::AlterConfigsResource::default()
+                .with_resource_type(2)
+                .with_resource_name(s("t"))
+                .with_configs(vec![
+                    alter_configs_request::AlterableConfig::default()
+                        .with_name(s("retention.ms"))
+                        .with_value(Some(s("60000"))),
+                ]),
+            alter_configs_request::AlterConfigsResource::default().with_resource_type(2).with_resource_name(s("nope")),
+        ])),
+        44 => RequestKind::IncrementalAlterConfigs(IncrementalAlterConfigsRequest::default().with_resources(vec![
+            incremental_alter_configs_request::AlterConfigsResource::default()
+                .with_resource_type(2)
+                .with_resource_name(s("t"))
+                .with_configs(vec![
+                    incremental_alter_configs_request::AlterableConfig::default()
+                        .with_name(s("retention.bytes"))
+                        .with_value(Some(s("1000000"))),
+                ]),
+            incremental_alter_configs_request::AlterConfigsResource::default()
+                .with_resource_type(4)
+                .with_resource_name(s("1")),
+        ])),
         37 => RequestKind::CreatePartitions(
             CreatePartitionsRequest::default()
                 .with_topics(vec![CreatePartitionsTopic::default().with_name(topic("t")).with_count(1)]),

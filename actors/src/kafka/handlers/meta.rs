@@ -1,19 +1,16 @@
-//! Metadata, DescribeCluster and DescribeConfigs: what the cluster and its streams look like.
+//! Metadata and DescribeCluster: what the cluster and its streams look like.
 
 use kafka_protocol::messages::describe_cluster_response::{DescribeClusterBroker, DescribeClusterResponse};
-use kafka_protocol::messages::describe_configs_response::{
-    DescribeConfigsResourceResult, DescribeConfigsResponse, DescribeConfigsResult,
-};
 use kafka_protocol::messages::metadata_response::{
     MetadataResponse, MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
 };
-use kafka_protocol::messages::{BrokerId, DescribeClusterRequest, DescribeConfigsRequest, MetadataRequest, TopicName};
+use kafka_protocol::messages::{BrokerId, DescribeClusterRequest, MetadataRequest, TopicName};
 use kafka_protocol::protocol::StrBytes;
 
 use crate::context::NodeContext;
 use crate::kafka::codes;
 use crate::stream::catalog::Broker;
-use crate::stream::def::{StreamDef, StreamKind, valid_name};
+use crate::stream::def::{StreamDef, valid_name};
 use crate::stream::registry::Stream;
 
 fn s(value: impl Into<String>) -> StrBytes {
@@ -145,65 +142,4 @@ pub fn describe_cluster(ctx: &NodeContext, _request: DescribeClusterRequest) -> 
         .with_controller_id(controller_id(ctx))
         .with_brokers(brokers)
         .with_cluster_authorized_operations(i32::MIN)
-}
-
-const TOPIC_RESOURCE: i8 = 2;
-const BROKER_RESOURCE: i8 = 4;
-
-/// The Kafka topic configs a stream answers with.
-pub fn topic_configs(ctx: &NodeContext, def: &StreamDef) -> Vec<(&'static str, String)> {
-    vec![
-        ("cleanup.policy", "delete".to_string()),
-        ("retention.ms", def.retention_ms.unwrap_or(-1).to_string()),
-        ("retention.bytes", def.retention_bytes.map_or(-1, |b| b as i64).to_string()),
-        ("max.message.bytes", ctx.kafka.max_message_bytes.to_string()),
-        ("message.timestamp.type", "CreateTime".to_string()),
-        ("tidewater.stream.kind", if def.kind == StreamKind::Bound { "bound" } else { "free" }.to_string()),
-        ("tidewater.mqtt.filter", def.filter.clone().unwrap_or_default()),
-    ]
-}
-
-/// Answers DescribeConfigs for topics (streams) and this broker.
-pub fn describe_configs(ctx: &NodeContext, request: DescribeConfigsRequest) -> DescribeConfigsResponse {
-    let results = request
-        .resources
-        .into_iter()
-        .map(|resource| {
-            let name = resource.resource_name.to_string();
-            let wanted: Option<Vec<String>> =
-                resource.configuration_keys.map(|keys| keys.iter().map(|k| k.to_string()).collect());
-            let (error_code, configs) = match resource.resource_type {
-                TOPIC_RESOURCE => match ctx.streams.get(&name) {
-                    Some(stream) => (codes::NONE, topic_configs(ctx, &stream.def)),
-                    None => (codes::UNKNOWN_TOPIC_OR_PARTITION, Vec::new()),
-                },
-                BROKER_RESOURCE => (
-                    codes::NONE,
-                    vec![
-                        ("auto.create.topics.enable", ctx.kafka.auto_create_topics.to_string()),
-                        ("num.partitions", ctx.kafka.default_partitions.to_string()),
-                        ("message.max.bytes", ctx.kafka.max_message_bytes.to_string()),
-                    ],
-                ),
-                _ => (codes::INVALID_REQUEST, Vec::new()),
-            };
-            let configs = configs
-                .into_iter()
-                .filter(|(key, _)| wanted.as_ref().is_none_or(|w| w.iter().any(|k| k == key)))
-                .map(|(key, value)| {
-                    DescribeConfigsResourceResult::default()
-                        .with_name(s(key))
-                        .with_value(Some(s(value)))
-                        .with_read_only(false)
-                        .with_config_source(5) // DEFAULT_CONFIG
-                })
-                .collect();
-            DescribeConfigsResult::default()
-                .with_error_code(error_code)
-                .with_resource_type(resource.resource_type)
-                .with_resource_name(resource.resource_name)
-                .with_configs(configs)
-        })
-        .collect();
-    DescribeConfigsResponse::default().with_results(results)
 }

@@ -2,6 +2,7 @@
 //! returns the response body.
 
 pub mod admin;
+pub mod configs;
 pub mod fetch;
 pub mod groups;
 pub mod meta;
@@ -65,7 +66,11 @@ pub async fn dispatch(ctx: &NodeContext, request: Request, client_host: &str) ->
         RequestKind::CreatePartitions(body) => {
             ResponseKind::CreatePartitions(admin::create_partitions(ctx, body).await)
         }
-        RequestKind::DescribeConfigs(body) => ResponseKind::DescribeConfigs(meta::describe_configs(ctx, body)),
+        RequestKind::DescribeConfigs(body) => ResponseKind::DescribeConfigs(configs::describe_configs(ctx, body)),
+        RequestKind::AlterConfigs(body) => ResponseKind::AlterConfigs(configs::alter_configs(ctx, body).await),
+        RequestKind::IncrementalAlterConfigs(body) => {
+            ResponseKind::IncrementalAlterConfigs(configs::incremental_alter_configs(ctx, body).await)
+        }
         RequestKind::DescribeCluster(body) => ResponseKind::DescribeCluster(meta::describe_cluster(ctx, body)),
         other => match groups::dispatch(ctx, other, version, &client_id, client_host).await {
             Some(response) => response,
