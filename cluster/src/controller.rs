@@ -100,6 +100,21 @@ pub enum MetadataCommand {
         /// the added sets were assigned by an operator
         pinned: bool,
     },
+    /// A partition's leader in `term` reports its in-sync replicas (Kafka's ISR; informational,
+    /// as `Led` is, which it also records: acknowledgements wait for a raft majority, never
+    /// for this set).
+    InSync {
+        /// the stream name
+        name: String,
+        /// the partition
+        partition: u32,
+        /// the leader's node id
+        leader: u64,
+        /// its raft term
+        term: u64,
+        /// the voters keeping up with it, sorted
+        replicas: Vec<u64>,
+    },
 }
 
 /// Why a command changed nothing.
@@ -195,6 +210,8 @@ pub struct ClusterMetadata {
     pub applied_offset: i64,
     /// the last leader each partition's replicas reported: (stream, partition) -> (node, term)
     pub leaders: BTreeMap<(String, u32), (u64, u64)>,
+    /// the in-sync replicas each partition's leader reported last: (stream, partition) -> (term, set)
+    pub in_sync: BTreeMap<(String, u32), (u64, Vec<u64>)>,
 }
 
 impl ClusterMetadata {
@@ -215,13 +232,12 @@ impl ClusterMetadata {
                 let decommissioned = self.nodes.get(id).is_some_and(|node| node.decommissioned);
                 self.nodes.insert(*id, NodeRecord { generation: *generation, decommissioned });
             }
-            MetadataCommand::Led { name, partition, leader, term } => {
-                if self.streams.get(name).is_none_or(|stream| (*partition as usize) >= stream.partitions.len()) {
-                    return Err(MetadataError::UnknownPartition { stream: name.clone(), partition: *partition });
-                }
-                let known = self.leaders.entry((name.clone(), *partition)).or_insert((*leader, *term));
-                if *term >= known.1 {
-                    *known = (*leader, *term);
+            MetadataCommand::Led { name, partition, leader, term } => self.led(name, *partition, *leader, *term)?,
+            MetadataCommand::InSync { name, partition, leader, term, replicas } => {
+                self.led(name, *partition, *leader, *term)?;
+                let known = self.in_sync.entry((name.clone(), *partition)).or_insert((*term, replicas.clone()));
+                if *term >= known.0 {
+                    *known = (*term, replicas.clone());
                 }
             }
             MetadataCommand::Decommission { id } => {
@@ -273,6 +289,7 @@ impl ClusterMetadata {
                     return Err(MetadataError::UnknownStream(name.clone()));
                 }
                 self.leaders.retain(|(stream, _), _| stream != name);
+                self.in_sync.retain(|(stream, _), _| stream != name);
             }
             MetadataCommand::SetReplicas { name, partition, replicas } => {
                 self.check_replicas(replicas)?;
@@ -287,6 +304,18 @@ impl ClusterMetadata {
                     record.settled = false;
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Records a partition's leader in `term` (a report of an older term changes nothing).
+    fn led(&mut self, name: &str, partition: u32, leader: u64, term: u64) -> Result<(), MetadataError> {
+        if self.streams.get(name).is_none_or(|stream| (partition as usize) >= stream.partitions.len()) {
+            return Err(MetadataError::UnknownPartition { stream: name.to_string(), partition });
+        }
+        let known = self.leaders.entry((name.to_string(), partition)).or_insert((leader, term));
+        if term >= known.1 {
+            *known = (leader, term);
         }
         Ok(())
     }
@@ -421,12 +450,24 @@ mod tests {
         assert_eq!(stream.partitions[1].replicas, vec![3, 1]);
         assert_eq!((stream.partitions[2].initial.as_slice(), stream.partitions[2].replica_epoch), (&[2, 1][..], 0));
         assert!(stream.partitions[2].pinned && !stream.partitions[1].pinned);
-        metadata.apply(21, &MetadataCommand::DeleteStream { name: "events".into() }).unwrap();
+        let in_sync = |term, replicas: Vec<u64>| MetadataCommand::InSync {
+            name: "events".into(),
+            partition: 2,
+            leader: 2,
+            term,
+            replicas,
+        };
+        metadata.apply(21, &in_sync(4, vec![1, 2])).unwrap();
+        metadata.apply(22, &in_sync(3, vec![2])).unwrap();
+        assert_eq!(metadata.in_sync[&("events".to_string(), 2)], (4, vec![1, 2]), "an older term's report is stale");
+        assert_eq!(metadata.leaders[&("events".to_string(), 2)], (2, 4));
+        metadata.apply(23, &MetadataCommand::DeleteStream { name: "events".into() }).unwrap();
+        assert!(metadata.in_sync.is_empty() && metadata.leaders.is_empty());
         assert!(metadata.streams.is_empty());
-        assert_eq!(metadata.apply(22, &altered), Err(MetadataError::UnknownStream("events".into())));
-        metadata.apply(23, &create).unwrap();
-        assert_eq!(metadata.streams["events"].created, 23, "created again: another stream");
-        assert_eq!(metadata.applied_offset, 23);
+        assert_eq!(metadata.apply(24, &altered), Err(MetadataError::UnknownStream("events".into())));
+        metadata.apply(25, &create).unwrap();
+        assert_eq!(metadata.streams["events"].created, 25, "created again: another stream");
+        assert_eq!(metadata.applied_offset, 25);
     }
 
     #[test]

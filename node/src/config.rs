@@ -75,6 +75,9 @@ pub struct KafkaConfig {
     pub default_replication_factor: u16,
     /// Largest record batch accepted (bytes), as Kafka's message.max.bytes.
     pub max_message_bytes: usize,
+    /// A follower leaves a partition's in-sync replicas (the ISR Metadata lists) when it has
+    /// not kept up for this long (ms), as replica.lag.time.max.ms.
+    pub replica_lag_time_max_ms: u64,
     /// How often retention runs (ms).
     pub retention_check_ms: u64,
     /// Delay before the first rebalance of an empty group (ms), as group.initial.rebalance.delay.ms.
@@ -96,6 +99,7 @@ impl Default for KafkaConfig {
             default_partitions: 1,
             default_replication_factor: 3,
             max_message_bytes: 1024 * 1024,
+            replica_lag_time_max_ms: 10_000,
             retention_check_ms: 30_000,
             group_initial_rebalance_delay_ms: 0,
             group_min_session_timeout_ms: 6_000,
@@ -374,6 +378,9 @@ impl Config {
         if !(1..=7).contains(&self.kafka.default_replication_factor) {
             return Err(invalid("kafka.default_replication_factor", "must be between 1 and 7"));
         }
+        if !(100..=3_600_000).contains(&self.kafka.replica_lag_time_max_ms) {
+            return Err(invalid("kafka.replica_lag_time_max_ms", "must be between 100 and 3600000"));
+        }
         if self.kafka.retention_check_ms == 0 {
             return Err(invalid("kafka.retention_check_ms", "must be at least 1"));
         }
@@ -460,6 +467,7 @@ impl Config {
             default_partitions: self.kafka.default_partitions,
             default_replication_factor: self.kafka.default_replication_factor,
             max_message_bytes: self.kafka.max_message_bytes,
+            replica_lag_time_max_ms: self.kafka.replica_lag_time_max_ms,
             group_initial_rebalance_delay_ms: self.kafka.group_initial_rebalance_delay_ms,
             group_session_timeout_ms: (
                 self.kafka.group_min_session_timeout_ms as i32,
@@ -527,6 +535,8 @@ mod tests {
         assert!(error.contains("kafka.group_max_session_timeout_ms"), "{error}");
         let error = load_toml("[kafka]\ndefault_replication_factor = 0\n").unwrap_err().to_string();
         assert!(error.contains("kafka.default_replication_factor"), "{error}");
+        let error = load_toml("[kafka]\nreplica_lag_time_max_ms = 5\n").unwrap_err().to_string();
+        assert!(error.contains("kafka.replica_lag_time_max_ms"), "{error}");
         let error = load_toml("[kafka]\noffsets_retention_ms = 10\n").unwrap_err().to_string();
         assert!(error.contains("kafka.offsets_retention_ms"), "{error}");
     }

@@ -110,6 +110,7 @@ impl Controller {
             transport: parts.links.clone(),
             high_watermark: high_watermark_sender,
             leadership: leadership_sender,
+            in_sync: watch::channel(Vec::new()).0,
         };
         let (replica, _) = Actor::spawn(None, RaftReplica, args)
             .await

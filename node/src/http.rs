@@ -208,6 +208,7 @@ fn stream_json(ctx: &NodeContext, stream: &Stream) -> Value {
                 let leader = view.leader();
                 value["replicas"] = json!(view.replicas);
                 value["settled"] = json!(view.settled);
+                value["in_sync"] = json!(view.in_sync_replicas());
                 value["replica_here"] = json!(view.raft.is_some());
                 value["leader"] = json!(leader.map(|(leader, _)| leader));
                 value["leader_epoch"] = json!(leader.map(|(_, term)| term));

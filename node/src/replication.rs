@@ -261,6 +261,8 @@ struct LocalReplica {
     actor: ActorRef<RaftReplicaMsg>,
     high_watermark: watch::Receiver<i64>,
     leadership: watch::Receiver<Option<Leadership>>,
+    /// the in-sync voters while it leads
+    in_sync: watch::Receiver<Vec<u64>>,
 }
 
 /// The streams of the cluster a node serves: name -> the definition it serves (encoded).
@@ -273,6 +275,8 @@ struct ServedStream {
     replicas: BTreeMap<u32, LocalReplica>,
     /// for the partitions this node holds no replica of: the leader their replicas reported
     remote: BTreeMap<u32, watch::Sender<Option<Leadership>>>,
+    /// per partition: the ISR its view shows
+    in_sync: Vec<watch::Sender<Vec<u64>>>,
 }
 
 /// How often a partition whose replica set is moving takes its next step.
@@ -294,8 +298,9 @@ const FORGET_AFTER: Duration = Duration::from_secs(10);
 pub async fn follow_streams(parts: StreamParts, mut shutdown: watch::Receiver<bool>) {
     let mut metadata = parts.metadata.clone();
     let mut served: BTreeMap<String, ServedStream> = BTreeMap::new();
-    // leaderships of this node's replicas reported to the controller: (stream, partition) -> term
-    let mut reported: BTreeMap<(String, u32), u64> = BTreeMap::new();
+    // leaderships of this node's replicas reported to the controller, with their ISR:
+    // (stream, partition) -> (term, in-sync replicas)
+    let mut reported: BTreeMap<(String, u32), (u64, Vec<u64>)> = BTreeMap::new();
     // replicas stopped because they moved away, whose data is still here, since when
     let mut doomed: BTreeMap<PartitionId, tokio::time::Instant> = BTreeMap::new();
     loop {
@@ -315,8 +320,8 @@ pub async fn follow_streams(parts: StreamParts, mut shutdown: watch::Receiver<bo
             }
             let held = served.remove(name).map(|stream| stream.replicas).unwrap_or_default();
             match serve(&parts, name, record, held, &mut doomed).await {
-                Ok((replicas, remote)) => {
-                    served.insert(name.clone(), ServedStream { record: record.clone(), replicas, remote });
+                Ok(stream) => {
+                    served.insert(name.clone(), stream);
                 }
                 Err(error) => tracing::error!(stream = %name, %error, "cannot serve a stream of the cluster"),
             }
@@ -327,6 +332,7 @@ pub async fn follow_streams(parts: StreamParts, mut shutdown: watch::Receiver<bo
         forget_moved(&parts, &now, &mut doomed);
         learn_leaders(&served, &now);
         report_leaders(&parts, &served, &now, &mut reported).await;
+        publish_in_sync(&served, &now);
         reconcile(&parts, &served).await;
         tokio::select! {
             biased;
@@ -385,30 +391,62 @@ fn learn_leaders(served: &BTreeMap<String, ServedStream>, metadata: &ClusterMeta
     }
 }
 
-/// Reports to the controller each leadership of this node's replicas it does not record yet.
+/// Reports to the controller each leadership of this node's replicas, with its in-sync
+/// replicas, that it does not record yet (the ISR changes rarely: when a follower falls
+/// behind for the lag, or catches up).
 async fn report_leaders(
     parts: &StreamParts,
     served: &BTreeMap<String, ServedStream>,
     metadata: &ClusterMetadata,
-    reported: &mut BTreeMap<(String, u32), u64>,
+    reported: &mut BTreeMap<(String, u32), (u64, Vec<u64>)>,
 ) {
     let me = parts.ctx.node_id;
     for (name, stream) in served {
         for (partition, local) in &stream.replicas {
             let Some(leadership) = *local.leadership.borrow() else { continue };
+            let in_sync = local.in_sync.borrow().clone();
             let key = (name.clone(), *partition);
+            let report = (leadership.term, in_sync.clone());
             if !leadership.is_leader
-                || metadata.leaders.get(&key) == Some(&(me, leadership.term))
-                || reported.get(&key) == Some(&leadership.term)
+                || in_sync.is_empty()
+                || (metadata.leaders.get(&key) == Some(&(me, leadership.term))
+                    && metadata.in_sync.get(&key) == Some(&report))
+                || reported.get(&key) == Some(&report)
             {
                 continue;
             }
-            let command =
-                MetadataCommand::Led { name: name.clone(), partition: *partition, leader: me, term: leadership.term };
-            let proposed = parts.propose(&command).await;
-            if proposed.is_ok() {
-                reported.insert(key, leadership.term);
+            let command = MetadataCommand::InSync {
+                name: name.clone(),
+                partition: *partition,
+                leader: me,
+                term: leadership.term,
+                replicas: in_sync,
+            };
+            if parts.propose(&command).await.is_ok() {
+                reported.insert(key, report);
             }
+        }
+    }
+}
+
+/// Each partition's view shows the ISR of this node's replica while it leads, else the one
+/// its leader reported last.
+fn publish_in_sync(served: &BTreeMap<String, ServedStream>, metadata: &ClusterMetadata) {
+    for (name, stream) in served {
+        for (index, sender) in stream.in_sync.iter().enumerate() {
+            let partition = index as u32;
+            let leading = stream.replicas.get(&partition).filter(|local| !local.in_sync.borrow().is_empty());
+            let in_sync = match leading {
+                Some(local) => local.in_sync.borrow().clone(),
+                None => {
+                    metadata.in_sync.get(&(name.clone(), partition)).map(|(_, set)| set.clone()).unwrap_or_default()
+                }
+            };
+            sender.send_if_modified(|shown| {
+                let changed = *shown != in_sync;
+                *shown = in_sync;
+                changed
+            });
         }
     }
 }
@@ -456,12 +494,13 @@ async fn serve(
     record: &StreamRecord,
     mut held: BTreeMap<u32, LocalReplica>,
     doomed: &mut BTreeMap<PartitionId, tokio::time::Instant>,
-) -> Result<(BTreeMap<u32, LocalReplica>, BTreeMap<u32, watch::Sender<Option<Leadership>>>), String> {
+) -> Result<ServedStream, String> {
     let def: StreamDef = persist::decode(DEFINITION_SPACE, &record.definition).map_err(|error| error.to_string())?;
     let ctx = &parts.ctx;
     let mut handles = Vec::with_capacity(record.partitions.len());
     let mut replicas = BTreeMap::new();
     let mut remote = BTreeMap::new();
+    let mut in_sync = Vec::with_capacity(record.partitions.len());
     let mut gone = Vec::new();
     for (index, partition) in record.partitions.iter().enumerate() {
         let id = PartitionId { stream: name.to_string(), partition: index as u32 };
@@ -494,11 +533,14 @@ async fn serve(
                 (leadership, watch::channel(0).1)
             }
         };
+        let (in_sync_sender, in_sync_shown) = watch::channel(Vec::new());
+        in_sync.push(in_sync_sender);
         let view = ReplicaView {
             replicas: partition.replicas.clone(),
             settled: partition.settled,
             leadership,
             raft: local.as_ref().map(|local| local.actor.clone()),
+            in_sync: in_sync_shown,
         };
         let args = ReplicatedArgs {
             id: id.clone(),
@@ -528,7 +570,7 @@ async fn serve(
         }
     }
     tracing::info!(stream = %name, replicas_here = replicas.len(), "serving a stream of the cluster");
-    Ok((replicas, remote))
+    Ok(ServedStream { record: record.clone(), replicas, remote, in_sync })
 }
 
 /// Starts this node's replica of a partition. A new one starts from the membership the
@@ -543,11 +585,13 @@ async fn start_replica(
     let ctx = &parts.ctx;
     let (high_watermark_sender, high_watermark) = watch::channel(0);
     let (leadership_sender, leadership) = watch::channel(None);
+    let (in_sync_sender, in_sync) = watch::channel(Vec::new());
     let args = RaftReplicaArgs {
         group: group.clone(),
         partition: id.clone(),
         options: ReplicaOptions {
             preferred_leader: partition.replicas.first().copied(),
+            replica_lag_ticks: (ctx.kafka.replica_lag_time_max_ms / TICK.as_millis() as u64).max(1),
             ..ReplicaOptions::new(ctx.node_id, ctx.rng.next_u64())
         },
         voters: partition.initial.clone(),
@@ -557,10 +601,11 @@ async fn start_replica(
         transport: parts.links.clone(),
         high_watermark: high_watermark_sender,
         leadership: leadership_sender,
+        in_sync: in_sync_sender,
     };
     let (actor, _) = Actor::spawn(None, RaftReplica, args).await.map_err(|error| error.to_string())?;
     parts.router.insert(group.clone(), actor.clone());
-    Ok(LocalReplica { actor, high_watermark, leadership })
+    Ok(LocalReplica { actor, high_watermark, leadership, in_sync })
 }
 
 /// Removes this node's data of a partition: its raft records and its log.

@@ -553,6 +553,19 @@ async fn altered_everywhere() -> Result<(), String> {
         if partitions != 2 {
             return Err(format!("node {id}: metadata lists {partitions} partitions"));
         }
+        // healed: every replica is in sync again, as every node tells it
+        for partition in metadata.topics.iter().flat_map(|topic| &topic.partitions) {
+            let mut replicas: Vec<i32> = partition.replica_nodes.iter().map(|broker| broker.0).collect();
+            let mut in_sync: Vec<i32> = partition.isr_nodes.iter().map(|broker| broker.0).collect();
+            replicas.sort_unstable();
+            in_sync.sort_unstable();
+            if replicas != in_sync {
+                return Err(format!(
+                    "node {id}: partition {} has replicas {replicas:?} but ISR {in_sync:?}",
+                    partition.partition_index
+                ));
+            }
+        }
         let resource = DescribeConfigsResource::default()
             .with_resource_type(2)
             .with_resource_name(StrBytes::from_static_str(TOPIC))

@@ -707,3 +707,36 @@ def test_topic_configs_partitions_and_replica_assignments_change_a_replicated_st
         one.create_topics([refused], request_timeout=15)["misplaced"].result(timeout=20)
     assert error.value.args[0].code() == KafkaError.INVALID_REPLICA_ASSIGNMENT, error.value
     assert "misplaced" not in admin.list_topics(timeout=5).topics
+
+
+def test_the_isr_drops_a_follower_that_stops_and_takes_it_back_once_it_caught_up(make_broker):
+    """Metadata's ISR is the leader's: a killed follower leaves it after
+    kafka.replica_lag_time_max_ms on every node's answer, and returns once it caught up."""
+    nodes = three_nodes(make_broker, config={"kafka": {"replica_lag_time_max_ms": 1500}}, voters="1,2,3")
+    wait_for(lambda: agreed_controller(nodes) and len(controller(nodes[0])["registered"]) == 3, timeout=15)
+    admin = create_topic(nodes, "synced", 1, 3)
+    leader_id = leaders(admin, "synced", 1)[0][0]
+
+    def isr(broker):
+        single = AdminClient({"bootstrap.servers": f"127.0.0.1:{broker.kafka_port}"})
+        topic = single.list_topics("synced", timeout=5).topics.get("synced")
+        partition = topic and topic.partitions.get(0)
+        return partition and sorted(partition.isrs)  # None while a restarted node replays
+    assert all(isr(b) == [1, 2, 3] for b in nodes)
+    victim = next(b for b in nodes if b.node_id != leader_id)
+    survivors = [b for b in nodes if b is not victim]
+    victim.kill()
+    producer = Producer({"bootstrap.servers": bootstrap(survivors), "acks": "all", "linger.ms": 0})
+    others = sorted(b.node_id for b in survivors)
+
+    def shrunk():
+        producer.produce("synced", value=b"x", partition=0)
+        producer.flush(5)
+        return all(isr(b) == others for b in survivors)
+    wait_for(shrunk, timeout=20, step=0.3)
+    # acks=all goes on without it: a majority commits
+    delivered = []
+    producer.produce("synced", value=b"while-out", partition=0, on_delivery=lambda err, msg: delivered.append(err))
+    assert producer.flush(10) == 0 and delivered == [None]
+    victim.start()
+    wait_for(lambda: all(isr(b) == [1, 2, 3] for b in nodes), timeout=30, step=0.3)

@@ -46,9 +46,18 @@ pub struct ReplicaView {
     pub leadership: watch::Receiver<Option<Leadership>>,
     /// this node's replica, if it holds one
     pub raft: Option<ActorRef<RaftReplicaMsg>>,
+    /// the in-sync replicas (Kafka's ISR) as the leader tracks them: from this node's replica
+    /// while it leads, else as the leader last reported them to the controller; empty until known
+    pub in_sync: watch::Receiver<Vec<u64>>,
 }
 
 impl ReplicaView {
+    /// The ISR clients are told of: the leader's, or every replica until one is known.
+    pub fn in_sync_replicas(&self) -> Vec<u64> {
+        let known = self.in_sync.borrow();
+        if known.is_empty() { self.replicas.clone() } else { known.clone() }
+    }
+
     /// The leader and its epoch, if known.
     pub fn leader(&self) -> Option<(u64, u64)> {
         let leadership = (*self.leadership.borrow())?;

@@ -51,6 +51,9 @@ pub struct RaftReplicaArgs {
     pub high_watermark: watch::Sender<i64>,
     /// published: who leads
     pub leadership: watch::Sender<Option<Leadership>>,
+    /// published while this replica leads: the in-sync voters (Kafka's ISR), sorted; empty
+    /// when it does not lead
+    pub in_sync: watch::Sender<Vec<u64>>,
 }
 
 /// The answer to a proposal.
@@ -197,7 +200,17 @@ impl Actor for RaftReplica {
         state: &mut RaftReplicaState,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            RaftReplicaMsg::Tick => state.core.tick(),
+            RaftReplicaMsg::Tick => {
+                state.core.tick();
+                let in_sync = state.core.in_sync();
+                state.args.in_sync.send_if_modified(|published| {
+                    let changed = published.as_slice() != in_sync;
+                    if changed {
+                        *published = in_sync.to_vec();
+                    }
+                    changed
+                });
+            }
             RaftReplicaMsg::Step(message) => {
                 if let Err(error) = state.core.step(&message) {
                     tracing::debug!(group = ?state.args.group, %error, "raft message refused");

@@ -21,6 +21,7 @@ struct TestNode {
     replica: ActorRef<RaftReplicaMsg>,
     stop_server: watch::Sender<bool>,
     high_watermark: watch::Receiver<i64>,
+    in_sync: watch::Receiver<Vec<u64>>,
 }
 
 fn group() -> GroupId {
@@ -59,10 +60,11 @@ async fn cluster() -> Vec<TestNode> {
         ));
         let (high_watermark_sender, high_watermark) = watch::channel(0);
         let (leadership, _) = watch::channel(None);
+        let (in_sync_sender, in_sync) = watch::channel(Vec::new());
         let args = RaftReplicaArgs {
             group: group(),
             partition: partition(),
-            options: ReplicaOptions::new(id, 1_000 + id),
+            options: ReplicaOptions { replica_lag_ticks: 25, ..ReplicaOptions::new(id, 1_000 + id) },
             voters: vec![1, 2, 3],
             tick: Duration::from_millis(20),
             log: store.clone(),
@@ -70,10 +72,11 @@ async fn cluster() -> Vec<TestNode> {
             transport: links.clone(),
             high_watermark: high_watermark_sender,
             leadership,
+            in_sync: in_sync_sender,
         };
         let (replica, _) = Actor::spawn(None, RaftReplica, args).await.unwrap();
         router.insert(group(), replica.clone());
-        nodes.push(TestNode { id, store, links, replica, stop_server, high_watermark });
+        nodes.push(TestNode { id, store, links, replica, stop_server, high_watermark, in_sync });
     }
     nodes
 }
@@ -171,6 +174,25 @@ async fn three_replica_actors_replicate_over_the_data_plane_and_fail_over() {
         assert!(started.elapsed() < Duration::from_secs(5), "no acknowledged write after the fail-over");
     };
     assert_eq!(placed.base_offset, 50, "the new leader continues after every acknowledged batch");
+    // the new leader's ISR starts as every voter and drops the dead one after the lag
+    // (25 ticks of 20 ms), while the live follower stays in it through the writes
+    let survivors: Vec<u64> = nodes.iter().map(|node| node.id).filter(|&id| id != old.id).collect();
+    let mut in_sync = nodes[next].in_sync.clone();
+    let shrunk = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut n = 51;
+        loop {
+            if *in_sync.borrow_and_update() == survivors {
+                break;
+            }
+            let _ = produce(&nodes[next], n).await;
+            n += 1;
+            let _ = tokio::time::timeout(Duration::from_millis(50), in_sync.changed()).await;
+        }
+    })
+    .await;
+    assert!(shrunk.is_ok(), "ISR {:?}, not the survivors {survivors:?}", *nodes[next].in_sync.borrow());
+    let follower = (0..3).find(|&i| i != next && i != first).expect("a live follower");
+    assert!(nodes[follower].in_sync.borrow().is_empty(), "a follower publishes no ISR");
     assert!(placed.leader_epoch > 1, "a new term");
     let survivor = &nodes[next];
     let held = stored(survivor, 50);

@@ -45,6 +45,9 @@ pub struct ReplicaOptions {
     pub preferred_leader: Option<u64>,
     /// ticks a leader keeps leadership before it hands it to the preferred leader
     pub balance_after_ticks: u64,
+    /// a follower is in sync (Kafka's ISR) while it was heard from within this many ticks
+    /// and holds every entry the leader had this many ticks ago (`replica.lag.time.max.ms`)
+    pub replica_lag_ticks: u64,
 }
 
 impl ReplicaOptions {
@@ -59,6 +62,7 @@ impl ReplicaOptions {
             seed,
             preferred_leader: None,
             balance_after_ticks: 100,
+            replica_lag_ticks: 200,
         }
     }
 }
@@ -283,6 +287,26 @@ pub struct ReplicaCore<T> {
     /// target: committing it in this term proves the membership is the group's, not a
     /// deposed leader's that has not noticed yet
     settle_probe: Option<(u64, u64)>,
+    /// the in-sync replicas, as the leader tracks them
+    in_sync: InSync,
+}
+
+/// A leader's view of which voters keep up (Kafka's ISR): each tick it notes its own last
+/// index and which followers raft-rs heard from; a follower is in sync while it was heard
+/// from within `lag_ticks` and matches the last index the leader had `lag_ticks` ago. A new
+/// leader starts with every voter in sync (Kafka's initial ISR is the replica set).
+#[derive(Debug, Default)]
+struct InSync {
+    lag_ticks: u64,
+    ticks: u64,
+    /// the term these samples belong to (a new term starts over)
+    term: u64,
+    /// the leader's last index at each of the latest `lag_ticks` ticks, oldest first
+    last_indexes: VecDeque<u64>,
+    /// per voter, the tick it was last heard from
+    heard: BTreeMap<u64, u64>,
+    /// the set computed at the last tick, sorted
+    members: Vec<u64>,
 }
 
 impl<T> ReplicaCore<T> {
@@ -321,6 +345,7 @@ impl<T> ReplicaCore<T> {
             balance_after_ticks: options.balance_after_ticks,
             led_ticks: 0,
             settle_probe: None,
+            in_sync: InSync { lag_ticks: options.replica_lag_ticks.max(1), ..InSync::default() },
         };
         core.redraw_election_timeout();
         Ok(core)
@@ -331,6 +356,61 @@ impl<T> ReplicaCore<T> {
         self.node.tick();
         self.redraw_election_timeout();
         self.balance();
+        self.track_in_sync();
+    }
+
+    /// The in-sync voters (sorted) while this replica leads; empty otherwise.
+    pub fn in_sync(&self) -> &[u64] {
+        &self.in_sync.members
+    }
+
+    fn track_in_sync(&mut self) {
+        let tracker = &mut self.in_sync;
+        if !self.node.raft.state.eq(&StateRole::Leader) {
+            tracker.members.clear();
+            tracker.last_indexes.clear();
+            tracker.heard.clear();
+            return;
+        }
+        let raft = &self.node.raft;
+        tracker.ticks += 1;
+        let now = tracker.ticks;
+        if tracker.term != raft.term {
+            tracker.term = raft.term;
+            tracker.last_indexes.clear();
+            tracker.heard.clear();
+        }
+        let voters: Vec<u64> = raft.prs().conf().voters().ids().iter().collect();
+        for &voter in &voters {
+            let heard = voter == raft.id || raft.prs().get(voter).is_some_and(|progress| progress.recent_active);
+            // a voter new to this term counts as heard now: the initial ISR is every voter
+            let entry = tracker.heard.entry(voter).or_insert(now);
+            if heard {
+                *entry = now;
+            }
+        }
+        tracker.heard.retain(|voter, _| voters.contains(voter));
+        tracker.last_indexes.push_back(raft.raft_log.last_index());
+        while tracker.last_indexes.len() as u64 > tracker.lag_ticks {
+            tracker.last_indexes.pop_front();
+        }
+        // what the leader had lag_ticks ago (while the term is younger than that, nothing:
+        // every voter starts in sync)
+        let behind = if tracker.last_indexes.len() as u64 >= tracker.lag_ticks {
+            tracker.last_indexes.front().copied().unwrap_or(0)
+        } else {
+            0
+        };
+        let mut members: Vec<u64> = voters
+            .into_iter()
+            .filter(|&voter| {
+                voter == raft.id
+                    || (now - tracker.heard.get(&voter).copied().unwrap_or(now) <= tracker.lag_ticks
+                        && raft.prs().get(voter).is_some_and(|progress| progress.matched >= behind))
+            })
+            .collect();
+        members.sort_unstable();
+        tracker.members = members;
     }
 
     /// A leader that is not the preferred one hands leadership to it once it has led for

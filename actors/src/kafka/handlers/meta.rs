@@ -46,20 +46,22 @@ fn topic_entry(ctx: &NodeContext, stream: &Stream, version: i16) -> MetadataResp
         .iter()
         .enumerate()
         .map(|(index, handle)| {
-            let (error, leader, replicas, epoch) = match &handle.replica {
-                None => (codes::NONE, ctx.node_id as i32, vec![ctx.node_id], 0),
+            let (error, leader, replicas, in_sync, epoch) = match &handle.replica {
+                None => (codes::NONE, ctx.node_id as i32, vec![ctx.node_id], vec![ctx.node_id], 0),
                 Some(view) => match view.leader() {
-                    Some((leader, term)) => (codes::NONE, leader as i32, view.replicas.clone(), term as i32),
-                    None => (codes::LEADER_NOT_AVAILABLE, -1, view.replicas.clone(), -1),
+                    Some((leader, term)) => {
+                        (codes::NONE, leader as i32, view.replicas.clone(), view.in_sync_replicas(), term as i32)
+                    }
+                    None => (codes::LEADER_NOT_AVAILABLE, -1, view.replicas.clone(), view.in_sync_replicas(), -1),
                 },
             };
-            let replicas: Vec<BrokerId> = replicas.into_iter().map(|id| BrokerId(id as i32)).collect();
+            let brokers = |ids: Vec<u64>| ids.into_iter().map(|id| BrokerId(id as i32)).collect::<Vec<_>>();
             let partition = MetadataResponsePartition::default()
                 .with_error_code(error)
                 .with_partition_index(index as i32)
                 .with_leader_id(BrokerId(leader))
-                .with_isr_nodes(replicas.clone())
-                .with_replica_nodes(replicas);
+                .with_isr_nodes(brokers(in_sync))
+                .with_replica_nodes(brokers(replicas));
             if version >= 7 { partition.with_leader_epoch(epoch) } else { partition }
         })
         .collect();
