@@ -27,7 +27,7 @@ use clap::Args;
 use serde_json::{Value, json};
 
 use crate::report::{self, Table};
-use crate::target::{free_port, http_request};
+use crate::target::{ProcSample, free_port, http_request};
 use tidewater_tests::clients::kafka::KafkaConn;
 
 /// Arguments of the failover mode.
@@ -52,6 +52,10 @@ pub(crate) struct FailoverArgs {
     /// Partitions of the streams of `--replication`.
     #[arg(long, default_value_t = 6)]
     partitions: i32,
+    /// Measure what this many idle partitions (replication factor 3) cost each node in CPU
+    /// instead (`--seconds` of measuring).
+    #[arg(long)]
+    idle: Option<u32>,
 }
 
 /// The replicated stream of `--partition`.
@@ -185,6 +189,9 @@ pub(crate) async fn main(args: FailoverArgs, threads: usize) -> anyhow::Result<(
     let root = tempfile::Builder::new().prefix("tidewater-failover-").tempdir()?;
     if args.replication {
         return replication_cost(&args, &binary, root.path(), threads).await;
+    }
+    if let Some(partitions) = args.idle {
+        return idle_cost(&args, partitions, &binary, root.path(), threads).await;
     }
     let mut nodes = spawn_nodes(&binary, root.path(), 3)?;
     let mut term = wait_agreed(&nodes.iter().collect::<Vec<_>>(), 0, Duration::from_secs(30)).await?.1;
@@ -355,6 +362,73 @@ async fn partition_failover(
         json!({"kills": args.kills, "nodes": 3, "replication_factor": 3, "tick_ms": 50, "election_ticks": [10, 20]}),
         &table,
         json!({"next_acked_write_ms": times, "median_ms": median, "max_ms": worst}),
+    );
+    Ok(())
+}
+
+/// CPU of each node over `seconds`, in percent of one core.
+async fn cpu_of(nodes: &[ClusterNode], seconds: f64) -> anyhow::Result<Vec<f64>> {
+    let pid = |node: &ClusterNode| node.child.as_ref().map(|child| child.id()).context("a node is not running");
+    let before: Vec<ProcSample> =
+        nodes.iter().map(|node| ProcSample::read(pid(node)?).context("no /proc sample")).collect::<Result<_, _>>()?;
+    tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
+    let mut cpu = Vec::new();
+    for (node, before) in nodes.iter().zip(before) {
+        let after = ProcSample::read(pid(node)?).context("no /proc sample")?;
+        let ticks = after.ticks.saturating_sub(before.ticks) as f64;
+        let secs = after.at.duration_since(before.at).as_secs_f64();
+        cpu.push(ticks / 100.0 / secs * 100.0); // /proc counts 100 ticks a second
+    }
+    Ok(cpu)
+}
+
+/// `--idle N`: the CPU each of three nodes uses with no stream, then with N idle partitions
+/// of replication factor 3 (every node holds a replica of each), against the 5%.
+async fn idle_cost(
+    args: &FailoverArgs,
+    partitions: u32,
+    binary: &Path,
+    root: &Path,
+    threads: usize,
+) -> anyhow::Result<()> {
+    let nodes = spawn_nodes(binary, root, 3)?;
+    let everyone: Vec<&ClusterNode> = nodes.iter().collect();
+    wait_agreed(&everyone, 0, Duration::from_secs(30)).await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let empty = cpu_of(&nodes, args.seconds).await?;
+    let definition = json!({"name": "idle", "kind": "free", "partitions": partitions, "replication_factor": 3});
+    let started = Instant::now();
+    loop {
+        let created = http_request(nodes[0].http, "POST", "/api/v1/streams", Some(&definition.to_string())).await;
+        match created {
+            Ok((201 | 409, _)) => break,
+            _ => anyhow::ensure!(
+                started.elapsed() < Duration::from_secs(120),
+                "cannot create the idle stream: {created:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    partition_leaders(&nodes, "idle", partitions as i32, Duration::from_secs(180)).await?;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let loaded = cpu_of(&nodes, args.seconds).await?;
+    let mut table =
+        Table::new(&["node", "partitions held", "CPU % of a core, no stream", "CPU % of a core, idle", "target"]);
+    for (index, node) in nodes.iter().enumerate() {
+        table.row(vec![
+            node.id.to_string(),
+            partitions.to_string(),
+            format!("{:.1}", empty[index]),
+            format!("{:.1}", loaded[index]),
+            "< 5".into(),
+        ]);
+    }
+    report::finish(
+        "failover --idle",
+        threads,
+        json!({"partitions": partitions, "replication_factor": 3, "nodes": 3, "seconds": args.seconds, "tick_ms": 50}),
+        &table,
+        json!({"cpu_percent_no_stream": empty, "cpu_percent_idle": loaded}),
     );
     Ok(())
 }
