@@ -123,6 +123,10 @@ impl ClusterNode {
         };
         let links = PeerLinks::new(config.node_id, cluster.name.clone(), Arc::clone(&net), LinkOptions::default());
         let router = Arc::new(GroupRouter::default());
+        // a peer that closed its connection (stopped, or killed with its sockets closed)
+        // wakes every hibernating replica here, long before gossip declares it dead
+        let waking = Arc::clone(&router);
+        links.set_lost(Arc::new(move || waking.wake_all()));
         let forwarder = Forwarder::new(config.node_id, Arc::clone(&links), Arc::clone(&router), FORWARD_TIMEOUT);
         let delivering = Arc::clone(&forwarder);
         let serving = tokio::spawn(
@@ -134,7 +138,9 @@ impl ClusterNode {
             )
             .in_current_span(),
         );
-        let following = tokio::spawn(follow(membership.members(), Arc::clone(&links), shutdown).in_current_span());
+        let following = tokio::spawn(
+            follow(membership.members(), Arc::clone(&links), Arc::clone(&router), shutdown).in_current_span(),
+        );
         tracing::info!(rpc = %rpc_bound, gossip = %gossip_addr, seeds = ?cluster.seeds, cluster = %cluster.name, "cluster membership started");
         Ok(Self {
             node_id: config.node_id,
@@ -163,8 +169,15 @@ impl ClusterNode {
     }
 }
 
-/// Keeps one link per live peer, pointed at its advertised data-plane address.
-async fn follow(mut members: watch::Receiver<Members>, links: Arc<PeerLinks>, mut shutdown: watch::Receiver<bool>) {
+/// Keeps one link per live peer, pointed at its advertised data-plane address. A peer gone
+/// wakes every hibernating replica here: a follower whose leader it was must elect, a leader
+/// whose follower it was must see it go from the ISR.
+async fn follow(
+    mut members: watch::Receiver<Members>,
+    links: Arc<PeerLinks>,
+    router: Arc<GroupRouter>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut known = Members::new();
     loop {
         let now = members.borrow_and_update().clone();
@@ -172,6 +185,10 @@ async fn follow(mut members: watch::Receiver<Members>, links: Arc<PeerLinks>, mu
             match change {
                 ClusterChange::Add(member) | ClusterChange::Update(member) => {
                     tracing::info!(node = member.id, generation = member.generation, rpc = ?member.advertised.rpc, "cluster member live");
+                    if known.contains_key(&member.id) {
+                        // restarted (or moved): what it led is led no more
+                        router.wake_all();
+                    }
                     if let Some(rpc) = member.advertised.rpc
                         && let Err(error) = links.set_peer(member.id, rpc).await
                     {
@@ -181,6 +198,7 @@ async fn follow(mut members: watch::Receiver<Members>, links: Arc<PeerLinks>, mu
                 ClusterChange::Remove(id) => {
                     tracing::info!(node = id, "cluster member gone");
                     links.remove_peer(id);
+                    router.wake_all();
                 }
             }
         }

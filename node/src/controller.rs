@@ -32,8 +32,12 @@ pub fn metadata_partition() -> PartitionId {
     PartitionId { stream: "@controller".into(), partition: 0 }
 }
 
-/// One raft tick of the controller (elections after 10 to 20 ticks without a leader).
-const TICK: Duration = Duration::from_millis(50);
+/// One raft tick of the controller and of every partition (elections after 10 to 20 ticks
+/// without a leader).
+pub const TICK: Duration = Duration::from_millis(50);
+/// A raft group with nothing to do for this many ticks hibernates (1 s; see
+/// `ReplicaCore::asleep`).
+pub const QUIET_TICKS: u64 = 20;
 
 /// What the HTTP status reads.
 #[derive(Clone)]
@@ -102,7 +106,10 @@ impl Controller {
         let args = RaftReplicaArgs {
             group: GroupId::Controller,
             partition: metadata_partition(),
-            options: ReplicaOptions::new(parts.node_id, parts.rng.next_u64()),
+            options: ReplicaOptions {
+                quiet_ticks: QUIET_TICKS,
+                ..ReplicaOptions::new(parts.node_id, parts.rng.next_u64())
+            },
             voters: parts.voters.clone(),
             tick: TICK,
             log: Arc::clone(&parts.log),
@@ -111,6 +118,7 @@ impl Controller {
             high_watermark: high_watermark_sender,
             leadership: leadership_sender,
             in_sync: watch::channel(Vec::new()).0,
+            clock: parts.router.clock(),
         };
         let (replica, _) = Actor::spawn(None, RaftReplica, args)
             .await

@@ -33,8 +33,8 @@ use tidewater_storage::PartitionId;
 use tokio::sync::watch;
 use tracing::Instrument;
 
-/// One raft tick of a partition (elections after 10 to 20 ticks without a leader).
-const TICK: Duration = Duration::from_millis(50);
+use crate::controller::{QUIET_TICKS, TICK};
+
 /// How long a create or delete waits for the controller and for this node to serve it.
 const ADMIN_WAIT: Duration = Duration::from_secs(10);
 /// Record batches of MQTT records are cut at about this size.
@@ -592,6 +592,7 @@ async fn start_replica(
         options: ReplicaOptions {
             preferred_leader: partition.replicas.first().copied(),
             replica_lag_ticks: (ctx.kafka.replica_lag_time_max_ms / TICK.as_millis() as u64).max(1),
+            quiet_ticks: QUIET_TICKS,
             ..ReplicaOptions::new(ctx.node_id, ctx.rng.next_u64())
         },
         voters: partition.initial.clone(),
@@ -602,6 +603,7 @@ async fn start_replica(
         high_watermark: high_watermark_sender,
         leadership: leadership_sender,
         in_sync: in_sync_sender,
+        clock: parts.router.clock(),
     };
     let (actor, _) = Actor::spawn(None, RaftReplica, args).await.map_err(|error| error.to_string())?;
     parts.router.insert(group.clone(), actor.clone());

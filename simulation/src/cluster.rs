@@ -145,6 +145,8 @@ struct Seen {
     stream_status: BTreeMap<u64, String>,
     /// per (node, generation), snapshots its replica of the stream installed
     snapshots: BTreeMap<(u64, u64), u64>,
+    /// per (node, generation), times its controller replica hibernated
+    sleeps: BTreeMap<(u64, u64), u64>,
     /// the most replica set changes any node applied
     moves: u64,
 }
@@ -168,6 +170,8 @@ pub struct ClusterReport {
     pub log_start: i64,
     /// leaders' snapshots the stream's replicas installed
     pub snapshots: u64,
+    /// times a controller replica hibernated (its group idle), and was woken after
+    pub sleeps: u64,
     /// replica set changes (placement after deaths and returns)
     pub moves: u64,
 }
@@ -289,7 +293,9 @@ pub fn run_cluster_seed(seed: u64) -> ClusterReport {
                             }
                             match view.status().await {
                                 Some(status) => {
-                                    seen.borrow_mut().status.insert(id, (status.commit_index, status.last_index, status.high_watermark));
+                                    let mut seen = seen.borrow_mut();
+                                    seen.sleeps.insert((id, generation), status.sleeps);
+                                    seen.status.insert(id, (status.commit_index, status.last_index, status.high_watermark));
                                 }
                                 None => {
                                     seen.borrow_mut().trace.push(format!("{} node {id}: the controller replica does not answer", now_ms()));
@@ -407,6 +413,7 @@ pub fn run_cluster_seed(seed: u64) -> ClusterReport {
     let acked = kafka.borrow().acked.len();
     let log_start = kafka.borrow().read.as_ref().and_then(|read| read.first()).map_or(0, |(offset, _)| *offset);
     let snapshots = seen.snapshots.values().sum();
+    let sleeps = seen.sleeps.values().sum();
     let mut mqtt_acked = BTreeMap::new();
     for node in device.borrow().acked.values() {
         *mqtt_acked.entry(*node).or_default() += 1;
@@ -421,6 +428,7 @@ pub fn run_cluster_seed(seed: u64) -> ClusterReport {
         mqtt_acked,
         log_start,
         snapshots,
+        sleeps,
         moves,
     }
 }

@@ -77,7 +77,7 @@ fn a_cluster_keeps_one_controller_leader_per_term_and_every_acknowledged_batch_t
     // (the data plane now acknowledges frames, and an unacknowledged link reconnects)
     let count: u64 = std::env::var("CLUSTER_SEEDS").ok().and_then(|count| count.parse().ok()).unwrap_or(4);
     let (mut terms, mut restarts, mut acked) = (0, 0, 0);
-    let (mut retained, mut snapshots, mut moves) = (0, 0, 0);
+    let (mut retained, mut snapshots, mut moves, mut sleeps) = (0, 0, 0, 0);
     let mut mqtt_acked: std::collections::BTreeMap<u64, usize> = std::collections::BTreeMap::new();
     // 180: a stream created while the cluster was forming got replication factor 1 (the
     // default was capped at the nodes registered so far, not the voters)
@@ -108,6 +108,7 @@ fn a_cluster_keeps_one_controller_leader_per_term_and_every_acknowledged_batch_t
         retained += usize::from(report.log_start > 0);
         snapshots += report.snapshots;
         moves += report.moves;
+        sleeps += report.sleeps;
         for (node, count) in report.mqtt_acked {
             *mqtt_acked.entry(node).or_default() += count;
         }
@@ -115,7 +116,7 @@ fn a_cluster_keeps_one_controller_leader_per_term_and_every_acknowledged_batch_t
     println!(
         "{count} cluster seeds: {terms} terms with a leader, {restarts} restarts, {acked} batches acknowledged, \
          MQTT acknowledged by node {mqtt_acked:?}, retention moved the log start in {retained} seeds, \
-         {snapshots} snapshots installed, {moves} replica set changes"
+         {snapshots} snapshots installed, {moves} replica set changes, {sleeps} controller hibernations"
     );
     if alone.is_some() {
         return;

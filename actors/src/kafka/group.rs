@@ -8,13 +8,15 @@
 //! belongs to one leader epoch of that partition: when the epoch changes, or another node
 //! leads, the registry drops it, and the next request builds it again from the partition.
 //!
-//! The offsets stream keeps what was written within `kafka.offsets_retention_ms` (Kafka's
-//! `offsets.retention.minutes`, 7 days) and retention drops the rest, so its log, and a new
-//! coordinator's replay, stay bounded. A group with members, or one that lost its last member
-//! less than the retention ago (as Kafka counts an empty group's expiry; a new coordinator
-//! counts from its start), rewrites all its offsets as one batch once the oldest of them was
-//! written half that long ago; after that each offset is forgotten the retention after it was
-//! written, as the log drops it.
+//! The offsets stream keeps what was written within twice `kafka.offsets_retention_ms`
+//! (Kafka's `offsets.retention.minutes`, 7 days) and retention drops the rest, so its log, and
+//! a new coordinator's replay, stay bounded. A group with members, or one that lost its last
+//! member less than the retention ago (as Kafka counts an empty group's expiry; a new
+//! coordinator counts from its start), rewrites all its offsets as one batch once the oldest of
+//! them was written half the retention ago; after that each offset expires the retention after
+//! it was written, with a tombstone, so that a later coordinator's replay does not bring it
+//! back. The log keeps twice the retention so that a coordinator that moves (built on the next
+//! request for the group) finds the latest rewrite even if nobody asked for a while.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -198,7 +200,7 @@ async fn replay_offsets(
                 let Some((topic, partition)) = parse_offset_key(&prefix, key) else { continue };
                 let value = match &record.value {
                     Some(value) => Some(committed(persist::decode(GROUP_OFFSETS, value)?)),
-                    None => None, // a tombstone: the group was deleted
+                    None => None, // a tombstone: deleted, or expired
                 };
                 written.insert((topic.clone(), partition), value.as_ref().map(|_| batch.max_timestamp));
                 records.push(OffsetRecord { topic, partition, value });
@@ -409,13 +411,21 @@ impl GroupShell {
                     value: None,
                 })
                 .collect();
+            if expired.is_empty() {
+                return;
+            }
+            // tombstones first: a coordinator that replays the log later must not find them
+            let (partition, epoch) = (partition.clone(), *epoch);
+            let tombstones = PersistedOffsets { group_id: self.group.group_id().to_string(), records: expired.clone() };
+            if let Err(error) = self.propose(&partition, epoch, tombstones).await {
+                tracing::warn!(group = %self.group.group_id(), ?error, "expired offsets not deleted yet");
+                return;
+            }
             for record in &expired {
                 self.written.remove(&(record.topic.clone(), record.partition));
             }
-            if !expired.is_empty() {
-                tracing::info!(group = %self.group.group_id(), offsets = expired.len(), "committed offsets of an empty group expired");
-                self.group.restore_offsets(expired);
-            }
+            tracing::info!(group = %self.group.group_id(), offsets = expired.len(), "committed offsets of an empty group expired");
+            self.group.restore_offsets(expired);
             return;
         }
         if now - oldest < retention / 2 {

@@ -80,8 +80,10 @@ async fn offsets_stream(ctx: &NodeContext) -> Result<Arc<Stream>, GroupUnavailab
     }
     let mut def = StreamDef::free(OFFSETS_STREAM, OFFSETS_PARTITIONS);
     def.replication_factor = ctx.default_replication_factor();
-    // what a group in use does not rewrite within this goes (see `GroupShell::refresh`)
-    def.retention_ms = Some(ctx.kafka.offsets_retention_ms);
+    // what nobody rewrote within twice the offsets retention goes: a group in use rewrites
+    // its offsets every half retention, so a coordinator that moves has a retention and a
+    // half to load them before the log's retention could reach them (see `GroupShell::refresh`)
+    def.retention_ms = Some(ctx.kafka.offsets_retention_ms.saturating_mul(2));
     match ctx.create_stream(def).await {
         Ok(stream) => Ok(stream),
         Err(StreamError::Exists(_)) => ctx.streams.get(OFFSETS_STREAM).ok_or(GroupUnavailable::NotAvailable),

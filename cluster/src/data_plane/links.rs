@@ -9,7 +9,7 @@ use parking_lot::RwLock;
 use ractor::{Actor, ActorRef};
 
 use super::GroupId;
-use super::peer_link::{LinkOptions, PeerLink, PeerLinkArgs, PeerLinkMsg, Undelivered};
+use super::peer_link::{ConnectionLost, LinkOptions, PeerLink, PeerLinkArgs, PeerLinkMsg, Undelivered};
 use crate::raft::RaftMessage;
 use crate::raft::group::RaftTransport;
 use crate::seams::Net;
@@ -22,6 +22,7 @@ pub struct PeerLinks {
     options: LinkOptions,
     links: RwLock<BTreeMap<u64, (SocketAddr, ActorRef<PeerLinkMsg>)>>,
     undelivered: RwLock<Option<Undelivered>>,
+    lost: RwLock<Option<ConnectionLost>>,
 }
 
 impl PeerLinks {
@@ -34,12 +35,18 @@ impl PeerLinks {
             options,
             links: RwLock::new(BTreeMap::new()),
             undelivered: RwLock::new(None),
+            lost: RwLock::new(None),
         })
     }
 
     /// Who is told of forwarded proposals a link dropped unsent (links made from now on).
     pub fn set_undelivered(&self, undelivered: Undelivered) {
         *self.undelivered.write() = Some(undelivered);
+    }
+
+    /// Who is told when a peer closes a link's connection (links made from now on).
+    pub fn set_lost(&self, lost: ConnectionLost) {
+        *self.lost.write() = Some(lost);
     }
 
     /// Links to `node` at `address` (a new link, or the old one pointed at a new address).
@@ -62,6 +69,7 @@ impl PeerLinks {
             net: Arc::clone(&self.net),
             options: self.options.clone(),
             undelivered: self.undelivered.read().clone(),
+            lost: self.lost.read().clone(),
         };
         let (link, _) = Actor::spawn(None, PeerLink, args).await?;
         let _ = link.cast(PeerLinkMsg::Connect);

@@ -69,10 +69,16 @@ pub struct PeerLinkArgs {
     pub options: LinkOptions,
     /// told the id of each forwarded proposal the link dropped unsent
     pub undelivered: Option<Undelivered>,
+    /// told when the peer closed the connection (it stopped, or died with its sockets closed)
+    pub lost: Option<ConnectionLost>,
 }
 
 /// Told the id of a forwarded proposal a link dropped without writing it.
 pub type Undelivered = Arc<dyn Fn(u64) + Send + Sync>;
+
+/// Told that a peer closed a link's connection: a process killed with `kill -9` has its
+/// sockets closed by the kernel, so this hears of it long before gossip does.
+pub type ConnectionLost = Arc<dyn Fn() + Send + Sync>;
 
 /// Messages to a link.
 #[allow(clippy::large_enum_variant)] // nearly every message is `Raft`; boxing it would cost an allocation each
@@ -139,8 +145,9 @@ impl Drop for Open {
     }
 }
 
-/// Reads the peer's acknowledgements until the connection ends.
-async fn read_acks(mut reader: ReadHalf<Box<dyn Connection>>, acked: Arc<AtomicU64>) {
+/// Reads the peer's acknowledgements until the connection ends (then tells `lost`, unless
+/// this node dropped the connection itself, which aborts the task).
+async fn read_acks(mut reader: ReadHalf<Box<dyn Connection>>, acked: Arc<AtomicU64>, lost: Option<ConnectionLost>) {
     let mut buffer = BytesMut::with_capacity(256);
     loop {
         match frame::take_frame(&mut buffer) {
@@ -159,6 +166,9 @@ async fn read_acks(mut reader: ReadHalf<Box<dyn Connection>>, acked: Arc<AtomicU
         }
     }
     acked.store(u64::MAX, Ordering::Release);
+    if let Some(lost) = lost {
+        lost();
+    }
 }
 
 /// A rough size of a message in a frame, for the outbox bound.
@@ -405,7 +415,7 @@ impl LinkState {
                 tracing::debug!(peer = %address, "peer link connected");
                 let (reader, writer) = tokio::io::split(connection);
                 let acked = Arc::new(AtomicU64::new(self.correlation));
-                let reader = tokio::spawn(read_acks(reader, Arc::clone(&acked)));
+                let reader = tokio::spawn(read_acks(reader, Arc::clone(&acked), self.args.lost.clone()));
                 self.connection = Some(Open { writer, reader, acked, unacked_since: None });
                 self.backoff = self.args.options.backoff_min;
                 self.retry_at = None;

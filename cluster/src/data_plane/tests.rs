@@ -54,6 +54,7 @@ async fn link(address: SocketAddr, cluster: &str) -> ractor::ActorRef<PeerLinkMs
         net: Arc::new(TokioNet),
         options: LinkOptions { backoff_min: Duration::from_millis(20), ..LinkOptions::default() },
         undelivered: None,
+        lost: None,
     };
     Actor::spawn(None, PeerLink, args).await.expect("link starts").0
 }

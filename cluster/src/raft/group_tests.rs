@@ -33,6 +33,11 @@ fn partition() -> PartitionId {
 }
 
 async fn cluster() -> Vec<TestNode> {
+    cluster_with(0).await
+}
+
+/// Three replica actors; with `quiet_ticks` above 0 they hibernate when idle.
+async fn cluster_with(quiet_ticks: u64) -> Vec<TestNode> {
     let mut listeners = Vec::new();
     for _ in 0..3 {
         let listener = TokioNet.bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
@@ -64,7 +69,7 @@ async fn cluster() -> Vec<TestNode> {
         let args = RaftReplicaArgs {
             group: group(),
             partition: partition(),
-            options: ReplicaOptions { replica_lag_ticks: 25, ..ReplicaOptions::new(id, 1_000 + id) },
+            options: ReplicaOptions { replica_lag_ticks: 25, quiet_ticks, ..ReplicaOptions::new(id, 1_000 + id) },
             voters: vec![1, 2, 3],
             tick: Duration::from_millis(20),
             log: store.clone(),
@@ -73,6 +78,7 @@ async fn cluster() -> Vec<TestNode> {
             high_watermark: high_watermark_sender,
             leadership,
             in_sync: in_sync_sender,
+            clock: router.clock(),
         };
         let (replica, _) = Actor::spawn(None, RaftReplica, args).await.unwrap();
         router.insert(group(), replica.clone());
@@ -241,4 +247,49 @@ async fn an_idempotent_retry_after_a_fail_over_is_answered_with_the_original_off
     assert_eq!((following.base_offset, following.duplicate), (3, false), "the sequence goes on");
     let held = stored(&nodes[next], 4);
     assert_eq!(held.len(), 4, "batch 2 is stored once");
+}
+
+async fn all_asleep(nodes: &[TestNode]) -> bool {
+    for node in nodes {
+        if !status(node).await.is_some_and(|status| status.asleep) {
+            return false;
+        }
+    }
+    true
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_replica_actors_hibernate_wake_for_a_proposal_and_elect_when_woken_after_a_death() {
+    let nodes = cluster_with(10).await;
+    let first = leader(&nodes, None).await;
+    assert_eq!(produce(&nodes[first], 0).await.map(|placed| placed.base_offset), Some(0));
+    let started = tokio::time::Instant::now();
+    while !all_asleep(&nodes).await {
+        assert!(started.elapsed() < Duration::from_secs(5), "the idle group never slept");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // asleep for a while (elections would come after 10 to 20 ticks of 20 ms): the same
+    // leader, the same term
+    let term = status(&nodes[first]).await.unwrap().leadership.term;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let now = status(&nodes[first]).await.unwrap();
+    assert!(now.asleep && now.leadership.is_leader && now.leadership.term == term, "{now:?}");
+    // a proposal wakes the group and commits
+    assert_eq!(produce(&nodes[first], 1).await.map(|placed| placed.base_offset), Some(1));
+    while !all_asleep(&nodes).await {
+        assert!(started.elapsed() < Duration::from_secs(10), "the group did not sleep again");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // the leader dies while everyone sleeps; gossip would tell the others, who are woken
+    kill(&nodes[first]);
+    let died = tokio::time::Instant::now();
+    for (position, node) in nodes.iter().enumerate() {
+        if position != first {
+            node.replica.cast(RaftReplicaMsg::Wake).unwrap();
+        }
+    }
+    let next = leader(&nodes, Some(nodes[first].id)).await;
+    assert!(died.elapsed() < Duration::from_secs(2), "a new leader {:?} after the wake", died.elapsed());
+    assert_eq!(produce(&nodes[next], 2).await.map(|placed| placed.base_offset), Some(2));
+    assert_eq!(stored(&nodes[next], 3).len(), 3, "nothing acknowledged was lost");
 }

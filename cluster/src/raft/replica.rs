@@ -22,7 +22,7 @@ use rand::{Rng, SeedableRng};
 
 use super::entry_log::{AppendError, BatchSpan, Compaction, EntryLog, batch_span, snapshot_offset};
 use super::logger;
-use super::wire::{RaftMessage, WireError};
+use super::wire::{RaftMessage, RaftMessageKind, WireError};
 
 /// How a replica runs (ticks are the host's clock: a tick every `tick` interval).
 #[derive(Debug, Clone)]
@@ -48,6 +48,14 @@ pub struct ReplicaOptions {
     /// a follower is in sync (Kafka's ISR) while it was heard from within this many ticks
     /// and holds every entry the leader had this many ticks ago (`replica.lag.time.max.ms`)
     pub replica_lag_ticks: u64,
+    /// hibernation: a leader with nothing to do for this many ticks stops ticking, and so do
+    /// its followers once told (0: never; see [`ReplicaCore::asleep`])
+    pub quiet_ticks: u64,
+    /// a sleeping leader repeats its notice every this many ticks
+    pub asleep_notice_ticks: u64,
+    /// a sleeping follower that heard nothing from its leader for this many ticks wakes (the
+    /// last resort: the host wakes its replicas when a peer is gone, see [`ReplicaCore::wake`])
+    pub asleep_timeout_ticks: u64,
 }
 
 impl ReplicaOptions {
@@ -63,6 +71,9 @@ impl ReplicaOptions {
             preferred_leader: None,
             balance_after_ticks: 100,
             replica_lag_ticks: 200,
+            quiet_ticks: 0,
+            asleep_notice_ticks: 40,
+            asleep_timeout_ticks: 120,
         }
     }
 }
@@ -289,6 +300,32 @@ pub struct ReplicaCore<T> {
     settle_probe: Option<(u64, u64)>,
     /// the in-sync replicas, as the leader tracks them
     in_sync: InSync,
+    hibernation: Hibernation,
+}
+
+/// Hibernation, as TiKV's hibernate regions: an idle group's replicas stop ticking, so that a
+/// thousand idle partitions cost next to nothing. A leader that has had nothing to do for
+/// `quiet_ticks` (every entry committed, applied and on every replica, each voter heard from lately,
+/// no proposal, no membership change or hand-over under way) sends its voters a `Hibernate`
+/// notice and sleeps; a follower (or learner) that holds and applied everything the notice names sleeps
+/// too. A sleeping replica takes no raft ticks (no heartbeats, no election clock, the ISR
+/// frozen) but steps every message: anything but a heartbeat of its term, a proposal or a
+/// command wakes it. A sleeping leader repeats its notice every `asleep_notice_ticks`; a
+/// sleeping follower that heard nothing from its leader for `asleep_timeout_ticks` wakes and
+/// runs for election if it must. Safety never rests on any of this (raft-rs's rules hold
+/// whoever ticks); liveness does, so the host wakes every replica when a peer is gone
+/// (gossip), and a follower that was not ready for the notice stays awake: when its election
+/// clock runs out its pre-vote wakes the leader, who heartbeats it back into line.
+#[derive(Debug, Default)]
+struct Hibernation {
+    quiet_ticks: u64,
+    notice_ticks: u64,
+    timeout_ticks: u64,
+    asleep: bool,
+    /// awake: consecutive ticks a leader was quiet
+    quiet: u64,
+    /// asleep: ticks since the notice went (leader) or the leader was heard (follower)
+    since: u64,
 }
 
 /// A leader's view of which voters keep up (Kafka's ISR): each tick it notes its own last
@@ -346,6 +383,12 @@ impl<T> ReplicaCore<T> {
             led_ticks: 0,
             settle_probe: None,
             in_sync: InSync { lag_ticks: options.replica_lag_ticks.max(1), ..InSync::default() },
+            hibernation: Hibernation {
+                quiet_ticks: options.quiet_ticks,
+                notice_ticks: options.asleep_notice_ticks.max(1),
+                timeout_ticks: options.asleep_timeout_ticks.max(1),
+                ..Hibernation::default()
+            },
         };
         core.redraw_election_timeout();
         Ok(core)
@@ -353,10 +396,162 @@ impl<T> ReplicaCore<T> {
 
     /// Advances the logical clock by one tick.
     pub fn tick(&mut self) {
+        self.ticks_elapsed(1);
+    }
+
+    /// `ticks` ticks of time passed: a sleeping replica counts them all; an awake one takes
+    /// one raft tick (a host ticks an awake replica every tick, and may tick a sleeping one
+    /// less often: more than one tick at once is the slow clock from before it woke).
+    pub fn ticks_elapsed(&mut self, ticks: u64) {
+        if self.hibernation.asleep {
+            self.tick_asleep(ticks.max(1));
+            return;
+        }
+        if self.installing() {
+            // no election clock until the snapshot is durable (see `installing`)
+            return;
+        }
         self.node.tick();
         self.redraw_election_timeout();
         self.balance();
         self.track_in_sync();
+        self.consider_sleep();
+    }
+
+    /// Whether a leader's snapshot is being made durable here. Until it is, this replica must
+    /// not campaign: raft-rs takes the snapshot as stable at once but its applied index only
+    /// once the host says it is durable, and a campaign in between reads the entries from that
+    /// applied index to the snapshot, which the log no longer holds (raft-rs panics; found by a
+    /// hibernation seed of the raft property test). So no election clock, and no TimeoutNow,
+    /// for the milliseconds of that write.
+    fn installing(&self) -> bool {
+        self.unpersisted.iter().any(|job| job.snapshot.is_some())
+    }
+
+    /// Whether this replica hibernates (see [`Hibernation`]): the host may tick it seldom.
+    pub fn asleep(&self) -> bool {
+        self.hibernation.asleep
+    }
+
+    /// Wakes a sleeping replica (the host does when a peer is gone, so that a follower whose
+    /// leader died runs for election and a leader whose follower died notices it).
+    pub fn wake(&mut self) {
+        let hibernation = &mut self.hibernation;
+        hibernation.asleep = false;
+        hibernation.quiet = 0;
+        hibernation.since = 0;
+    }
+
+    fn tick_asleep(&mut self, ticks: u64) {
+        let hibernation = &mut self.hibernation;
+        hibernation.since += ticks;
+        if self.node.raft.state == StateRole::Leader {
+            if hibernation.since >= hibernation.notice_ticks {
+                hibernation.since = 0;
+                self.send_hibernate();
+            }
+        } else if hibernation.since >= hibernation.timeout_ticks {
+            tracing::debug!(id = self.node.raft.id, "asleep and the leader fell silent: awake");
+            self.wake();
+        }
+    }
+
+    /// A leader that was quiet for `quiet_ticks` in a row sleeps.
+    fn consider_sleep(&mut self) {
+        if self.hibernation.quiet_ticks == 0 {
+            return;
+        }
+        if !self.quiet() {
+            self.hibernation.quiet = 0;
+            return;
+        }
+        self.hibernation.quiet += 1;
+        if self.hibernation.quiet >= self.hibernation.quiet_ticks {
+            self.hibernation.asleep = true;
+            self.hibernation.since = 0;
+            self.send_hibernate();
+        }
+    }
+
+    /// Whether this replica leads a group with nothing to do.
+    fn quiet(&self) -> bool {
+        let raft = &self.node.raft;
+        if raft.state != StateRole::Leader
+            || raft.lead_transferee.is_some()
+            || raft.has_pending_conf()
+            || !self.tickets.is_empty()
+            || !self.unpersisted.is_empty()
+            || !self.released.is_empty()
+        {
+            return false;
+        }
+        let last_index = raft.raft_log.last_index();
+        if raft.raft_log.committed != last_index || self.applied != last_index {
+            return false;
+        }
+        let conf = raft.prs().conf();
+        // a hand-over to the preferred leader is still to come
+        if self.preferred_leader.is_some_and(|preferred| preferred != raft.id && conf.voters().contains(preferred)) {
+            return false;
+        }
+        // every voter and learner holds everything, and every voter was heard from within two
+        // election timeouts (check-quorum clears `recent_active` once per election timeout)
+        let lately = 2 * raft.election_timeout() as u64;
+        let now = self.in_sync.ticks;
+        raft.prs().iter().all(|(&peer, progress)| {
+            peer == raft.id
+                || (progress.matched == last_index
+                    && (!conf.voters().contains(peer)
+                        || self.in_sync.heard.get(&peer).is_some_and(|&heard| now - heard <= lately)))
+        })
+    }
+
+    /// Tells every voter and learner this leader sleeps with everything up to its commit
+    /// index committed.
+    fn send_hibernate(&mut self) {
+        let raft = &self.node.raft;
+        let (me, term, commit) = (raft.id, raft.term, raft.raft_log.committed);
+        for (&peer, _) in raft.prs().iter().filter(|&(&peer, _)| peer != me) {
+            self.released.push(RaftMessage::own(RaftMessageKind::Hibernate, me, peer, term, commit));
+        }
+    }
+
+    /// A leader's notice: a follower that holds and applied all it names sleeps (one that
+    /// sleeps already hears that its leader is there).
+    fn hibernate_notice(&mut self, notice: &RaftMessage) {
+        let raft = &self.node.raft;
+        let from_leader = notice.term == raft.term && raft.state != StateRole::Leader && raft.leader_id == notice.from;
+        if !from_leader {
+            return;
+        }
+        if self.hibernation.asleep {
+            self.hibernation.since = 0;
+            return;
+        }
+        let commit = notice.commit;
+        let caught_up = raft.raft_log.committed == commit
+            && raft.raft_log.last_index() == commit
+            && self.applied == commit
+            && self.unpersisted.is_empty()
+            && self.released.is_empty();
+        if caught_up {
+            self.hibernation.asleep = true;
+            self.hibernation.since = 0;
+        }
+    }
+
+    /// A message wakes a sleeping replica unless it is a heartbeat (or its answer) of its term.
+    fn wake_for(&mut self, message: &RaftMessage) {
+        if !self.hibernation.asleep {
+            return;
+        }
+        let routine = matches!(message.kind, RaftMessageKind::Heartbeat | RaftMessageKind::HeartbeatResponse)
+            && message.term == self.node.raft.term;
+        if !routine {
+            self.wake();
+        } else if Some(message.from) == self.leader() {
+            self.hibernation.since = 0;
+        }
     }
 
     /// The in-sync voters (sorted) while this replica leads; empty otherwise.
@@ -380,8 +575,8 @@ impl<T> ReplicaCore<T> {
             tracker.last_indexes.clear();
             tracker.heard.clear();
         }
-        let voters: Vec<u64> = raft.prs().conf().voters().ids().iter().collect();
-        for &voter in &voters {
+        let voters = raft.prs().conf().voters();
+        for voter in voters.ids().iter() {
             let heard = voter == raft.id || raft.prs().get(voter).is_some_and(|progress| progress.recent_active);
             // a voter new to this term counts as heard now: the initial ISR is every voter
             let entry = tracker.heard.entry(voter).or_insert(now);
@@ -389,7 +584,7 @@ impl<T> ReplicaCore<T> {
                 *entry = now;
             }
         }
-        tracker.heard.retain(|voter, _| voters.contains(voter));
+        tracker.heard.retain(|&voter, _| voters.contains(voter));
         tracker.last_indexes.push_back(raft.raft_log.last_index());
         while tracker.last_indexes.len() as u64 > tracker.lag_ticks {
             tracker.last_indexes.pop_front();
@@ -401,16 +596,19 @@ impl<T> ReplicaCore<T> {
         } else {
             0
         };
-        let mut members: Vec<u64> = voters
-            .into_iter()
-            .filter(|&voter| {
-                voter == raft.id
-                    || (now - tracker.heard.get(&voter).copied().unwrap_or(now) <= tracker.lag_ticks
-                        && raft.prs().get(voter).is_some_and(|progress| progress.matched >= behind))
-            })
-            .collect();
-        members.sort_unstable();
-        tracker.members = members;
+        let in_sync = |voter: u64| {
+            voter == raft.id
+                || (now - tracker.heard.get(&voter).copied().unwrap_or(now) <= tracker.lag_ticks
+                    && raft.prs().get(voter).is_some_and(|progress| progress.matched >= behind))
+        };
+        // the set rarely changes: rebuilt (and allocated) only when it does
+        let unchanged = tracker.members.iter().all(|&member| voters.contains(member))
+            && voters.ids().iter().all(|voter| in_sync(voter) == tracker.members.binary_search(&voter).is_ok());
+        if !unchanged {
+            let mut members: Vec<u64> = voters.ids().iter().filter(|&voter| in_sync(voter)).collect();
+            members.sort_unstable();
+            tracker.members = members;
+        }
     }
 
     /// A leader that is not the preferred one hands leadership to it once it has led for
@@ -446,7 +644,16 @@ impl<T> ReplicaCore<T> {
 
     /// Takes a message from a peer.
     pub fn step(&mut self, message: &RaftMessage) -> Result<(), ReplicaError> {
-        let stepped = self.node.step(message.to_raft());
+        if message.kind == RaftMessageKind::Hibernate {
+            self.hibernate_notice(message);
+            return Ok(());
+        }
+        self.wake_for(message);
+        if message.kind == RaftMessageKind::TimeoutNow && self.installing() {
+            // the leader's hand-over fails; it tries again later
+            return Ok(());
+        }
+        let stepped = self.node.step(message.to_raft()?);
         self.redraw_election_timeout();
         match stepped {
             // a message from a peer this replica no longer knows, or stale: not an error of ours
@@ -457,6 +664,10 @@ impl<T> ReplicaCore<T> {
 
     /// Starts an election now (used to hand leadership over, and by tests).
     pub fn campaign(&mut self) -> Result<(), ReplicaError> {
+        self.wake();
+        if self.installing() {
+            return Ok(());
+        }
         self.node.campaign()?;
         self.redraw_election_timeout();
         Ok(())
@@ -484,6 +695,7 @@ impl<T> ReplicaCore<T> {
     /// voters outside the target are removed. A leader outside the target first hands
     /// leadership to a caught-up voter of it.
     pub fn reconcile(&mut self, target: &[u64]) -> Reconciled {
+        self.wake();
         if !self.is_leader() {
             return Reconciled::NotLeader;
         }
@@ -554,6 +766,7 @@ impl<T> ReplicaCore<T> {
     }
 
     fn change_membership(&mut self, kind: raft::eraftpb::ConfChangeType, node: u64) -> Result<(), Refusal> {
+        self.wake();
         if !self.is_leader() {
             return Err(Refusal::NotLeader { leader: self.leader() });
         }
@@ -577,6 +790,7 @@ impl<T> ReplicaCore<T> {
 
     /// Asks raft-rs to hand leadership to `to`.
     pub fn transfer_leader(&mut self, to: u64) {
+        self.wake();
         self.node.transfer_leader(to);
     }
 
@@ -605,6 +819,7 @@ impl<T> ReplicaCore<T> {
         if !self.is_leader() || self.node.raft.lead_transferee.is_some() {
             return Err((ticket, Refusal::NotLeader { leader: self.leader() }));
         }
+        self.wake();
         let term = self.node.raft.term;
         let base_offset = self.next_offset(term);
         let last_offset = base_offset + i64::from(header.last_offset_delta);

@@ -32,6 +32,9 @@ pub enum WireError {
     /// The legacy single conf change (we only ever propose v2).
     #[error("conf change v1 entries are not used")]
     ConfChangeV1,
+    /// One of our own messages between replicas, which raft-rs never sees.
+    #[error("{0:?} is not a raft-rs message")]
+    NotRaft(RaftMessageKind),
 }
 
 /// The message types that travel between nodes.
@@ -51,6 +54,10 @@ pub enum RaftMessageKind {
     ReadIndexResp,
     RequestPreVote,
     RequestPreVoteResponse,
+    /// ours, not raft-rs's: a leader with nothing to do tells its followers it stops
+    /// ticking (`term`, and every entry up to `commit` committed), and repeats it now and
+    /// then while it sleeps (see `ReplicaCore`'s hibernation)
+    Hibernate,
 }
 
 impl RaftMessageKind {
@@ -79,9 +86,9 @@ impl RaftMessageKind {
         })
     }
 
-    fn to_raft(self) -> MessageType {
+    fn to_raft(self) -> Result<MessageType, WireError> {
         use MessageType as M;
-        match self {
+        Ok(match self {
             Self::Append => M::MsgAppend,
             Self::AppendResponse => M::MsgAppendResponse,
             Self::RequestVote => M::MsgRequestVote,
@@ -95,7 +102,8 @@ impl RaftMessageKind {
             Self::ReadIndexResp => M::MsgReadIndexResp,
             Self::RequestPreVote => M::MsgRequestPreVote,
             Self::RequestPreVoteResponse => M::MsgRequestPreVoteResponse,
-        }
+            Self::Hibernate => return Err(WireError::NotRaft(self)),
+        })
     }
 }
 
@@ -193,10 +201,10 @@ impl RaftMessage {
         })
     }
 
-    /// The raft-rs message to step.
-    pub fn to_raft(&self) -> Message {
+    /// The raft-rs message to step (our own kinds have none).
+    pub fn to_raft(&self) -> Result<Message, WireError> {
         let mut message = Message::default();
-        message.set_msg_type(self.kind.to_raft());
+        message.set_msg_type(self.kind.to_raft()?);
         message.to = self.to;
         message.from = self.from;
         message.term = self.term;
@@ -213,7 +221,28 @@ impl RaftMessage {
         message.reject_hint = self.reject_hint;
         message.context = self.context.clone();
         message.priority = self.priority;
-        message
+        Ok(message)
+    }
+
+    /// A message of our own between two replicas of a group (no raft-rs message has it).
+    pub fn own(kind: RaftMessageKind, from: u64, to: u64, term: u64, commit: u64) -> Self {
+        Self {
+            kind,
+            to,
+            from,
+            term,
+            log_term: 0,
+            index: 0,
+            entries: Vec::new(),
+            commit,
+            commit_term: 0,
+            snapshot: None,
+            request_snapshot: 0,
+            reject: false,
+            reject_hint: 0,
+            context: Bytes::new(),
+            priority: 0,
+        }
     }
 }
 
@@ -379,7 +408,7 @@ mod tests {
         let (decoded, _): (RaftMessage, usize) =
             bincode::serde::decode_from_slice(&bytes, bincode::config::standard()).unwrap();
         assert_eq!(decoded, wire);
-        let back = decoded.to_raft();
+        let back = decoded.to_raft().expect("a raft kind");
         assert_eq!(back, message);
         let EntryPayload::ConfChange(change) = &wire.entries[1].payload else { panic!("a conf change") };
         assert_eq!(change.changes, vec![(2, 4)]);
