@@ -336,9 +336,13 @@ def test_retention_changes_at_run_time_through_both_alter_configs_apis(make_brok
     got = read_partitions(broker, topic, [0])[0]
     assert [(r.offset, r.value) for r in got] == [(o, values[o]) for o in range(low, count)]
 
-    # bad changes: a value, a key we do not take, a read-only key, an unknown topic
+    # min.insync.replicas up to a majority of the replicas (here: the one) is taken
+    incremental(ConfigEntry("min.insync.replicas", "1", incremental_operation=AlterConfigOpType.SET))
+    # bad changes: a value, a key we do not take, a read-only key, a floor above a majority of
+    # the replicas (acks=all could never be answered), an unknown topic
     for key, value in (("retention.bytes", "lots"), ("cleanup.policy", "compact"),
-                       ("tidewater.stream.kind", "bound"), ("unclean.leader.election.enable", "true")):
+                       ("tidewater.stream.kind", "bound"), ("unclean.leader.election.enable", "true"),
+                       ("min.insync.replicas", "2"), ("min.insync.replicas", "0")):
         with pytest.raises(Exception) as refused:
             incremental(ConfigEntry(key, value, incremental_operation=AlterConfigOpType.SET))
         error = refused.value.args[0]

@@ -659,6 +659,16 @@ def test_topic_configs_partitions_and_replica_assignments_change_a_replicated_st
     resource = ConfigResource(ResourceType.TOPIC, "tuned", incremental_configs=[
         ConfigEntry("retention.bytes", str(limit), incremental_operation=AlterConfigOpType.SET)])
     one.incremental_alter_configs([resource])[resource].result(timeout=20)
+    # min.insync.replicas: a majority of the three is what acks=all waits for; above it is refused
+    floor = ConfigResource(ResourceType.TOPIC, "tuned", incremental_configs=[
+        ConfigEntry("min.insync.replicas", "2", incremental_operation=AlterConfigOpType.SET)])
+    one.incremental_alter_configs([floor])[floor].result(timeout=20)
+    above = ConfigResource(ResourceType.TOPIC, "tuned", incremental_configs=[
+        ConfigEntry("min.insync.replicas", "3", incremental_operation=AlterConfigOpType.SET)])
+    with pytest.raises(Exception) as refused:
+        one.incremental_alter_configs([above])[above].result(timeout=20)
+    assert refused.value.args[0].code() == KafkaError.INVALID_CONFIG, refused.value
+    assert "min.insync.replicas" in refused.value.args[0].str()
     for broker in nodes:
         single = AdminClient({"bootstrap.servers": f"127.0.0.1:{broker.kafka_port}"})
         described = ConfigResource(ResourceType.TOPIC, "tuned")

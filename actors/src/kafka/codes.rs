@@ -22,6 +22,9 @@ pub const COORDINATOR_LOAD_IN_PROGRESS: i16 = 14;
 pub const COORDINATOR_NOT_AVAILABLE: i16 = 15;
 /// This broker is not the group's coordinator.
 pub const NOT_COORDINATOR: i16 = 16;
+/// Fewer replicas are in sync than `min.insync.replicas` (here: than a majority), so an
+/// `acks=all` produce is refused before it is appended: retriable.
+pub const NOT_ENOUGH_REPLICAS: i16 = 19;
 /// The member id is not in the group (or the group is unknown).
 pub const UNKNOWN_MEMBER_ID: i16 = 25;
 /// The topic name is invalid.

@@ -72,6 +72,10 @@ pub enum ProduceError {
     /// before it committed: retry
     #[error("leader not available: {0}")]
     LeaderNotAvailable(String),
+    /// `acks=all` while fewer than a majority of the replicas are in sync: it could not
+    /// commit; refused before it is appended (in sync, set)
+    #[error("only {0} of {1} replicas are in sync: acks=all needs a majority")]
+    NotEnoughReplicas(usize, usize),
 }
 
 /// What a Kafka produce waits for before it is answered.

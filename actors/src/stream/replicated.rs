@@ -58,6 +58,19 @@ impl ReplicaView {
         if known.is_empty() { self.replicas.clone() } else { known.clone() }
     }
 
+    /// While this node's replica leads with fewer than a majority of the replicas in sync
+    /// (Kafka's ISR, as its tracker has seen them for `kafka.replica_lag_time_max_ms`): how
+    /// many are, of how many. An `acks=all` write could not commit (the effective
+    /// `min.insync.replicas` is a majority).
+    pub fn too_few_in_sync(&self) -> Option<(usize, usize)> {
+        if !self.is_leader() {
+            return None;
+        }
+        let in_sync = self.in_sync.borrow().len();
+        let replicas = self.replicas.len();
+        (in_sync > 0 && in_sync < replicas / 2 + 1).then_some((in_sync, replicas))
+    }
+
     /// The leader and its epoch, if known.
     pub fn leader(&self) -> Option<(u64, u64)> {
         let leadership = (*self.leadership.borrow())?;
@@ -220,6 +233,14 @@ impl Actor for ReplicatedPartition {
             PartitionMsg::Flush => state.flush(),
             PartitionMsg::AppendBatch(batch, acks, reply) => {
                 state.flush();
+                if acks == Acks::All
+                    && let Some((in_sync, replicas)) = state.route.view.too_few_in_sync()
+                {
+                    // as Kafka's min.insync.replicas: a majority cannot hold it, so the
+                    // producer hears so now rather than after its timeout
+                    let _ = reply.send(Err(ProduceError::NotEnoughReplicas(in_sync, replicas)));
+                    return Ok(());
+                }
                 let ack_on = match acks {
                     Acks::All => AckOn::Commit,
                     Acks::Leader => AckOn::LeaderAppend,
@@ -298,5 +319,44 @@ fn refused(refusal: Refusal) -> ProduceError {
         | Refusal::ChangePending
         | Refusal::Unanswered
         | Refusal::Unreachable => ProduceError::LeaderNotAvailable(refusal.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ractor::call_t;
+    use tidewater_cluster::data_plane::{LinkOptions, PeerLinks};
+    use tidewater_cluster::raft::group::GroupRouter;
+    use tidewater_cluster::seams::TokioNet;
+    use tidewater_storage::{NewRecord, build_record_batch};
+
+    fn batch() -> Bytes {
+        build_record_batch(&[NewRecord { key: None, value: Some(b"v"), headers: &[], timestamp_ms: 1 }], 1)
+    }
+
+    #[tokio::test]
+    async fn acks_all_is_refused_while_fewer_than_a_majority_are_in_sync() {
+        // this node leads a partition of three replicas (its raft replica is left out: a
+        // batch that passes the check is answered NotLeader(None) by the missing replica)
+        let (_leads, leadership) = watch::channel(Some(Leadership { term: 4, leader: Some(1), is_leader: true }));
+        let (in_sync_sender, in_sync) = watch::channel(vec![1]);
+        let view = ReplicaView { replicas: vec![1, 2, 3], settled: true, leadership, raft: None, in_sync };
+        let links = PeerLinks::new(1, "c".into(), Arc::new(TokioNet), LinkOptions::default());
+        let forwarder = Forwarder::new(1, links, Arc::new(GroupRouter::default()), Duration::from_secs(1));
+        let id = PartitionId { stream: "s".into(), partition: 0 };
+        let args = ReplicatedArgs { id, view, forwarder, max_batch_bytes: 1 << 20, span: tracing::Span::none() };
+        let (partition, _) = Actor::spawn(None, ReplicatedPartition, args).await.unwrap();
+        let append = async |acks| call_t!(partition, PartitionMsg::AppendBatch, 1_000, batch(), acks).unwrap();
+        let answer = append(Acks::All).await;
+        assert!(matches!(answer, Err(ProduceError::NotEnoughReplicas(1, 3))), "{answer:?}");
+        // acks=1 does not wait for the others: it goes to the replica
+        let answer = append(Acks::Leader).await;
+        assert!(matches!(answer, Err(ProduceError::NotLeader(None))), "{answer:?}");
+        // two of three in sync are a majority
+        in_sync_sender.send_replace(vec![1, 3]);
+        let answer = append(Acks::All).await;
+        assert!(matches!(answer, Err(ProduceError::NotLeader(None))), "{answer:?}");
+        partition.stop(None);
     }
 }

@@ -66,9 +66,26 @@ pub fn set_topic_config(def: &mut StreamDef, key: &str, value: Option<&str>) -> 
         "cleanup.policy" => only(&["delete"], "streams delete by retention; compaction is not built")?,
         "compression.type" => only(&["producer"], "batches are stored as their producers compressed them")?,
         "message.timestamp.type" => only(&["CreateTime"], "records keep their producers' timestamps")?,
+        // acks=all waits for a raft majority and is refused (NOT_ENOUGH_REPLICAS) while fewer
+        // than that are in sync: any floor up to a majority holds; one above it would not
+        "min.insync.replicas" => {
+            let majority = def.replication_factor / 2 + 1;
+            match value.map(|value| value.trim().parse::<u16>()) {
+                None => {}
+                Some(Ok(floor)) if (1..=majority).contains(&floor) => {}
+                Some(Ok(floor)) if floor > majority => {
+                    return Err(invalid(format!(
+                        "{key}={floor} is not supported: acks=all waits for a raft majority of the {} replicas \
+                         ({majority}), and is refused with NOT_ENOUGH_REPLICAS while fewer are in sync",
+                        def.replication_factor
+                    )));
+                }
+                _ => return Err(invalid(format!("{key}={}: must be a positive number", value.unwrap_or_default()))),
+            }
+        }
         // accepted: they tune what a stream does by itself (segments roll by the node's log
-        // settings, acks=all waits for a raft majority, batches are bounded by kafka.max_message_bytes)
-        "min.insync.replicas" | "segment.bytes" | "segment.ms" | "max.message.bytes" => {}
+        // settings, batches are bounded by kafka.max_message_bytes)
+        "segment.bytes" | "segment.ms" | "max.message.bytes" => {}
         // what the stream is: read-only, though a client may send back what it read (kafka-python's
         // AlterConfigs resends every config set on the topic)
         "tidewater.stream.kind" | "tidewater.mqtt.filter" => {

@@ -120,6 +120,7 @@ async fn append(
                 ProduceError::Storage(_) => codes::KAFKA_STORAGE_ERROR,
                 ProduceError::NotLeader(_) => codes::NOT_LEADER_OR_FOLLOWER,
                 ProduceError::LeaderNotAvailable(_) => codes::LEADER_NOT_AVAILABLE,
+                ProduceError::NotEnoughReplicas(..) => codes::NOT_ENOUGH_REPLICAS,
             },
             error.to_string(),
         )),

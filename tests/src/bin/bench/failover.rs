@@ -15,7 +15,10 @@
 //! takes `acks=all` produces into a stream of replication factor 1, then the three nodes take
 //! the same into a stream of replication factor 3 (each partition's batches sent to its
 //! leader), and it prints the bytes persisted per second, summed over the replicas, side by
-//! side (the issue's target: RF 3 at least 80% of RF 1).
+//! side (the issue's target: RF 3 at least 80% of RF 1). Then MQTT QoS 1 publishers, spread
+//! over the nodes, publish into a bound stream of the same replication factor, and it prints
+//! the PUBACKs per second (each sent once the message is committed). It does both
+//! `--rounds` times, on fresh nodes each time and after a `sync`, and compares the medians.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -52,6 +55,9 @@ pub(crate) struct FailoverArgs {
     /// Partitions of the streams of `--replication`.
     #[arg(long, default_value_t = 6)]
     partitions: i32,
+    /// Rounds of `--replication` (each measures RF 1, then RF 3, on fresh nodes).
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
     /// Measure what this many idle partitions (replication factor 3) cost each node in CPU
     /// instead (`--seconds` of measuring).
     #[arg(long)]
@@ -66,6 +72,7 @@ struct ClusterNode {
     id: u64,
     http: SocketAddr,
     kafka: SocketAddr,
+    mqtt: SocketAddr,
     args: Vec<String>,
     dir: PathBuf,
     child: Option<Child>,
@@ -222,8 +229,9 @@ fn spawn_nodes(binary: &Path, root: &Path, count: u64) -> anyhow::Result<Vec<Clu
             dir.join("data").display().to_string(),
         ]);
         let kafka = loopback(free_port()?);
+        let mqtt = loopback(free_port()?);
         for (flag, port) in [
-            ("--mqtt-listen", free_port()?),
+            ("--mqtt-listen", mqtt.port()),
             ("--kafka-listen", kafka.port()),
             ("--rpc-listen", free_port()?),
             ("--gossip-listen", gossip),
@@ -234,7 +242,7 @@ fn spawn_nodes(binary: &Path, root: &Path, count: u64) -> anyhow::Result<Vec<Clu
         if id != 1 {
             node_args.extend(["--seeds".into(), loopback(seed_port).to_string()]);
         }
-        let mut node = ClusterNode { id, http, kafka, args: node_args, dir, child: None };
+        let mut node = ClusterNode { id, http, kafka, mqtt, args: node_args, dir, child: None };
         node.start(binary)?;
         nodes.push(node);
     }
@@ -303,18 +311,7 @@ async fn partition_failover(
     let everyone: Vec<&ClusterNode> = nodes.iter().collect();
     let (controller, _) = wait_agreed(&everyone, controller_term - 1, Duration::from_secs(30)).await?;
     let at = nodes.iter().find(|node| node.id == controller).context("the controller is one of ours")?;
-    let started = Instant::now();
-    loop {
-        let created = async {
-            let mut conn = KafkaConn::connect(at.kafka).await.ok()?;
-            conn.create_topics(STREAM, 1).await.ok()
-        };
-        match tokio::time::timeout(Duration::from_secs(15), created).await.ok().flatten() {
-            Some(0) => break,
-            code => anyhow::ensure!(started.elapsed() < Duration::from_secs(30), "cannot create the stream: {code:?}"),
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    create_topic_retrying(at, STREAM, 1).await?;
     let mut table = Table::new(&["kill", "old leader", "new leader", "next acked write ms", "election window ms"]);
     let mut times = Vec::new();
     for kill in 1..=args.kills {
@@ -434,64 +431,156 @@ async fn idle_cost(
 }
 
 /// `--replication`: bytes persisted per second at replication factor 1 (one node alone) and 3
-/// (three nodes), under the same `acks=all` produce load.
+/// (three nodes), under the same `acks=all` produce load, then MQTT QoS 1 acknowledged per
+/// second into a bound stream of the same factor; `--rounds` times, each on fresh nodes.
 async fn replication_cost(args: &FailoverArgs, binary: &Path, root: &Path, threads: usize) -> anyhow::Result<()> {
-    let mut table = Table::new(&["replication", "nodes", "acked MB/s", "persisted MB/s (all replicas)", "of RF 1"]);
+    let mut table = Table::new(&[
+        "round",
+        "replication",
+        "nodes",
+        "acked MB/s",
+        "persisted MB/s (all replicas)",
+        "of RF 1",
+        "MQTT QoS 1 acked msg/s",
+    ]);
     let mut results = Vec::new();
-    for (factor, count) in [(1u64, 1u64), (3, 3)] {
-        let root = root.join(format!("rf{factor}"));
-        let nodes = spawn_nodes(binary, &root, count)?;
-        let everyone: Vec<&ClusterNode> = nodes.iter().collect();
-        let at = if count > 1 {
-            let (controller, _) = wait_agreed(&everyone, 0, Duration::from_secs(30)).await?;
-            nodes.iter().find(|node| node.id == controller).context("the controller is one of ours")?
-        } else {
-            wait_http(&nodes[0], Duration::from_secs(30)).await?;
-            &nodes[0]
-        };
-        let stream = format!("rf{factor}");
-        let started = Instant::now();
-        loop {
-            let created = async {
-                let mut conn = KafkaConn::connect(at.kafka).await.ok()?;
-                conn.create_topics(&stream, args.partitions).await.ok()
+    // per factor: (persisted MB/s, MQTT msg/s) of each round
+    let mut rates: [Vec<(f64, f64)>; 2] = [Vec::new(), Vec::new()];
+    for round in 1..=args.rounds.max(1) {
+        for (slot, (factor, count)) in [(1u64, 1u64), (3, 3)].into_iter().enumerate() {
+            // what earlier rounds wrote is on the disk before this one starts
+            let _ = std::process::Command::new("sync").status();
+            let root = root.join(format!("round{round}-rf{factor}"));
+            let nodes = spawn_nodes(binary, &root, count)?;
+            let at = ready_node(&nodes).await?;
+            let stream = format!("rf{factor}");
+            create_topic_retrying(at, &stream, args.partitions).await?;
+            let leaders = partition_leaders(&nodes, &stream, args.partitions, Duration::from_secs(60)).await?;
+            let acked = produce_for(&stream, &leaders, Duration::from_secs_f64(args.seconds)).await?;
+            let persisted: u64 = nodes.iter().map(|node| stream_disk_bytes(node, &stream)).sum();
+            let (acked_rate, persisted_rate) =
+                (acked as f64 / args.seconds / 1e6, persisted as f64 / args.seconds / 1e6);
+            let mqtt_rate = mqtt_qos1_rate(&nodes, at, factor, args).await?;
+            // against this round's RF 1 (measured just before)
+            let of_rf1 = match slot {
+                0 => 100.0,
+                _ => rates[0].last().map_or(100.0, |&(rf1, _)| persisted_rate / rf1 * 100.0),
             };
-            match tokio::time::timeout(Duration::from_secs(15), created).await.ok().flatten() {
-                Some(0) => break,
-                code => {
-                    anyhow::ensure!(started.elapsed() < Duration::from_secs(30), "cannot create {stream}: {code:?}")
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            rates[slot].push((persisted_rate, mqtt_rate));
+            results.push(json!({"round": round, "replication_factor": factor, "acked_bytes": acked,
+                "persisted_bytes": persisted, "seconds": args.seconds, "mqtt_qos1_acked_per_second": mqtt_rate}));
+            table.row(vec![
+                round.to_string(),
+                factor.to_string(),
+                count.to_string(),
+                format!("{acked_rate:.1}"),
+                format!("{persisted_rate:.1}"),
+                format!("{of_rf1:.0}%"),
+                format!("{mqtt_rate:.0}"),
+            ]);
+            eprintln!(
+                "round {round}, replication factor {factor}: {acked_rate:.1} MB/s acknowledged, \
+                 {persisted_rate:.1} MB/s persisted, MQTT QoS 1 {mqtt_rate:.0} msg/s"
+            );
+            drop(nodes);
         }
-        let leaders = partition_leaders(&nodes, &stream, args.partitions, Duration::from_secs(60)).await?;
-        let acked = produce_for(&stream, &leaders, Duration::from_secs_f64(args.seconds)).await?;
-        let persisted: u64 = nodes.iter().map(|node| stream_disk_bytes(node, &stream)).sum();
-        let (acked_rate, persisted_rate) = (acked as f64 / args.seconds / 1e6, persisted as f64 / args.seconds / 1e6);
-        results.push(json!({"replication_factor": factor, "acked_bytes": acked, "persisted_bytes": persisted,
-            "seconds": args.seconds}));
-        let of_rf1 = results
-            .first()
-            .and_then(|first| first["persisted_bytes"].as_f64())
-            .map_or(100.0, |rf1| persisted as f64 / rf1 * 100.0);
+    }
+    let median = |values: Vec<f64>| median_and_max(&values).0;
+    let persisted: Vec<f64> = rates.iter().map(|runs| median(runs.iter().map(|run| run.0).collect())).collect();
+    let mqtt: Vec<f64> = rates.iter().map(|runs| median(runs.iter().map(|run| run.1).collect())).collect();
+    for (slot, factor) in [(0, 1), (1, 3)] {
         table.row(vec![
+            "median".into(),
             factor.to_string(),
-            count.to_string(),
-            format!("{acked_rate:.1}"),
-            format!("{persisted_rate:.1}"),
-            format!("{of_rf1:.0}%"),
+            String::new(),
+            String::new(),
+            format!("{:.1}", persisted[slot]),
+            format!("{:.0}%", persisted[slot] / persisted[0] * 100.0),
+            format!("{:.0}", mqtt[slot]),
         ]);
-        eprintln!("replication factor {factor}: {acked_rate:.1} MB/s acknowledged, {persisted_rate:.1} MB/s persisted");
-        drop(nodes);
     }
     report::finish(
         "failover --replication",
         threads,
-        json!({"partitions": args.partitions, "seconds": args.seconds, "acks": "all", "batch": "256 x 1 KiB"}),
+        json!({"partitions": args.partitions, "seconds": args.seconds, "rounds": args.rounds, "acks": "all",
+            "batch": "256 x 1 KiB", "mqtt": "one QoS 1 publisher per partition, 256 B, 64 in flight"}),
         &table,
-        json!({"runs": results}),
+        json!({"runs": results, "median_persisted_mb_per_second": persisted, "median_mqtt_qos1_per_second": mqtt}),
     );
     Ok(())
+}
+
+/// The node to create streams through: the controller's leader of a cluster, or the node alone.
+async fn ready_node(nodes: &[ClusterNode]) -> anyhow::Result<&ClusterNode> {
+    if nodes.len() == 1 {
+        wait_http(&nodes[0], Duration::from_secs(30)).await?;
+        return Ok(&nodes[0]);
+    }
+    let everyone: Vec<&ClusterNode> = nodes.iter().collect();
+    let (controller, _) = wait_agreed(&everyone, 0, Duration::from_secs(30)).await?;
+    nodes.iter().find(|node| node.id == controller).context("the controller is one of ours")
+}
+
+/// Creates a free stream through CreateTopics, retrying while the cluster forms.
+async fn create_topic_retrying(at: &ClusterNode, stream: &str, partitions: i32) -> anyhow::Result<()> {
+    let started = Instant::now();
+    loop {
+        let created = async {
+            let mut conn = KafkaConn::connect(at.kafka).await.ok()?;
+            conn.create_topics(stream, partitions).await.ok()
+        };
+        match tokio::time::timeout(Duration::from_secs(15), created).await.ok().flatten() {
+            Some(0) => return Ok(()),
+            code => anyhow::ensure!(started.elapsed() < Duration::from_secs(30), "cannot create {stream}: {code:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// MQTT QoS 1 into a bound stream of replication factor `factor`: one publisher per partition,
+/// spread over the nodes (a publish reaches its partition's leader from any node), for half of
+/// `--seconds`; PUBACKs per second.
+async fn mqtt_qos1_rate(
+    nodes: &[ClusterNode],
+    at: &ClusterNode,
+    factor: u64,
+    args: &FailoverArgs,
+) -> anyhow::Result<f64> {
+    use crate::mqtt_load::{self, PublisherPlan, Shared};
+    let stream = format!("mqtt-rf{factor}");
+    let filter = format!("rf{factor}/#");
+    let def = json!({"name": stream, "kind": "bound", "filter": filter, "partitions": args.partitions,
+        "replication_factor": factor});
+    let (status, body) = http_request(at.http, "POST", "/api/v1/streams", Some(&def.to_string())).await?;
+    anyhow::ensure!(status == 200 || status == 201, "creating {stream} failed: {status} {body}");
+    partition_leaders(nodes, &stream, args.partitions, Duration::from_secs(60)).await?;
+    let publishers = args.partitions.max(1) as usize;
+    let shared = Shared::new(publishers, 0);
+    let seconds = (args.seconds / 2.0).max(1.0);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(seconds);
+    let mut tasks = Vec::new();
+    for publisher in 0..publishers {
+        let node = &nodes[publisher % nodes.len()];
+        let connection = mqtt_load::connect(node.mqtt, None, &format!("rf{factor}-{publisher}"), 60).await?;
+        let plan = PublisherPlan {
+            id: publisher as u32,
+            topic: format!("rf{factor}/{publisher}"),
+            qos: 1,
+            payload: 256,
+            inflight: 64,
+            window: 0,
+            audience: Vec::new(),
+            rate: 0.0,
+            count: 0,
+            deadline,
+        };
+        tasks.push(tokio::spawn(mqtt_load::publisher(connection, plan, shared.clone(), Duration::from_secs(5))));
+    }
+    let mut acked = 0;
+    for task in tasks {
+        acked += task.await??.acked;
+    }
+    Ok(acked as f64 / seconds)
 }
 
 /// Waits until a node alone answers HTTP.
