@@ -653,7 +653,17 @@ impl<T> ReplicaCore<T> {
             // the leader's hand-over fails; it tries again later
             return Ok(());
         }
-        let stepped = self.node.step(message.to_raft()?);
+        let mut raft_message = message.to_raft()?;
+        if message.kind == RaftMessageKind::Heartbeat {
+            // a leader's heartbeat carries min(what it believes this follower holds, its
+            // commit). A follower that lost entries it had acknowledged (a power loss under
+            // `storage.fsync = "interval:…"`) holds less than that, and raft-rs would panic
+            // committing past its log; committed up to what it holds, it answers, the leader's
+            // next append is refused at the gap, and the leader sends the entries again. What
+            // it kept is a prefix of the leader's log: a truncation is always synced.
+            raft_message.commit = raft_message.commit.min(self.node.raft.raft_log.last_index());
+        }
+        let stepped = self.node.step(raft_message);
         self.redraw_election_timeout();
         match stepped {
             // a message from a peer this replica no longer knows, or stale: not an error of ours

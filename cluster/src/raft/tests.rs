@@ -1167,3 +1167,46 @@ fn hibernation_regression_seeds() {
     let (violations, _) = run(seed, 3, 3_000);
     assert!(violations.is_empty(), "seed {seed}: {violations:?}");
 }
+
+impl Cluster {
+    /// Every replica on the journal over a store that syncs only when told (`storage.fsync =
+    /// "interval:…"`): a power loss takes the batches written since the last sync.
+    fn with_interval_fsync(seed: u64) -> Self {
+        let mut cluster = Cluster::with_disks(seed, 3, true);
+        cluster.append_faults = 0;
+        let voters = cluster.voters.clone();
+        for replica in cluster.replicas.values_mut() {
+            let policy = tidewater_storage::FsyncPolicy::Interval(std::time::Duration::from_millis(100));
+            let (disk, log, applied) = Disk::open(Arc::new(MemoryStore::with_fsync(policy)), &voters);
+            replica.disk = disk;
+            replica.core = Some(ReplicaCore::new(&replica.options, log, applied).expect("replica starts"));
+        }
+        cluster
+    }
+}
+
+#[test]
+fn a_follower_that_lost_acknowledged_batches_to_a_power_loss_takes_them_back_from_the_leader() {
+    for seed in 0..8 {
+        let mut cluster = Cluster::with_interval_fsync(seed);
+        cluster.settle(500).expect("a leader");
+        let leader = cluster.leader().expect("a leader");
+        let follower = cluster.ids().into_iter().find(|&id| id != leader).unwrap();
+        for _ in 0..20 {
+            assert!(cluster.propose(leader, AckOn::Commit));
+            cluster.deliver_and_persist();
+        }
+        let before = cluster.replicas[&follower].core.as_ref().unwrap().log().last_index();
+        // the follower's machine loses power: what it wrote since its last sync is gone, though
+        // it told the leader it held it (the leader's view of it is now ahead of its log)
+        cluster.crash(follower);
+        cluster.restart(follower);
+        let after = cluster.replicas[&follower].core.as_ref().unwrap().log().last_index();
+        assert!(after < before, "seed {seed}: the power loss took entries ({before} -> {after})");
+        cluster.settle(1_000).expect("settles");
+        cluster.check_acknowledged();
+        assert!(cluster.violations.is_empty(), "seed {seed}: {:?}", cluster.violations);
+        let leader_hw = cluster.replicas[&leader].high_watermark;
+        assert_eq!(cluster.replicas[&follower].core.as_ref().unwrap().high_watermark(), leader_hw);
+    }
+}
