@@ -301,3 +301,38 @@ def test_retain_unavailable_rejects_retained_publish(make_broker):
         client.publish("lim/ret", b"x", qos=1, retain=True)
         packets = client.wait_closed()
         assert [(p.type, p.reason_code) for p in packets] == [(rawmqtt.DISCONNECT, 0x9A)]
+
+
+def _send_recording(sock, data, failures):
+    try:
+        sock.sendall(data)
+    except OSError as error:
+        failures.append(error)
+
+
+@pytest.mark.tidewater_only
+def test_a_client_over_receive_maximum_reads_the_disconnect_though_it_keeps_writing(make_broker):
+    """Past the server's Receive Maximum the broker sends DISCONNECT 0x93 and closes
+    (MQTT-3.3.4-9). A client still writing publishes then must hear that reason, not a broken
+    pipe: the broker half-closes and drains what the client sends for a moment before it closes."""
+    import threading
+    broker = make_broker(config={"mqtt": {"max_inflight": 5}})
+    with raw(broker, 5) as client:
+        assert client.connect(unique("over")).props.get("receive_maximum") == 5
+        topic = unique("rm/q2")
+        # six QoS 2 publishes without PUBREL (one over the limit), and a client that goes on
+        # writing without waiting for its PUBRECs: 20 MB more behind them
+        over = b"".join(rawmqtt.publish_packet(topic, b"x", qos=2, packet_id=i) for i in range(1, 7))
+        flood = b"".join(rawmqtt.publish_packet(topic, b"y" * 2000, qos=2, packet_id=i) for i in range(7, 10007))
+        failures = []
+        sender = threading.Thread(target=_send_recording, args=(client.sock, over + flood, failures))
+        sender.start()
+        try:
+            packets = client.wait_closed(timeout=10)
+        finally:
+            sender.join(10)
+    assert [p.packet_id for p in packets if p.type == rawmqtt.PUBREC] == [1, 2, 3, 4, 5]
+    disconnects = [p for p in packets if p.type == rawmqtt.DISCONNECT]
+    assert [p.reason_code for p in disconnects] == [0x93], packets
+    # its writes never failed: the broker read (and dropped) them until the client was done
+    assert failures == [], failures

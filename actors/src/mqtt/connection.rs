@@ -42,6 +42,11 @@ const CONNECT_RESERVE: usize = 256;
 const IDLE_TRIM: Duration = Duration::from_secs(2);
 /// How long a connection waits for its session to close it after DISCONNECT or a bad packet.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
+/// After the node closes a connection (its write side shut, a DISCONNECT with a reason
+/// written), what the client still sends is read and dropped for this long, or this many
+/// bytes, or until the client closes too.
+const CLOSE_DRAIN: Duration = Duration::from_secs(2);
+const CLOSE_DRAIN_BYTES: usize = 64 << 20;
 
 /// Accepts MQTT connections until `shutdown` turns true.
 pub async fn run_listener(ctx: NodeContext, listener: Box<dyn Listener>, shutdown: watch::Receiver<bool>) {
@@ -381,6 +386,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ConnectionIo<R, W> {
             }
             if self.wbuf.is_empty() && closing {
                 let _ = tokio::time::timeout(Duration::from_secs(1), self.writer.shutdown()).await;
+                self.drain_after_close().await;
                 return;
             }
             let deadline = self.next_deadline(&times);
@@ -444,6 +450,24 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ConnectionIo<R, W> {
                 }
             }
         }
+    }
+
+    /// Reads and drops what the client still sends after the node closed its side. A socket
+    /// closed with unread bytes makes the kernel answer the client's next write with a reset,
+    /// and a client still writing (publishes, PUBRELs) then sees a broken pipe rather than
+    /// the DISCONNECT and its reason that wait in its receive buffer.
+    async fn drain_after_close(&mut self) {
+        let mut scratch = vec![0u8; 16 * 1024];
+        let mut drained = 0usize;
+        let drain = async {
+            while drained < CLOSE_DRAIN_BYTES {
+                match self.reader.read(&mut scratch).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => drained += n,
+                }
+            }
+        };
+        let _ = tokio::time::timeout(CLOSE_DRAIN, drain).await;
     }
 
     /// Hands decoded packets to the session while it has credit; true when out of credit
