@@ -99,6 +99,8 @@ pub struct KafkaSettings {
     pub max_message_bytes: usize,
     /// How long a follower may lag before it leaves the ISR (ms).
     pub replica_lag_time_max_ms: u64,
+    /// A client connection with no request for this long is closed (ms).
+    pub connections_max_idle_ms: u64,
     /// Delay before the first rebalance of an empty group (ms).
     pub group_initial_rebalance_delay_ms: u64,
     /// Smallest and largest session timeout a consumer may ask for (ms).
@@ -120,6 +122,7 @@ impl Default for KafkaSettings {
             default_replication_factor: 3,
             max_message_bytes: 1024 * 1024,
             replica_lag_time_max_ms: 10_000,
+            connections_max_idle_ms: 600_000,
             group_initial_rebalance_delay_ms: 0,
             group_session_timeout_ms: (6_000, 1_800_000),
             offsets_retention_ms: 7 * 24 * 3_600_000,

@@ -78,6 +78,9 @@ pub struct KafkaConfig {
     /// A follower leaves a partition's in-sync replicas (the ISR Metadata lists) when it has
     /// not kept up for this long (ms), as replica.lag.time.max.ms.
     pub replica_lag_time_max_ms: u64,
+    /// A client connection with no request for this long is closed (ms), as
+    /// connections.max.idle.ms.
+    pub connections_max_idle_ms: u64,
     /// How often retention runs (ms).
     pub retention_check_ms: u64,
     /// Delay before the first rebalance of an empty group (ms), as group.initial.rebalance.delay.ms.
@@ -100,6 +103,7 @@ impl Default for KafkaConfig {
             default_replication_factor: 3,
             max_message_bytes: 1024 * 1024,
             replica_lag_time_max_ms: 10_000,
+            connections_max_idle_ms: 600_000,
             retention_check_ms: 30_000,
             group_initial_rebalance_delay_ms: 0,
             group_min_session_timeout_ms: 6_000,
@@ -381,6 +385,9 @@ impl Config {
         if !(100..=3_600_000).contains(&self.kafka.replica_lag_time_max_ms) {
             return Err(invalid("kafka.replica_lag_time_max_ms", "must be between 100 and 3600000"));
         }
+        if !(100..=i64::MAX as u64).contains(&self.kafka.connections_max_idle_ms) {
+            return Err(invalid("kafka.connections_max_idle_ms", "must be at least 100"));
+        }
         if self.kafka.retention_check_ms == 0 {
             return Err(invalid("kafka.retention_check_ms", "must be at least 1"));
         }
@@ -468,6 +475,7 @@ impl Config {
             default_replication_factor: self.kafka.default_replication_factor,
             max_message_bytes: self.kafka.max_message_bytes,
             replica_lag_time_max_ms: self.kafka.replica_lag_time_max_ms,
+            connections_max_idle_ms: self.kafka.connections_max_idle_ms,
             group_initial_rebalance_delay_ms: self.kafka.group_initial_rebalance_delay_ms,
             group_session_timeout_ms: (
                 self.kafka.group_min_session_timeout_ms as i32,
@@ -537,6 +545,8 @@ mod tests {
         assert!(error.contains("kafka.default_replication_factor"), "{error}");
         let error = load_toml("[kafka]\nreplica_lag_time_max_ms = 5\n").unwrap_err().to_string();
         assert!(error.contains("kafka.replica_lag_time_max_ms"), "{error}");
+        let error = load_toml("[kafka]\nconnections_max_idle_ms = 0\n").unwrap_err().to_string();
+        assert!(error.contains("kafka.connections_max_idle_ms"), "{error}");
         let error = load_toml("[kafka]\noffsets_retention_ms = 10\n").unwrap_err().to_string();
         assert!(error.contains("kafka.offsets_retention_ms"), "{error}");
     }

@@ -203,3 +203,17 @@ def test_offset_for_leader_epoch_on_a_single_node(make_broker):
         assert raw.offset_for_leader_epoch(topic, 0, 0, current_leader_epoch=4)[0] == UNKNOWN_LEADER_EPOCH
         assert raw.offset_for_leader_epoch(topic, 1, 0)[0] == UNKNOWN_TOPIC_OR_PARTITION
         assert raw.offset_for_leader_epoch(unique("nope"), 0, 0)[0] == UNKNOWN_TOPIC_OR_PARTITION
+
+
+def test_an_idle_connection_is_closed_after_connections_max_idle_ms(make_broker):
+    """kafka.connections_max_idle_ms (Kafka's connections.max.idle.ms): a connection that sends
+    no request for that long is closed; one that keeps asking stays open."""
+    broker = kafka_broker(make_broker, kafka={"connections_max_idle_ms": 1000})
+    with RawKafka(broker) as idle, RawKafka(broker) as busy:
+        assert 18 in idle.api_versions() and 18 in busy.api_versions()
+        started = time.monotonic()
+        while time.monotonic() - started < 2.5:
+            time.sleep(0.3)
+            assert 18 in busy.api_versions(), "a connection in use stays open"
+        idle.sock.settimeout(5)
+        assert idle.sock.recv(1) == b"", "the idle connection was closed"

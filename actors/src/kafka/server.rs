@@ -146,15 +146,21 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let (mut reader, writer) = tokio::io::split(connection);
+    let max_idle = Duration::from_millis(ctx.kafka.connections_max_idle_ms);
     let state = KafkaConnectionState { ctx, writer, chunks: Vec::new(), peer };
     let Ok((actor, mut handle)) = Actor::spawn(None, KafkaConnection, state).await else { return };
     let mut stopped = false;
     let permits = Arc::new(Semaphore::new(READ_AHEAD));
     let mut buf = BytesMut::with_capacity(64 * 1024);
+    let mut last_request = tokio::time::Instant::now();
+    // fires at most once an idle period: then it looks at when the last request came
+    let idle = tokio::time::sleep(max_idle);
+    tokio::pin!(idle);
     'read: loop {
         loop {
             match wire::read_frame(&mut buf, MAX_FRAME) {
                 Ok(Some(frame)) => {
+                    last_request = tokio::time::Instant::now();
                     let Ok(permit) = Arc::clone(&permits).acquire_owned().await else { break 'read };
                     if actor.cast(KafkaConnectionMsg::Frame(frame, permit)).is_err() {
                         break 'read;
@@ -178,6 +184,16 @@ pub async fn serve(
             read = reader.read_buf(&mut buf) => match read {
                 Ok(0) | Err(_) => break,
                 Ok(_) => {}
+            },
+            // connections.max.idle.ms: no request for that long, and none being answered
+            _ = &mut idle => {
+                let now = tokio::time::Instant::now();
+                if now >= last_request + max_idle && permits.available_permits() == READ_AHEAD {
+                    tracing::debug!(%peer, idle_ms = max_idle.as_millis() as u64, "idle kafka connection closed");
+                    break;
+                }
+                let answering = permits.available_permits() != READ_AHEAD;
+                idle.as_mut().reset(if answering { now + max_idle } else { last_request + max_idle });
             }
         }
     }
