@@ -40,6 +40,10 @@ pub struct MqttSettings {
     pub retain_available: bool,
     /// How long a new connection has to send CONNECT (ms).
     pub connect_timeout_ms: u64,
+    /// Longest client identifier accepted (bytes): a longer one is refused with CONNACK 0x85
+    /// (3.1.1: 0x02), as EMQX's `max_clientid_len`; a persistent session keeps its id in
+    /// every key it stores.
+    pub max_client_id_len: usize,
     /// Test-only, never read from configuration: acknowledge PUBLISH before what it promises
     /// is durable, so that the simulation can show its checker catches a lost acknowledgement.
     #[serde(skip)]
@@ -59,6 +63,7 @@ impl Default for MqttSettings {
             max_session_expiry: u32::MAX,
             retain_available: true,
             connect_timeout_ms: 10_000,
+            max_client_id_len: 1024,
             test_ack_before_durable: false,
         }
     }

@@ -338,6 +338,9 @@ impl Config {
         if !(64..=268_435_455).contains(&mqtt.max_packet_size) {
             return Err(invalid("mqtt.max_packet_size", "must be between 64 and 268435455"));
         }
+        if !(1..=65_535).contains(&mqtt.max_client_id_len) {
+            return Err(invalid("mqtt.max_client_id_len", "must be between 1 and 65535"));
+        }
         if mqtt.max_inflight == 0 {
             return Err(invalid("mqtt.max_inflight", "must be at least 1"));
         }
@@ -529,6 +532,8 @@ mod tests {
     fn invalid_value_is_named() {
         let error = load_toml("[mqtt]\nmax_inflight = 0\n").unwrap_err().to_string();
         assert!(error.contains("mqtt.max_inflight"), "{error}");
+        let error = load_toml("[mqtt]\nmax_client_id_len = 0\n").unwrap_err().to_string();
+        assert!(error.contains("mqtt.max_client_id_len"), "{error}");
         let error = load_toml("[storage]\nfsync = \"sometimes\"\n").unwrap_err().to_string();
         assert!(error.contains("storage.fsync"), "{error}");
         let error = load_toml("[storage]\nsegment_bytes = 100\n").unwrap_err().to_string();

@@ -336,3 +336,17 @@ def test_a_client_over_receive_maximum_reads_the_disconnect_though_it_keeps_writ
     assert [p.reason_code for p in disconnects] == [0x93], packets
     # its writes never failed: the broker read (and dropped) them until the client was done
     assert failures == [], failures
+
+
+@pytest.mark.tidewater_only
+@pytest.mark.parametrize("version", [4, 5])
+def test_a_client_id_longer_than_max_client_id_len_is_refused(make_broker, version):
+    """mqtt.max_client_id_len: an id up to the limit connects; a longer one gets CONNACK 0x85
+    (3.1.1: 0x02, identifier rejected) and no session."""
+    broker = make_broker(config={"mqtt": {"max_client_id_len": 64}})
+    refused = 0x85 if version == 5 else 0x02
+    with raw(broker, version) as client:
+        assert client.connect("a" * 64, clean=False).reason_code == 0
+    with raw(broker, version) as client:
+        assert client.connect("b" * 65, clean=False).reason_code == refused
+        client.wait_closed(timeout=5)

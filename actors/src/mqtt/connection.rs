@@ -208,7 +208,7 @@ fn check_connect(
     let v5 = version == ProtocolVersion::V5;
     let mut client_id = connect.client_id.clone();
     let mut assigned = None;
-    if client_id.contains('\0') {
+    if client_id.contains('\0') || client_id.len() > settings.max_client_id_len {
         return Err(ConnectReturnCode::ClientIdentifierNotValid);
     }
     if client_id.is_empty() {
