@@ -184,10 +184,9 @@ pub struct RaftReplicaState {
     journal: Arc<RaftJournal>,
     /// jobs handed to the journal, in order, and whether each is done
     jobs: VecDeque<(u64, bool)>,
-    /// the replica's own timer, while it is awake
+    /// the replica's own timer, while it is awake (`None` while it ticks on the node's
+    /// sleep clock)
     ticker: Option<tokio::task::JoinHandle<()>>,
-    /// whether it ticks on the node's sleep clock
-    ticking_asleep: bool,
     /// the idempotent producers, while this replica leads and has applied an entry of its
     /// own term (before that its log may still hold a retry it cannot see as one)
     producers: Option<ProducerTable>,
@@ -220,7 +219,6 @@ impl Actor for RaftReplica {
             journal: Arc::new(journal),
             jobs: VecDeque::new(),
             ticker,
-            ticking_asleep: false,
             producers: None,
             duplicates: Vec::new(),
             snapshots_installed: 0,
@@ -434,16 +432,13 @@ impl RaftReplicaState {
     /// awake, on the node's [`SleepClock`] while asleep.
     fn pace(&mut self, myself: &ActorRef<RaftReplicaMsg>) {
         let asleep = self.core.asleep();
-        if asleep == self.ticking_asleep {
+        if asleep == self.ticker.is_none() {
             return;
         }
-        self.ticking_asleep = asleep;
-        if asleep {
+        if let Some(ticker) = self.ticker.take() {
+            ticker.abort();
             self.sleeps += 1;
             metrics::counter!("tidewater_raft_hibernations_total").increment(1);
-            if let Some(ticker) = self.ticker.take() {
-                ticker.abort();
-            }
             self.args.clock.join(myself, self.args.tick * ASLEEP_TICKS as u32);
         } else {
             self.args.clock.leave(myself);

@@ -328,6 +328,13 @@ struct Hibernation {
     since: u64,
 }
 
+impl Hibernation {
+    fn fall_asleep(&mut self) {
+        self.asleep = true;
+        self.since = 0;
+    }
+}
+
 /// A leader's view of which voters keep up (Kafka's ISR): each tick it notes its own last
 /// index and which followers raft-rs heard from; a follower is in sync while it was heard
 /// from within `lag_ticks` and matches the last index the leader had `lag_ticks` ago. A new
@@ -467,8 +474,7 @@ impl<T> ReplicaCore<T> {
         }
         self.hibernation.quiet += 1;
         if self.hibernation.quiet >= self.hibernation.quiet_ticks {
-            self.hibernation.asleep = true;
-            self.hibernation.since = 0;
+            self.hibernation.fall_asleep();
             self.send_hibernate();
         }
     }
@@ -535,8 +541,7 @@ impl<T> ReplicaCore<T> {
             && self.unpersisted.is_empty()
             && self.released.is_empty();
         if caught_up {
-            self.hibernation.asleep = true;
-            self.hibernation.since = 0;
+            self.hibernation.fall_asleep();
         }
     }
 
