@@ -160,6 +160,8 @@ pub struct NodeInner {
     pub rng: NodeRng,
     /// Subscriptions and retained messages.
     pub router: Router,
+    /// Which nodes of the cluster subscribe to what; messages forwarded between them.
+    pub routes: Arc<crate::mqtt::cluster_routes::ClusterRoutes>,
     /// Sessions by client id.
     pub sessions: SessionRegistry,
     /// Streams and their partitions.
@@ -222,29 +224,38 @@ impl NodeContext {
     /// Builds a node's context from its seams and settings.
     pub fn new(parts: NodeParts) -> Self {
         let mqtt_counters = crate::metrics::MqttCounters::register(parts.node_id);
-        let router = Router::new(Arc::clone(&parts.state_store), &mqtt_counters);
         let streams = StreamRegistry::new(Arc::clone(&parts.state_store), Arc::clone(&parts.log_store));
         // (captured by NodeContext::new's caller, Node::start, inside the node's span)
-        Self(Arc::new(NodeInner {
-            node_id: parts.node_id,
-            mqtt: parts.mqtt,
-            kafka: parts.kafka,
-            authorizer: parts.authorizer,
-            producer_ids: ProducerIds::new(Arc::clone(&parts.state_store), parts.node_id),
-            state_store: parts.state_store,
-            log_store: parts.log_store,
-            net: parts.net,
-            clock: parts.clock,
-            rng: parts.rng,
-            router,
-            sessions: SessionRegistry::default(),
-            streams,
-            groups: GroupRegistry::default(),
-            connections: AtomicUsize::new(0),
-            mqtt_counters,
-            span: tracing::Span::current(),
-            cluster: std::sync::OnceLock::new(),
+        Self(Arc::new_cyclic(|inner| {
+            let routes = Arc::new(crate::mqtt::cluster_routes::ClusterRoutes::new(parts.node_id, inner.clone()));
+            let router = Router::new(Arc::clone(&parts.state_store), &mqtt_counters, Arc::clone(&routes));
+            NodeInner {
+                node_id: parts.node_id,
+                mqtt: parts.mqtt,
+                kafka: parts.kafka,
+                authorizer: parts.authorizer,
+                producer_ids: ProducerIds::new(Arc::clone(&parts.state_store), parts.node_id),
+                state_store: parts.state_store,
+                log_store: parts.log_store,
+                net: parts.net,
+                clock: parts.clock,
+                rng: parts.rng,
+                router,
+                routes,
+                sessions: SessionRegistry::default(),
+                streams,
+                groups: GroupRegistry::default(),
+                connections: AtomicUsize::new(0),
+                mqtt_counters,
+                span: tracing::Span::current(),
+                cluster: std::sync::OnceLock::new(),
+            }
         }))
+    }
+
+    /// The context of `inner` (from a weak reference held where a strong one would be a cycle).
+    pub fn from_inner(inner: Arc<NodeInner>) -> Self {
+        Self(inner)
     }
 
     /// Milliseconds since the epoch, from the clock seam.

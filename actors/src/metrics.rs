@@ -19,6 +19,8 @@ pub const MQTT_MESSAGES_SENT: &str = "tidewater_mqtt_messages_sent_total";
 pub const MQTT_BYTES_RECEIVED: &str = "tidewater_mqtt_bytes_received_total";
 /// Bytes written to MQTT connections (counter).
 pub const MQTT_BYTES_SENT: &str = "tidewater_mqtt_bytes_sent_total";
+/// Messages forwarded to (`out`) and from (`in`) other nodes of the cluster.
+pub const MQTT_FORWARDED: &str = "tidewater_mqtt_forwarded_messages_total";
 /// Messages dropped, by `reason` (counter): `queue_full`, `expired`, `packet_too_large`,
 /// `not_authorized`.
 pub const MQTT_MESSAGES_DROPPED: &str = "tidewater_mqtt_messages_dropped_total";
@@ -36,6 +38,7 @@ pub fn describe() {
     describe_counter!(MQTT_MESSAGES_SENT, "PUBLISH packets sent to clients");
     describe_counter!(MQTT_BYTES_RECEIVED, "bytes read from MQTT connections");
     describe_counter!(MQTT_BYTES_SENT, "bytes written to MQTT connections");
+    describe_counter!(MQTT_FORWARDED, "MQTT messages forwarded to (out) and from (in) other nodes");
     describe_counter!(MQTT_MESSAGES_DROPPED, "messages dropped, by reason");
     describe_counter!(MQTT_CONNECTIONS_REFUSED, "connections refused or closed for a protocol reason");
     describe_counter!(tidewater_cluster::invariants::INVARIANT_VIOLATIONS, "invariant violations seen by the node");

@@ -19,7 +19,7 @@ mod tests;
 
 use serde::{Deserialize, Serialize};
 
-pub use forward::{Forwarded, Forwarder};
+pub use forward::{Forwarded, Forwarder, Service};
 pub use links::PeerLinks;
 pub use peer_link::{LinkOptions, PeerLink, PeerLinkArgs, PeerLinkMsg};
 pub use server::serve_peers;

@@ -68,6 +68,14 @@ pub enum NodeError {
         /// Why.
         detail: String,
     },
+    /// A part of the node could not start.
+    #[error("cannot start {what}: {detail}")]
+    Start {
+        /// What was being started.
+        what: &'static str,
+        /// Why.
+        detail: String,
+    },
     /// Storage could not be flushed at shutdown.
     #[error("cannot flush storage: {0}")]
     Flush(#[from] StorageError),
@@ -164,6 +172,14 @@ impl Node {
                     return Err(error);
                 }
             };
+        let routing = match ctx.routes.attach(&cluster.forwarder, generation, shutdown_rx.clone()).await {
+            Ok(task) => task,
+            Err(error) => {
+                cluster.leave().await;
+                stop_actors(&ctx).await;
+                return Err(NodeError::Start { what: "MQTT routes", detail: error.to_string() });
+            }
+        };
         let controller_parts = ControllerParts {
             node_id: config.node_id,
             generation,
@@ -247,6 +263,7 @@ impl Node {
         let http_state =
             HttpState { metrics, ready: Arc::clone(&ready), ctx: ctx.clone(), cluster: Some(cluster_view) };
         let background = vec![
+            routing,
             tokio::spawn(http::serve(http_listener, http_state, shutdown_rx.clone()).in_current_span()),
             tokio::spawn(
                 run_retention(ctx.clone(), Duration::from_millis(config.kafka.retention_check_ms), shutdown_rx)

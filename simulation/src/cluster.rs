@@ -96,8 +96,34 @@ struct Device {
     sent: u32,
     /// sequence numbers PUBACKed, and the node that acknowledged each
     acked: BTreeMap<u32, u64>,
+    /// when each sequence number was first sent, and when it was PUBACKed (ms)
+    sent_at: BTreeMap<u32, u64>,
+    acked_at: BTreeMap<u32, u64>,
     /// the stream read back after healing: (offset, value)
     read: Option<Vec<(i64, Vec<u8>)>>,
+}
+
+/// What the MQTT watcher saw: one epoch per connection.
+#[derive(Default)]
+struct Watcher {
+    epochs: Vec<WatchEpoch>,
+}
+
+/// One connection of the watcher, subscribed to the device's topic on one node.
+struct WatchEpoch {
+    node: u64,
+    /// when its SUBACK arrived (ms)
+    subacked_at: u64,
+    /// the end of the epoch's checked span: what was PUBACKed to the device by then must
+    /// have arrived by the end of the drain that follows
+    stop_at: u64,
+    received: BTreeSet<u32>,
+    /// whether the connection lasted through the drain
+    whole: bool,
+    /// the probe published on another node right after the SUBACK and PUBACKed there:
+    /// (node, sent, acked), and whether it arrived
+    probe: Option<(u64, u64, u64)>,
+    probe_received: bool,
 }
 
 /// What the Kafka client was told.
@@ -174,6 +200,8 @@ pub struct ClusterReport {
     pub sleeps: u64,
     /// replica set changes (placement after deaths and returns)
     pub moves: u64,
+    /// MQTT messages the watcher had to receive from another node, and did
+    pub forwarded: usize,
 }
 
 fn node_config(id: u64, ip: IpAddr, seed_ip: IpAddr) -> Config {
@@ -319,6 +347,8 @@ pub fn run_cluster_seed(seed: u64) -> ClusterReport {
     sim.client("kafka", kafka_client(kafka.clone(), seed));
     let device = Rc::new(RefCell::new(Device::default()));
     sim.client("device", mqtt_device(device.clone(), seed));
+    let watcher = Rc::new(RefCell::new(Watcher::default()));
+    sim.client("watcher", mqtt_watcher(watcher.clone(), seed));
     let committer = Rc::new(RefCell::new(Committer::default()));
     sim.client("committer", group_committer(committer.clone(), kafka.clone(), seed));
     let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed);
@@ -327,6 +357,8 @@ pub fn run_cluster_seed(seed: u64) -> ClusterReport {
     let mut next_fault = 1_000 + rng.random_range(0..2_000);
     let mut restarts = 0;
     let mut violations = Vec::new();
+    // (node, from, to): when a node was down or cut off, and a margin after for it to be back
+    let mut faults: Vec<(u64, u64, u64)> = Vec::new();
     loop {
         match sim.step() {
             Ok(true) => break,
@@ -357,13 +389,17 @@ pub fn run_cluster_seed(seed: u64) -> ClusterReport {
             if rng.random_bool(0.5) {
                 sim.crash(host(id));
                 stores[(id - 1) as usize].power_loss();
-                down = Some((id, now + rng.random_range(200..3_000)));
+                let back = now + rng.random_range(200..3_000);
+                down = Some((id, back));
+                faults.push((id, now, back + 5_000));
                 seen.borrow_mut().trace.push(format!("{now} node {id}: power loss"));
             } else {
                 for other in (1..=NODES).filter(|&other| other != id) {
                     sim.partition(host(id), host(other));
                 }
-                cut = Some((id, now + rng.random_range(500..5_000)));
+                let healed = now + rng.random_range(500..5_000);
+                cut = Some((id, healed));
+                faults.push((id, now, healed + 3_000));
                 seen.borrow_mut().trace.push(format!("{now} node {id}: cut off"));
             }
             next_fault = now + rng.random_range(1_000..4_000);
@@ -403,6 +439,7 @@ pub fn run_cluster_seed(seed: u64) -> ClusterReport {
     }
     check_stream(&kafka.borrow(), &stores, &mut violations);
     check_device(&device.borrow(), &stores, &mut violations);
+    let forwarded = check_watcher(&watcher.borrow(), &device.borrow(), &faults, &mut violations);
     check_committer(&committer.borrow(), &mut violations);
     if !violations.is_empty() {
         violations.push(format!("replicas (commit, last, high watermark): {:?}", seen.status));
@@ -430,6 +467,7 @@ pub fn run_cluster_seed(seed: u64) -> ClusterReport {
         snapshots,
         sleeps,
         moves,
+        forwarded,
     }
 }
 
@@ -767,6 +805,7 @@ async fn mqtt_device(device: Rc<RefCell<Device>>, seed: u64) -> turmoil::Result 
                 let pkid = (next_seq % 60_000 + 1) as u16;
                 wire::publish_payload(&mut out, MQTT_TOPIC, 1, pkid, false, format!("c{next_seq}").as_bytes());
                 in_flight.insert(pkid, next_seq);
+                device.borrow_mut().sent_at.insert(next_seq, now_ms());
                 next_seq += 1;
                 device.borrow_mut().sent = next_seq;
                 send_at = now + Duration::from_millis(rng.random_range(0..150));
@@ -784,6 +823,7 @@ async fn mqtt_device(device: Rc<RefCell<Device>>, seed: u64) -> turmoil::Result 
                 Ok(Some((wire::PUBACK, _, body))) => {
                     if let Some(seq) = in_flight.remove(&wire::packet_id(&body)) {
                         device.borrow_mut().acked.insert(seq, target);
+                        device.borrow_mut().acked_at.insert(seq, now_ms());
                         acked_here += 1;
                     }
                 }
@@ -840,6 +880,178 @@ fn check_device(device: &Device, stores: &[Arc<MemoryStore>], violations: &mut V
         violations.push(format!("{MQTT_STREAM}: PUBACKed messages missing (sequence, acknowledging node): {lost:?}"));
     }
     check_replicas(MQTT_STREAM, read.len() as i64, stores, violations);
+}
+
+/// The watcher: a clean-session subscriber to the device's topic that moves from node to
+/// node, each connection an epoch of a few seconds and a drain.
+async fn mqtt_watcher(watcher: Rc<RefCell<Watcher>>, seed: u64) -> turmoil::Result {
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x7761_7463);
+    sleep_ms(3_000).await;
+    let mut target = rng.random_range(1..=NODES);
+    let mut round = 0u32;
+    while now_ms() < FAULT_PHASE_MS + 1_000 {
+        round += 1;
+        let mut connect = Vec::new();
+        wire::connect_with(&mut connect, &format!("watcher-{round}"), 30, true, None);
+        let Some((mut mqtt, _)) = Mqtt::open_at(&host(target), &connect).await else {
+            target = target % NODES + 1;
+            sleep_ms(100).await;
+            continue;
+        };
+        // a connection to another node, to publish a probe on right after the SUBACK
+        let probe_node = target % NODES + 1;
+        let mut probe_connect = Vec::new();
+        wire::connect_with(&mut probe_connect, &format!("prober-{round}"), 30, true, None);
+        let mut prober = Mqtt::open_at(&host(probe_node), &probe_connect).await.map(|(mqtt, _)| mqtt);
+        let probe_topic = format!("probes/{round}");
+        let mut out = Vec::new();
+        wire::subscribe(&mut out, 1, MQTT_TOPIC, 1);
+        wire::subscribe(&mut out, 2, &probe_topic, 1);
+        if mqtt.send(&out).await.is_err() {
+            continue;
+        }
+        let mut received = BTreeSet::new();
+        let mut probe_received = false;
+        let mut subacks = 0;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while subacks < 2 {
+            match mqtt.next(deadline.saturating_duration_since(tokio::time::Instant::now())).await {
+                Ok(Some((wire::SUBACK, _, _))) => subacks += 1,
+                // a delivery may come before the SUBACK: it counts
+                Ok(Some((wire::PUBLISH, flags, body))) => {
+                    watched(&mut mqtt, flags, &body, &mut received, &mut probe_received).await
+                }
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => break,
+            }
+        }
+        if subacks < 2 {
+            target = target % NODES + 1;
+            continue;
+        }
+        let subacked_at = now_ms();
+        // "anything published anywhere after the SUBACK is delivered"
+        let mut probe = None;
+        if let Some(prober) = prober.as_mut() {
+            let mut publish = Vec::new();
+            wire::publish_payload(&mut publish, &probe_topic, 1, 1, false, b"probe");
+            let sent_at = now_ms();
+            if prober.send(&publish).await.is_ok() {
+                let until = tokio::time::Instant::now() + Duration::from_secs(3);
+                loop {
+                    match prober.next(until.saturating_duration_since(tokio::time::Instant::now())).await {
+                        Ok(Some((wire::PUBACK, _, _))) => {
+                            probe = Some((probe_node, sent_at, now_ms()));
+                            break;
+                        }
+                        Ok(Some(_)) => {}
+                        Ok(None) | Err(_) => break,
+                    }
+                }
+            }
+        }
+        let stop_at = subacked_at + rng.random_range(1_000..4_000);
+        let drain_until = stop_at + 2_000;
+        let mut whole = true;
+        while now_ms() < drain_until {
+            match mqtt.next(Duration::from_millis(drain_until.saturating_sub(now_ms()))).await {
+                Ok(Some((wire::PUBLISH, flags, body))) => {
+                    watched(&mut mqtt, flags, &body, &mut received, &mut probe_received).await
+                }
+                Ok(Some(_)) | Ok(None) => {}
+                Err(_) => {
+                    whole = false;
+                    break;
+                }
+            }
+        }
+        if let Some(prober) = prober.as_mut() {
+            let mut bye = Vec::new();
+            wire::disconnect(&mut bye);
+            let _ = prober.send(&bye).await;
+        }
+        let mut bye = Vec::new();
+        wire::disconnect(&mut bye);
+        let _ = mqtt.send(&bye).await;
+        watcher.borrow_mut().epochs.push(WatchEpoch {
+            node: target,
+            subacked_at,
+            stop_at,
+            received,
+            whole,
+            probe,
+            probe_received,
+        });
+        target = rng.random_range(1..=NODES);
+    }
+    Ok(())
+}
+
+/// Records a delivery to the watcher and acknowledges it.
+async fn watched(mqtt: &mut Mqtt, flags: u8, body: &[u8], received: &mut BTreeSet<u32>, probe: &mut bool) {
+    let Some(publish) = wire::parse_publish_full(flags, body) else { return };
+    *probe |= publish.topic.starts_with("probes/");
+    if let Some(seq) = std::str::from_utf8(publish.payload).ok().and_then(|text| text.strip_prefix('c')?.parse().ok()) {
+        received.insert(seq);
+    }
+    if publish.qos == 1 {
+        let mut ack = Vec::new();
+        wire::ack(&mut ack, wire::PUBACK, publish.packet_id);
+        let _ = mqtt.send(&ack).await;
+    }
+}
+
+/// Holds routing between nodes to its promise: a message sent after a watcher's SUBACK and
+/// PUBACKed to the device by the epoch's end reached the watcher, wherever each was
+/// connected, unless the watcher's node or the acknowledging node was down or cut off
+/// between the send and the PUBACK (a node cut off is gone to the others, and its clean
+/// sessions' messages with it). Returns how many messages were checked.
+fn check_watcher(
+    watcher: &Watcher,
+    device: &Device,
+    faults: &[(u64, u64, u64)],
+    violations: &mut Vec<String>,
+) -> usize {
+    let mut checked = 0;
+    let faulty =
+        |node: u64, from: u64, to: u64| faults.iter().any(|&(n, start, end)| n == node && start <= to && from <= end);
+    for epoch in watcher.epochs.iter().filter(|epoch| epoch.whole) {
+        if let Some((node, sent_at, acked_at)) = epoch.probe
+            && !faulty(epoch.node, sent_at, acked_at)
+            && !faulty(node, sent_at, acked_at)
+        {
+            checked += 1;
+            if !epoch.probe_received {
+                violations.push(format!(
+                    "watcher on node {} (SUBACK at {} ms) missed the probe published on node {node} right after it (sent {sent_at} ms, PUBACKed {acked_at} ms)",
+                    epoch.node, epoch.subacked_at
+                ));
+            }
+        }
+        let mut missing = Vec::new();
+        for (&seq, &acked_at) in &device.acked_at {
+            let Some(&sent_at) = device.sent_at.get(&seq) else { continue };
+            let acking = device.acked.get(&seq).copied().unwrap_or(0);
+            if sent_at <= epoch.subacked_at
+                || acked_at > epoch.stop_at
+                || faulty(epoch.node, sent_at, acked_at)
+                || faulty(acking, sent_at, acked_at)
+            {
+                continue;
+            }
+            checked += usize::from(acking != epoch.node);
+            if !epoch.received.contains(&seq) {
+                missing.push((seq, acking, sent_at, acked_at));
+            }
+        }
+        if !missing.is_empty() {
+            violations.push(format!(
+                "watcher on node {} (SUBACK at {} ms, checked to {} ms) missed PUBACKed messages (sequence, acknowledging node, sent, acked): {missing:?}",
+                epoch.node, epoch.subacked_at, epoch.stop_at
+            ));
+        }
+    }
+    checked
 }
 
 /// Commits rising offsets for [`GROUP`] at its coordinator, fetches them back now and then,

@@ -77,7 +77,7 @@ fn a_cluster_keeps_one_controller_leader_per_term_and_every_acknowledged_batch_t
     // (the data plane now acknowledges frames, and an unacknowledged link reconnects)
     let count: u64 = std::env::var("CLUSTER_SEEDS").ok().and_then(|count| count.parse().ok()).unwrap_or(4);
     let (mut terms, mut restarts, mut acked) = (0, 0, 0);
-    let (mut retained, mut snapshots, mut moves, mut sleeps) = (0, 0, 0, 0);
+    let (mut retained, mut snapshots, mut moves, mut sleeps, mut forwarded) = (0, 0, 0, 0, 0);
     let mut mqtt_acked: std::collections::BTreeMap<u64, usize> = std::collections::BTreeMap::new();
     // 180: a stream created while the cluster was forming got replication factor 1 (the
     // default was capped at the nodes registered so far, not the voters)
@@ -87,6 +87,9 @@ fn a_cluster_keeps_one_controller_leader_per_term_and_every_acknowledged_batch_t
     // 40: a node restarted on metadata older than the cluster's removed the data of a replica
     // the group had put back on it, and raft-rs panicked (a replica moved away now keeps its
     // data for a while, and removes it only under metadata fresh since its restart)
+    // 109: a node restarted numbered its MQTT forwards from 1 again, and the node it forwarded
+    // to took them for ones sent twice: answered (so PUBACKed) and never delivered (forward
+    // ids are now per incarnation of the sender)
     // `CLUSTER_SEED=n` runs seed n alone
     let alone: Option<u64> = std::env::var("CLUSTER_SEED").ok().and_then(|seed| seed.parse().ok());
     if alone.is_some() && std::env::var_os("SIM_TRACE").is_some() {
@@ -97,7 +100,7 @@ fn a_cluster_keeps_one_controller_leader_per_term_and_every_acknowledged_batch_t
     }
     let seeds: Vec<u64> = match alone {
         Some(seed) => vec![seed],
-        None => (1..=count).chain([136, 180, 40]).collect(),
+        None => (1..=count).chain([136, 180, 40, 109]).collect(),
     };
     for seed in seeds {
         let report = tidewater_simulation::cluster::run_cluster_seed(seed);
@@ -109,6 +112,7 @@ fn a_cluster_keeps_one_controller_leader_per_term_and_every_acknowledged_batch_t
         snapshots += report.snapshots;
         moves += report.moves;
         sleeps += report.sleeps;
+        forwarded += report.forwarded;
         for (node, count) in report.mqtt_acked {
             *mqtt_acked.entry(node).or_default() += count;
         }
@@ -116,13 +120,15 @@ fn a_cluster_keeps_one_controller_leader_per_term_and_every_acknowledged_batch_t
     println!(
         "{count} cluster seeds: {terms} terms with a leader, {restarts} restarts, {acked} batches acknowledged, \
          MQTT acknowledged by node {mqtt_acked:?}, retention moved the log start in {retained} seeds, \
-         {snapshots} snapshots installed, {moves} replica set changes, {sleeps} controller hibernations"
+         {snapshots} snapshots installed, {moves} replica set changes, {sleeps} controller hibernations, \
+         {forwarded} MQTT messages checked delivered to a watcher on another node"
     );
     if alone.is_some() {
         return;
     }
     assert!(terms > count as usize, "faults made the controller change leaders ({terms} terms with a leader)");
     assert!(restarts > 0, "nodes were restarted");
+    assert!(forwarded > 0, "the watcher received messages published on other nodes");
     assert!(retained > 0, "retention compacted the replicated stream");
     assert!(snapshots > 0, "nodes behind the leader's compaction point installed its snapshot");
     assert!(moves > 0, "replica sets moved off nodes gone too long, and back");

@@ -83,6 +83,16 @@ impl AckGate {
         self.release()
     }
 
+    /// Takes a packet that waits, like an acknowledgement, for the completions of the last
+    /// [`AckGate::routed`] (a SUBACK waiting for the cluster's routes).
+    pub(crate) fn hold(&mut self, packet: Box<Packet>) -> Vec<Released> {
+        if self.last_route.is_none() && self.deferred.is_empty() {
+            return vec![Released::Send(*packet)];
+        }
+        self.deferred.push_back((self.last_route.take(), packet));
+        self.release()
+    }
+
     /// Records one completion of `token`; returns what may be written now, in order.
     pub(crate) fn durable(&mut self, token: u64, ok: bool) -> Vec<Released> {
         if let Some(pending) = self.outstanding.get_mut(&token) {

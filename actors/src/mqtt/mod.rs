@@ -2,6 +2,7 @@
 
 mod ack_gate;
 pub mod auth;
+pub mod cluster_routes;
 pub mod codec;
 pub mod connection;
 pub mod message;

@@ -17,6 +17,7 @@ use ractor::ActorRef;
 use smallvec::SmallVec;
 use tidewater_storage::StateStore;
 
+use crate::mqtt::cluster_routes::{ClusterRoutes, Forward};
 use crate::mqtt::message::{Delivery, Message, SubOptions};
 use crate::mqtt::persist;
 use crate::mqtt::session::SessionMsg;
@@ -26,6 +27,10 @@ use crate::stream::partition::DurableNotice;
 
 /// Deliveries per `Deliver` message at most.
 const FANOUT_CHUNK: usize = 64;
+/// Messages per forward to another node at most, and the payload bytes past which one goes
+/// (a forward rides one data-plane frame, and a link's outbox is bounded).
+const FORWARD_CHUNK: usize = 256;
+const FORWARD_CHUNK_BYTES: usize = 1 << 20;
 
 /// Deliveries routed by one session while it handles one message (up to a batch of
 /// PUBLISH packets), gathered per subscriber so that each subscriber gets one `Deliver`
@@ -34,6 +39,9 @@ const FANOUT_CHUNK: usize = 64;
 pub struct Fanout {
     index: LookupMap<ractor::ActorId, usize, foldhash::fast::RandomState>,
     targets: Vec<(ActorRef<SessionMsg>, Vec<Delivery>, Vec<DurableNotice>)>,
+    /// messages for other nodes, one forward per node, and their payload bytes
+    remote: Vec<(u64, Vec<Forward>, Vec<DurableNotice>, usize)>,
+    routes: Option<Arc<ClusterRoutes>>,
 }
 
 impl Fanout {
@@ -62,7 +70,30 @@ impl Fanout {
         }
     }
 
-    /// Casts the gathered deliveries, one message per subscriber.
+    /// Adds a message for node `node`, after the ones gathered for it before.
+    fn add_remote(&mut self, routes: &Arc<ClusterRoutes>, node: u64, forward: Forward, notice: Option<DurableNotice>) {
+        if self.routes.is_none() {
+            self.routes = Some(Arc::clone(routes));
+        }
+        let at = match self.remote.iter().position(|(n, _, _, _)| *n == node) {
+            Some(at) => at,
+            None => {
+                self.remote.push((node, Vec::new(), Vec::new(), 0));
+                self.remote.len() - 1
+            }
+        };
+        let (_, forwards, notices, bytes) = &mut self.remote[at];
+        *bytes += forward.message.payload.len() + forward.message.topic.len();
+        forwards.push(forward);
+        notices.extend(notice);
+        if forwards.len() >= FORWARD_CHUNK || *bytes >= FORWARD_CHUNK_BYTES {
+            *bytes = 0;
+            routes.forward(node, std::mem::take(forwards), std::mem::take(notices));
+        }
+    }
+
+    /// Casts the gathered deliveries, one message per subscriber, and sends one forward per
+    /// other node.
     pub fn send(&mut self) {
         for (actor, deliveries, notices) in self.targets.drain(..) {
             if !deliveries.is_empty() {
@@ -70,6 +101,13 @@ impl Fanout {
             }
         }
         self.index.clear();
+        if let Some(routes) = &self.routes {
+            for (node, forwards, notices, _) in self.remote.drain(..) {
+                if !forwards.is_empty() {
+                    routes.forward(node, forwards, notices);
+                }
+            }
+        }
     }
 }
 
@@ -83,6 +121,23 @@ fn deliver(actor: &ActorRef<SessionMsg>, deliveries: Vec<Delivery>, notices: Vec
             let _ = notice.session.cast(SessionMsg::Durable { tokens: vec![notice.token], ok: true });
         }
     }
+}
+
+/// Which subscribers a message is routed to.
+#[derive(Debug, Clone, Copy)]
+pub enum Scope<'a> {
+    /// Published on this node: every subscriber of the cluster (retained here if asked).
+    All,
+    /// Forwarded by another node: this node's non-shared subscribers.
+    Direct,
+    /// Forwarded by another node that chose this node's members of share group (group, filter).
+    Share(&'a Arc<str>, &'a Arc<str>),
+}
+
+/// Which member of a share group gets a message.
+enum Choice {
+    Local(usize),
+    Remote(u64),
 }
 
 /// What routing one message did.
@@ -130,6 +185,7 @@ pub struct Router {
     share_cursors: Mutex<LookupMap<GroupKey, usize>>,
     retained: RwLock<BTreeMap<String, Arc<Message>>>,
     store: Arc<dyn StateStore>,
+    routes: Arc<ClusterRoutes>,
     subscriptions_gauge: metrics::Gauge,
     retained_gauge: metrics::Gauge,
 }
@@ -141,13 +197,19 @@ impl std::fmt::Debug for Router {
 }
 
 impl Router {
-    /// An empty router persisting retained messages in `store`, reporting to the node's gauges.
-    pub fn new(store: Arc<dyn StateStore>, counters: &crate::metrics::MqttCounters) -> Self {
+    /// An empty router persisting retained messages in `store`, reporting to the node's
+    /// gauges, telling `routes` (the cluster's) what this node's sessions subscribe to.
+    pub fn new(
+        store: Arc<dyn StateStore>,
+        counters: &crate::metrics::MqttCounters,
+        routes: Arc<ClusterRoutes>,
+    ) -> Self {
         Self {
             trie: RwLock::new(SubscriptionTrie::default()),
             share_cursors: Mutex::new(LookupMap::new()),
             retained: RwLock::new(BTreeMap::new()),
             store,
+            routes,
             subscriptions_gauge: counters.subscriptions.clone(),
             retained_gauge: counters.retained.clone(),
         }
@@ -164,13 +226,26 @@ impl Router {
         Ok(retained.len())
     }
 
-    /// Adds or replaces a session's subscription.
-    pub fn subscribe(&self, client_id: &str, raw_filter: &str, options: SubOptions, session: SessionHandle) {
-        let Ok(parsed) = topic::parse_filter(raw_filter) else { return };
+    /// Adds or replaces a session's subscription. Returns the version of this node's routes
+    /// that the other nodes of the cluster must hold before the SUBACK, if some do not yet.
+    pub fn subscribe(
+        &self,
+        client_id: &str,
+        raw_filter: &str,
+        options: SubOptions,
+        session: SessionHandle,
+    ) -> Option<u64> {
+        let Ok(parsed) = topic::parse_filter(raw_filter) else { return None };
         let key = SubKey { share_group: parsed.share_group.map(Arc::from), client_id: Arc::from(client_id) };
         let mut trie = self.trie.write();
-        trie.insert(parsed.filter, key, SubEntry { session, options, filter: Arc::from(parsed.filter) });
+        let replaced = trie.insert(parsed.filter, key, SubEntry { session, options, filter: Arc::from(parsed.filter) });
         self.subscriptions_gauge.set(trie.len() as f64);
+        // told under the trie's lock, so that the route count follows the trie's order
+        if replaced.is_none() {
+            self.routes.local_added(raw_filter)
+        } else {
+            self.routes.local_added_before(raw_filter)
+        }
     }
 
     /// Removes a session's subscription.
@@ -178,8 +253,15 @@ impl Router {
         let Ok(parsed) = topic::parse_filter(raw_filter) else { return };
         let key = SubKey { share_group: parsed.share_group.map(Arc::from), client_id: Arc::from(client_id) };
         let mut trie = self.trie.write();
-        trie.remove(parsed.filter, &key);
+        if trie.remove(parsed.filter, &key).is_some() {
+            self.routes.local_removed(raw_filter);
+        }
         self.subscriptions_gauge.set(trie.len() as f64);
+    }
+
+    /// The cluster's routes.
+    pub fn routes(&self) -> &Arc<ClusterRoutes> {
+        &self.routes
     }
 
     /// Stores or clears (empty payload) a retained message; false when the store failed (the
@@ -212,17 +294,29 @@ impl Router {
     }
 
     /// Routes an accepted message: retains it if asked, then delivers it once to every
-    /// matching session and to one member of every matching share group, through `fanout`
-    /// (which the caller sends once it routed its batch). Each QoS 1/2 delivery to a persistent
-    /// session carries a `notice()`.
+    /// matching session and to one member of every matching share group, of this node or of
+    /// another (forwarded there), through `fanout` (which the caller sends once it routed its
+    /// batch). Each QoS 1/2 delivery to a persistent session, and each QoS 1/2 forward to
+    /// another node, carries a `notice()`.
     pub fn publish(
         &self,
         message: Arc<Message>,
         fanout: &mut Fanout,
         notice: &dyn Fn() -> Option<DurableNotice>,
     ) -> Routed {
+        self.publish_scoped(message, Scope::All, fanout, notice)
+    }
+
+    /// [`Router::publish`] to the subscribers `scope` names.
+    pub fn publish_scoped(
+        &self,
+        message: Arc<Message>,
+        scope: Scope<'_>,
+        fanout: &mut Fanout,
+        notice: &dyn Fn() -> Option<DurableNotice>,
+    ) -> Routed {
         let mut routed = Routed::default();
-        if message.retain && !self.retain(&message) {
+        if matches!(scope, Scope::All) && message.retain && !self.retain(&message) {
             routed.retain_failed = true;
         }
         // matches are gathered in a vec and merged per session after sorting (no allocation
@@ -231,8 +325,8 @@ impl Router {
         let mut groups: BTreeMap<GroupKey, Vec<(Arc<str>, SubEntry)>> = BTreeMap::new();
         {
             let trie = self.trie.read();
-            trie.for_each_match(&message.topic, |key, entry| match &key.share_group {
-                None => {
+            trie.for_each_match(&message.topic, |key, entry| match (&key.share_group, scope) {
+                (None, Scope::All | Scope::Direct) => {
                     if entry.options.no_local && *key.client_id == *message.publisher {
                         return;
                     }
@@ -247,12 +341,19 @@ impl Router {
                         },
                     ));
                 }
-                Some(group) => {
+                (Some(group), Scope::All) => {
                     groups
                         .entry((Arc::clone(group), Arc::clone(&entry.filter)))
                         .or_default()
                         .push((Arc::clone(&key.client_id), entry.clone()));
                 }
+                (Some(group), Scope::Share(chosen, filter)) if group == chosen && entry.filter == *filter => {
+                    groups
+                        .entry((Arc::clone(group), Arc::clone(&entry.filter)))
+                        .or_default()
+                        .push((Arc::clone(&key.client_id), entry.clone()));
+                }
+                _ => {}
             });
         }
         if direct.len() > 1 {
@@ -277,31 +378,55 @@ impl Router {
         for (_, session, delivery) in direct {
             add(&session, delivery, fanout);
         }
-        for (group_key, members) in groups {
-            let chosen = self.choose_member(group_key, &members);
-            let (_, entry) = &members[chosen];
-            let delivery = Delivery {
-                message: Arc::clone(&message),
-                qos: entry.options.qos.min(message.qos),
-                retain: message.retain && entry.options.retain_as_published,
-                subscription_ids: entry.options.subscription_id.into_iter().collect(),
-            };
-            add(&entry.session, delivery, fanout);
+        let mut remote =
+            if matches!(scope, Scope::All) { self.routes.matches(&message.topic) } else { Default::default() };
+        let mut forwarded = 0;
+        let mut forward = |node: u64, share: Option<(Arc<str>, Arc<str>)>, fanout: &mut Fanout| {
+            let notice = if message.qos > 0 { notice() } else { None };
+            forwarded += usize::from(notice.is_some());
+            fanout.add_remote(&self.routes, node, Forward { message: Arc::clone(&message), share }, notice);
+        };
+        for node in std::mem::take(&mut remote.direct) {
+            forward(node, None, fanout);
         }
-        routed.notices = count;
+        for group_key in remote.groups.keys() {
+            groups.entry(group_key.clone()).or_default();
+        }
+        for (group_key, members) in groups {
+            let nodes = remote.groups.get(&group_key).map(Vec::as_slice).unwrap_or(&[]);
+            match self.choose_member(&group_key, &members, nodes) {
+                Choice::Local(chosen) => {
+                    let (_, entry) = &members[chosen];
+                    let delivery = Delivery {
+                        message: Arc::clone(&message),
+                        qos: entry.options.qos.min(message.qos),
+                        retain: message.retain && entry.options.retain_as_published,
+                        subscription_ids: entry.options.subscription_id.into_iter().collect(),
+                    };
+                    add(&entry.session, delivery, fanout);
+                }
+                Choice::Remote(node) => forward(node, Some(group_key), fanout),
+            }
+        }
+        routed.notices = count + forwarded;
         routed
     }
 
-    /// Round robin over the group's members, preferring connected ones.
-    fn choose_member(&self, group_key: GroupKey, members: &[(Arc<str>, SubEntry)]) -> usize {
+    /// Round robin over the group's members, preferring connected ones; the members of
+    /// another node count as one candidate, that node (which picks among them).
+    fn choose_member(&self, group_key: &GroupKey, members: &[(Arc<str>, SubEntry)], nodes: &[u64]) -> Choice {
         let online: Vec<usize> =
             (0..members.len()).filter(|i| members[*i].1.session.online.load(Ordering::Relaxed)).collect();
-        let candidates: Vec<usize> = if online.is_empty() { (0..members.len()).collect() } else { online };
+        let locals: Vec<usize> =
+            if online.is_empty() && nodes.is_empty() { (0..members.len()).collect() } else { online };
         let mut cursors = self.share_cursors.lock();
-        let cursor = cursors.entry(group_key).or_insert(0);
-        let chosen = candidates[*cursor % candidates.len()];
+        let cursor = cursors.entry(group_key.clone()).or_insert(0);
+        let chosen = *cursor % (locals.len() + nodes.len()).max(1);
         *cursor = cursor.wrapping_add(1);
-        chosen
+        match locals.get(chosen) {
+            Some(local) => Choice::Local(*local),
+            None => Choice::Remote(nodes[chosen - locals.len()]),
+        }
     }
 
     /// The number of subscriptions.

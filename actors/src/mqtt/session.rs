@@ -154,6 +154,8 @@ pub struct SessionShell {
     established: bool,
     /// Acknowledgements held until stream appends are durable, in PUBLISH order.
     acks: AckGate,
+    /// The version of the node's routes the next SUBACK waits for the cluster to hold.
+    route_wait: Option<u64>,
     /// Whether the queue overflowed since it last drained (to warn once per episode).
     queue_overflowing: bool,
     /// Deliveries routed while handling one message, cast per subscriber at its end.
@@ -188,7 +190,8 @@ impl Actor for MqttSession {
             state.restore(loaded.record.expiry_secs, subscriptions, loaded.outgoing, loaded.incoming_qos2);
             handle.persistent.store(state.is_persistent(), Ordering::Relaxed);
             for (raw_filter, options) in state.subscriptions() {
-                ctx.router.subscribe(&args.client_id, raw_filter, options.clone(), handle.clone());
+                // restored before the node joins its cluster: the peers get the table then
+                let _ = ctx.router.subscribe(&args.client_id, raw_filter, options.clone(), handle.clone());
             }
             elapsed_secs = Some(((ctx.now_ms() - loaded.record.saved_at_ms).max(0) / 1000) as u64);
             will = loaded.record.will;
@@ -245,6 +248,7 @@ impl SessionShell {
         Self {
             identity: Identity { client_id: state.client_id().to_string(), username: None },
             acks: AckGate::new(ctx.mqtt.test_ack_before_durable),
+            route_wait: None,
             ctx,
             state,
             io: None,
@@ -542,7 +546,17 @@ impl SessionShell {
     fn apply_one(&mut self, effect: Effect) -> Vec<Effect> {
         match effect {
             Effect::Send(packet) => {
-                let released = self.acks.gate(packet);
+                let released = match (&*packet, self.route_wait.take()) {
+                    (Packet::SubAck(_), Some(version)) => {
+                        // held until every node of the cluster routes the new filters here
+                        let token = self.acks.next_token();
+                        self.acks.routed(1, false);
+                        let notice = DurableNotice { session: self.handle.actor.clone(), token };
+                        self.ctx.routes.when_held(version, notice);
+                        self.acks.hold(packet)
+                    }
+                    _ => self.acks.gate(packet),
+                };
                 self.release(released);
             }
             Effect::Route { message, pkid } => {
@@ -568,7 +582,11 @@ impl SessionShell {
             }
             Effect::Subscribed { raw_filter, options, is_new } => {
                 let client_id = self.state.client_id().to_string();
-                self.ctx.router.subscribe(&client_id, &raw_filter, options.clone(), self.handle.clone());
+                if let Some(version) =
+                    self.ctx.router.subscribe(&client_id, &raw_filter, options.clone(), self.handle.clone())
+                {
+                    self.route_wait = Some(self.route_wait.map_or(version, |waited| waited.max(version)));
+                }
                 let Ok(parsed) = topic::parse_filter(&raw_filter) else { return Vec::new() };
                 let send_retained = parsed.share_group.is_none()
                     && match options.retain_handling {

@@ -593,17 +593,18 @@ impl SessionState {
             });
             granted.push((filter.path, options));
         }
-        effects.push(Effect::send(Packet::SubAck(SubAck {
-            pkid: subscribe.pkid,
-            return_codes: codes,
-            properties: None,
-        })));
+        // the subscriptions before their SUBACK: in a cluster the SUBACK waits for their routes
         let mut changed = false;
         for (raw_filter, options) in granted {
             let is_new = self.subscriptions.insert(raw_filter.clone(), options.clone()).is_none();
             changed = true;
             effects.push(Effect::Subscribed { raw_filter, options, is_new });
         }
+        effects.push(Effect::send(Packet::SubAck(SubAck {
+            pkid: subscribe.pkid,
+            return_codes: codes,
+            properties: None,
+        })));
         if changed {
             effects.push(Effect::Persist(PersistOp::Session));
         }

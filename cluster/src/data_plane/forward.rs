@@ -50,6 +50,15 @@ pub enum Forwarded {
         /// where it landed, or why not
         result: Result<Placed, Refusal>,
     },
+    /// an item of a service above raft (MQTT routes and deliveries), opaque here; `id` is
+    /// not 0 when the sender waits for something back, and is then reported if the link
+    /// drops the item unsent
+    Service {
+        /// the sender's id for what it awaits (0: nothing)
+        id: u64,
+        /// the service's own encoding
+        payload: Bytes,
+    },
 }
 
 impl Forwarded {
@@ -58,8 +67,18 @@ impl Forwarded {
         match self {
             Self::Propose { batch, .. } => batch.len() + 64,
             Self::Answer { .. } => 48,
+            Self::Service { payload, .. } => payload.len() + 16,
         }
     }
+}
+
+/// A service riding the data plane beside raft: told of each item a peer sends it, and of
+/// each awaited item (`id` not 0) a link dropped unsent.
+pub trait Service: Send + Sync + 'static {
+    /// `payload` arrived from node `from`, with the id it was sent with.
+    fn deliver(&self, from: u64, id: u64, payload: Bytes);
+    /// The item sent with `id` was dropped before it was written.
+    fn undelivered(&self, id: u64);
 }
 
 /// An answer awaited: from which node, to whom.
@@ -73,6 +92,7 @@ pub struct Forwarder {
     next_id: AtomicU64,
     waiting: Mutex<Waiting>,
     timeout: Duration,
+    service: std::sync::OnceLock<Arc<dyn Service>>,
 }
 
 impl Forwarder {
@@ -87,13 +107,22 @@ impl Forwarder {
             next_id: AtomicU64::new(1),
             waiting: Mutex::new(BTreeMap::new()),
             timeout,
+            service: std::sync::OnceLock::new(),
         });
         let weak = Arc::downgrade(&forwarder);
         links.set_undelivered(Arc::new(move |id| {
-            if let Some(forwarder) = weak.upgrade()
-                && let Some((_, sender)) = forwarder.waiting.lock().remove(&id)
-            {
-                let _ = sender.send(Err(Refusal::Unreachable));
+            let Some(forwarder) = weak.upgrade() else { return };
+            let waiting = forwarder.waiting.lock().remove(&id);
+            match waiting {
+                Some((_, sender)) => {
+                    let _ = sender.send(Err(Refusal::Unreachable));
+                }
+                // ids are drawn from one counter: one not awaited here is the service's
+                None => {
+                    if let Some(service) = forwarder.service.get() {
+                        service.undelivered(id);
+                    }
+                }
             }
         }));
         forwarder
@@ -102,6 +131,31 @@ impl Forwarder {
     /// This node's id.
     pub fn local_node(&self) -> u64 {
         self.local_node
+    }
+
+    /// Sets the service that items of [`Forwarded::Service`] go to (once).
+    pub fn set_service(&self, service: Arc<dyn Service>) {
+        let _ = self.service.set(service);
+    }
+
+    /// An id for a service item that awaits something back (never 0, never a proposal's).
+    pub fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Queues a service item for `node`; false if there is no link to it.
+    pub fn send_service(&self, node: u64, id: u64, payload: Bytes) -> bool {
+        self.links.forward(node, Forwarded::Service { id, payload })
+    }
+
+    /// Whether this node has a link to `node` (a live member).
+    pub fn is_peer(&self, node: u64) -> bool {
+        self.links.link(node).is_some()
+    }
+
+    /// The peers this node has a link to (the live members but itself).
+    pub fn peers(&self) -> Vec<u64> {
+        self.links.peers()
     }
 
     /// Proposes `batch` to `node`'s replica of `group` (this node's own, if `node` is this
@@ -182,6 +236,11 @@ impl Forwarder {
                         }
                         .in_current_span(),
                     );
+                }
+                Forwarded::Service { id, payload } => {
+                    if let Some(service) = self.service.get() {
+                        service.deliver(from, id, payload);
+                    }
                 }
                 Forwarded::Answer { id, result } => {
                     let mut waiting = self.waiting.lock();

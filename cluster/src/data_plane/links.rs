@@ -102,6 +102,11 @@ impl PeerLinks {
         }
     }
 
+    /// The nodes linked to.
+    pub fn peers(&self) -> Vec<u64> {
+        self.links.read().keys().copied().collect()
+    }
+
     /// The link to `node`, if any.
     pub fn link(&self, node: u64) -> Option<ActorRef<PeerLinkMsg>> {
         self.links.read().get(&node).map(|(_, link)| link.clone())

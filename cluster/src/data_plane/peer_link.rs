@@ -275,8 +275,9 @@ impl LinkState {
     fn undelivered(&self, items: &[Forwarded]) {
         let Some(undelivered) = &self.args.undelivered else { return };
         for item in items {
-            if let Forwarded::Propose { id, .. } = item {
-                undelivered(*id);
+            match item {
+                Forwarded::Propose { id, .. } | Forwarded::Service { id, .. } if *id != 0 => undelivered(*id),
+                _ => {}
             }
         }
     }
@@ -317,7 +318,8 @@ impl LinkState {
             .iter()
             .filter_map(|item| match item {
                 Forwarded::Propose { id, .. } => Some(*id),
-                Forwarded::Answer { .. } => None,
+                Forwarded::Service { id, .. } if *id != 0 => Some(*id),
+                Forwarded::Answer { .. } | Forwarded::Service { .. } => None,
             })
             .collect();
         for item in forwarded {
