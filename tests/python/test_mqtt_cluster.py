@@ -2,14 +2,17 @@
 publish on the others, with payload, properties, QoS and per-publisher order kept; a SUBACK
 means every node routes the filter (a publish anywhere right after it arrives); members of a
 shared subscription on three nodes share the messages, each delivered once; an unsubscribe
-stops the forwards; and a node killed with its subscribers does not hold up the publishers
-on the survivors."""
+stops the forwards; a node killed with its subscribers does not hold up the publishers on the
+survivors; and a client that reconnects to another node takes its session along (session
+present, subscriptions, queued and in-flight messages), the old connection told 0x8E."""
 
 import time
 
 import pytest
 
-from helpers import connected, unique, wait_until
+from conftest import metric_sum
+from helpers import Client, connected, raw, unique, wait_until
+import rawmqtt
 from test_replication import cluster_of_three
 
 pytestmark = pytest.mark.tidewater_only
@@ -150,3 +153,62 @@ def test_a_node_killed_with_its_subscribers_does_not_hold_up_publishers_on_the_s
     got = [m.payload for m in survivor.wait_messages(len(acked), timeout=20)]
     assert set(acked) <= set(got)
     wait_until(lambda: publisher.publish("alarm/3", b"late", qos=1, timeout=10) == 0, timeout=20)
+
+
+def sessions_held(broker):
+    return metric_sum(broker.metrics(), "tidewater_mqtt_sessions")
+
+
+@pytest.mark.parametrize("version", [5, 4], ids=["v5", "v3.1.1"])
+def test_a_persistent_session_moves_to_the_node_its_client_reconnects_to(make_broker, version):
+    nodes = cluster_of_three(make_broker)
+    client_id = unique("mover")
+    expiry = 300 if version == 5 else None
+    mover = Client(nodes[0], client_id=client_id, version=version, clean=False, session_expiry=expiry)
+    mover.connect()
+    assert mover.subscribe("move/#", qos=1) == [1]
+    mover.paho.disconnect()
+    mover.disconnected.wait(5)
+    publisher = connected(nodes[2])
+    for i in range(20):
+        publisher.publish("move/x", b"queued-%02d" % i, qos=1)
+    # the client comes back on another node: its session, with what was queued, comes along
+    back = Client(nodes[1], client_id=client_id, version=version, clean=False, session_expiry=expiry)
+    session_present, _ = back.connect()
+    assert session_present, "the session moved with its client"
+    got = back.wait_messages(20, timeout=20)
+    assert [m.payload for m in got] == [b"queued-%02d" % i for i in range(20)]
+    # its subscription lives on node 2 now: a publish anywhere reaches it there
+    publisher.publish("move/y", b"after-the-move", qos=1)
+    assert back.wait_message(10).payload == b"after-the-move"
+    assert drain(back) == []
+    wait_until(lambda: sessions_held(nodes[0]) == 0, timeout=10, message="node 1 let the session go")
+    # and forgot its stored copy: restarted, it does not bring back a second owner
+    nodes[0].restart()
+    wait_until(lambda: nodes[0].alive(), timeout=10)
+    time.sleep(1)
+    assert sessions_held(nodes[0]) == 0
+    publisher.publish("move/z", b"one-owner", qos=1)
+    assert back.wait_message(10).payload == b"one-owner"
+    assert drain(back) == []
+
+
+def test_a_client_connecting_to_another_node_takes_its_session_from_the_live_connection(make_broker):
+    nodes = cluster_of_three(make_broker)
+    client_id = unique("twin")
+    old = raw(nodes[0], 5)
+    assert old.connect(client_id, clean=False, props={"session_expiry_interval": 60}).reason_code == 0
+    new = raw(nodes[1], 5)
+    connack = new.connect(client_id, clean=False, props={"session_expiry_interval": 60})
+    assert connack.reason_code == 0 and connack.session_present
+    packets = old.wait_closed(timeout=10)
+    assert [(p.type, p.reason_code) for p in packets] == [(rawmqtt.DISCONNECT, 0x8E)]
+    # a clean start elsewhere ends the session and closes its connection too
+    fresh = raw(nodes[2], 5)
+    connack = fresh.connect(client_id, clean=True, props={"session_expiry_interval": 60})
+    assert connack.reason_code == 0 and not connack.session_present
+    packets = new.wait_closed(timeout=10)
+    assert [(p.type, p.reason_code) for p in packets] == [(rawmqtt.DISCONNECT, 0x8E)]
+    fresh.disconnect()
+    wait_until(lambda: sessions_held(nodes[0]) == 0 and sessions_held(nodes[1]) == 0, timeout=10,
+               message="only node 3 holds the session")

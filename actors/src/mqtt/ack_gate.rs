@@ -214,6 +214,25 @@ mod tests {
     }
 
     #[test]
+    fn a_held_suback_waits_for_its_completion_and_for_the_acks_before_it() {
+        use crate::mqtt::codec::SubAck;
+        let suback = || Box::new(Packet::SubAck(SubAck { pkid: 9, return_codes: Vec::new(), properties: None }));
+        let mut gate = AckGate::new(false);
+        let publish = gate.next_token();
+        gate.routed(1, false);
+        assert!(gate.gate(puback(1)).is_empty());
+        let routes = gate.next_token();
+        gate.routed(1, false);
+        assert!(gate.hold(suback()).is_empty(), "the SUBACK waits for the cluster's routes");
+        // the routes are held first: the SUBACK still waits for the PUBACK before it
+        assert!(gate.durable(routes, true).is_empty());
+        let released = gate.durable(publish, true);
+        assert!(matches!(released[..], [Released::Send(Packet::PubAck(_)), Released::Send(Packet::SubAck(_))]));
+        // with nothing to wait for, a held packet passes at once
+        assert!(matches!(gate.hold(suback())[..], [Released::Send(Packet::SubAck(_))]));
+    }
+
+    #[test]
     fn the_test_switch_acknowledges_before_anything_is_durable() {
         let mut gate = AckGate::new(true);
         gate.routed(3, false);

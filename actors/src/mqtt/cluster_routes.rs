@@ -36,6 +36,7 @@ use tracing::Instrument;
 
 use crate::context::{NodeContext, NodeInner};
 use crate::mqtt::message::Message;
+use crate::mqtt::persist::{self, LoadedSession};
 use crate::mqtt::router::{Fanout, Scope};
 use crate::mqtt::session::SessionMsg;
 use crate::mqtt::topic;
@@ -77,7 +78,31 @@ enum Wire {
     /// the receiver's forward `id` of its `incarnation` is delivered (`ok`: every persistent
     /// session stored it)
     Published { incarnation: u64, id: u64, ok: bool },
+    /// a client connected to the sender: hand its session over (answered with `Session`,
+    /// the item's id), or end it (`discard`: the client asked for a clean start)
+    TakeSession { client_id: String, discard: bool },
+    /// the answer to `TakeSession` `id`: the session, if the sender held it
+    Session { id: u64, session: Option<Box<LoadedSession>> },
+    /// the sender stored the session it took: the receiver forgets its own copy
+    SessionTaken { client_id: String },
+    /// the sessions the sender holds, with when their clients last attached: sent to a peer
+    /// whose table this node (re)takes, so that of two nodes holding one session after a
+    /// partition or a restart the later attach keeps it
+    Sessions { sessions: Vec<(String, i64)> },
 }
+
+/// Sessions per `Sessions` item.
+const SESSIONS_CHUNK: usize = 10_000;
+
+/// A `TakeSession` awaiting the peers' answers.
+struct Take {
+    waiting: BTreeSet<u64>,
+    found: Option<(u64, Box<LoadedSession>)>,
+    reply: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+/// How long a connect waits for the other nodes to hand its session over.
+const TAKE_WAIT: Duration = Duration::from_secs(2);
 
 /// A message forwarded to a peer, and the share group (group, filter) it chose there, if any.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -184,6 +209,8 @@ pub struct ClusterRoutes {
     incarnation: AtomicU64,
     /// weak: the forwarder holds these routes as its service
     forwarder: OnceLock<Weak<Forwarder>>,
+    /// these routes (for tasks they spawn), set at attach
+    myself: OnceLock<Weak<ClusterRoutes>>,
     local: Mutex<Local>,
     remote: RwLock<Remote>,
     /// forwards awaiting the peer's answer, by id
@@ -193,6 +220,12 @@ pub struct ClusterRoutes {
     seen: Mutex<BTreeMap<u64, (u64, BTreeSet<u64>)>>,
     relay: OnceLock<ActorRef<SessionMsg>>,
     relayed: Mutex<BTreeMap<u64, Relayed>>,
+    takes: Mutex<BTreeMap<u64, Take>>,
+    /// peers a session take did not hear from, and since when: once they answer again, this
+    /// node's sessions are compared with theirs (one of them may have started a session afresh)
+    reconcile: Mutex<BTreeMap<u64, Instant>>,
+    /// when each peer last said it holds this node's routes
+    heard: Mutex<BTreeMap<u64, Instant>>,
     next_token: AtomicU64,
     forwarded: metrics::Counter,
     received: metrics::Counter,
@@ -213,12 +246,16 @@ impl ClusterRoutes {
             ctx,
             incarnation: AtomicU64::new(0),
             forwarder: OnceLock::new(),
+            myself: OnceLock::new(),
             local: Mutex::new(Local::default()),
             remote: RwLock::new(Remote::default()),
             pending: Mutex::new(BTreeMap::new()),
             seen: Mutex::new(BTreeMap::new()),
             relay: OnceLock::new(),
             relayed: Mutex::new(BTreeMap::new()),
+            takes: Mutex::new(BTreeMap::new()),
+            reconcile: Mutex::new(BTreeMap::new()),
+            heard: Mutex::new(BTreeMap::new()),
             next_token: AtomicU64::new(1),
             forwarded: metrics::counter!(crate::metrics::MQTT_FORWARDED, "node" => node.clone(), "direction" => "out"),
             received: metrics::counter!(crate::metrics::MQTT_FORWARDED, "node" => node, "direction" => "in"),
@@ -236,6 +273,7 @@ impl ClusterRoutes {
         mut shutdown: tokio::sync::watch::Receiver<bool>,
     ) -> Result<tokio::task::JoinHandle<()>, ractor::SpawnErr> {
         self.incarnation.store(incarnation, Ordering::Relaxed);
+        let _ = self.myself.set(Arc::downgrade(self));
         let (relay, _) = Actor::spawn(None, Relay, Arc::downgrade(self)).await?;
         let _ = self.relay.set(relay);
         forwarder.set_service(Arc::clone(self) as Arc<dyn Service>);
@@ -260,6 +298,10 @@ impl ClusterRoutes {
             }
             .in_current_span(),
         ))
+    }
+
+    fn myself(&self) -> Option<Arc<ClusterRoutes>> {
+        self.myself.get().and_then(Weak::upgrade)
     }
 
     fn forwarder(&self) -> Option<Arc<Forwarder>> {
@@ -471,6 +513,7 @@ impl ClusterRoutes {
     fn tick(&self, beacon: bool) {
         let peers = self.peers();
         let now = Instant::now();
+        let mut returned = Vec::new();
         {
             let mut local = self.local.lock();
             local.known.retain(|peer, _| peers.contains(peer));
@@ -486,7 +529,10 @@ impl ClusterRoutes {
             let mut remote = self.remote.write();
             for (node, table) in remote.tables.iter_mut() {
                 if peers.contains(node) {
-                    table.gone_since = None;
+                    if table.gone_since.take().is_some() {
+                        // back after a partition: its sessions and this node's are compared
+                        returned.push(*node);
+                    }
                 } else {
                     table.gone_since.get_or_insert(now);
                 }
@@ -517,6 +563,23 @@ impl ClusterRoutes {
         }
         self.resend_due(&peers, now);
         self.seen.lock().retain(|node, _| peers.contains(node));
+        self.heard.lock().retain(|node, _| peers.contains(node));
+        let answering: Vec<u64> = {
+            let heard = self.heard.lock();
+            let mut reconcile = self.reconcile.lock();
+            let back: Vec<u64> = reconcile
+                .iter()
+                .filter(|(node, since)| heard.get(node).is_some_and(|at| at > since))
+                .map(|(node, _)| *node)
+                .collect();
+            for node in &back {
+                reconcile.remove(node);
+            }
+            back
+        };
+        for node in returned.into_iter().chain(answering) {
+            self.send_sessions(node);
+        }
     }
 
     fn send_table(&self, to: u64) {
@@ -533,6 +596,7 @@ impl ClusterRoutes {
         if incarnation != self.incarnation() {
             return;
         }
+        self.heard.lock().insert(from, Instant::now());
         let mut local = self.local.lock();
         let known = local.known.entry(from).or_insert(0);
         *known = (*known).max(version);
@@ -583,6 +647,8 @@ impl ClusterRoutes {
         remote.tables.insert(from, Table { incarnation, version, filters, gone_since: None });
         drop(remote);
         self.send(from, 0, &Wire::Known { incarnation, version });
+        // the peer is (back) in this node's view: its sessions and this node's are compared
+        self.send_sessions(from);
     }
 
     fn on_beacon(&self, from: u64, incarnation: u64, version: u64) {
@@ -688,6 +754,140 @@ impl ClusterRoutes {
         }
     }
 
+    /// A client connects here and this node holds no session of its id: with `clean_start`
+    /// the other nodes end theirs (closing its connection there, v5 0x8E); without, the node
+    /// that holds it hands it over (the same), and it is returned with that node's id.
+    pub async fn take_session(&self, client_id: &str, clean_start: bool) -> Option<(u64, Box<LoadedSession>)> {
+        let peers = self.peers();
+        let forwarder = self.forwarder()?;
+        if peers.is_empty() {
+            return None;
+        }
+        let ask = |id: u64, discard: bool| {
+            let wire = Wire::TakeSession { client_id: client_id.to_string(), discard };
+            for peer in &peers {
+                self.send(*peer, id, &wire);
+            }
+        };
+        if clean_start {
+            ask(0, true);
+            return None;
+        }
+        let id = forwarder.next_id();
+        let (reply, answered) = tokio::sync::oneshot::channel();
+        let take = Take { waiting: peers.iter().copied().collect(), found: None, reply: Some(reply) };
+        self.takes.lock().insert(id, take);
+        ask(id, false);
+        let _ = tokio::time::timeout(TAKE_WAIT, answered).await;
+        let take = self.takes.lock().remove(&id)?;
+        tracing::debug!(client_id, unanswered = ?take.waiting, from = ?take.found.as_ref().map(|(node, _)| *node), "session take");
+        if take.found.is_none() && !take.waiting.is_empty() {
+            // a node out of reach may hold the session: the sessions are compared once it is back
+            let now = Instant::now();
+            let mut reconcile = self.reconcile.lock();
+            for node in &take.waiting {
+                reconcile.entry(*node).or_insert(now);
+            }
+        }
+        take.found
+    }
+
+    /// Tells `node` that the session of `client_id` it handed over is stored here.
+    pub fn session_taken(&self, node: u64, client_id: &str) {
+        self.send(node, 0, &Wire::SessionTaken { client_id: client_id.to_string() });
+    }
+
+    fn on_session(&self, from: u64, id: u64, session: Option<Box<LoadedSession>>) {
+        let mut takes = self.takes.lock();
+        let Some(take) = takes.get_mut(&id) else {
+            if let Some(session) = session {
+                // handed over after the connect gave up waiting: its old node keeps the stored
+                // copy (and restores it at its next start)
+                tracing::warn!(peer = from, client_id = %session.client_id, "a session handed over too late to be taken");
+            }
+            return;
+        };
+        take.waiting.remove(&from);
+        if let Some(session) = session {
+            if take.found.is_some() {
+                tracing::error!(peer = from, client_id = %session.client_id, "two nodes handed over one session");
+            } else {
+                take.found = Some((from, session));
+            }
+        }
+        if (take.found.is_some() || take.waiting.is_empty())
+            && let Some(reply) = take.reply.take()
+        {
+            let _ = reply.send(());
+        }
+    }
+
+    fn on_take_session(self: &Arc<Self>, from: u64, id: u64, client_id: String, discard: bool) {
+        let Some(inner) = self.ctx.upgrade() else { return };
+        let ctx = NodeContext::from_inner(inner);
+        let routes = Arc::clone(self);
+        tokio::spawn(
+            async move {
+                let session = match ctx.sessions.get(&client_id).await {
+                    Some(handle) => ractor::call_t!(handle.actor, SessionMsg::HandOver, 3_000).ok(),
+                    None => None,
+                };
+                tracing::debug!(%client_id, to = from, discard, handed = session.is_some(), "session asked for");
+                if discard {
+                    if session.is_some() {
+                        forget_session(&ctx, &client_id).await;
+                    }
+                } else {
+                    routes.send(from, 0, &Wire::Session { id, session });
+                }
+            }
+            .in_current_span(),
+        );
+    }
+
+    fn send_sessions(&self, to: u64) {
+        let Some(inner) = self.ctx.upgrade() else { return };
+        let ctx = NodeContext::from_inner(inner);
+        let Some(routes) = self.myself() else { return };
+        tokio::spawn(
+            async move {
+                let sessions = ctx.sessions.attached().await;
+                for chunk in sessions.chunks(SESSIONS_CHUNK) {
+                    routes.send(to, 0, &Wire::Sessions { sessions: chunk.to_vec() });
+                }
+            }
+            .in_current_span(),
+        );
+    }
+
+    /// A peer holds `sessions`: where this node holds one too and its client attached here
+    /// earlier (or at the same moment, and this node's id is lower), this node's copy ends.
+    fn on_sessions(&self, from: u64, sessions: Vec<(String, i64)>) {
+        let Some(inner) = self.ctx.upgrade() else { return };
+        let ctx = NodeContext::from_inner(inner);
+        let node_id = self.node_id;
+        tokio::spawn(
+            async move {
+                for (client_id, theirs) in sessions {
+                    let Some(handle) = ctx.sessions.get(&client_id).await else { continue };
+                    let ours = handle.attached_at.load(Ordering::Relaxed);
+                    if (ours, node_id) < (theirs, from) {
+                        tracing::info!(%client_id, peer = from, "session held on another node too, attached there later: ending it here");
+                        let _ = ractor::call_t!(handle.actor, SessionMsg::HandOver, 3_000);
+                        forget_session(&ctx, &client_id).await;
+                    }
+                }
+            }
+            .in_current_span(),
+        );
+    }
+
+    fn on_session_taken(&self, client_id: String) {
+        let Some(inner) = self.ctx.upgrade() else { return };
+        let ctx = NodeContext::from_inner(inner);
+        tokio::spawn(async move { forget_session(&ctx, &client_id).await }.in_current_span());
+    }
+
     /// Routes known of each peer (for status and tests): node → number of filters.
     pub fn peer_routes(&self) -> BTreeMap<u64, usize> {
         self.remote.read().tables.iter().map(|(node, table)| (*node, table.filters.len())).collect()
@@ -715,6 +915,14 @@ impl Service for ClusterRoutes {
             // an answer to a forward of this node's earlier start is not one to this start's
             Wire::Published { incarnation, id, ok } if incarnation == self.incarnation() => self.answer(id, ok),
             Wire::Published { .. } => {}
+            Wire::TakeSession { client_id, discard } => {
+                if let Some(routes) = self.myself() {
+                    routes.on_take_session(from, id, client_id, discard);
+                }
+            }
+            Wire::Session { id, session } => self.on_session(from, id, session),
+            Wire::SessionTaken { client_id } => self.on_session_taken(client_id),
+            Wire::Sessions { sessions } => self.on_sessions(from, sessions),
         }
     }
 
@@ -723,6 +931,22 @@ impl Service for ClusterRoutes {
         if let Some(entry) = self.pending.lock().get_mut(&id) {
             entry.resend_at = entry.resend_at.min(Instant::now() + RESEND_DELAY);
         }
+    }
+}
+
+/// Deletes the stored copy of a session that moved to another node (unless the client came
+/// back here since).
+async fn forget_session(ctx: &NodeContext, client_id: &str) {
+    if ctx.sessions.get(client_id).await.is_some() {
+        return;
+    }
+    tracing::debug!(client_id, "stored copy of a session that moved forgotten");
+    // synced: a power loss must not bring the copy back as a second owner
+    let deleted = persist::delete_session(ctx.state_store.as_ref(), client_id)
+        .map_err(|error| error.to_string())
+        .and_then(|()| ctx.state_store.sync().map_err(|error| error.to_string()));
+    if let Err(error) = deleted {
+        tracing::error!(client_id, %error, "cannot delete the stored copy of a session that moved");
     }
 }
 

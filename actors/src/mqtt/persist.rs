@@ -73,8 +73,8 @@ pub struct StoredWill {
     pub publish_at_ms: Option<i64>,
 }
 
-/// A persisted session, as loaded at start.
-#[derive(Debug, Clone)]
+/// A persisted session, as loaded at start (or handed over by another node of the cluster).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LoadedSession {
     /// The client id.
     pub client_id: String,

@@ -3,6 +3,8 @@
 
 use std::collections::BTreeMap;
 
+use std::sync::atomic::Ordering;
+
 use ractor::{ActorRef, call_t};
 
 use crate::context::NodeContext;
@@ -62,11 +64,26 @@ impl SessionRegistry {
                 match sessions.get(client_id) {
                     Some(handle) => handle.clone(),
                     None => {
+                        // the session may live on another node of the cluster: it moves here
+                        // (clean start 0), or ends there (clean start 1)
+                        let taken = ctx.routes.take_session(client_id, request.clean_start).await;
+                        let (from, restored) = match taken {
+                            Some((node, session)) => (Some(node), Some(*session)),
+                            None => (None, None),
+                        };
                         // a new session takes the connection as it starts: no attach round trip
-                        let handle = spawn_session(ctx, client_id.to_string(), None, Some(request))
+                        let handle = spawn_session(ctx, client_id.to_string(), restored, Some(request))
                             .await
                             .map_err(|e| AttachError::Spawn(e.to_string()))?;
                         sessions.insert(client_id.to_string(), handle.clone());
+                        if let Some(node) = from {
+                            // stored here as it attached, and synced (a power loss here must not
+                            // lose a session its old owner forgets): the old owner may forget it
+                            match ctx.state_store.sync() {
+                                Ok(()) => ctx.routes.session_taken(node, client_id),
+                                Err(error) => tracing::error!(client_id, %error, "cannot sync a session taken over"),
+                            }
+                        }
                         return Ok(handle.actor);
                     }
                 }
@@ -80,6 +97,21 @@ impl SessionRegistry {
             }
         }
         Err(AttachError::Unresponsive)
+    }
+
+    /// Every session of this node: client id and when its client last attached.
+    pub async fn attached(&self) -> Vec<(String, i64)> {
+        let mut all = Vec::new();
+        for shard in &self.shards {
+            let sessions = shard.lock().await;
+            all.extend(sessions.iter().map(|(id, handle)| (id.clone(), handle.attached_at.load(Ordering::Relaxed))));
+        }
+        all
+    }
+
+    /// The session of `client_id`, if this node holds it.
+    pub async fn get(&self, client_id: &str) -> Option<SessionHandle> {
+        self.shard(client_id).lock().await.get(client_id).cloned()
     }
 
     /// Forgets the session of `client_id` if it is still `actor`.

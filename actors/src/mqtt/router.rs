@@ -160,6 +160,9 @@ pub struct SessionHandle {
     /// Whether the session is persistent: a QoS 1/2 delivery to it is part of what the
     /// publisher's acknowledgement promises, so it answers once the delivery is stored.
     pub persistent: Arc<AtomicBool>,
+    /// When a client last attached (ms since the epoch; for a restored session, when it was
+    /// last stored): of two nodes that both hold a session after a partition, the later wins.
+    pub attached_at: Arc<std::sync::atomic::AtomicI64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]

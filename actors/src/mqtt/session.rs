@@ -83,6 +83,9 @@ pub enum SessionMsg {
     /// Every session and stream of the node is restored: start the timers of a restored
     /// session (its will, its expiry), whose firing must find the whole node in place.
     Resume,
+    /// Another node of the cluster takes the session over: close the connection (v5:
+    /// DISCONNECT 0x8E), stop, and reply with the whole session.
+    HandOver(RpcReplyPort<Box<LoadedSession>>),
     /// Stream appends, or deliveries to persistent sessions, made for this session's
     /// publishes are durable (or failed).
     Durable {
@@ -105,6 +108,8 @@ pub struct SessionArgs {
     pub online: Arc<AtomicBool>,
     /// Shared with the router: whether the session is persistent.
     pub persistent: Arc<AtomicBool>,
+    /// Shared with the registry: when a client last attached.
+    pub attached_at: Arc<std::sync::atomic::AtomicI64>,
     /// A connection to attach right away (a new session), which saves the attach round trip.
     pub attach: Option<AttachRequest>,
 }
@@ -180,7 +185,12 @@ impl Actor for MqttSession {
     ) -> Result<SessionShell, ActorProcessingErr> {
         let ctx = args.ctx;
         let mut state = SessionState::new(args.client_id.clone(), ctx.mqtt.session_limits());
-        let handle = SessionHandle { actor: myself.clone(), online: args.online, persistent: args.persistent };
+        let handle = SessionHandle {
+            actor: myself.clone(),
+            online: args.online,
+            persistent: args.persistent,
+            attached_at: args.attached_at,
+        };
         ctx.mqtt_counters.sessions.increment(1.0);
         let mut elapsed_secs = None;
         let mut will = None;
@@ -240,6 +250,8 @@ enum Tail {
     CloseConnection,
     /// The session expired.
     EndSession,
+    /// The session moves to another node.
+    HandOver(RpcReplyPort<Box<LoadedSession>>),
 }
 
 impl SessionShell {
@@ -351,6 +363,7 @@ impl SessionShell {
                     self.publish_will(will, &identity);
                 }
             }
+            SessionMsg::HandOver(reply) => return Some(Tail::HandOver(reply)),
             SessionMsg::ExpiryElapsed(epoch) => {
                 if epoch == self.epoch && !self.state.is_connected() {
                     tracing::debug!(client_id = %self.state.client_id(), "session expired");
@@ -401,23 +414,50 @@ impl SessionShell {
         match tail {
             Tail::CloseConnection => self.close_connection(myself, true).await,
             Tail::EndSession => self.end_session(myself).await,
+            Tail::HandOver(reply) => {
+                let session = self.hand_over(myself).await;
+                let _ = reply.send(Box::new(session));
+            }
         }
+    }
+
+    /// Gives the session up to another node: the client is told it was taken over, the will
+    /// of this connection is dropped (the client's new connection brings its own), the
+    /// routes go, and the session leaves this node's registry. Its stored copy stays until
+    /// the new owner says it stored the session (see `ClusterRoutes`).
+    async fn hand_over(&mut self, myself: &ActorRef<SessionMsg>) -> LoadedSession {
+        if let Some(old) = self.io.take() {
+            close_taken_over(old);
+        }
+        self.state.clear_will();
+        self.state.detach();
+        self.handle.online.store(false, Ordering::Relaxed);
+        self.pending_will = None;
+        self.abandon_held_acks();
+        let client_id = self.state.client_id().to_string();
+        let outgoing = self.state.outgoing_seqs();
+        let session = LoadedSession {
+            client_id: client_id.clone(),
+            record: self.record(),
+            outgoing: outgoing
+                .iter()
+                .filter_map(|seq| self.state.outgoing(*seq).map(|entry| (*seq, entry.clone())))
+                .collect(),
+            incoming_qos2: self.state.incoming_qos2().clone(),
+            reappend: self.reappend_only.clone(),
+        };
+        for raw_filter in self.state.subscriptions().keys() {
+            self.ctx.router.unsubscribe(&client_id, raw_filter);
+        }
+        self.ctx.sessions.remove(&client_id, myself).await;
+        myself.stop(None);
+        session
     }
 
     fn attach(&mut self, request: AttachRequest) {
         let now = self.ctx.now_ms();
         if let Some(old) = self.io.take() {
-            // session takeover: tell the old client why and close it
-            let mut out = old.out;
-            if old.version == ProtocolVersion::V5 {
-                let _ = codec::write_packet(
-                    &Packet::Disconnect(disconnect(DisconnectReasonCode::SessionTakenOver)),
-                    old.version,
-                    &mut out,
-                );
-            }
-            old.outbox.push(&mut out);
-            old.outbox.close();
+            close_taken_over(old);
             if let Some((will, delay)) = self.state.will().cloned()
                 && (delay == 0 || request.clean_start)
             {
@@ -428,6 +468,7 @@ impl SessionShell {
             self.state.detach();
         }
         self.epoch += 1;
+        self.handle.attached_at.store(now, Ordering::Relaxed);
         // a reconnect cancels a will waiting for its delay, once the CONNECT is accepted
         let waiting_will = self.pending_will.take();
         self.abandon_held_acks();
@@ -913,6 +954,20 @@ impl Drop for SessionShell {
     }
 }
 
+/// Session takeover: tells the old client why (v5: DISCONNECT 0x8E) and closes its connection.
+fn close_taken_over(old: ConnIo) {
+    let mut out = old.out;
+    if old.version == ProtocolVersion::V5 {
+        let _ = codec::write_packet(
+            &Packet::Disconnect(disconnect(DisconnectReasonCode::SessionTakenOver)),
+            old.version,
+            &mut out,
+        );
+    }
+    old.outbox.push(&mut out);
+    old.outbox.close();
+}
+
 fn disconnect(reason: DisconnectReasonCode) -> Disconnect {
     Disconnect { reason_code: reason, properties: None }
 }
@@ -951,16 +1006,19 @@ pub async fn spawn_session(
 ) -> Result<SessionHandle, ractor::SpawnErr> {
     let online = Arc::new(AtomicBool::new(false));
     let persistent = Arc::new(AtomicBool::new(false));
+    let stored_at = restored.as_ref().map_or(0, |loaded| loaded.record.saved_at_ms);
+    let attached_at = Arc::new(std::sync::atomic::AtomicI64::new(stored_at));
     let args = SessionArgs {
         ctx: ctx.clone(),
         client_id,
         restored,
         online: Arc::clone(&online),
         persistent: Arc::clone(&persistent),
+        attached_at: Arc::clone(&attached_at),
         attach,
     };
     let (actor, _) = Actor::spawn(None, MqttSession, args).await?;
-    Ok(SessionHandle { actor, online, persistent })
+    Ok(SessionHandle { actor, online, persistent, attached_at })
 }
 
 #[cfg(test)]
