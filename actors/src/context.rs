@@ -26,6 +26,9 @@ pub struct MqttSettings {
     pub max_inflight: u16,
     /// Messages queued per session beyond those in flight.
     pub max_queued_messages: usize,
+    /// Bytes (topic and payload) queued per session beyond those in flight: with
+    /// `max_queued_messages`, whichever is reached first applies `queue_overflow`.
+    pub max_queued_bytes: usize,
     /// What happens when a session's queue is full.
     pub queue_overflow: QueueOverflow,
     /// Maximum concurrent connections.
@@ -56,6 +59,7 @@ impl Default for MqttSettings {
             max_packet_size: 1024 * 1024,
             max_inflight: 32,
             max_queued_messages: 1000,
+            max_queued_bytes: 64 << 20,
             queue_overflow: QueueOverflow::DropOldest,
             max_connections: 100_000,
             max_keepalive: u16::MAX,
@@ -80,6 +84,7 @@ impl MqttSettings {
         SessionLimits {
             max_inflight: self.max_inflight,
             max_queued: self.max_queued_messages,
+            max_queued_bytes: self.max_queued_bytes,
             overflow: self.queue_overflow,
             max_topic_alias: self.max_topic_alias,
             retain_available: self.retain_available,

@@ -338,6 +338,9 @@ impl Config {
         if !(64..=268_435_455).contains(&mqtt.max_packet_size) {
             return Err(invalid("mqtt.max_packet_size", "must be between 64 and 268435455"));
         }
+        if mqtt.max_queued_bytes == 0 {
+            return Err(invalid("mqtt.max_queued_bytes", "must be at least 1"));
+        }
         if !(1..=65_535).contains(&mqtt.max_client_id_len) {
             return Err(invalid("mqtt.max_client_id_len", "must be between 1 and 65535"));
         }

@@ -290,6 +290,36 @@ def test_queue_drop_new_counts_drops(make_broker):
     assert _reconnect_and_drain(broker, client_id, 5) == [0, 1, 2, 3, 4]
 
 
+@pytest.mark.tidewater_only
+def test_the_queue_is_bounded_in_bytes_as_well_as_in_messages(make_broker):
+    # 100 KB messages, 350 KB of queue: three fit, though 1,000 messages would
+    broker = make_broker(config={"mqtt": {"max_queued_bytes": 350_000, "queue_overflow": "drop_oldest"}})
+    topic, client_id = unique("lim/qb"), unique("queued")
+    before = _dropped(broker)
+    client = Client(broker, client_id=client_id, clean=False, session_expiry=300)
+    client.connect()
+    client.subscribe(topic, qos=1)
+    client.disconnect()
+    with connected(broker) as pub:
+        for i in range(10):
+            pub.publish(topic, b"%d:" % i + b"x" * 100_000, qos=1)
+    with Client(broker, client_id=client_id, clean=False, session_expiry=300) as back:
+        assert back.connect()[0]
+        got = back.wait_messages(3)
+        got += back.drain(1.0)
+    assert [int(m.payload.split(b":")[0]) for m in got] == [7, 8, 9], "the newest that fit in the bytes"
+    assert all(len(m.payload) == 100_002 for m in got)
+    wait_until(lambda: _dropped(broker) - before >= 7, message="7 drops counted")
+
+
+@pytest.mark.tidewater_only
+def test_a_zero_max_queued_bytes_is_refused_with_the_key(make_broker):
+    broker = make_broker(start=False, config={"mqtt": {"max_queued_bytes": 0}})
+    with pytest.raises(Exception):
+        broker.start()
+    assert "mqtt.max_queued_bytes" in broker.log_text()
+
+
 # -- retain availability --------------------------------------------------------------------------
 
 

@@ -39,6 +39,8 @@ pub struct SessionLimits {
     pub max_inflight: u16,
     /// Messages queued per session beyond those in flight.
     pub max_queued: usize,
+    /// Bytes (topic and payload) queued per session beyond those in flight, at most.
+    pub max_queued_bytes: usize,
     /// What happens when the queue is full.
     pub overflow: QueueOverflow,
     /// Topic Alias Maximum advertised to v5 clients.
@@ -139,6 +141,13 @@ pub enum OutgoingPhase {
     AwaitComp(u16),
 }
 
+impl Outgoing {
+    /// What the entry counts against `mqtt.max_queued_bytes`: its topic and payload.
+    pub fn queued_bytes(&self) -> usize {
+        self.message.topic.len() + self.message.payload.len()
+    }
+}
+
 /// A message on its way to the client.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Outgoing {
@@ -170,6 +179,8 @@ pub struct SessionState {
     subscriptions: BTreeMap<String, SubOptions>,
     outgoing: BTreeMap<u64, Outgoing>,
     queued: VecDeque<u64>,
+    /// Topic and payload bytes of the queued messages.
+    queued_bytes: usize,
     inflight: BTreeMap<u16, u64>,
     incoming_qos2: BTreeSet<u16>,
     next_seq: u64,
@@ -187,6 +198,7 @@ impl SessionState {
             subscriptions: BTreeMap::new(),
             outgoing: BTreeMap::new(),
             queued: VecDeque::new(),
+            queued_bytes: 0,
             inflight: BTreeMap::new(),
             incoming_qos2: BTreeSet::new(),
             next_seq: 0,
@@ -284,6 +296,7 @@ impl SessionState {
         self.subscriptions.clear();
         self.outgoing.clear();
         self.queued.clear();
+        self.queued_bytes = 0;
         self.inflight.clear();
         self.incoming_qos2.clear();
         effects
@@ -302,7 +315,10 @@ impl SessionState {
         self.incoming_qos2 = incoming_qos2;
         for (seq, entry) in outgoing {
             match entry.phase {
-                OutgoingPhase::Queued => self.queued.push_back(seq),
+                OutgoingPhase::Queued => {
+                    self.queued_bytes += entry.queued_bytes();
+                    self.queued.push_back(seq);
+                }
                 OutgoingPhase::AwaitAck(pkid) | OutgoingPhase::AwaitComp(pkid) => {
                     self.inflight.insert(pkid, seq);
                 }
@@ -655,26 +671,32 @@ impl SessionState {
             self.send_entry(entry, None, now_ms, &mut effects);
             return effects;
         }
-        if self.queued.len() >= self.limits.max_queued {
-            match self.limits.overflow {
-                QueueOverflow::DropNew => {
+        let bytes = entry.queued_bytes();
+        let full = |state: &Self| {
+            state.queued.len() >= state.limits.max_queued || state.queued_bytes + bytes > state.limits.max_queued_bytes
+        };
+        if full(self) {
+            if self.limits.overflow == QueueOverflow::DropNew || bytes > self.limits.max_queued_bytes {
+                effects.push(Effect::Dropped("queue_full"));
+                return effects;
+            }
+            // the oldest go until the new one fits (by count, one; by bytes, as many as it takes)
+            while full(self) {
+                let Some(oldest) = self.queued.pop_front() else {
+                    // nothing queued to make room (a bound of 0 messages): the new one goes
                     effects.push(Effect::Dropped("queue_full"));
                     return effects;
+                };
+                if let Some(removed) = self.outgoing.remove(&oldest) {
+                    self.queued_bytes = self.queued_bytes.saturating_sub(removed.queued_bytes());
                 }
-                QueueOverflow::DropOldest => {
-                    if let Some(oldest) = self.queued.pop_front() {
-                        self.outgoing.remove(&oldest);
-                        effects.push(Effect::Persist(PersistOp::DeleteOutgoing(oldest)));
-                    }
-                    effects.push(Effect::Dropped("queue_full"));
-                }
-            }
-            if self.limits.max_queued == 0 {
-                return effects;
+                effects.push(Effect::Persist(PersistOp::DeleteOutgoing(oldest)));
+                effects.push(Effect::Dropped("queue_full"));
             }
         }
         let seq = self.take_seq();
         self.outgoing.insert(seq, entry);
+        self.queued_bytes += bytes;
         self.queued.push_back(seq);
         effects.push(Effect::Persist(PersistOp::PutOutgoing(seq)));
         effects
@@ -693,6 +715,7 @@ impl SessionState {
             }
             self.queued.pop_front();
             let entry = self.outgoing.remove(&seq).expect("queued entry present");
+            self.queued_bytes = self.queued_bytes.saturating_sub(entry.queued_bytes());
             if entry.message.is_expired(now_ms) {
                 effects.push(Effect::Persist(PersistOp::DeleteOutgoing(seq)));
                 effects.push(Effect::Dropped("expired"));
@@ -716,6 +739,7 @@ impl SessionState {
         let Some(pkid) = self.take_pkid() else {
             // every packet id is in flight: keep it queued
             let seq = seq.unwrap_or_else(|| self.take_seq());
+            self.queued_bytes += entry.queued_bytes();
             self.outgoing.insert(seq, entry);
             self.queued.push_front(seq);
             return;

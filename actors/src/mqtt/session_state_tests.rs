@@ -8,6 +8,7 @@ fn limits() -> SessionLimits {
     SessionLimits {
         max_inflight: 2,
         max_queued: 3,
+        max_queued_bytes: usize::MAX,
         overflow: QueueOverflow::DropOldest,
         max_topic_alias: 10,
         retain_available: true,
@@ -340,6 +341,34 @@ fn drop_new_keeps_the_oldest() {
     assert_eq!(dropped(&fourth), vec!["queue_full"]);
     assert!(persists(&fourth).is_empty());
     assert_eq!(sent_payloads(&state.attach(v5(), 0)), vec!["1", "2", "3"]);
+}
+
+#[test]
+fn the_queue_is_bounded_in_bytes_too() {
+    // topic "t" and 9-byte payloads: 10 bytes each, 25 bytes of room
+    let bytes = |limits: SessionLimits| SessionLimits { max_queued_bytes: 25, ..limits };
+    let mut state = SessionState::new("c".into(), bytes(limits_with(10, 100, QueueOverflow::DropOldest)));
+    for payload in ["payload-1", "payload-2"] {
+        assert!(dropped(&state.deliver(payload_delivery(payload, 1), 0)).is_empty());
+    }
+    // the third does not fit: the oldest goes
+    let third = state.deliver(payload_delivery("payload-3", 1), 0);
+    assert_eq!(dropped(&third), vec!["queue_full"]);
+    assert_eq!(persists(&third), vec![PersistOp::DeleteOutgoing(0), PersistOp::PutOutgoing(2)]);
+    // one larger than the whole bound is dropped itself, and keeps the queue
+    let large = "x".repeat(30);
+    assert_eq!(dropped(&state.deliver(payload_delivery(&large, 1), 0)), vec!["queue_full"]);
+    // a big one pushes out as many as it takes
+    let big = "y".repeat(19);
+    let pushed = state.deliver(payload_delivery(&big, 1), 0);
+    assert_eq!(dropped(&pushed), vec!["queue_full", "queue_full"]);
+    assert_eq!(sent_payloads(&state.attach(v5(), 0)), vec![big.clone()]);
+    // drop-new keeps what is queued
+    let mut keep = SessionState::new("c".into(), bytes(limits_with(10, 100, QueueOverflow::DropNew)));
+    for payload in ["payload-1", "payload-2", "payload-3"] {
+        keep.deliver(payload_delivery(payload, 1), 0);
+    }
+    assert_eq!(sent_payloads(&keep.attach(v5(), 0)), vec!["payload-1", "payload-2"]);
 }
 
 #[test]
@@ -932,7 +961,9 @@ mod properties {
             overflow in overflow(),
             ops in proptest::collection::vec(op(true), 0..80),
         ) {
-            run(SessionLimits { max_inflight, max_queued, overflow, ..limits() }, receive_maximum, ops);
+            // every other case bounds the queue in bytes too (a few messages' worth)
+            let max_queued_bytes = if max_queued % 2 == 0 { 48 } else { usize::MAX };
+            run(SessionLimits { max_inflight, max_queued, max_queued_bytes, overflow, ..limits() }, receive_maximum, ops);
         }
 
         #[test]
