@@ -9,6 +9,7 @@ pub mod message;
 pub mod outbox;
 pub mod persist;
 pub mod registry;
+pub mod retained;
 pub mod router;
 pub mod session;
 pub mod session_state;

@@ -20,6 +20,7 @@ use tidewater_storage::StateStore;
 use crate::mqtt::cluster_routes::{ClusterRoutes, Forward};
 use crate::mqtt::message::{Delivery, Message, SubOptions};
 use crate::mqtt::persist;
+use crate::mqtt::retained::RetainedIndex;
 use crate::mqtt::session::SessionMsg;
 use crate::mqtt::topic;
 use crate::mqtt::trie::SubscriptionTrie;
@@ -186,7 +187,7 @@ struct SubEntry {
 pub struct Router {
     trie: RwLock<SubscriptionTrie<SubKey, SubEntry>>,
     share_cursors: Mutex<LookupMap<GroupKey, usize>>,
-    retained: RwLock<BTreeMap<String, Arc<Message>>>,
+    retained: RwLock<RetainedIndex>,
     store: Arc<dyn StateStore>,
     routes: Arc<ClusterRoutes>,
     subscriptions_gauge: metrics::Gauge,
@@ -210,7 +211,7 @@ impl Router {
         Self {
             trie: RwLock::new(SubscriptionTrie::default()),
             share_cursors: Mutex::new(LookupMap::new()),
-            retained: RwLock::new(BTreeMap::new()),
+            retained: RwLock::new(RetainedIndex::default()),
             store,
             routes,
             subscriptions_gauge: counters.subscriptions.clone(),
@@ -223,7 +224,7 @@ impl Router {
         let messages = persist::load_retained(self.store.as_ref())?;
         let mut retained = self.retained.write();
         for message in messages {
-            retained.insert(message.topic.clone(), Arc::new(message));
+            retained.insert(Arc::new(message));
         }
         self.retained_gauge.set(retained.len() as f64);
         Ok(retained.len())
@@ -275,7 +276,7 @@ impl Router {
             retained.remove(&message.topic);
             persist::delete_retained(self.store.as_ref(), &message.topic)
         } else {
-            retained.insert(message.topic.clone(), Arc::clone(message));
+            retained.insert(Arc::clone(message));
             persist::put_retained(self.store.as_ref(), message)
         };
         self.retained_gauge.set(retained.len() as f64);
@@ -286,14 +287,12 @@ impl Router {
         true
     }
 
-    /// Retained messages whose topic matches `filter`, skipping expired ones.
+    /// Retained messages whose topic matches `filter`, skipping expired ones: the filter walks
+    /// the index of retained topics, only down the branches it can match.
     pub fn retained_matching(&self, filter: &str, now_ms: i64) -> Vec<Arc<Message>> {
-        self.retained
-            .read()
-            .values()
-            .filter(|message| topic::matches(filter, &message.topic) && !message.is_expired(now_ms))
-            .cloned()
-            .collect()
+        let mut found = self.retained.read().matching(filter);
+        found.retain(|message| !message.is_expired(now_ms));
+        found
     }
 
     /// Routes an accepted message: retains it if asked, then delivers it once to every
