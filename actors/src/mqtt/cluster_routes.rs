@@ -125,6 +125,13 @@ struct Local {
     waiters: Vec<(u64, Instant, DurableNotice)>,
 }
 
+impl Local {
+    /// Whether every one of `peers` said it holds `version` of this table.
+    fn held_by(&self, peers: &[u64], version: u64) -> bool {
+        peers.iter().all(|peer| self.known.get(peer).is_some_and(|known| *known >= version))
+    }
+}
+
 /// A peer's routes as this node holds them.
 struct Table {
     incarnation: u64,
@@ -300,6 +307,11 @@ impl ClusterRoutes {
         ))
     }
 
+    /// The node's context, while the node lives.
+    fn context(&self) -> Option<NodeContext> {
+        self.ctx.upgrade().map(NodeContext::from_inner)
+    }
+
     fn myself(&self) -> Option<Arc<ClusterRoutes>> {
         self.myself.get().and_then(Weak::upgrade)
     }
@@ -337,39 +349,30 @@ impl ClusterRoutes {
     /// A session of this node took `raw_filter` (it held it not before). Returns the version
     /// a SUBACK must wait for the peers to hold, if some peer does not hold it yet.
     pub fn local_added(&self, raw_filter: &str) -> Option<u64> {
+        let peers = self.peers();
         let mut local = self.local.lock();
         let next = local.version + 1;
         let entry = local.filters.entry(raw_filter.to_string()).or_insert((0, next));
         entry.0 += 1;
         let added = entry.1;
         if entry.0 == 1 && added == next {
-            local.version = next;
-            let wire = Wire::Routes {
-                incarnation: self.incarnation(),
-                from: next - 1,
-                changes: vec![(true, raw_filter.to_string())],
-            };
-            // sent under the lock: every peer's link gets the deltas in version order
-            for peer in self.peers() {
-                self.send(peer, 0, &wire);
-            }
+            self.announce(&mut local, &peers, true, raw_filter);
         }
-        let peers = self.peers();
-        let held = peers.iter().all(|peer| local.known.get(peer).is_some_and(|known| *known >= added));
-        (!held).then_some(added)
+        (!local.held_by(&peers, added)).then_some(added)
     }
 
     /// A session of this node subscribed again to `raw_filter` (it held it already). Returns
     /// the version to wait for if that subscription is not yet held by every peer.
     pub fn local_added_before(&self, raw_filter: &str) -> Option<u64> {
+        let peers = self.peers();
         let local = self.local.lock();
         let added = local.filters.get(raw_filter)?.1;
-        let held = self.peers().iter().all(|peer| local.known.get(peer).is_some_and(|known| *known >= added));
-        (!held).then_some(added)
+        (!local.held_by(&peers, added)).then_some(added)
     }
 
     /// A session of this node let go of `raw_filter`.
     pub fn local_removed(&self, raw_filter: &str) {
+        let peers = self.peers();
         let mut local = self.local.lock();
         let Some(entry) = local.filters.get_mut(raw_filter) else { return };
         entry.0 -= 1;
@@ -377,14 +380,20 @@ impl ClusterRoutes {
             return;
         }
         local.filters.remove(raw_filter);
+        self.announce(&mut local, &peers, false, raw_filter);
+    }
+
+    /// Numbers a change of this node's table and sends it to every peer. Called under the
+    /// table's lock: every peer's link gets the deltas in version order.
+    fn announce(&self, local: &mut Local, peers: &[u64], added: bool, raw_filter: &str) {
         local.version += 1;
         let wire = Wire::Routes {
             incarnation: self.incarnation(),
             from: local.version - 1,
-            changes: vec![(false, raw_filter.to_string())],
+            changes: vec![(added, raw_filter.to_string())],
         };
-        for peer in self.peers() {
-            self.send(peer, 0, &wire);
+        for peer in peers {
+            self.send(*peer, 0, &wire);
         }
     }
 
@@ -394,22 +403,20 @@ impl ClusterRoutes {
     pub fn when_held(&self, version: u64, notice: DurableNotice) {
         let mut local = self.local.lock();
         local.waiters.push((version, Instant::now() + SUBSCRIBE_WAIT, notice));
-        self.release_waiters(&mut local, false);
+        self.release_waiters(&mut local);
     }
 
-    fn release_waiters(&self, local: &mut Local, all: bool) {
+    fn release_waiters(&self, local: &mut Local) {
         let peers = self.peers();
         let now = Instant::now();
-        let known = &local.known;
-        let held = |version: u64| peers.iter().all(|peer| known.get(peer).is_some_and(|k| *k >= version));
         let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut local.waiters)
             .into_iter()
-            .partition(|(version, deadline, _)| all || held(*version) || *deadline <= now);
+            .partition(|(version, deadline, _)| local.held_by(&peers, *version) || *deadline <= now);
         local.waiters = waiting;
         for (version, deadline, _) in &ready {
-            if *deadline <= now && !held(*version) {
+            if *deadline <= now && !local.held_by(&peers, *version) {
                 let behind: Vec<u64> =
-                    peers.iter().filter(|p| known.get(p).is_none_or(|k| k < version)).copied().collect();
+                    peers.iter().filter(|p| local.known.get(p).is_none_or(|k| k < version)).copied().collect();
                 tracing::warn!(
                     version,
                     ?behind,
@@ -517,7 +524,7 @@ impl ClusterRoutes {
         {
             let mut local = self.local.lock();
             local.known.retain(|peer, _| peers.contains(peer));
-            self.release_waiters(&mut local, false);
+            self.release_waiters(&mut local);
             if beacon {
                 let wire = Wire::Beacon { incarnation: self.incarnation(), version: local.version };
                 for peer in &peers {
@@ -600,7 +607,7 @@ impl ClusterRoutes {
         let mut local = self.local.lock();
         let known = local.known.entry(from).or_insert(0);
         *known = (*known).max(version);
-        self.release_waiters(&mut local, false);
+        self.release_waiters(&mut local);
     }
 
     fn on_routes(&self, from: u64, incarnation: u64, start: u64, changes: Vec<(bool, String)>) {
@@ -666,7 +673,7 @@ impl ClusterRoutes {
     }
 
     fn on_publish(&self, from: u64, incarnation: u64, id: u64, messages: Vec<Forward>) {
-        let Some(inner) = self.ctx.upgrade() else { return };
+        let Some(ctx) = self.context() else { return };
         if id != 0 {
             let mut seen = self.seen.lock();
             let (seen_of, ids) = seen.entry(from).or_default();
@@ -689,7 +696,6 @@ impl ClusterRoutes {
                 ids.pop_first();
             }
         }
-        let ctx = NodeContext::from_inner(inner);
         self.received.increment(messages.len() as u64);
         let token = self.next_token.fetch_add(1, Ordering::Relaxed);
         let relay = self.relay.get().cloned();
@@ -823,8 +829,7 @@ impl ClusterRoutes {
     }
 
     fn on_take_session(self: &Arc<Self>, from: u64, id: u64, client_id: String, discard: bool) {
-        let Some(inner) = self.ctx.upgrade() else { return };
-        let ctx = NodeContext::from_inner(inner);
+        let Some(ctx) = self.context() else { return };
         let routes = Arc::clone(self);
         tokio::spawn(
             async move {
@@ -846,8 +851,7 @@ impl ClusterRoutes {
     }
 
     fn send_sessions(&self, to: u64) {
-        let Some(inner) = self.ctx.upgrade() else { return };
-        let ctx = NodeContext::from_inner(inner);
+        let Some(ctx) = self.context() else { return };
         let Some(routes) = self.myself() else { return };
         tokio::spawn(
             async move {
@@ -863,8 +867,7 @@ impl ClusterRoutes {
     /// A peer holds `sessions`: where this node holds one too and its client attached here
     /// earlier (or at the same moment, and this node's id is lower), this node's copy ends.
     fn on_sessions(&self, from: u64, sessions: Vec<(String, i64)>) {
-        let Some(inner) = self.ctx.upgrade() else { return };
-        let ctx = NodeContext::from_inner(inner);
+        let Some(ctx) = self.context() else { return };
         let node_id = self.node_id;
         tokio::spawn(
             async move {
@@ -883,8 +886,7 @@ impl ClusterRoutes {
     }
 
     fn on_session_taken(&self, client_id: String) {
-        let Some(inner) = self.ctx.upgrade() else { return };
-        let ctx = NodeContext::from_inner(inner);
+        let Some(ctx) = self.context() else { return };
         tokio::spawn(async move { forget_session(&ctx, &client_id).await }.in_current_span());
     }
 

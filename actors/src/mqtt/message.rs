@@ -57,6 +57,11 @@ impl Message {
         self.expires_at_ms.is_some_and(|deadline| now_ms >= deadline)
     }
 
+    /// Its topic and payload bytes: what queues and forwards count against their byte bounds.
+    pub fn bytes(&self) -> usize {
+        self.topic.len() + self.payload.len()
+    }
+
     /// Seconds left before expiry (rounded up), for the forwarded Message Expiry Interval.
     pub fn remaining_expiry_secs(&self, now_ms: i64) -> Option<u32> {
         self.expires_at_ms.map(|deadline| ((deadline - now_ms).max(0) as u64).div_ceil(1000) as u32)

@@ -84,7 +84,7 @@ impl Fanout {
             }
         };
         let (_, forwards, notices, bytes) = &mut self.remote[at];
-        *bytes += forward.message.payload.len() + forward.message.topic.len();
+        *bytes += forward.message.bytes();
         forwards.push(forward);
         notices.extend(notice);
         if forwards.len() >= FORWARD_CHUNK || *bytes >= FORWARD_CHUNK_BYTES {

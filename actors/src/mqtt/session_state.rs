@@ -144,7 +144,7 @@ pub enum OutgoingPhase {
 impl Outgoing {
     /// What the entry counts against `mqtt.max_queued_bytes`: its topic and payload.
     pub fn queued_bytes(&self) -> usize {
-        self.message.topic.len() + self.message.payload.len()
+        self.message.bytes()
     }
 }
 
