@@ -509,9 +509,10 @@ def test_offsets_of_a_group_in_use_outlive_the_offsets_retention_and_an_empty_gr
         starts = [p["log_start_offset"] for b in nodes for p in stream_offsets_full(b, "__consumer_offsets") or []]
         return starts and max(starts) > 0
     wait_for(retained, timeout=10, step=0.2)
-    # the coordinator of "alive" dies: its successor replays the retained log and still has 5
+    # the coordinator of "alive" dies, its member still there: the successor replays the
+    # retained log and still has 5 (had the member left, the group would have been empty for
+    # the retention by now, counted from when it left, and its offsets would expire)
     group = admin.describe_consumer_groups(["alive"], request_timeout=10)["alive"].result(timeout=15)
-    alive.close()
     victim = next(b for b in nodes if b.node_id == group.coordinator.id)
     survivors = [b for b in nodes if b is not victim]
     victim.kill()
@@ -519,6 +520,7 @@ def test_offsets_of_a_group_in_use_outlive_the_offsets_retention_and_an_empty_gr
     found, _ = wait_for(lambda: _try(lambda: committed_offsets(admin, "alive", "tasks", 1)), timeout=30, step=0.5)
     assert found == {0: 5}
     assert committed_offsets(admin, "idle", "tasks", 1).get(0, -1) < 0
+    alive.close()
 
 
 def partition_sets(admin, name):

@@ -6,13 +6,15 @@
 //! store, or (in a cluster) the group's partition of the replicated offsets stream, as one
 //! record batch per commit, answered after raft commits it. A coordinator of the cluster
 //! belongs to one leader epoch of that partition: when the epoch changes, or another node
-//! leads, the registry drops it, and the next request builds it again from the partition.
+//! leads, the registry drops it, and the next request (or the coordinator's own timer) builds
+//! it again from the partition.
 //!
 //! The offsets stream keeps what was written within twice `kafka.offsets_retention_ms`
 //! (Kafka's `offsets.retention.minutes`, 7 days) and retention drops the rest, so its log, and
 //! a new coordinator's replay, stay bounded. A group with members, or one that lost its last
-//! member less than the retention ago (as Kafka counts an empty group's expiry; a new
-//! coordinator counts from its start), rewrites all its offsets as one batch once the oldest of
+//! member less than the retention ago (as Kafka counts an empty group's expiry: every batch
+//! carries the group's [`GroupMark`], so a new coordinator counts from when the group became
+//! empty), rewrites all its offsets as one batch once the oldest of
 //! them was written half the retention ago; after that each offset expires the retention after
 //! it was written, with a tombstone, so that a later coordinator's replay does not bring it
 //! back. The log keeps twice the retention so that a coordinator that moves (built on the next
@@ -47,6 +49,17 @@ const REPLAY_CHUNK: usize = 1 << 20;
 
 /// Committed offsets: group \0 topic \0 partition (i32 BE) → [`StoredOffset`].
 pub const GROUP_OFFSETS: &str = "group_offsets";
+/// The key suffix, after the group's prefix, of its [`GroupMark`] in the offsets stream (not
+/// UTF-8, and shorter than a topic's key, so no offset key can be read as it).
+const MARK_SUFFIX: &[u8] = b"\xff\xfe";
+
+/// Whether the group had members when its coordinator last wrote, and since when it has had
+/// none: written with every batch and when members come or all go, so that a coordinator that
+/// takes over counts an empty group's expiry from when it became empty, not from its own start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct GroupMark {
+    empty_since: Option<i64>,
+}
 
 /// Messages of the `GroupCoordinator` actor.
 pub enum GroupMsg {
@@ -100,8 +113,11 @@ pub struct GroupShell {
     timer_at: Option<i64>,
     /// when each committed offset was last written to the replicated log
     written: BTreeMap<(String, i32), i64>,
-    /// since when the group has had no members, as this coordinator knows (from its start)
+    /// since when the group has had no members (from the log's [`GroupMark`], or this
+    /// coordinator's start)
     empty_since: Option<i64>,
+    /// what the log's latest [`GroupMark`] says, once this coordinator knows
+    marked: Option<GroupMark>,
 }
 
 /// A committed offset as stored.
@@ -122,6 +138,12 @@ fn offset_key(group_id: &str, topic: &str, partition: i32) -> Vec<u8> {
     key.extend_from_slice(topic.as_bytes());
     key.push(0);
     key.extend_from_slice(&partition.to_be_bytes());
+    key
+}
+
+fn mark_key(group_id: &str) -> Vec<u8> {
+    let mut key = group_prefix(group_id);
+    key.extend_from_slice(MARK_SUFFIX);
     key
 }
 
@@ -172,6 +194,17 @@ fn load_offsets(store: &dyn StateStore, group_id: &str) -> Vec<OffsetRecord> {
         .collect()
 }
 
+/// What a replay of the offsets partition finds of a group.
+#[derive(Default)]
+struct Replayed {
+    /// its offset changes, in the order they committed
+    records: Vec<OffsetRecord>,
+    /// per offset still there, when it was last written
+    written: BTreeMap<(String, i32), i64>,
+    /// its latest mark
+    mark: Option<GroupMark>,
+}
+
 /// The group's offset changes in the offsets partition, in the order they committed, once
 /// the partition has committed everything its log holds now (the leader's first own entry
 /// commits its predecessors').
@@ -179,13 +212,15 @@ async fn replay_offsets(
     ctx: &NodeContext,
     partition: &PartitionHandle,
     group_id: &str,
-) -> Result<(Vec<OffsetRecord>, BTreeMap<(String, i32), i64>), ActorProcessingErr> {
+) -> Result<Replayed, ActorProcessingErr> {
     let end = ctx.log_store.offsets(&partition.id)?.log_end;
     let mut high_watermark = partition.high_watermark.clone();
     tokio::time::timeout(LOAD_WAIT, high_watermark.wait_for(|committed| *committed >= end))
         .await
         .map_err(|_| "the offsets partition has not committed its log yet")??;
     let prefix = group_prefix(group_id);
+    let mark_key = mark_key(group_id);
+    let mut mark = None;
     let mut records = Vec::new();
     // per key, when its latest value was written
     let mut written: BTreeMap<(String, i32), Option<i64>> = BTreeMap::new();
@@ -197,6 +232,10 @@ async fn replay_offsets(
         for batch in &batches {
             for record in decode_records(&batch.bytes)? {
                 let Some(key) = &record.key else { continue };
+                if *key == mark_key {
+                    mark = record.value.as_deref().map(|value| persist::decode(GROUP_OFFSETS, value)).transpose()?;
+                    continue;
+                }
                 let Some((topic, partition)) = parse_offset_key(&prefix, key) else { continue };
                 let value = match &record.value {
                     Some(value) => Some(committed(persist::decode(GROUP_OFFSETS, value)?)),
@@ -208,7 +247,7 @@ async fn replay_offsets(
         }
     }
     let written = written.into_iter().filter_map(|(key, at)| Some((key, at?))).collect();
-    Ok((records, written))
+    Ok(Replayed { records, written, mark })
 }
 
 impl Actor for GroupCoordinator {
@@ -224,12 +263,17 @@ impl Actor for GroupCoordinator {
             ..GroupConfig::default()
         };
         let mut group = GroupState::new(args.group_id.clone(), config, args.ctx.rng.next_u64());
-        let (records, written) = match &args.log {
-            OffsetLog::Local => (load_offsets(args.ctx.state_store.as_ref(), &args.group_id), BTreeMap::new()),
+        let replayed = match &args.log {
+            OffsetLog::Local => {
+                Replayed { records: load_offsets(args.ctx.state_store.as_ref(), &args.group_id), ..Replayed::default() }
+            }
             OffsetLog::Replicated { partition, .. } => replay_offsets(&args.ctx, partition, &args.group_id).await?,
         };
-        group.restore_offsets(records);
+        group.restore_offsets(replayed.records);
         let started = args.ctx.now_ms();
+        // members do not move with the coordinator (they join again): a group that had some
+        // counts as empty from now, one that had none from when it last had some
+        let empty_since = replayed.mark.and_then(|mark| mark.empty_since).map_or(started, |since| since.min(started));
         Ok(GroupShell {
             ctx: args.ctx,
             log: args.log,
@@ -237,8 +281,9 @@ impl Actor for GroupCoordinator {
             pending: BTreeMap::new(),
             next_token: 0,
             timer_at: None,
-            written,
-            empty_since: Some(started),
+            written: replayed.written,
+            empty_since: Some(empty_since),
+            marked: replayed.mark,
         })
     }
 
@@ -257,6 +302,15 @@ impl GroupShell {
     async fn on_message(&mut self, myself: ActorRef<GroupMsg>, message: GroupMsg) -> Result<(), ActorProcessingErr> {
         let shell = self;
         let now = shell.ctx.now_ms();
+        if matches!(message, GroupMsg::Tick) && shell.stale() {
+            // nobody asked for the group since its partition's leadership moved (a request
+            // goes through the registry, which builds it again): the registry builds it again
+            // now if this node leads in a later epoch, and drops it otherwise, so that an idle
+            // group's offsets still expire, counted from its mark
+            let (ctx, group_id) = (shell.ctx.clone(), shell.group.group_id().to_string());
+            tokio::spawn(async move { drop(ctx.groups.get_or_spawn(&ctx, &group_id).await) });
+            return Ok(());
+        }
         // before the request: a fetch never answers with an offset that has expired
         shell.refresh(now).await;
         let outputs = match message {
@@ -305,6 +359,7 @@ impl GroupShell {
         if let Err(error) = shell.perform(outputs).await {
             tracing::warn!(group = %shell.group.group_id(), ?error, "offsets not stored");
         }
+        shell.write_mark(now).await;
         let deadline = match (shell.group.next_deadline(), shell.refresh_due(now)) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -383,6 +438,9 @@ impl GroupShell {
     /// coordinator's timer wakes it, so an idle group's offsets are rewritten or expire on time).
     fn refresh_due(&self, now: i64) -> Option<i64> {
         let OffsetLog::Replicated { .. } = &self.log else { return None };
+        if self.marked != Some(self.mark()) {
+            return Some(now + 1_000);
+        }
         let retention = self.ctx.kafka.offsets_retention_ms;
         let oldest = *self.written.values().min()?;
         let rewriting = self.group.member_count() > 0 || self.empty_since.is_none_or(|since| now - since < retention);
@@ -390,6 +448,40 @@ impl GroupShell {
         // refresh ran at the start of this message: what is due still failed, and is tried again
         // a second later, not in a loop
         Some(due.max(now + 1_000))
+    }
+
+    /// The mark the log should hold now.
+    fn mark(&self) -> GroupMark {
+        GroupMark { empty_since: if self.group.member_count() > 0 { None } else { self.empty_since } }
+    }
+
+    /// Brings `empty_since` up to the members the group has now and, in a cluster, writes the
+    /// mark if the log's differs (members came, or the last one went).
+    async fn write_mark(&mut self, now: i64) {
+        if self.group.member_count() > 0 {
+            self.empty_since = None;
+        } else if self.empty_since.is_none() {
+            self.empty_since = Some(now);
+        }
+        let OffsetLog::Replicated { partition, epoch } = &self.log else { return };
+        if self.marked == Some(self.mark()) {
+            return;
+        }
+        let (partition, epoch) = (partition.clone(), *epoch);
+        let nothing = PersistedOffsets { group_id: self.group.group_id().to_string(), records: Vec::new() };
+        if let Err(error) = self.propose(&partition, epoch, nothing).await {
+            // tried again on the next message, or a second later (`refresh_due`)
+            tracing::debug!(group = %self.group.group_id(), ?error, "the group's mark not written yet");
+        }
+    }
+
+    /// Whether this coordinator's epoch has passed: its partition is led by another node
+    /// now, or by this one in a later term.
+    fn stale(&self) -> bool {
+        match &self.log {
+            OffsetLog::Local => false,
+            OffsetLog::Replicated { partition, epoch } => !leads_in(partition, *epoch),
+        }
     }
 
     async fn refresh(&mut self, now: i64) {
@@ -440,26 +532,27 @@ impl GroupShell {
         }
     }
 
-    /// Proposes the offsets as one record batch to the group's partition of the offsets
-    /// stream; answered after commit.
+    /// Proposes the offsets, and the group's mark, as one record batch to the group's
+    /// partition of the offsets stream; answered after commit.
     async fn propose(
-        &self,
+        &mut self,
         partition: &PartitionHandle,
         epoch: u64,
         offsets: PersistedOffsets,
     ) -> Result<(), ErrorCode> {
         // a coordinator of an older epoch (this node led, lost and leads again) replayed less
         // than the partition holds: it must not write, its successor answers
-        let leads = partition.replica.as_ref().and_then(|view| *view.leadership.borrow());
-        if !leads.is_some_and(|leadership| leadership.is_leader && leadership.term == epoch) {
+        if !leads_in(partition, epoch) {
             return Err(ErrorCode::NotCoordinator);
         }
         let now = self.ctx.now_ms();
-        let entries: Vec<(Vec<u8>, Option<Vec<u8>>)> = offsets
+        let mark = self.mark();
+        let mut entries: Vec<(Vec<u8>, Option<Vec<u8>>)> = offsets
             .records
             .into_iter()
             .map(|record| (offset_key(&offsets.group_id, &record.topic, record.partition), record.value.map(stored)))
             .collect();
+        entries.push((mark_key(&offsets.group_id), Some(persist::encode(&mark))));
         let records: Vec<NewRecord> = entries
             .iter()
             .map(|(key, value)| NewRecord { key: Some(key), value: value.as_deref(), headers: &[], timestamp_ms: now })
@@ -470,7 +563,10 @@ impl GroupShell {
             return Err(ErrorCode::CoordinatorNotAvailable);
         }
         match tokio::time::timeout(COMMIT_WAIT, answer).await {
-            Ok(Ok(Ok(_))) => Ok(()),
+            Ok(Ok(Ok(_))) => {
+                self.marked = Some(mark);
+                Ok(())
+            }
             Ok(Ok(Err(ProduceError::NotLeader(_)))) => Err(ErrorCode::NotCoordinator),
             Ok(Ok(Err(error))) => {
                 tracing::warn!(group = %offsets.group_id, %error, "committed offsets not replicated");
@@ -497,6 +593,12 @@ impl GroupShell {
             ErrorCode::CoordinatorNotAvailable
         })
     }
+}
+
+/// Whether this node's replica of `partition` leads it in `epoch`.
+fn leads_in(partition: &PartitionHandle, epoch: u64) -> bool {
+    let leads = partition.replica.as_ref().and_then(|view| *view.leadership.borrow());
+    leads.is_some_and(|leadership| leadership.is_leader && leadership.term == epoch)
 }
 
 /// The node's consumer groups: each coordinator, and the leader epoch of the offsets
