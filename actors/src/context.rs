@@ -79,9 +79,10 @@ impl MqttSettings {
         Duration::from_millis(self.connect_timeout_ms)
     }
 
-    /// The limits each session enforces.
-    pub fn session_limits(&self) -> SessionLimits {
+    /// The limits each session enforces, its queue counted against `budget`.
+    pub fn session_limits(&self, budget: &Arc<crate::memory::MemoryBudget>) -> SessionLimits {
         SessionLimits {
+            budget: Arc::clone(budget),
             max_inflight: self.max_inflight,
             max_queued: self.max_queued_messages,
             max_queued_bytes: self.max_queued_bytes,
@@ -107,6 +108,8 @@ pub struct KafkaSettings {
     pub default_replication_factor: u16,
     /// Largest produce payload per partition (bytes).
     pub max_message_bytes: usize,
+    /// Largest Fetch response (bytes), whatever the client asks.
+    pub fetch_max_bytes: usize,
     /// How long a follower may lag before it leaves the ISR (ms).
     pub replica_lag_time_max_ms: u64,
     /// A client connection with no request for this long is closed (ms).
@@ -131,6 +134,7 @@ impl Default for KafkaSettings {
             default_partitions: 1,
             default_replication_factor: 3,
             max_message_bytes: 1024 * 1024,
+            fetch_max_bytes: 55 << 20,
             replica_lag_time_max_ms: 10_000,
             connections_max_idle_ms: 600_000,
             group_initial_rebalance_delay_ms: 0,
@@ -175,6 +179,8 @@ pub struct NodeInner {
     pub groups: GroupRegistry,
     /// Open MQTT connections.
     pub connections: AtomicUsize,
+    /// The memory budget of message data.
+    pub memory: Arc<crate::memory::MemoryBudget>,
     /// MQTT counters, registered once.
     pub mqtt_counters: crate::metrics::MqttCounters,
     /// The node's tracing span (`node = <id>`): actors run their messages inside it, since
@@ -223,6 +229,8 @@ pub struct NodeParts {
     pub clock: Arc<dyn Clock>,
     /// Randomness.
     pub rng: NodeRng,
+    /// Bytes of message data the node may hold (`memory.budget_bytes`).
+    pub memory_budget: usize,
 }
 
 impl NodeContext {
@@ -251,6 +259,7 @@ impl NodeContext {
                 streams,
                 groups: GroupRegistry::default(),
                 connections: AtomicUsize::new(0),
+                memory: crate::memory::MemoryBudget::new(parts.memory_budget),
                 mqtt_counters,
                 span: tracing::Span::current(),
                 cluster: std::sync::OnceLock::new(),
@@ -287,6 +296,7 @@ impl NodeContext {
             net: Arc::new(crate::seams::TokioNet),
             clock: Arc::new(crate::seams::MonotonicClock::from_system()),
             rng: NodeRng::seeded(7),
+            memory_budget: crate::memory::DEFAULT_BUDGET,
         })
     }
 }

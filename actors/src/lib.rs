@@ -6,6 +6,7 @@
 pub mod context;
 pub mod kafka;
 mod lookup;
+pub mod memory;
 pub mod metrics;
 pub mod mqtt;
 pub use tidewater_cluster::{check_invariant, invariants, seams};

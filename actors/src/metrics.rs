@@ -21,11 +21,18 @@ pub const MQTT_BYTES_RECEIVED: &str = "tidewater_mqtt_bytes_received_total";
 pub const MQTT_BYTES_SENT: &str = "tidewater_mqtt_bytes_sent_total";
 /// Messages forwarded to (`out`) and from (`in`) other nodes of the cluster.
 pub const MQTT_FORWARDED: &str = "tidewater_mqtt_forwarded_messages_total";
-/// Messages dropped, by `reason` (counter): `queue_full`, `expired`, `packet_too_large`,
-/// `not_authorized`.
+/// Messages dropped, by `reason` (counter): `queue_full`, `memory_budget`, `expired`,
+/// `packet_too_large`, `not_authorized`.
 pub const MQTT_MESSAGES_DROPPED: &str = "tidewater_mqtt_messages_dropped_total";
 /// Connections refused or closed for a protocol reason, by `reason` (counter).
 pub const MQTT_CONNECTIONS_REFUSED: &str = "tidewater_mqtt_connections_refused_total";
+/// Times a publisher's connection paused reading because deliveries between sessions filled
+/// their share of the memory budget (counter).
+pub const MQTT_PUBLISHER_PAUSES: &str = "tidewater_mqtt_publisher_pauses_total";
+/// Bytes of message data the node holds, by `part`: `session_queues`, `deliveries` (gauge).
+pub const MEMORY_BYTES: &str = "tidewater_memory_bytes";
+/// The node's memory budget, `memory.budget_bytes` (gauge).
+pub const MEMORY_BUDGET: &str = "tidewater_memory_budget_bytes";
 
 /// Registers descriptions of every metric (once per process, by `main`).
 pub fn describe() {
@@ -41,6 +48,9 @@ pub fn describe() {
     describe_counter!(MQTT_FORWARDED, "MQTT messages forwarded to (out) and from (in) other nodes");
     describe_counter!(MQTT_MESSAGES_DROPPED, "messages dropped, by reason");
     describe_counter!(MQTT_CONNECTIONS_REFUSED, "connections refused or closed for a protocol reason");
+    describe_counter!(MQTT_PUBLISHER_PAUSES, "publisher connections paused by the memory budget's delivery share");
+    describe_gauge!(MEMORY_BYTES, "bytes of message data held, by part (session_queues, deliveries)");
+    describe_gauge!(MEMORY_BUDGET, "the node's memory budget (memory.budget_bytes)");
     describe_counter!(tidewater_cluster::invariants::INVARIANT_VIOLATIONS, "invariant violations seen by the node");
 }
 
@@ -54,7 +64,9 @@ pub struct MqttCounters {
     pub bytes_received: metrics::Counter,
     /// Bytes written to MQTT connections.
     pub bytes_sent: metrics::Counter,
-    dropped: [(&'static str, metrics::Counter); 4],
+    dropped: [(&'static str, metrics::Counter); 5],
+    /// Publisher connections paused by the memory budget.
+    pub publisher_pauses: metrics::Counter,
     /// Open MQTT connections.
     pub connections: metrics::Gauge,
     /// MQTT sessions (connected or not).
@@ -78,13 +90,14 @@ impl MqttCounters {
             sent: by_qos(MQTT_MESSAGES_SENT),
             bytes_received: metrics::counter!(MQTT_BYTES_RECEIVED, "node" => node.clone()),
             bytes_sent: metrics::counter!(MQTT_BYTES_SENT, "node" => node.clone()),
-            dropped: ["queue_full", "expired", "packet_too_large", "not_authorized"].map(|reason| {
+            dropped: ["queue_full", "memory_budget", "expired", "packet_too_large", "not_authorized"].map(|reason| {
                 (reason, metrics::counter!(MQTT_MESSAGES_DROPPED, "node" => node.clone(), "reason" => reason))
             }),
             connections: metrics::gauge!(MQTT_CONNECTIONS, "node" => node.clone()),
             sessions: metrics::gauge!(MQTT_SESSIONS, "node" => node.clone()),
             subscriptions: metrics::gauge!(MQTT_SUBSCRIPTIONS, "node" => node.clone()),
             retained: metrics::gauge!(MQTT_RETAINED, "node" => node.clone()),
+            publisher_pauses: metrics::counter!(MQTT_PUBLISHER_PAUSES, "node" => node.clone()),
             node,
         };
         for counter in counters.received.iter().chain(&counters.sent).chain(counters.dropped.iter().map(|(_, c)| c)) {
@@ -92,6 +105,7 @@ impl MqttCounters {
         }
         counters.bytes_received.increment(0);
         counters.bytes_sent.increment(0);
+        counters.publisher_pauses.increment(0);
         counters.connections.increment(0.0);
         counters.sessions.increment(0.0);
         counters.subscriptions.set(0.0);
@@ -129,4 +143,12 @@ impl std::fmt::Debug for MqttCounters {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("MqttCounters")
     }
+}
+
+/// Sets node `node_id`'s memory gauges from its budget (before each scrape of `/metrics`).
+pub fn memory_gauges(node_id: u64, budget: &crate::memory::MemoryBudget) {
+    let node = node_id.to_string();
+    metrics::gauge!(MEMORY_BUDGET, "node" => node.clone()).set(budget.budget() as f64);
+    metrics::gauge!(MEMORY_BYTES, "node" => node.clone(), "part" => "session_queues").set(budget.queued() as f64);
+    metrics::gauge!(MEMORY_BYTES, "node" => node, "part" => "deliveries").set(budget.delivering() as f64);
 }

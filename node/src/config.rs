@@ -50,6 +50,8 @@ pub struct Config {
     pub cluster: ClusterConfig,
     /// Storage durability.
     pub storage: StorageConfig,
+    /// The node's memory budget.
+    pub memory: MemoryConfig,
     /// MQTT limits.
     pub mqtt: MqttSettings,
     /// Users and ACL.
@@ -75,6 +77,9 @@ pub struct KafkaConfig {
     pub default_replication_factor: u16,
     /// Largest record batch accepted (bytes), as Kafka's message.max.bytes.
     pub max_message_bytes: usize,
+    /// Largest Fetch response (bytes), whatever the client asks, as Kafka's fetch.max.bytes:
+    /// what one connection holds for a client that does not read.
+    pub fetch_max_bytes: usize,
     /// A follower leaves a partition's in-sync replicas (the ISR Metadata lists) when it has
     /// not kept up for this long (ms), as replica.lag.time.max.ms.
     pub replica_lag_time_max_ms: u64,
@@ -102,6 +107,7 @@ impl Default for KafkaConfig {
             default_partitions: 1,
             default_replication_factor: 3,
             max_message_bytes: 1024 * 1024,
+            fetch_max_bytes: 55 << 20,
             replica_lag_time_max_ms: 10_000,
             connections_max_idle_ms: 600_000,
             retention_check_ms: 30_000,
@@ -122,6 +128,7 @@ impl Default for Config {
             listeners: Listeners::default(),
             cluster: ClusterConfig::default(),
             storage: StorageConfig::default(),
+            memory: MemoryConfig::default(),
             mqtt: MqttSettings::default(),
             auth: AuthConfig::default(),
             kafka: KafkaConfig::default(),
@@ -215,6 +222,22 @@ impl Default for StorageConfig {
             segment_bytes: segments.segment_bytes,
             segment_ms: segments.segment_ms as u64,
         }
+    }
+}
+
+/// `[memory]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MemoryConfig {
+    /// Bytes of message data the node holds at most: half for session queues, an eighth for
+    /// deliveries between sessions (publishers pause past it), the rest headroom (see the
+    /// README, "Memory").
+    pub budget_bytes: usize,
+}
+
+impl Default for MemoryConfig {
+    fn default() -> Self {
+        Self { budget_bytes: tidewater_actors::memory::DEFAULT_BUDGET }
     }
 }
 
@@ -341,6 +364,9 @@ impl Config {
         if mqtt.max_queued_bytes == 0 {
             return Err(invalid("mqtt.max_queued_bytes", "must be at least 1"));
         }
+        if self.memory.budget_bytes < 16 << 20 {
+            return Err(invalid("memory.budget_bytes", "must be at least 16777216 (16 MiB)"));
+        }
         if !(1..=65_535).contains(&mqtt.max_client_id_len) {
             return Err(invalid("mqtt.max_client_id_len", "must be between 1 and 65535"));
         }
@@ -416,6 +442,9 @@ impl Config {
         {
             return Err(invalid("kafka.advertised_address", "must be host:port"));
         }
+        if self.kafka.fetch_max_bytes < 1024 {
+            return Err(invalid("kafka.fetch_max_bytes", "must be at least 1024"));
+        }
         if self.kafka.max_message_bytes < 1024 {
             return Err(invalid("kafka.max_message_bytes", "must be at least 1024"));
         }
@@ -480,6 +509,7 @@ impl Config {
             default_partitions: self.kafka.default_partitions,
             default_replication_factor: self.kafka.default_replication_factor,
             max_message_bytes: self.kafka.max_message_bytes,
+            fetch_max_bytes: self.kafka.fetch_max_bytes,
             replica_lag_time_max_ms: self.kafka.replica_lag_time_max_ms,
             connections_max_idle_ms: self.kafka.connections_max_idle_ms,
             group_initial_rebalance_delay_ms: self.kafka.group_initial_rebalance_delay_ms,
@@ -557,6 +587,10 @@ mod tests {
         assert!(error.contains("kafka.connections_max_idle_ms"), "{error}");
         let error = load_toml("[kafka]\noffsets_retention_ms = 10\n").unwrap_err().to_string();
         assert!(error.contains("kafka.offsets_retention_ms"), "{error}");
+        let error = load_toml("[memory]\nbudget_bytes = 1000\n").unwrap_err().to_string();
+        assert!(error.contains("memory.budget_bytes"), "{error}");
+        let error = load_toml("[kafka]\nfetch_max_bytes = 0\n").unwrap_err().to_string();
+        assert!(error.contains("kafka.fetch_max_bytes"), "{error}");
     }
 
     #[test]

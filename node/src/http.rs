@@ -68,6 +68,7 @@ async fn health(State(state): State<HttpState>) -> impl IntoResponse {
 }
 
 async fn metrics_text(State(state): State<HttpState>) -> impl IntoResponse {
+    tidewater_actors::metrics::memory_gauges(state.ctx.node_id, &state.ctx.memory);
     let text = state.metrics.as_ref().map(|render| render()).unwrap_or_default();
     ([("content-type", "text/plain; version=0.0.4")], text)
 }

@@ -120,6 +120,7 @@ impl Node {
             net: Arc::clone(&net),
             clock,
             rng,
+            memory_budget: config.memory.budget_bytes,
         });
         let (retained, sessions, streams, groups) = match restore(&ctx, &config).await {
             Ok(counts) => counts,

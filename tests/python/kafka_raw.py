@@ -173,10 +173,11 @@ class RawKafka:
         _, error, _, offset = r.take(">ihqq")
         return error, offset
 
-    def fetch(self, topic, partition, offset, max_wait_ms=100):
-        """Fetch v4: (error_code, high_watermark, record bytes)."""
-        body = (struct.pack(">iiiib", -1, max_wait_ms, 1, 1 << 20, 0) + struct.pack(">i", 1)
-                + _str(topic) + struct.pack(">iiqi", 1, partition, offset, 1 << 20))
+    def fetch(self, topic, partition, offset, max_wait_ms=100, max_bytes=1 << 20):
+        """Fetch v4 asking `max_bytes` in all and for the partition: (error_code,
+        high_watermark, record bytes)."""
+        body = (struct.pack(">iiiib", -1, max_wait_ms, 1, max_bytes, 0) + struct.pack(">i", 1)
+                + _str(topic) + struct.pack(">iiqi", 1, partition, offset, max_bytes))
         r = self.request(1, 4, body)
         r.take(">i")  # throttle
         assert r.take(">i") == 1 and r.string() == topic and r.take(">i") == 1

@@ -159,6 +159,47 @@ def test_fetch_offsets_and_long_poll(make_broker):
         assert result["waited"] < 4, f"the Fetch waited {result['waited']:.1f}s for new data"
 
 
+def _batches(data: bytes):
+    """(base offset, record count, batch bytes) of each RecordBatch in a Fetch's records."""
+    found, at = [], 0
+    while at + 12 <= len(data):
+        base, length = struct.unpack_from(">qi", data, at)
+        if at + 12 + length > len(data):
+            break  # a partial batch at the end, as Kafka may send
+        count = struct.unpack_from(">i", data, at + 57)[0]
+        found.append((base, count, 12 + length))
+        at += 12 + length
+    return found
+
+
+def test_a_fetch_answer_is_capped_by_fetch_max_bytes_whatever_the_client_asks(make_broker):
+    """A client asking 2 GB gets at most kafka.fetch_max_bytes per Fetch (Kafka's fetch.max.bytes),
+    so a connection that does not read holds one bounded response; a batch larger than the cap
+    still comes whole, so the consumer always makes progress; reading on, every record comes,
+    in order."""
+    broker = kafka_broker(make_broker, kafka={"fetch_max_bytes": 64 << 10})
+    topic = unique("cap")
+    create_stream(broker, topic, partitions=1)
+    with RawKafka(broker) as raw:
+        for i in range(20):
+            assert raw.produce(topic, 0, record_batch([b"%02d:" % i + b"v" * 10_000]))[:2] == (0, i)
+        assert raw.produce(topic, 0, record_batch([b"20:" + b"w" * 200_000]))[:2] == (0, 20)
+        error, high, data = raw.fetch(topic, 0, 0, max_bytes=2**31 - 1)
+        assert (error, high) == (0, 21)
+        first = _batches(data)
+        assert 0 < len(data) <= 64 << 10 and 4 <= len(first) <= 6, (len(data), first)
+        offset, seen = 0, []
+        while offset < high:
+            error, _, data = raw.fetch(topic, 0, offset, max_bytes=2**31 - 1)
+            assert error == 0
+            batches = _batches(data)
+            assert batches, f"no progress at offset {offset}"
+            assert len(data) <= 64 << 10 or len(batches) == 1, "past the cap only a lone large batch"
+            seen += [base for base, _, _ in batches]
+            offset = batches[-1][0] + batches[-1][1]
+        assert seen == list(range(21))
+
+
 def test_idempotent_sequence_checks(make_broker):
     """What a retry after a lost acknowledgement looks like on the wire: the same batch again is
     not stored twice and gets its first offset back; a gap in the sequence is refused."""

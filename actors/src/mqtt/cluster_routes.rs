@@ -703,7 +703,9 @@ impl ClusterRoutes {
         if id != 0 {
             self.relayed.lock().insert(token, Relayed { from, incarnation, id, left: 0, routing: true, failed: false });
         }
-        let mut fanout = Fanout::default();
+        // counted against the budget like local deliveries (the publishers on the sending
+        // node are under its credit)
+        let mut fanout = Fanout::new(&ctx.memory);
         let mut notices = 0;
         for forward in messages {
             let scope = match &forward.share {

@@ -399,7 +399,15 @@ fn read_connack(mut body: Bytes, v5: bool) -> Result<ConnAck, CodecError> {
     Ok(ConnAck { session_present: flags & 1 != 0, code, properties })
 }
 
-/// Reads a PUBLISH; the payload shares the read buffer (no copy).
+/// Payloads from this size on are copied out of the read buffer (see [`read_publish`]).
+const COPY_PAYLOAD_FROM: usize = 16 * 1024;
+
+/// Reads a PUBLISH. A payload shares the read buffer (no copy) unless it is large: a slice
+/// keeps the buffer's whole allocation alive for as long as a queue holds the message, and a
+/// large packet is most of an allocation that grew to take it, with the start of the next
+/// packet in it. Under the flood of BENCHMARKS.md ("Memory under a flood") the shared slices
+/// held twice the bytes the queues counted; the copy costs one `memcpy` per large message and
+/// no throughput there.
 fn read_publish(byte1: u8, mut body: Bytes, v5: bool) -> Result<Publish, CodecError> {
     let qos = qos_from((byte1 >> 1) & 3)?;
     let topic = take_topic(&mut body, "topic name")?;
@@ -423,7 +431,8 @@ fn read_publish(byte1: u8, mut body: Bytes, v5: bool) -> Result<Publish, CodecEr
     if topic.is_empty() && properties.as_ref().and_then(|p| p.topic_alias).is_none() {
         return Err(protocol("empty topic name without a topic alias"));
     }
-    Ok(Publish { dup: byte1 & 0x08 != 0, qos, retain: byte1 & 0x01 != 0, topic, pkid, properties, payload: body })
+    let payload = if body.len() >= COPY_PAYLOAD_FROM { Bytes::copy_from_slice(&body) } else { body };
+    Ok(Publish { dup: byte1 & 0x08 != 0, qos, retain: byte1 & 0x01 != 0, topic, pkid, properties, payload })
 }
 
 /// Reads PUBACK, PUBREC, PUBREL or PUBCOMP: packet id, reason code (0 when absent), properties.

@@ -17,6 +17,7 @@ use ractor::ActorRef;
 use smallvec::SmallVec;
 use tidewater_storage::StateStore;
 
+use crate::memory::MemoryBudget;
 use crate::mqtt::cluster_routes::{ClusterRoutes, Forward};
 use crate::mqtt::message::{Delivery, Message, SubOptions};
 use crate::mqtt::persist;
@@ -43,9 +44,16 @@ pub struct Fanout {
     /// messages for other nodes, one forward per node, and their payload bytes
     remote: Vec<(u64, Vec<Forward>, Vec<DurableNotice>, usize)>,
     routes: Option<Arc<ClusterRoutes>>,
+    /// what the deliveries count against until their subscribers take them
+    budget: Option<Arc<MemoryBudget>>,
 }
 
 impl Fanout {
+    /// A fanout whose deliveries count against `budget` while they wait in mailboxes.
+    pub fn new(budget: &Arc<MemoryBudget>) -> Self {
+        Self { budget: Some(Arc::clone(budget)), ..Self::default() }
+    }
+
     /// Adds a delivery for `actor`, after the ones gathered for it before. A subscriber's
     /// deliveries go out every [`FANOUT_CHUNK`], so that it works on the first ones while the
     /// publisher routes the rest.
@@ -67,7 +75,7 @@ impl Fanout {
         deliveries.push(delivery);
         notices.extend(notice);
         if deliveries.len() >= FANOUT_CHUNK {
-            deliver(actor, std::mem::take(deliveries), std::mem::take(notices));
+            deliver(actor, std::mem::take(deliveries), std::mem::take(notices), self.budget.as_ref());
         }
     }
 
@@ -98,7 +106,7 @@ impl Fanout {
     pub fn send(&mut self) {
         for (actor, deliveries, notices) in self.targets.drain(..) {
             if !deliveries.is_empty() {
-                deliver(&actor, deliveries, notices);
+                deliver(&actor, deliveries, notices, self.budget.as_ref());
             }
         }
         self.index.clear();
@@ -112,11 +120,18 @@ impl Fanout {
     }
 }
 
-/// Casts deliveries to a session. A session that has stopped has ended (expired or taken
-/// over): nothing of it is left to store into, so its notices are answered at once.
-fn deliver(actor: &ActorRef<SessionMsg>, deliveries: Vec<Delivery>, notices: Vec<DurableNotice>) {
-    if let Err(ractor::MessagingErr::SendErr(SessionMsg::Deliver(_, notices))) =
-        actor.cast(SessionMsg::Deliver(deliveries, notices))
+/// Casts deliveries to a session, counted against `budget` until it takes them. A session
+/// that has stopped has ended (expired or taken over): nothing of it is left to store into,
+/// so its notices are answered at once.
+fn deliver(
+    actor: &ActorRef<SessionMsg>,
+    deliveries: Vec<Delivery>,
+    notices: Vec<DurableNotice>,
+    budget: Option<&Arc<MemoryBudget>>,
+) {
+    let token = budget.map(|budget| budget.deliver(deliveries.iter().map(|d| d.message.bytes()).sum()));
+    if let Err(ractor::MessagingErr::SendErr(SessionMsg::Deliver(_, notices, _))) =
+        actor.cast(SessionMsg::Deliver(deliveries, notices, token))
     {
         for notice in notices {
             let _ = notice.session.cast(SessionMsg::Durable { tokens: vec![notice.token], ok: true });

@@ -66,9 +66,10 @@ pub enum SessionMsg {
         /// Whether it was the keepalive that ran out.
         keepalive_timeout: bool,
     },
-    /// Messages routed to this session, in order (one cast per publishing batch), and the
-    /// publishers to tell once the deliveries are stored.
-    Deliver(Vec<Delivery>, Vec<DurableNotice>),
+    /// Messages routed to this session, in order (one cast per publishing batch), the
+    /// publishers to tell once the deliveries are stored, and what the deliveries count
+    /// against the node's memory budget until this session has taken them.
+    Deliver(Vec<Delivery>, Vec<DurableNotice>, Option<crate::memory::DeliveryToken>),
     /// The connection drained its outbox after it was congested.
     Writable {
         /// The connection.
@@ -184,7 +185,7 @@ impl Actor for MqttSession {
         args: SessionArgs,
     ) -> Result<SessionShell, ActorProcessingErr> {
         let ctx = args.ctx;
-        let mut state = SessionState::new(args.client_id.clone(), ctx.mqtt.session_limits());
+        let mut state = SessionState::new(args.client_id.clone(), ctx.mqtt.session_limits(&ctx.memory));
         let handle = SessionHandle {
             actor: myself.clone(),
             online: args.online,
@@ -257,6 +258,7 @@ enum Tail {
 impl SessionShell {
     /// A session's shell around `state`; `restored` when it was loaded from the store.
     fn new(ctx: NodeContext, state: SessionState, handle: SessionHandle, restored: bool) -> Self {
+        let fanout = Fanout::new(&ctx.memory);
         Self {
             identity: Identity { client_id: state.client_id().to_string(), username: None },
             acks: AckGate::new(ctx.mqtt.test_ack_before_durable),
@@ -276,7 +278,7 @@ impl SessionShell {
             persist_failures: std::cell::Cell::new(0),
             established: restored,
             queue_overflowing: false,
-            fanout: Fanout::default(),
+            fanout,
             on_disk: std::cell::Cell::new(restored),
         }
     }
@@ -311,7 +313,18 @@ impl SessionShell {
                         return Some(Tail::CloseConnection);
                     }
                 }
-                drop(credit);
+                if self.ctx.memory.over_delivery() {
+                    // the publisher is under credit: its connection gets this batch's credit
+                    // back once subscribers have taken enough of what was routed (see `memory`)
+                    self.ctx.mqtt_counters.publisher_pauses.increment(1);
+                    let memory = Arc::clone(&self.ctx.memory);
+                    tokio::spawn(async move {
+                        memory.delivery_room().await;
+                        drop(credit);
+                    });
+                } else {
+                    drop(credit);
+                }
             }
             SessionMsg::ConnectionLost { conn_id, keepalive_timeout } => {
                 if self.io.as_ref().is_some_and(|io| io.conn_id == conn_id) {
@@ -322,7 +335,7 @@ impl SessionShell {
                     return Some(Tail::CloseConnection);
                 }
             }
-            SessionMsg::Deliver(deliveries, notices) => {
+            SessionMsg::Deliver(deliveries, notices, _taken) => {
                 let now = self.ctx.now_ms();
                 let failures = self.persist_failures.get();
                 for delivery in deliveries {
@@ -663,17 +676,27 @@ impl SessionShell {
             }
             Effect::Dropped(reason) => {
                 self.ctx.mqtt_counters.dropped(reason);
-                if reason == "queue_full" {
+                if reason == "queue_full" || reason == "memory_budget" {
                     // warn once per overflow episode (until the queue drains), debug after that
                     if self.queue_overflowing {
-                        tracing::debug!(client_id = %self.state.client_id(), "session queue full, message dropped");
-                    } else {
+                        tracing::debug!(client_id = %self.state.client_id(), reason, "session queue full, message dropped");
+                    } else if reason == "queue_full" {
                         self.queue_overflowing = true;
                         tracing::warn!(
                             client_id = %self.state.client_id(),
                             limit = self.ctx.mqtt.max_queued_messages,
+                            bytes = self.ctx.mqtt.max_queued_bytes,
                             policy = ?self.ctx.mqtt.queue_overflow,
-                            "session queue full: dropping messages (mqtt.max_queued_messages, mqtt.queue_overflow)"
+                            "session queue full: dropping messages (mqtt.max_queued_messages, mqtt.max_queued_bytes, mqtt.queue_overflow)"
+                        );
+                    } else {
+                        self.queue_overflowing = true;
+                        tracing::warn!(
+                            client_id = %self.state.client_id(),
+                            budget = self.ctx.memory.budget(),
+                            queued = self.ctx.memory.queued(),
+                            policy = ?self.ctx.mqtt.queue_overflow,
+                            "the node's session queues use half of memory.budget_bytes: dropping messages (mqtt.queue_overflow)"
                         );
                     }
                 }
@@ -1031,7 +1054,7 @@ mod footprint_tests {
     async fn the_session_message_loop_stays_small() {
         let ctx = NodeContext::for_tests();
         let handle = spawn_session(&ctx, "c".into(), None, None).await.expect("spawn");
-        let state = SessionState::new("x".into(), ctx.mqtt.session_limits());
+        let state = SessionState::new("x".into(), ctx.mqtt.session_limits(&ctx.memory));
         let mut shell = SessionShell::new(ctx.clone(), state, handle.clone(), false);
         let future = MqttSession.handle(handle.actor.clone(), SessionMsg::ExpiryElapsed(0), &mut shell);
         let size = std::mem::size_of_val(&future);

@@ -35,6 +35,8 @@ pub enum QueueOverflow {
 /// Broker-wide limits a session enforces.
 #[derive(Debug, Clone)]
 pub struct SessionLimits {
+    /// The node's memory budget, which the queues of all sessions share.
+    pub budget: std::sync::Arc<crate::memory::MemoryBudget>,
     /// Receive Maximum advertised, and the cap on messages in flight to a client.
     pub max_inflight: u16,
     /// Messages queued per session beyond those in flight.
@@ -188,7 +190,28 @@ pub struct SessionState {
     connection: Option<Connection>,
 }
 
+impl Drop for SessionState {
+    fn drop(&mut self) {
+        // what the queue held leaves the node's budget with it
+        self.limits.budget.unqueue(self.queued_bytes);
+    }
+}
+
 impl SessionState {
+    /// Counts `bytes` more in the queue, and in the node's budget whatever its share (a
+    /// restored session, a message put back at the queue's head).
+    fn count_queued(&mut self, bytes: usize) {
+        self.queued_bytes += bytes;
+        self.limits.budget.force_queue(bytes);
+    }
+
+    /// Counts `bytes` fewer in the queue and in the node's budget.
+    fn uncount_queued(&mut self, bytes: usize) {
+        let bytes = bytes.min(self.queued_bytes);
+        self.queued_bytes -= bytes;
+        self.limits.budget.unqueue(bytes);
+    }
+
     /// A new, empty, offline session.
     pub fn new(client_id: String, limits: SessionLimits) -> Self {
         Self {
@@ -296,7 +319,7 @@ impl SessionState {
         self.subscriptions.clear();
         self.outgoing.clear();
         self.queued.clear();
-        self.queued_bytes = 0;
+        self.uncount_queued(self.queued_bytes);
         self.inflight.clear();
         self.incoming_qos2.clear();
         effects
@@ -316,7 +339,7 @@ impl SessionState {
         for (seq, entry) in outgoing {
             match entry.phase {
                 OutgoingPhase::Queued => {
-                    self.queued_bytes += entry.queued_bytes();
+                    self.count_queued(entry.queued_bytes());
                     self.queued.push_back(seq);
                 }
                 OutgoingPhase::AwaitAck(pkid) | OutgoingPhase::AwaitComp(pkid) => {
@@ -675,24 +698,30 @@ impl SessionState {
         let full = |state: &Self| {
             state.queued.len() >= state.limits.max_queued || state.queued_bytes + bytes > state.limits.max_queued_bytes
         };
-        if full(self) {
+        // the session's own bounds first, then the node's budget for every session's queue
+        // (which `try_queue` reserves the bytes in): past either, the overflow policy applies
+        loop {
+            let own_full = full(self);
+            if !own_full && self.limits.budget.try_queue(bytes) {
+                break;
+            }
+            let reason = if own_full { "queue_full" } else { "memory_budget" };
             if self.limits.overflow == QueueOverflow::DropNew || bytes > self.limits.max_queued_bytes {
-                effects.push(Effect::Dropped("queue_full"));
+                effects.push(Effect::Dropped(reason));
                 return effects;
             }
             // the oldest go until the new one fits (by count, one; by bytes, as many as it takes)
-            while full(self) {
-                let Some(oldest) = self.queued.pop_front() else {
-                    // nothing queued to make room (a bound of 0 messages): the new one goes
-                    effects.push(Effect::Dropped("queue_full"));
-                    return effects;
-                };
-                if let Some(removed) = self.outgoing.remove(&oldest) {
-                    self.queued_bytes = self.queued_bytes.saturating_sub(removed.queued_bytes());
-                }
-                effects.push(Effect::Persist(PersistOp::DeleteOutgoing(oldest)));
-                effects.push(Effect::Dropped("queue_full"));
+            let Some(oldest) = self.queued.pop_front() else {
+                // nothing queued to make room (a bound of 0 messages, or the node's budget
+                // taken by other sessions): the new one goes
+                effects.push(Effect::Dropped(reason));
+                return effects;
+            };
+            if let Some(removed) = self.outgoing.remove(&oldest) {
+                self.uncount_queued(removed.queued_bytes());
             }
+            effects.push(Effect::Persist(PersistOp::DeleteOutgoing(oldest)));
+            effects.push(Effect::Dropped(reason));
         }
         let seq = self.take_seq();
         self.outgoing.insert(seq, entry);
@@ -715,7 +744,7 @@ impl SessionState {
             }
             self.queued.pop_front();
             let entry = self.outgoing.remove(&seq).expect("queued entry present");
-            self.queued_bytes = self.queued_bytes.saturating_sub(entry.queued_bytes());
+            self.uncount_queued(entry.queued_bytes());
             if entry.message.is_expired(now_ms) {
                 effects.push(Effect::Persist(PersistOp::DeleteOutgoing(seq)));
                 effects.push(Effect::Dropped("expired"));
@@ -739,7 +768,7 @@ impl SessionState {
         let Some(pkid) = self.take_pkid() else {
             // every packet id is in flight: keep it queued
             let seq = seq.unwrap_or_else(|| self.take_seq());
-            self.queued_bytes += entry.queued_bytes();
+            self.count_queued(entry.queued_bytes());
             self.outgoing.insert(seq, entry);
             self.queued.push_front(seq);
             return;

@@ -6,6 +6,7 @@ use crate::mqtt::codec::{Disconnect, DisconnectProperties, SubscribeFilter, Subs
 
 fn limits() -> SessionLimits {
     SessionLimits {
+        budget: crate::memory::MemoryBudget::unlimited(),
         max_inflight: 2,
         max_queued: 3,
         max_queued_bytes: usize::MAX,
@@ -369,6 +370,34 @@ fn the_queue_is_bounded_in_bytes_too() {
         keep.deliver(payload_delivery(payload, 1), 0);
     }
     assert_eq!(sent_payloads(&keep.attach(v5(), 0)), vec!["payload-1", "payload-2"]);
+}
+
+#[test]
+fn every_sessions_queue_shares_the_nodes_memory_budget() {
+    // a budget of 64 bytes: the queues' share is 32, three 10-byte messages
+    let budget = crate::memory::MemoryBudget::new(64);
+    let shared = |overflow| SessionLimits { budget: Arc::clone(&budget), ..limits_with(10, 100, overflow) };
+    let mut first = SessionState::new("a".into(), shared(QueueOverflow::DropOldest));
+    for payload in ["payload-1", "payload-2", "payload-3"] {
+        assert!(dropped(&first.deliver(payload_delivery(payload, 1), 0)).is_empty());
+    }
+    assert_eq!(budget.queued(), 30);
+    // a second session with room of its own finds the node's share taken: nothing of its
+    // own to drop, so the new message goes
+    let mut second = SessionState::new("b".into(), shared(QueueOverflow::DropOldest));
+    assert_eq!(dropped(&second.deliver(payload_delivery("payload-4", 1), 0)), vec!["memory_budget"]);
+    // the first drops its oldest to make room under its drop-oldest policy
+    let fourth = first.deliver(payload_delivery("payload-5", 1), 0);
+    assert_eq!(dropped(&fourth), vec!["memory_budget"]);
+    assert_eq!(persists(&fourth), vec![PersistOp::DeleteOutgoing(0), PersistOp::PutOutgoing(3)]);
+    assert_eq!(budget.queued(), 30);
+    // what is sent leaves the budget; so does what an ended session held
+    assert_eq!(sent_payloads(&first.attach(v5(), 0)), vec!["payload-2", "payload-3", "payload-5"]);
+    assert_eq!(budget.queued(), 0);
+    assert!(dropped(&second.deliver(payload_delivery("payload-6", 1), 0)).is_empty());
+    assert_eq!(budget.queued(), 10);
+    drop(second);
+    assert_eq!(budget.queued(), 0);
 }
 
 #[test]

@@ -55,7 +55,10 @@ fn read_once(
     version: i16,
 ) -> (FetchResponse, RecordSets, usize, Vec<watch::Receiver<i64>>) {
     let mut total = 0usize;
-    let max_total = if request.max_bytes > 0 { request.max_bytes as usize } else { usize::MAX };
+    // what the client asks, within the node's cap: a connection holds one response at a
+    // time, so this bounds what a client that does not read costs
+    let asked = if request.max_bytes > 0 { request.max_bytes as usize } else { usize::MAX };
+    let max_total = asked.min(ctx.kafka.fetch_max_bytes);
     let mut watches = Vec::new();
     let mut sets: RecordSets = Vec::new();
     // partitions answered in the topics before this one (the index into `sets`)

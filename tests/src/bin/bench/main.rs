@@ -11,6 +11,7 @@ mod conn;
 mod disk;
 mod e2e;
 mod failover;
+mod flood;
 mod footprint;
 mod kafka;
 mod kafka_group;
@@ -55,6 +56,9 @@ enum Mode {
     Retention(retention::RetentionArgs),
     /// A 3-node cluster whose controller leader is killed N times: time to a new leader.
     Failover(failover::FailoverArgs),
+    /// Subscribers that never read, flooded with large QoS 0 messages: broker RSS during the
+    /// flood and after every client left, against the node's memory budget.
+    Flood(flood::FloodArgs),
 }
 
 /// Where the broker under test is: started by the bench, or already running.
@@ -105,6 +109,7 @@ fn main() -> anyhow::Result<()> {
             Mode::Footprint(args) => footprint::main(args, threads).await,
             Mode::Retention(args) => retention::main(args, threads).await,
             Mode::Failover(args) => failover::main(args, threads).await,
+            Mode::Flood(args) => flood::main(args, threads).await,
         }
     })
 }

@@ -96,6 +96,17 @@ impl Broker {
         log_level: &str,
         fsync: Option<&str>,
     ) -> anyhow::Result<Broker> {
+        Self::spawn_tidewater_env(binary, log_level, fsync, &[]).await
+    }
+
+    /// [`Broker::spawn_tidewater_with`] with more environment variables (`TIDEWATER_*`
+    /// settings), set after the bench's own so they win.
+    pub(crate) async fn spawn_tidewater_env(
+        binary: &Path,
+        log_level: &str,
+        fsync: Option<&str>,
+        env: &[(String, String)],
+    ) -> anyhow::Result<Broker> {
         let dir = tempfile::Builder::new().prefix("tidewater-bench-").tempdir()?;
         let (mqtt, kafka, http) = (loopback(free_port()?), loopback(free_port()?), loopback(free_port()?));
         let (rpc, gossip) = (loopback(free_port()?), loopback(free_port()?));
@@ -109,6 +120,7 @@ impl Broker {
         command
             .env("TIDEWATER_MQTT__MAX_INFLIGHT", PEER_INFLIGHT.to_string())
             .env("TIDEWATER_MQTT__MAX_QUEUED_MESSAGES", PEER_MAX_QUEUED.to_string())
+            .envs(env.iter().map(|(key, value)| (key, value)))
             .arg("start")
             .arg("--data-dir")
             .arg(dir.path().join("data"))
