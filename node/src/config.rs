@@ -253,11 +253,20 @@ pub struct AuthConfig {
     pub users: Vec<UserConfig>,
     /// ACL rules, first match wins.
     pub acl: Vec<AclRule>,
+    /// The hash (from `tidewater passwd`) of a token that opens the HTTP admin API
+    /// (`Authorization: Bearer <token>`).
+    pub admin_token_hash: Option<String>,
 }
 
 impl Default for AuthConfig {
     fn default() -> Self {
-        Self { allow_anonymous: true, acl_default: Permission::Allow, users: Vec::new(), acl: Vec::new() }
+        Self {
+            allow_anonymous: true,
+            acl_default: Permission::Allow,
+            users: Vec::new(),
+            acl: Vec::new(),
+            admin_token_hash: None,
+        }
     }
 }
 
@@ -269,6 +278,9 @@ pub struct UserConfig {
     pub username: String,
     /// From `tidewater passwd`.
     pub password_hash: String,
+    /// Whether the user may use the HTTP admin API (Basic authentication).
+    #[serde(default)]
+    pub admin: bool,
 }
 
 /// Values given on the command line; `None` leaves the configured value.
@@ -462,6 +474,9 @@ impl Config {
             PasswordHash::from_str(&user.password_hash)
                 .map_err(|e| invalid(format!("auth.users[{index}].password_hash"), e.to_string()))?;
         }
+        if let Some(hash) = &self.auth.admin_token_hash {
+            PasswordHash::from_str(hash).map_err(|e| invalid("auth.admin_token_hash", e.to_string()))?;
+        }
         for (index, rule) in self.auth.acl.iter().enumerate() {
             let probe = rule.topic.replace("%u", "u").replace("%c", "c");
             topic::validate_filter(&probe).map_err(|e| invalid(format!("auth.acl[{index}].topic"), e.to_string()))?;
@@ -530,7 +545,10 @@ impl Config {
             .users
             .iter()
             .filter_map(|user| Some((user.username.clone(), PasswordHash::from_str(&user.password_hash).ok()?)));
+        let admins = self.auth.users.iter().filter(|user| user.admin).map(|user| user.username.clone());
+        let token = self.auth.admin_token_hash.as_deref().and_then(|hash| PasswordHash::from_str(hash).ok());
         Authorizer::new(self.auth.allow_anonymous, self.auth.acl_default, users, self.auth.acl.clone())
+            .with_admins(admins, token)
     }
 }
 

@@ -11,6 +11,7 @@ use axum::routing::get;
 use bytes::Bytes;
 use serde_json::{Value, json};
 use tidewater_actors::NodeContext;
+use tidewater_actors::mqtt::auth::AdminCredentials;
 use tidewater_actors::seams::{Connection, Listener};
 use tidewater_actors::stream::def::StreamDef;
 use tidewater_actors::stream::registry::{Stream, StreamError};
@@ -47,16 +48,60 @@ pub struct ClusterView {
     pub controller: crate::controller::ControllerView,
 }
 
-/// The HTTP routes.
+/// The HTTP routes: `/health` and `/metrics` open, the admin API (`/api/...`) behind
+/// [`admin_only`].
 pub fn router(state: HttpState) -> Router {
-    Router::new()
-        .route("/health", get(health))
-        .route("/metrics", get(metrics_text))
+    let admin = Router::new()
         .route("/api/v1/cluster", get(cluster_status))
         .route("/api/v1/cluster/nodes/{id}/decommission", axum::routing::post(decommission))
         .route("/api/v1/streams", get(list_streams).post(create_stream))
         .route("/api/v1/streams/{name}", get(get_stream).delete(delete_stream))
-        .with_state(state)
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), admin_only));
+    Router::new().route("/health", get(health)).route("/metrics", get(metrics_text)).merge(admin).with_state(state)
+}
+
+/// Lets a request to the admin API through when authentication is not configured (a bare
+/// `start`, which says so at start), or when it carries an admin's credentials: `Basic` with
+/// a user of `admin = true`, or `Bearer` with the token of `auth.admin_token_hash`. Else 401.
+async fn admin_only(
+    State(state): State<HttpState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let authorizer = &state.ctx.authorizer;
+    if !authorizer.admin_api_protected() {
+        return next.run(request).await;
+    }
+    let header = request.headers().get(axum::http::header::AUTHORIZATION).and_then(|value| value.to_str().ok());
+    let basic = header
+        .and_then(|value| value.strip_prefix("Basic "))
+        .and_then(|encoded| base64::Engine::decode(&base64::engine::general_purpose::STANDARD, encoded.trim()).ok());
+    let credentials = match (header, &basic) {
+        (_, Some(decoded)) => match decoded.iter().position(|byte| *byte == b':') {
+            Some(at) => match std::str::from_utf8(&decoded[..at]) {
+                Ok(user) => AdminCredentials::Basic(user, &decoded[at + 1..]),
+                Err(_) => AdminCredentials::None,
+            },
+            None => AdminCredentials::None,
+        },
+        (Some(value), None) => match value.strip_prefix("Bearer ") {
+            Some(token) => AdminCredentials::Bearer(token.trim().as_bytes()),
+            None => AdminCredentials::None,
+        },
+        (None, None) => AdminCredentials::None,
+    };
+    if authorizer.is_admin(credentials) {
+        return next.run(request).await;
+    }
+    let who = match credentials {
+        AdminCredentials::None => "no credentials".to_string(),
+        AdminCredentials::Basic(user, _) => format!("user {user}"),
+        AdminCredentials::Bearer(_) => "a bearer token".to_string(),
+    };
+    tracing::info!(method = %request.method(), path = %request.uri().path(), %who, "admin API request refused");
+    let body = json!({"error": "the admin API needs an admin's credentials: Basic (a user with admin = true) or Bearer (auth.admin_token_hash)"});
+    (StatusCode::UNAUTHORIZED, [(axum::http::header::WWW_AUTHENTICATE, "Basic realm=\"tidewater\"")], axum::Json(body))
+        .into_response()
 }
 
 async fn health(State(state): State<HttpState>) -> impl IntoResponse {

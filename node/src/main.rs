@@ -71,10 +71,11 @@ enum Command {
         #[arg(long)]
         log_level: Option<String>,
     },
-    /// Prints a password hash for `[[auth.users]] password_hash`.
+    /// Prints a password hash for `[[auth.users]] password_hash` or `auth.admin_token_hash`.
     Passwd {
-        /// The password to hash.
-        password: String,
+        /// The password to hash; without it, the first line of standard input (so that it stays
+        /// out of the shell's history and the process list).
+        password: Option<String>,
     },
 }
 
@@ -82,6 +83,25 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Passwd { password } => {
+            let password = match password {
+                Some(password) => password,
+                None => {
+                    use std::io::IsTerminal;
+                    if std::io::stdin().is_terminal() {
+                        eprint!("Password (echoed): ");
+                    }
+                    let mut line = String::new();
+                    if std::io::stdin().read_line(&mut line).is_err() {
+                        eprintln!("error: cannot read the password from standard input");
+                        return std::process::ExitCode::from(2);
+                    }
+                    line.trim_end_matches(['\r', '\n']).to_string()
+                }
+            };
+            if password.is_empty() {
+                eprintln!("error: the password is empty");
+                return std::process::ExitCode::from(2);
+            }
             let mut salt = [0u8; 16];
             tidewater_actors::seams::NodeRng::from_os().fill(&mut salt);
             println!("{}", tidewater_actors::mqtt::auth::hash_password(&password, &salt));

@@ -132,7 +132,13 @@ impl Node {
         };
         ctx.sessions.resume().await;
         tracing::info!(retained, sessions, streams, groups, data_dir = %config.data_dir.display(), "storage opened");
-        if config.auth.allow_anonymous {
+        if !ctx.authorizer.admin_api_protected() {
+            tracing::warn!(
+                "open for a first try: MQTT and Kafka clients need no credentials and anyone who reaches the HTTP \
+                 listener may create and delete streams (set auth.allow_anonymous = false, a user with admin = true, \
+                 or auth.admin_token_hash)"
+            );
+        } else if config.auth.allow_anonymous {
             tracing::warn!("anonymous access is on: clients without a username may connect (auth.allow_anonymous)");
         }
 

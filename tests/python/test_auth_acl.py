@@ -5,7 +5,7 @@ import subprocess
 import pytest
 
 import rawmqtt
-from conftest import TIDEWATER_BIN, broker_env
+from conftest import TIDEWATER_BIN, broker_env, tidewater_passwd
 from helpers import Client, raw, unique
 
 VERSIONS = [pytest.param(4, id="v311"), pytest.param(5, id="v5")]
@@ -129,6 +129,77 @@ def test_passwd_prints_salted_pbkdf2_hash():
     assert first.startswith("pbkdf2-sha256$"), first
     assert "s3cret" not in first
     assert first != second, "two hashes of one password should differ by their salt"
+
+
+@pytest.mark.tidewater_only
+def test_passwd_reads_the_password_from_stdin_and_the_hash_logs_in(make_broker):
+    out = subprocess.run([TIDEWATER_BIN, "passwd"], input="from stdin\n", capture_output=True, text=True,
+                         timeout=30, env=broker_env())
+    assert out.returncode == 0, out.stderr
+    hashed = out.stdout.strip().splitlines()[-1].strip()
+    assert hashed.startswith("pbkdf2-sha256$") and "from stdin" not in hashed
+    empty = subprocess.run([TIDEWATER_BIN, "passwd"], input="\n", capture_output=True, text=True,
+                           timeout=30, env=broker_env())
+    assert empty.returncode != 0 and "empty" in empty.stderr
+    broker = make_broker(config={"auth": {"allow_anonymous": False,
+                                          "users": [{"username": "carol", "password_hash": hashed}]}})
+    with raw(broker, 5) as client:
+        assert client.connect(unique("stdin"), username="carol", password=b"from stdin").reason_code == 0
+
+
+def _api(broker, method, path, body=None, auth=None):
+    """(status, text) of an admin API request; `auth` a ("basic", user, password) or
+    ("bearer", token) tuple."""
+    import base64
+    import json
+    import urllib.error
+    import urllib.request
+    headers = {"Content-Type": "application/json"}
+    if auth and auth[0] == "basic":
+        headers["Authorization"] = "Basic " + base64.b64encode(f"{auth[1]}:{auth[2]}".encode()).decode()
+    elif auth:
+        headers["Authorization"] = "Bearer " + auth[1]
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(f"http://{broker.host}:{broker.http_port}{path}", data=data,
+                                     headers=headers, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+@pytest.mark.tidewater_only
+def test_a_bare_start_leaves_the_admin_api_open_and_says_so_in_one_line(make_broker):
+    broker = make_broker()
+    status, _ = _api(broker, "POST", "/api/v1/streams", {"name": unique("open"), "kind": "free"})
+    assert status == 201
+    warnings = [line for line in broker.log_text().splitlines() if "open for a first try" in line]
+    assert len(warnings) == 1 and "WARN" in warnings[0], warnings
+
+
+@pytest.mark.tidewater_only
+def test_with_authentication_configured_the_admin_api_wants_an_admins_credentials(make_broker):
+    config = {"auth": {"allow_anonymous": False, "admin_token_hash": tidewater_passwd("t0ken"),
+                       "users": [{"username": "root", "password_hash": tidewater_passwd("rootpw"), "admin": True},
+                                 {"username": "alice", "password_hash": tidewater_passwd("wonderland")}]}}
+    broker = make_broker(config=config)
+    spy = {"name": unique("spy"), "kind": "bound", "filter": "#"}
+    # the issue's report: anonymous, a device's own password, a wrong token: 401, nothing created
+    for auth in [None, ("basic", "alice", "wonderland"), ("basic", "root", "wrong"), ("bearer", "nope")]:
+        status, text = _api(broker, "POST", "/api/v1/streams", spy, auth=auth)
+        assert status == 401 and "admin" in text, (auth, status, text)
+        assert _api(broker, "GET", "/api/v1/streams", auth=auth)[0] == 401
+    status, text = _api(broker, "GET", "/api/v1/streams", auth=("basic", "root", "rootpw"))
+    assert status == 200 and spy["name"] not in text
+    assert "admin API request refused" in broker.log_text(), "refusals are logged at info"
+    # an admin user, or the token, may administer
+    assert _api(broker, "POST", "/api/v1/streams", spy, auth=("basic", "root", "rootpw"))[0] == 201
+    assert _api(broker, "DELETE", f"/api/v1/streams/{spy['name']}", auth=("bearer", "t0ken"))[0] in (200, 204)
+    # health and metrics stay open for probes and scrapers
+    assert broker.http_get("/health")[0] == 200
+    assert broker.http_get("/metrics")[0] == 200
+    assert "open for a first try" not in broker.log_text()
 
 
 # -- ACL ------------------------------------------------------------------------------------------

@@ -125,6 +125,21 @@ pub struct Authorizer {
     default_permission: Permission,
     users: std::collections::BTreeMap<String, PasswordHash>,
     rules: Vec<AclRule>,
+    /// users who may use the HTTP admin API
+    admins: std::collections::BTreeSet<String>,
+    /// the hash of the admin API's bearer token
+    admin_token: Option<PasswordHash>,
+}
+
+/// What a request to the HTTP admin API presented.
+#[derive(Debug, Clone, Copy)]
+pub enum AdminCredentials<'a> {
+    /// nothing
+    None,
+    /// `Authorization: Basic`: a user and password
+    Basic(&'a str, &'a [u8]),
+    /// `Authorization: Bearer`: a token
+    Bearer(&'a [u8]),
 }
 
 impl Authorizer {
@@ -135,7 +150,41 @@ impl Authorizer {
         users: impl IntoIterator<Item = (String, PasswordHash)>,
         rules: Vec<AclRule>,
     ) -> Self {
-        Self { allow_anonymous, default_permission, users: users.into_iter().collect(), rules }
+        Self {
+            allow_anonymous,
+            default_permission,
+            users: users.into_iter().collect(),
+            rules,
+            admins: Default::default(),
+            admin_token: None,
+        }
+    }
+
+    /// The same, with the users who may administer the node over HTTP and the hash of the
+    /// admin API's token.
+    pub fn with_admins(mut self, admins: impl IntoIterator<Item = String>, token: Option<PasswordHash>) -> Self {
+        self.admins = admins.into_iter().collect();
+        self.admin_token = token;
+        self
+    }
+
+    /// Whether authentication is configured, so that the HTTP admin API asks for an admin's
+    /// credentials: anonymous clients refused, an admin user, or an admin token. A node
+    /// without any of these (a bare `start`) leaves the API open and says so at start.
+    pub fn admin_api_protected(&self) -> bool {
+        !self.allow_anonymous || !self.admins.is_empty() || self.admin_token.is_some()
+    }
+
+    /// Whether `credentials` are an admin's: a user with `admin = true` and their password,
+    /// or the admin token.
+    pub fn is_admin(&self, credentials: AdminCredentials<'_>) -> bool {
+        match credentials {
+            AdminCredentials::None => false,
+            AdminCredentials::Basic(user, password) => {
+                self.admins.contains(user) && self.users.get(user).is_some_and(|hash| hash.verify(password))
+            }
+            AdminCredentials::Bearer(token) => self.admin_token.as_ref().is_some_and(|hash| hash.verify(token)),
+        }
     }
 
     /// Allows everything (tests).
