@@ -5,6 +5,7 @@
 
 pub mod context;
 pub mod kafka;
+pub mod log_limit;
 mod lookup;
 pub mod memory;
 pub mod metrics;

@@ -145,6 +145,13 @@ def test_passwd_reads_the_password_from_stdin_and_the_hash_logs_in(make_broker):
                                           "users": [{"username": "carol", "password_hash": hashed}]}})
     with raw(broker, 5) as client:
         assert client.connect(unique("stdin"), username="carol", password=b"from stdin").reason_code == 0
+    # a refused login is logged at info with the client id, user and address
+    refused_id = unique("refused")
+    with raw(broker, 5) as client:
+        assert client.connect(refused_id, username="carol", password=b"wrong").reason_code == 0x86
+    lines = [line for line in broker.log_text().splitlines() if "mqtt connection refused" in line]
+    assert lines and "INFO" in lines[-1] and refused_id in lines[-1] and "carol" in lines[-1], lines
+    assert "127.0.0.1" in lines[-1], lines
 
 
 def _api(broker, method, path, body=None, auth=None):

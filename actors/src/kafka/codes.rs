@@ -31,8 +31,16 @@ pub const UNKNOWN_MEMBER_ID: i16 = 25;
 pub const INVALID_TOPIC_EXCEPTION: i16 = 17;
 /// Not authorized to access this topic (here: a produce to a bound, read-only stream).
 pub const TOPIC_AUTHORIZATION_FAILED: i16 = 29;
+/// The client asked for a SASL mechanism the node does not offer.
+pub const UNSUPPORTED_SASL_MECHANISM: i16 = 33;
+/// A SASL request out of its order (SaslAuthenticate before SaslHandshake).
+pub const ILLEGAL_SASL_STATE: i16 = 34;
+/// Not authorized for a cluster-level operation.
+pub const CLUSTER_AUTHORIZATION_FAILED: i16 = 31;
 /// The version of the API is not supported.
 pub const UNSUPPORTED_VERSION: i16 = 35;
+/// SASL authentication failed: unknown user or wrong password.
+pub const SASL_AUTHENTICATION_FAILED: i16 = 58;
 /// A topic with this name already exists.
 pub const TOPIC_ALREADY_EXISTS: i16 = 36;
 /// The number of partitions is invalid.

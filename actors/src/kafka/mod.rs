@@ -6,5 +6,6 @@ pub mod group_place;
 pub mod group_state;
 pub mod handlers;
 pub mod producer_ids;
+pub mod sasl;
 pub mod server;
 pub mod wire;

@@ -17,7 +17,9 @@ use tracing::Instrument;
 
 use crate::context::NodeContext;
 use crate::kafka::handlers;
-use crate::kafka::wire::{self, WireError};
+use crate::kafka::sasl::SaslState;
+use crate::kafka::wire::{self, RequestKind, ResponseKind, WireError};
+use crate::log_limit::LogLimit;
 use crate::seams::{Connection, Listener};
 
 /// Frames the reader may queue ahead of the actor.
@@ -50,7 +52,11 @@ pub struct KafkaConnectionState {
     writer: WriteHalf<Box<dyn Connection>>,
     chunks: Vec<Bytes>,
     peer: SocketAddr,
+    sasl: SaslState,
 }
+
+/// Refused SASL logins and requests before authentication, logged at `info` (rate-limited).
+static REFUSALS: LogLimit = LogLimit::new();
 
 impl Actor for KafkaConnection {
     type Msg = KafkaConnectionMsg;
@@ -86,16 +92,52 @@ impl Actor for KafkaConnection {
 impl KafkaConnectionState {
     /// Handles one request; returns false when the connection must close.
     async fn handle_frame(&mut self, frame: Bytes) -> bool {
+        if self.sasl.expects_bare_token() {
+            // after SaslHandshake v0 the token is the whole frame, and so is the answer
+            if !self.sasl.authenticate_bare(&frame, &self.ctx.authorizer) {
+                self.refused("Authentication failed: invalid username or password");
+                return false;
+            }
+            return matches!(
+                tokio::time::timeout(WRITE_TIMEOUT, self.writer.write_all(&[0, 0, 0, 0])).await,
+                Ok(Ok(()))
+            );
+        }
+        let mut close_after = false;
         let (api_key, api_version, correlation_id, response) = match wire::decode_request(frame) {
             Ok(request) => {
                 let (api_key, api_version, correlation_id) =
                     (request.api_key, request.api_version, request.correlation_id);
-                (
-                    api_key,
-                    api_version,
-                    correlation_id,
-                    handlers::dispatch(&self.ctx, request, &self.peer.ip().to_string()).await,
-                )
+                let reply = match &request.body {
+                    RequestKind::SaslHandshake(body) => {
+                        handlers::Reply::Send(ResponseKind::SaslHandshake(self.sasl.handshake(body, api_version)))
+                    }
+                    RequestKind::SaslAuthenticate(body) => {
+                        let (response, ok) = self.sasl.authenticate(body, &self.ctx.authorizer);
+                        if !ok {
+                            close_after = true;
+                            self.refused(response.error_message.as_deref().unwrap_or("SASL authentication failed"));
+                        }
+                        handlers::Reply::Send(ResponseKind::SaslAuthenticate(response))
+                    }
+                    RequestKind::ApiVersions(_) => handlers::dispatch(&self.ctx, request, "", false).await,
+                    _ if !self.sasl.may_serve(&self.ctx.authorizer) => {
+                        // as a Kafka broker's SASL listener: nothing is served before authentication
+                        self.refused("a request before SASL authentication (auth.allow_anonymous is false)");
+                        return false;
+                    }
+                    body if !self.ctx.authorizer.may_administer(self.sasl.user()) => {
+                        match handlers::admin::refused(body, api_version) {
+                            Some(response) => {
+                                self.refused_admin(api_key);
+                                handlers::Reply::Send(response)
+                            }
+                            None => handlers::dispatch(&self.ctx, request, &self.peer.ip().to_string(), false).await,
+                        }
+                    }
+                    _ => handlers::dispatch(&self.ctx, request, &self.peer.ip().to_string(), true).await,
+                };
+                (api_key, api_version, correlation_id, reply)
             }
             Err(WireError::UnsupportedVersion { api_key, api_version, correlation_id })
             | Err(WireError::UnknownApi { api_key, api_version, correlation_id }) => {
@@ -134,7 +176,22 @@ impl KafkaConnectionState {
                 return false;
             }
         }
-        true
+        !close_after
+    }
+
+    /// Logs a refused stream administration at `info`, rate-limited.
+    fn refused_admin(&self, api_key: i16) {
+        if let Some(held_back) = REFUSALS.admit(self.ctx.now_ms()) {
+            let user = self.sasl.user().unwrap_or("anonymous");
+            tracing::info!(peer = %self.peer, user, api_key, held_back, "kafka stream administration refused: not an admin user");
+        }
+    }
+
+    /// Logs a refused connection at `info`, rate-limited.
+    fn refused(&self, why: &str) {
+        if let Some(held_back) = REFUSALS.admit(self.ctx.now_ms()) {
+            tracing::info!(peer = %self.peer, held_back, "kafka connection refused: {why}");
+        }
     }
 }
 
@@ -147,7 +204,7 @@ pub async fn serve(
 ) {
     let (mut reader, writer) = tokio::io::split(connection);
     let max_idle = Duration::from_millis(ctx.kafka.connections_max_idle_ms);
-    let state = KafkaConnectionState { ctx, writer, chunks: Vec::new(), peer };
+    let state = KafkaConnectionState { ctx, writer, chunks: Vec::new(), peer, sasl: SaslState::default() };
     let Ok((actor, mut handle)) = Actor::spawn(None, KafkaConnection, state).await else { return };
     let mut stopped = false;
     let permits = Arc::new(Semaphore::new(READ_AHEAD));

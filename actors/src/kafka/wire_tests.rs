@@ -4,8 +4,9 @@ use kafka_protocol::messages::{
     DescribeClusterRequest, DescribeConfigsRequest, DescribeGroupsRequest, FetchRequest, FetchResponse,
     FindCoordinatorRequest, HeartbeatRequest, IncrementalAlterConfigsRequest, InitProducerIdRequest, JoinGroupRequest,
     LeaveGroupRequest, ListGroupsRequest, ListOffsetsRequest, MetadataRequest, MetadataResponse, OffsetCommitRequest,
-    OffsetFetchRequest, OffsetForLeaderEpochRequest, ProduceRequest, RequestHeader, ResponseHeader, SyncGroupRequest,
-    TopicName, fetch_response, metadata_request, produce_request,
+    OffsetFetchRequest, OffsetForLeaderEpochRequest, ProduceRequest, RequestHeader, ResponseHeader,
+    SaslAuthenticateRequest, SaslHandshakeRequest, SyncGroupRequest, TopicName, fetch_response, metadata_request,
+    produce_request,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, Message, StrBytes, VersionRange};
 use proptest::prelude::*;
@@ -13,7 +14,7 @@ use proptest::prelude::*;
 use super::*;
 
 /// The advertised table, written out (reasons beside `SERVED`): (api key, min, max).
-const TABLE: [(i16, i16, i16); 23] = [
+const TABLE: [(i16, i16, i16); 25] = [
     (0, 0, 12),
     (1, 4, 12),
     (2, 1, 8),
@@ -37,6 +38,8 @@ const TABLE: [(i16, i16, i16); 23] = [
     (37, 0, 3),
     (44, 0, 1),
     (60, 0, 1),
+    (17, 0, 1),
+    (36, 0, 2),
 ];
 
 fn s(text: &'static str) -> StrBytes {
@@ -87,6 +90,8 @@ fn request_versions(key: ApiKey) -> VersionRange {
         ApiKey::AlterConfigs => AlterConfigsRequest::VERSIONS,
         ApiKey::IncrementalAlterConfigs => IncrementalAlterConfigsRequest::VERSIONS,
         ApiKey::DescribeCluster => DescribeClusterRequest::VERSIONS,
+        ApiKey::SaslHandshake => SaslHandshakeRequest::VERSIONS,
+        ApiKey::SaslAuthenticate => SaslAuthenticateRequest::VERSIONS,
         other => panic!("{other:?} is not served"),
     }
 }
@@ -191,7 +196,7 @@ fn with_size(body: Vec<u8>) -> Vec<u8> {
 #[test]
 fn api_versions_v0_response_golden() {
     let body = ResponseKind::ApiVersions(api_versions_response(0));
-    let mut expected = vec![0, 0, 0, 1, 0, 0, 0, 0, 0, 23]; // correlation id, error code, i32 count
+    let mut expected = vec![0, 0, 0, 1, 0, 0, 0, 0, 0, 25]; // correlation id, error code, i32 count
     expected.extend(table_entries(false));
     assert_eq!(&encoded(ApiKey::ApiVersions, 0, 1, &body)[..], &with_size(expected)[..]);
 }
@@ -199,8 +204,8 @@ fn api_versions_v0_response_golden() {
 #[test]
 fn api_versions_v3_response_has_header_v0_and_no_tagged_fields() {
     let body = ResponseKind::ApiVersions(api_versions_response(3));
-    // correlation id with no header tagged fields (header v0), error code, compact count 23 + 1
-    let mut expected = vec![0, 0, 0, 9, 0, 0, 24];
+    // correlation id with no header tagged fields (header v0), error code, compact count 25 + 1
+    let mut expected = vec![0, 0, 0, 9, 0, 0, 26];
     expected.extend(table_entries(true));
     expected.extend([0, 0, 0, 0, 0]); // throttle time, then an empty tagged-field section
     assert_eq!(&encoded(ApiKey::ApiVersions, 3, 9, &body)[..], &with_size(expected.clone())[..]);
@@ -215,7 +220,7 @@ fn api_versions_at_an_unknown_version_answers_v0_with_unsupported_version() {
     };
     assert_eq!((api_key, api_version, correlation_id), (18, 5, 2));
     let body = error_response(api_key, api_version, UNSUPPORTED_VERSION).unwrap();
-    let mut expected = vec![0, 0, 0, 2, 0, 35, 0, 0, 0, 23];
+    let mut expected = vec![0, 0, 0, 2, 0, 35, 0, 0, 0, 25];
     expected.extend(table_entries(false));
     assert_eq!(&encoded(ApiKey::ApiVersions, api_version, correlation_id, &body)[..], &with_size(expected)[..]);
     assert_eq!(api_versions_response(5).error_code, UNSUPPORTED_VERSION);
@@ -421,13 +426,13 @@ fn unknown_apis_and_unserved_versions_carry_the_correlation_id() {
     let frame = |key: i16, version: i16| {
         Bytes::from([&key.to_be_bytes()[..], &version.to_be_bytes(), &[0, 0, 1, 0, 0, 0]].concat())
     };
-    for key in [17, 21, 68, 999, -1] {
+    for key in [21, 68, 999, -1] {
         assert_eq!(
             decode_request(frame(key, 1)),
             Err(WireError::UnknownApi { api_key: key, api_version: 1, correlation_id: 256 })
         );
     }
-    for (key, version) in [(1, 3), (1, 13), (3, 13), (8, 9), (9, 9), (60, 2), (22, -1)] {
+    for (key, version) in [(1, 3), (1, 13), (3, 13), (8, 9), (9, 9), (60, 2), (22, -1), (17, 2)] {
         let expected = WireError::UnsupportedVersion { api_key: key, api_version: version, correlation_id: 256 };
         assert_eq!(decode_request(frame(key, version)), Err(expected));
     }
@@ -446,7 +451,7 @@ fn error_responses_encode_at_the_asked_version_or_are_none() {
         }
     }
     assert!(error_response(3, 5, UNSUPPORTED_VERSION).is_none(), "metadata before v13 has no top-level error");
-    assert!(error_response(17, 1, UNSUPPORTED_VERSION).is_none(), "sasl handshake is not served");
+    assert!(error_response(21, 1, UNSUPPORTED_VERSION).is_none(), "DeleteRecords is not served");
     let Some(ResponseKind::Heartbeat(heartbeat)) = error_response(12, 4, 16) else { panic!("no heartbeat") };
     assert_eq!(heartbeat.error_code, 16);
     let Some(ResponseKind::Fetch(fetch)) = error_response(1, 13, UNSUPPORTED_VERSION) else { panic!("no fetch") };

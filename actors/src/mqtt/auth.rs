@@ -207,6 +207,23 @@ impl Authorizer {
         }
     }
 
+    /// Whether clients must present credentials (`auth.allow_anonymous = false`).
+    pub fn requires_credentials(&self) -> bool {
+        !self.allow_anonymous
+    }
+
+    /// Whether `user` is a known user and `password` theirs (Kafka SASL: no anonymous
+    /// fallback for unknown users).
+    pub fn verify_user(&self, user: &str, password: &[u8]) -> bool {
+        self.users.get(user).is_some_and(|hash| hash.verify(password))
+    }
+
+    /// Whether `user` (authenticated already) may administer streams: anyone while
+    /// authentication is not configured, else a user of `admin = true`.
+    pub fn may_administer(&self, user: Option<&str>) -> bool {
+        !self.admin_api_protected() || user.is_some_and(|user| self.admins.contains(user))
+    }
+
     /// Whether `identity` may publish to `topic`.
     pub fn may_publish(&self, identity: &Identity, topic_name: &str) -> bool {
         self.decide(identity, AclAction::Publish, |rule_filter| topic::matches(rule_filter, topic_name))

@@ -130,6 +130,16 @@ async fn handshake(
         Err(code) => {
             refuse(&mut writer, version, code).await;
             refused(ctx, "connect_refused");
+            if let Some(held_back) = CONNECT_REFUSALS.admit(ctx.now_ms()) {
+                // an id refused for its length is not logged whole
+                let client_id: String = connect.client_id.chars().take(128).collect();
+                let username: String =
+                    connect.login.as_ref().map(|login| login.username.chars().take(128).collect()).unwrap_or_default();
+                tracing::info!(
+                    %client_id, %username, %peer, reason = ?code, held_back,
+                    "mqtt connection refused"
+                );
+            }
             return None;
         }
     };
@@ -301,6 +311,9 @@ fn check_connect(
         connack_properties,
     })
 }
+
+/// Refused CONNECTs, logged at `info` (rate-limited: a flood of bad clients cannot flood the log).
+static CONNECT_REFUSALS: crate::log_limit::LogLimit = crate::log_limit::LogLimit::new();
 
 fn refused(ctx: &NodeContext, reason: &'static str) {
     ctx.mqtt_counters.refused(reason);

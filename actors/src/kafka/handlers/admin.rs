@@ -4,7 +4,9 @@ use kafka_protocol::messages::create_partitions_response::{CreatePartitionsRespo
 use kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafka_protocol::messages::create_topics_response::{CreatableTopicResult, CreateTopicsResponse};
 use kafka_protocol::messages::delete_topics_response::{DeletableTopicResult, DeleteTopicsResponse};
-use kafka_protocol::messages::{CreatePartitionsRequest, CreateTopicsRequest, DeleteTopicsRequest, TopicName};
+use kafka_protocol::messages::{
+    CreatePartitionsRequest, CreateTopicsRequest, DeleteTopicsRequest, RequestKind, ResponseKind, TopicName,
+};
 use kafka_protocol::protocol::StrBytes;
 
 use crate::context::NodeContext;
@@ -221,4 +223,85 @@ pub async fn create_partitions(ctx: &NodeContext, request: CreatePartitionsReque
         });
     }
     CreatePartitionsResponse::default().with_results(results)
+}
+
+/// What a client that may not administer streams gets for a request that would create,
+/// delete or alter them (`None`: the request changes no stream): every topic or resource
+/// refused with `TOPIC_AUTHORIZATION_FAILED` (`CLUSTER_AUTHORIZATION_FAILED` for a broker's).
+pub fn refused(request: &RequestKind, version: i16) -> Option<ResponseKind> {
+    const WHY: &str = "only users with admin = true may create, delete or alter streams";
+    let why = || message(WHY.to_string());
+    let code_for = |resource_type: i8| {
+        if resource_type == 2 { codes::TOPIC_AUTHORIZATION_FAILED } else { codes::CLUSTER_AUTHORIZATION_FAILED }
+    };
+    Some(match request {
+        RequestKind::CreateTopics(body) => ResponseKind::CreateTopics(CreateTopicsResponse::default().with_topics(
+            body.topics
+                .iter()
+                .map(|topic| {
+                    CreatableTopicResult::default()
+                        .with_name(topic.name.clone())
+                        .with_error_code(codes::TOPIC_AUTHORIZATION_FAILED)
+                        .with_error_message(why())
+                })
+                .collect(),
+        )),
+        RequestKind::DeleteTopics(body) => {
+            let names = body.topic_names.iter().cloned().chain(body.topics.iter().filter_map(|t| t.name.clone()));
+            ResponseKind::DeleteTopics(
+                DeleteTopicsResponse::default().with_responses(
+                    names
+                        .map(|name| {
+                            let result = DeletableTopicResult::default()
+                                .with_name(Some(name))
+                                .with_error_code(codes::TOPIC_AUTHORIZATION_FAILED);
+                            if version >= 5 { result.with_error_message(why()) } else { result }
+                        })
+                        .collect(),
+                ),
+            )
+        }
+        RequestKind::CreatePartitions(body) => {
+            ResponseKind::CreatePartitions(CreatePartitionsResponse::default().with_results(
+                body.topics
+                    .iter()
+                    .map(|topic| {
+                        CreatePartitionsTopicResult::default()
+                            .with_name(topic.name.clone())
+                            .with_error_code(codes::TOPIC_AUTHORIZATION_FAILED)
+                            .with_error_message(why())
+                    })
+                    .collect(),
+            ))
+        }
+        RequestKind::AlterConfigs(body) => ResponseKind::AlterConfigs(
+            kafka_protocol::messages::AlterConfigsResponse::default().with_responses(
+                body.resources
+                    .iter()
+                    .map(|resource| {
+                        kafka_protocol::messages::alter_configs_response::AlterConfigsResourceResponse::default()
+                            .with_error_code(code_for(resource.resource_type))
+                            .with_error_message(why())
+                            .with_resource_type(resource.resource_type)
+                            .with_resource_name(resource.resource_name.clone())
+                    })
+                    .collect(),
+            ),
+        ),
+        RequestKind::IncrementalAlterConfigs(body) => ResponseKind::IncrementalAlterConfigs(
+            kafka_protocol::messages::IncrementalAlterConfigsResponse::default().with_responses(
+                body.resources
+                    .iter()
+                    .map(|resource| {
+                        kafka_protocol::messages::incremental_alter_configs_response::AlterConfigsResourceResponse::default()
+                            .with_error_code(code_for(resource.resource_type))
+                            .with_error_message(why())
+                            .with_resource_type(resource.resource_type)
+                            .with_resource_name(resource.resource_name.clone())
+                    })
+                    .collect(),
+            ),
+        ),
+        _ => return None,
+    })
 }

@@ -74,7 +74,7 @@ fn topic_entry(ctx: &NodeContext, stream: &Stream, version: i16) -> MetadataResp
 }
 
 /// Answers Metadata, auto-creating unknown topics as free streams when allowed.
-pub async fn metadata(ctx: &NodeContext, request: MetadataRequest, version: i16) -> MetadataResponse {
+pub async fn metadata(ctx: &NodeContext, request: MetadataRequest, version: i16, may_create: bool) -> MetadataResponse {
     let mut topics = Vec::new();
     // v0: an empty list means all topics; v1+: null means all, empty means none
     let requested: Option<Vec<String>> = match request.topics {
@@ -85,7 +85,8 @@ pub async fn metadata(ctx: &NodeContext, request: MetadataRequest, version: i16)
     match requested {
         None => topics.extend(ctx.streams.list().iter().map(|stream| topic_entry(ctx, stream, version))),
         Some(names) => {
-            let auto_create = ctx.kafka.auto_create_topics && (version < 4 || request.allow_auto_topic_creation);
+            let auto_create =
+                may_create && ctx.kafka.auto_create_topics && (version < 4 || request.allow_auto_topic_creation);
             for name in names {
                 let error_topic = |code| {
                     MetadataResponseTopic::default().with_name(Some(TopicName(s(name.clone())))).with_error_code(code)

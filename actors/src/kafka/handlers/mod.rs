@@ -27,13 +27,14 @@ pub enum Reply {
     Close,
 }
 
-/// Routes a decoded request to its handler.
-pub async fn dispatch(ctx: &NodeContext, request: Request, client_host: &str) -> Reply {
+/// Routes a decoded request to its handler; `may_create`: whether Metadata may create the
+/// streams it names (auto-creation is an administration too).
+pub async fn dispatch(ctx: &NodeContext, request: Request, client_host: &str, may_create: bool) -> Reply {
     let version = request.api_version;
     let client_id = request.client_id.clone().unwrap_or_default();
     let response = match request.body {
         RequestKind::ApiVersions(_) => ResponseKind::ApiVersions(wire::api_versions_response(version)),
-        RequestKind::Metadata(body) => ResponseKind::Metadata(meta::metadata(ctx, body, version).await),
+        RequestKind::Metadata(body) => ResponseKind::Metadata(meta::metadata(ctx, body, version, may_create).await),
         RequestKind::Produce(body) => {
             let acks = body.acks;
             if version < wire::PRODUCE_MIN_SERVED {
