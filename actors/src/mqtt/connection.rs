@@ -128,8 +128,6 @@ async fn handshake(
     let accepted = match check_connect(ctx, &connect, version, open_connections) {
         Ok(accepted) => accepted,
         Err(code) => {
-            refuse(&mut writer, version, code).await;
-            refused(ctx, "connect_refused");
             if let Some(held_back) = CONNECT_REFUSALS.admit(ctx.now_ms()) {
                 // an id refused for its length is not logged whole
                 let client_id: String = connect.client_id.chars().take(128).collect();
@@ -140,6 +138,8 @@ async fn handshake(
                     "mqtt connection refused"
                 );
             }
+            refuse(&mut writer, version, code).await;
+            refused(ctx, "connect_refused");
             return None;
         }
     };
