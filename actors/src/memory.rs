@@ -3,11 +3,15 @@
 //! Two parts of the node hold messages for as long as their readers are slow, and so would
 //! grow without bound under a flood; each gets a share of the budget:
 //!
-//! - **session queues** (half): what a session keeps for a client that is offline or whose
-//!   connection is congested, bounded per session by `mqtt.max_queued_messages` and
-//!   `mqtt.max_queued_bytes` and, across sessions, by this share. Past it a session applies its
-//!   `mqtt.queue_overflow` policy as if its own queue were full (drop its oldest message, or the
-//!   new one), counted in `tidewater_mqtt_dropped_messages_total{reason="memory_budget"}`.
+//! - **session queues** (half for QoS 0, five eighths in all): what a session keeps for a
+//!   client that is offline or whose connection is congested, bounded per session by
+//!   `mqtt.max_queued_messages` and `mqtt.max_queued_bytes` and, across sessions, by these
+//!   shares. QoS 0 messages give way first: once the queues hold half the budget a new QoS 0
+//!   message is dropped (it never pushes out another), while QoS 1 and 2 messages still fit in
+//!   the next eighth, so that a QoS 0 flood to slow subscribers does not cost acknowledged
+//!   messages their place. Past five eighths a session applies its `mqtt.queue_overflow`
+//!   policy to a QoS 1/2 message as if its own queue were full (drop its oldest message, or
+//!   the new one). Both count in `tidewater_mqtt_dropped_messages_total{reason="memory_budget"}`.
 //! - **deliveries between actors** (an eighth): messages a publisher's session has routed to
 //!   subscribers' sessions that those have not taken from their mailboxes yet. Past it,
 //!   publishers are under credit: a publisher's connection reads no further packets until the
@@ -15,7 +19,7 @@
 //!   fed at the rate its sessions take messages, and TCP pushes back on the publishers
 //!   (`tidewater_mqtt_publisher_pauses_total`).
 //!
-//! The rest (three eighths) is headroom for what is bounded per connection rather than in
+//! The rest (a quarter) is headroom for what is bounded per connection rather than in
 //! total: connection buffers (an MQTT outbox congests at 256 KB), Kafka Fetch responses (at
 //! most `kafka.fetch_max_bytes` each, one per connection at a time), routes and retained
 //! messages, and storage caches. `tidewater_memory_bytes{part}` reports both counted parts,
@@ -68,8 +72,9 @@ impl MemoryBudget {
         self.budget
     }
 
-    fn queue_share(&self) -> usize {
-        self.budget / 2
+    /// What the queues of all sessions may hold when the new message is of `qos`.
+    fn queue_share(&self, qos: u8) -> usize {
+        if qos == 0 { self.budget / 2 } else { self.budget / 8 * 5 }
     }
 
     fn delivery_share(&self) -> usize {
@@ -86,9 +91,10 @@ impl MemoryBudget {
         self.delivering.load(Ordering::Relaxed)
     }
 
-    /// Counts `bytes` more in session queues if they fit in the queues' share.
-    pub fn try_queue(&self, bytes: usize) -> bool {
-        let share = self.queue_share();
+    /// Counts `bytes` more in session queues if they fit in the queues' share for a message
+    /// of `qos`.
+    pub fn try_queue(&self, bytes: usize, qos: u8) -> bool {
+        let share = self.queue_share(qos);
         self.queued
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |queued| {
                 queued.checked_add(bytes).filter(|total| *total <= share)
@@ -162,13 +168,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn queues_take_up_to_half_the_budget_and_give_it_back() {
+    fn qos_0_queues_take_half_the_budget_qos_1_and_2_five_eighths_and_give_it_back() {
         let budget = MemoryBudget::new(1000);
-        assert!(budget.try_queue(300));
-        assert!(budget.try_queue(200));
-        assert!(!budget.try_queue(1), "half of 1000 is 500");
-        budget.unqueue(200);
-        assert!(budget.try_queue(150));
+        assert!(budget.try_queue(300, 0));
+        assert!(budget.try_queue(200, 0));
+        assert!(!budget.try_queue(1, 0), "half of 1000 is 500");
+        assert!(budget.try_queue(120, 1), "QoS 1 and 2 get five eighths, 625");
+        assert!(!budget.try_queue(6, 2));
+        budget.unqueue(320);
+        assert!(budget.try_queue(150, 0));
         assert_eq!(budget.queued(), 450);
         budget.force_queue(100);
         assert_eq!(budget.queued(), 550);

@@ -34,11 +34,14 @@ pub enum InvariantId {
     AckBeforeDurable,
     /// A new subscriber got an older retained message than the last one acknowledged.
     RetainedLost,
+    /// The message data counted against the memory budget is not what the node holds: the
+    /// session queues past their share, or bytes still counted once every message has gone.
+    MemoryMiscounted,
 }
 
 impl InvariantId {
     /// Every invariant, in catalogue order.
-    pub const ALL: [InvariantId; 12] = [
+    pub const ALL: [InvariantId; 13] = [
         InvariantId::AckedRecordLost,
         InvariantId::AckedRecordChanged,
         InvariantId::OffsetsNotIncreasing,
@@ -51,6 +54,7 @@ impl InvariantId {
         InvariantId::HighWatermarkBackwards,
         InvariantId::AckBeforeDurable,
         InvariantId::RetainedLost,
+        InvariantId::MemoryMiscounted,
     ];
 
     /// The invariant's stable name (metric label, checker report).
@@ -68,6 +72,7 @@ impl InvariantId {
             InvariantId::HighWatermarkBackwards => "high_watermark_backwards",
             InvariantId::AckBeforeDurable => "ack_before_durable",
             InvariantId::RetainedLost => "retained_lost",
+            InvariantId::MemoryMiscounted => "memory_miscounted",
         }
     }
 }

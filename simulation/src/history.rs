@@ -77,6 +77,8 @@ pub struct History {
     pub retained_read: Option<Option<u32>>,
     /// Whether the will client finished its rounds.
     pub willer_done: bool,
+    /// QoS 0 flood messages published, and received by the slow flood subscriber.
+    pub flood: (u64, u64),
     /// Whether every publisher, producer and committer finished its work.
     pub writers_done: u32,
 }

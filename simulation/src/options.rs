@@ -49,6 +49,9 @@ pub struct Options {
     /// The longest delay of a round of the simulated log writer (0: appends are written as
     /// they are submitted).
     pub writer_delay_ms: u64,
+    /// A small `memory.budget_bytes` and a QoS 0 flood to a slow subscriber that fills it
+    /// (`None`: the default budget, no flood).
+    pub memory_budget: Option<usize>,
 }
 
 impl Options {
@@ -75,6 +78,7 @@ impl Options {
             // new draws go last, so that the scenarios of committed seeds stay what they were
             sync_delays: rng.random_bool(0.3),
             writer_delay_ms: if rng.random_bool(0.7) { rng.random_range(1..=30) } else { 0 },
+            memory_budget: rng.random_bool(0.3).then(|| rng.random_range(64 << 10..=512 << 10)),
         }
     }
 }

@@ -10,8 +10,10 @@ use std::time::Duration;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tidewater_actors::NodeContext;
+use tidewater_actors::memory::MemoryBudget;
 use tidewater_actors::seams::{MonotonicClock, NodeRng};
 use tidewater_actors::stream::def::{PartitionStrategy, StreamDef, StreamKind};
+use tidewater_cluster::InvariantId;
 use tidewater_node::cluster::Gossip;
 use tidewater_node::config::Config;
 use tidewater_node::node::{Node, Parts};
@@ -103,6 +105,9 @@ fn node_config(options: &Options) -> Config {
     config.kafka.advertised_address = Some(format!("{NODE}:9092"));
     config.mqtt.max_queued_messages = 100_000;
     config.mqtt.test_ack_before_durable = options.ack_before_durable;
+    if let Some(budget) = options.memory_budget {
+        config.memory.budget_bytes = budget; // below the 16 MiB a config file may set
+    }
     config.streams = vec![
         StreamDef {
             name: BOUND_STREAM.into(),
@@ -215,6 +220,12 @@ pub fn run_seed(options: &Options) -> SeedReport {
     sim.client("willer", workload::will_client(history.clone(), options.seed, 4));
     sim.client("retainer", workload::retainer(history.clone(), options.seed, 12));
     sim.client("reader", workload::reader(history.clone(), writers));
+    if options.memory_budget.is_some() {
+        sim.client("flooder", workload::flooder(history.clone(), options.seed, FAULT_PHASE_MS));
+        sim.client("flood-sub", workload::flood_subscriber(history.clone(), options.seed, FAULT_PHASE_MS));
+    }
+    let budget = options.memory_budget.unwrap_or(tidewater_actors::memory::DEFAULT_BUDGET);
+    let mut memory = MemorySeen::default();
 
     let mut plan = plan(options);
     let mut restart_at: Option<u64> = None;
@@ -230,6 +241,9 @@ pub fn run_seed(options: &Options) -> SeedReport {
             }
         }
         let now = sim.elapsed().as_millis() as u64;
+        if let Some(ctx) = context.borrow().as_ref() {
+            memory.sample(now, budget, &ctx.memory);
+        }
         if now > LIMIT_MS {
             failure = Some(format!("not finished after {LIMIT_MS} ms of simulated time"));
             break;
@@ -260,7 +274,25 @@ pub fn run_seed(options: &Options) -> SeedReport {
         println!("  node at the end: {} subscriptions", ctx.router.subscription_count());
     }
     let simulated_ms = sim.elapsed().as_millis() as u64;
+    // every client has gone and every message been taken: nothing may still be counted
+    let left = context.borrow().as_ref().map(|ctx| (ctx.memory.queued(), ctx.memory.delivering()));
     drop(sim);
+    {
+        let (sent, got) = history.borrow().flood;
+        let line = format!(
+            "memory: queues peaked at {} of {budget} bytes, deliveries at {}; flood {sent} sent, {got} received; counted at the end {left:?}",
+            memory.queued_peak, memory.delivering_peak
+        );
+        history.borrow_mut().trace(simulated_ms, line);
+    }
+    if let Some((queued, delivering)) = left
+        && (queued, delivering) != (0, 0)
+        && failure.is_none()
+    {
+        memory.violations.push(format!(
+            "{queued} bytes still counted in session queues and {delivering} in deliveries after every client left"
+        ));
+    }
     let history = history.borrow();
     if options.print_trace {
         for (at, event) in &history.trace {
@@ -272,6 +304,9 @@ pub fn run_seed(options: &Options) -> SeedReport {
     // what the node's own checks saw (release builds only log and count them)
     for (invariant, detail) in tidewater_cluster::invariants::take_recorded() {
         violations.push(Violation { invariant: Some(invariant), detail: format!("in the node: {detail}") });
+    }
+    for detail in memory.violations {
+        violations.push(Violation { invariant: Some(InvariantId::MemoryMiscounted), detail });
     }
     if let Some(detail) = failure {
         violations.push(Violation { invariant: None, detail });
@@ -289,6 +324,27 @@ pub fn run_seed(options: &Options) -> SeedReport {
             history.bound_read.len() + history.free_read.len(),
         ],
         tolerated: verdict.tolerated,
+    }
+}
+
+/// What the node's memory budget counted during the run, sampled after every step.
+#[derive(Debug, Default)]
+struct MemorySeen {
+    queued_peak: usize,
+    delivering_peak: usize,
+    violations: Vec<String>,
+}
+
+impl MemorySeen {
+    /// Session queues may hold five eighths of the budget (half for QoS 0), and a restarted
+    /// node restores only what fitted before, so more is a miscount.
+    fn sample(&mut self, now: u64, budget: usize, memory: &MemoryBudget) {
+        let queued = memory.queued();
+        if queued > budget / 8 * 5 && self.violations.is_empty() {
+            self.violations.push(format!("at {now} ms session queues held {queued} bytes of a {budget}-byte budget"));
+        }
+        self.queued_peak = self.queued_peak.max(queued);
+        self.delivering_peak = self.delivering_peak.max(memory.delivering());
     }
 }
 

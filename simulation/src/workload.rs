@@ -329,6 +329,77 @@ pub async fn subscriber(history: Shared, seed: u64, drops: bool, writers: u32) -
     Ok(())
 }
 
+/// The topic filter of the QoS 0 flood.
+pub const FLOOD_FILTER: &str = "flood/#";
+
+/// A QoS 0 flood on `flood/t` for `for_ms`: bursts of 1 KB messages as fast as the node
+/// reads them, reconnecting after every outage.
+pub async fn flooder(history: Shared, seed: u64, for_ms: u64) -> turmoil::Result {
+    let mut rng = StdRng::seed_from_u64(seed ^ 0xf100d);
+    let payload = vec![b'f'; 1024];
+    while now_ms() < for_ms {
+        let mut connect = Vec::new();
+        wire::connect_with(&mut connect, "flooder", 30, true, None);
+        let Some((mut mqtt, _)) = Mqtt::open(&connect).await else {
+            sleep_ms(100).await;
+            continue;
+        };
+        while now_ms() < for_ms {
+            let burst = rng.random_range(1..=16);
+            let mut out = Vec::with_capacity(burst * 1040);
+            for _ in 0..burst {
+                wire::publish_payload(&mut out, "flood/t", 0, 0, false, &payload);
+            }
+            // a node gone down reads nothing more: the write waits on the socket's credit
+            if !matches!(tokio::time::timeout(Duration::from_secs(1), mqtt.send(&out)).await, Ok(Ok(()))) {
+                break;
+            }
+            history.borrow_mut().flood.0 += burst as u64;
+            sleep_ms(10).await;
+        }
+    }
+    Ok(())
+}
+
+/// The flood's subscriber (a clean session at QoS 0) alternates stalls of one to three
+/// seconds, in which it reads nothing, with half a second of reading as fast as it can. A
+/// stall fills the socket (turmoil's 64 segments) and the outbox within about a second, so
+/// its session's queue meets the memory budget; reading drains it again. It leaves at the end
+/// of the stall in which the flood ends, closing with its queue full, and gives the node time to end its session.
+pub async fn flood_subscriber(history: Shared, seed: u64, for_ms: u64) -> turmoil::Result {
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x5100_d5ab);
+    while now_ms() < for_ms {
+        let mut connect = Vec::new();
+        wire::connect_with(&mut connect, "flood-sub", 30, true, None);
+        let Some((mut mqtt, _)) = Mqtt::open(&connect).await else {
+            sleep_ms(100).await;
+            continue;
+        };
+        let mut out = Vec::new();
+        wire::subscribe(&mut out, 1, FLOOD_FILTER, 0);
+        if mqtt.send(&out).await.is_err() {
+            continue;
+        }
+        history.borrow_mut().trace(now_ms(), "flood-sub: subscribed");
+        'connection: while now_ms() < for_ms {
+            sleep_ms(rng.random_range(1_000..=3_000)).await;
+            if now_ms() >= for_ms {
+                break; // leaves in the middle of a stall, its queue full
+            }
+            let until = now_ms() + 500;
+            while now_ms() < until {
+                match mqtt.next(Duration::from_millis(100)).await {
+                    Ok(Some((kind, _, _))) if kind == wire::PUBLISH => history.borrow_mut().flood.1 += 1,
+                    Ok(_) => {}
+                    Err(_) => break 'connection,
+                }
+            }
+        }
+    }
+    sleep_ms(2000).await;
+    Ok(())
+}
+
 /// An MQTT 5 client with a delayed will that drops its connection each round and either
 /// comes back within the delay (the will must not be published) or stays away (it must be).
 pub async fn will_client(history: Shared, seed: u64, rounds: u32) -> turmoil::Result {

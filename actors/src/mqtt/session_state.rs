@@ -699,14 +699,16 @@ impl SessionState {
             state.queued.len() >= state.limits.max_queued || state.queued_bytes + bytes > state.limits.max_queued_bytes
         };
         // the session's own bounds first, then the node's budget for every session's queue
-        // (which `try_queue` reserves the bytes in): past either, the overflow policy applies
+        // (which `try_queue` reserves the bytes in): past either, the overflow policy applies,
+        // but a QoS 0 message past the budget goes itself rather than push out another
         loop {
             let own_full = full(self);
-            if !own_full && self.limits.budget.try_queue(bytes) {
+            if !own_full && self.limits.budget.try_queue(bytes, entry.qos) {
                 break;
             }
             let reason = if own_full { "queue_full" } else { "memory_budget" };
-            if self.limits.overflow == QueueOverflow::DropNew || bytes > self.limits.max_queued_bytes {
+            let drop_new = self.limits.overflow == QueueOverflow::DropNew || (!own_full && entry.qos == 0);
+            if drop_new || bytes > self.limits.max_queued_bytes {
                 effects.push(Effect::Dropped(reason));
                 return effects;
             }

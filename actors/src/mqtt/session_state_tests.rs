@@ -374,29 +374,39 @@ fn the_queue_is_bounded_in_bytes_too() {
 
 #[test]
 fn every_sessions_queue_shares_the_nodes_memory_budget() {
-    // a budget of 64 bytes: the queues' share is 32, three 10-byte messages
+    // a budget of 64 bytes: QoS 0 may fill the queues to 32 (three 10-byte messages), QoS 1
+    // and 2 to 40 (four)
     let budget = crate::memory::MemoryBudget::new(64);
     let shared = |overflow| SessionLimits { budget: Arc::clone(&budget), ..limits_with(10, 100, overflow) };
     let mut first = SessionState::new("a".into(), shared(QueueOverflow::DropOldest));
     for payload in ["payload-1", "payload-2", "payload-3"] {
-        assert!(dropped(&first.deliver(payload_delivery(payload, 1), 0)).is_empty());
+        assert!(dropped(&first.deliver(payload_delivery(payload, 0), 0)).is_empty());
     }
     assert_eq!(budget.queued(), 30);
-    // a second session with room of its own finds the node's share taken: nothing of its
-    // own to drop, so the new message goes
+    // past the QoS 0 share a QoS 0 message goes itself, even under drop-oldest
+    let qos0 = first.deliver(payload_delivery("payload-4", 0), 0);
+    assert_eq!((dropped(&qos0), persists(&qos0)), (vec!["memory_budget"], vec![]));
+    // a QoS 1 message still finds room, in a session of its own
     let mut second = SessionState::new("b".into(), shared(QueueOverflow::DropOldest));
-    assert_eq!(dropped(&second.deliver(payload_delivery("payload-4", 1), 0)), vec!["memory_budget"]);
+    assert!(dropped(&second.deliver(payload_delivery("payload-5", 1), 0)).is_empty());
+    assert_eq!(budget.queued(), 40);
+    // then a second session finds the node's share taken: nothing of its own to drop but
+    // what it holds, so under drop-new the new message goes
+    let mut third = SessionState::new("c".into(), shared(QueueOverflow::DropNew));
+    assert_eq!(dropped(&third.deliver(payload_delivery("payload-6", 1), 0)), vec!["memory_budget"]);
     // the first drops its oldest to make room under its drop-oldest policy
-    let fourth = first.deliver(payload_delivery("payload-5", 1), 0);
-    assert_eq!(dropped(&fourth), vec!["memory_budget"]);
-    assert_eq!(persists(&fourth), vec![PersistOp::DeleteOutgoing(0), PersistOp::PutOutgoing(3)]);
-    assert_eq!(budget.queued(), 30);
+    let qos1 = first.deliver(payload_delivery("payload-7", 1), 0);
+    assert_eq!(dropped(&qos1), vec!["memory_budget"]);
+    assert_eq!(persists(&qos1), vec![PersistOp::DeleteOutgoing(0), PersistOp::PutOutgoing(3)]);
+    assert_eq!(budget.queued(), 40);
     // what is sent leaves the budget; so does what an ended session held
-    assert_eq!(sent_payloads(&first.attach(v5(), 0)), vec!["payload-2", "payload-3", "payload-5"]);
-    assert_eq!(budget.queued(), 0);
-    assert!(dropped(&second.deliver(payload_delivery("payload-6", 1), 0)).is_empty());
+    assert_eq!(sent_payloads(&first.attach(v5(), 0)), vec!["payload-2", "payload-3", "payload-7"]);
     assert_eq!(budget.queued(), 10);
     drop(second);
+    assert_eq!(budget.queued(), 0);
+    assert!(dropped(&third.deliver(payload_delivery("payload-8", 1), 0)).is_empty());
+    assert_eq!(budget.queued(), 10);
+    drop(third);
     assert_eq!(budget.queued(), 0);
 }
 
