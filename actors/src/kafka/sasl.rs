@@ -69,13 +69,7 @@ impl SaslState {
     /// Checks a bare PLAIN token (after a v0 handshake): success is answered with an empty
     /// frame, failure by closing the connection.
     pub fn authenticate_bare(&mut self, token: &[u8], authorizer: &Authorizer) -> bool {
-        match plain_token(token) {
-            Some((user, password)) if authorizer.verify_user(user, password) => {
-                *self = Self::Authenticated(user.to_string());
-                true
-            }
-            _ => false,
-        }
+        self.check_plain(token, authorizer).is_ok()
     }
 
     /// Answers SaslAuthenticate; `false` when the connection must close after the answer.
@@ -93,14 +87,21 @@ impl SaslState {
         if *self != Self::Plain {
             return failed(codes::ILLEGAL_SASL_STATE, "SaslAuthenticate before SaslHandshake");
         }
-        let Some((user, password)) = plain_token(&request.auth_bytes) else {
-            return failed(codes::SASL_AUTHENTICATION_FAILED, "Authentication failed: malformed PLAIN token");
-        };
+        match self.check_plain(&request.auth_bytes, authorizer) {
+            Ok(()) => (SaslAuthenticateResponse::default(), true),
+            Err(why) => failed(codes::SASL_AUTHENTICATION_FAILED, why),
+        }
+    }
+
+    /// Checks a PLAIN token against the users, becoming that user when it holds; the error
+    /// says why it does not, in the words Kafka brokers use.
+    fn check_plain(&mut self, token: &[u8], authorizer: &Authorizer) -> Result<(), &'static str> {
+        let (user, password) = plain_token(token).ok_or("Authentication failed: malformed PLAIN token")?;
         if !authorizer.verify_user(user, password) {
-            return failed(codes::SASL_AUTHENTICATION_FAILED, "Authentication failed: invalid username or password");
+            return Err("Authentication failed: invalid username or password");
         }
         *self = Self::Authenticated(user.to_string());
-        (SaslAuthenticateResponse::default(), true)
+        Ok(())
     }
 }
 

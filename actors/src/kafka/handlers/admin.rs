@@ -234,18 +234,38 @@ pub fn refused(request: &RequestKind, version: i16) -> Option<ResponseKind> {
     let code_for = |resource_type: i8| {
         if resource_type == 2 { codes::TOPIC_AUTHORIZATION_FAILED } else { codes::CLUSTER_AUTHORIZATION_FAILED }
     };
+    // AlterConfigs and IncrementalAlterConfigs answer with distinct types of the same shape
+    macro_rules! refused_config_changes {
+        ($body:expr, $response:ty, $resource:ty) => {
+            <$response>::default().with_responses(
+                $body
+                    .resources
+                    .iter()
+                    .map(|resource| {
+                        <$resource>::default()
+                            .with_error_code(code_for(resource.resource_type))
+                            .with_error_message(why())
+                            .with_resource_type(resource.resource_type)
+                            .with_resource_name(resource.resource_name.clone())
+                    })
+                    .collect(),
+            )
+        };
+    }
     Some(match request {
-        RequestKind::CreateTopics(body) => ResponseKind::CreateTopics(CreateTopicsResponse::default().with_topics(
-            body.topics
-                .iter()
-                .map(|topic| {
-                    CreatableTopicResult::default()
-                        .with_name(topic.name.clone())
-                        .with_error_code(codes::TOPIC_AUTHORIZATION_FAILED)
-                        .with_error_message(why())
-                })
-                .collect(),
-        )),
+        RequestKind::CreateTopics(body) => ResponseKind::CreateTopics(
+            CreateTopicsResponse::default().with_topics(
+                body.topics
+                    .iter()
+                    .map(|topic| {
+                        CreatableTopicResult::default()
+                            .with_name(topic.name.clone())
+                            .with_error_code(codes::TOPIC_AUTHORIZATION_FAILED)
+                            .with_error_message(why())
+                    })
+                    .collect(),
+            ),
+        ),
         RequestKind::DeleteTopics(body) => {
             let names = body.topic_names.iter().cloned().chain(body.topics.iter().filter_map(|t| t.name.clone()));
             ResponseKind::DeleteTopics(
@@ -261,8 +281,8 @@ pub fn refused(request: &RequestKind, version: i16) -> Option<ResponseKind> {
                 ),
             )
         }
-        RequestKind::CreatePartitions(body) => {
-            ResponseKind::CreatePartitions(CreatePartitionsResponse::default().with_results(
+        RequestKind::CreatePartitions(body) => ResponseKind::CreatePartitions(
+            CreatePartitionsResponse::default().with_results(
                 body.topics
                     .iter()
                     .map(|topic| {
@@ -272,36 +292,18 @@ pub fn refused(request: &RequestKind, version: i16) -> Option<ResponseKind> {
                             .with_error_message(why())
                     })
                     .collect(),
-            ))
-        }
-        RequestKind::AlterConfigs(body) => ResponseKind::AlterConfigs(
-            kafka_protocol::messages::AlterConfigsResponse::default().with_responses(
-                body.resources
-                    .iter()
-                    .map(|resource| {
-                        kafka_protocol::messages::alter_configs_response::AlterConfigsResourceResponse::default()
-                            .with_error_code(code_for(resource.resource_type))
-                            .with_error_message(why())
-                            .with_resource_type(resource.resource_type)
-                            .with_resource_name(resource.resource_name.clone())
-                    })
-                    .collect(),
             ),
         ),
-        RequestKind::IncrementalAlterConfigs(body) => ResponseKind::IncrementalAlterConfigs(
-            kafka_protocol::messages::IncrementalAlterConfigsResponse::default().with_responses(
-                body.resources
-                    .iter()
-                    .map(|resource| {
-                        kafka_protocol::messages::incremental_alter_configs_response::AlterConfigsResourceResponse::default()
-                            .with_error_code(code_for(resource.resource_type))
-                            .with_error_message(why())
-                            .with_resource_type(resource.resource_type)
-                            .with_resource_name(resource.resource_name.clone())
-                    })
-                    .collect(),
-            ),
-        ),
+        RequestKind::AlterConfigs(body) => ResponseKind::AlterConfigs(refused_config_changes!(
+            body,
+            kafka_protocol::messages::AlterConfigsResponse,
+            kafka_protocol::messages::alter_configs_response::AlterConfigsResourceResponse
+        )),
+        RequestKind::IncrementalAlterConfigs(body) => ResponseKind::IncrementalAlterConfigs(refused_config_changes!(
+            body,
+            kafka_protocol::messages::IncrementalAlterConfigsResponse,
+            kafka_protocol::messages::incremental_alter_configs_response::AlterConfigsResourceResponse
+        )),
         _ => return None,
     })
 }
