@@ -76,13 +76,17 @@ enum Command {
         /// The password to hash; without it, the first line of standard input (so that it stays
         /// out of the shell's history and the process list).
         password: Option<String>,
+        /// Hash with PBKDF2-HMAC-SHA512 (a user who logs in over Kafka with SCRAM-SHA-512)
+        /// instead of SHA-256 (PLAIN, SCRAM-SHA-256, MQTT)
+        #[arg(long)]
+        sha512: bool,
     },
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Passwd { password } => {
+        Command::Passwd { password, sha512 } => {
             let password = match password {
                 Some(password) => password,
                 None => {
@@ -104,7 +108,9 @@ fn main() -> std::process::ExitCode {
             }
             let mut salt = [0u8; 16];
             tidewater_actors::seams::NodeRng::from_os().fill(&mut salt);
-            println!("{}", tidewater_actors::mqtt::auth::hash_password(&password, &salt));
+            use tidewater_actors::mqtt::auth::{HashAlgorithm, hash_password_with};
+            let algorithm = if sha512 { HashAlgorithm::Sha512 } else { HashAlgorithm::Sha256 };
+            println!("{}", hash_password_with(algorithm, &password, &salt));
             std::process::ExitCode::SUCCESS
         }
         Command::Start {

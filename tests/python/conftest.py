@@ -396,8 +396,8 @@ def broker_env(extra=None) -> dict:
     return env
 
 
-def tidewater_passwd(password: str) -> str:
-    out = subprocess.run([TIDEWATER_BIN, "passwd", password], capture_output=True, text=True,
+def tidewater_passwd(password: str, *flags: str) -> str:
+    out = subprocess.run([TIDEWATER_BIN, "passwd", *flags, password], capture_output=True, text=True,
                          timeout=30, env=broker_env())
     assert out.returncode == 0, f"tidewater passwd failed: {out.stderr}"
     lines = [line.strip() for line in out.stdout.splitlines() if line.strip()]

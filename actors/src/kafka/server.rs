@@ -94,14 +94,17 @@ impl KafkaConnectionState {
     async fn handle_frame(&mut self, frame: Bytes) -> bool {
         if self.sasl.expects_bare_token() {
             // after SaslHandshake v0 the token is the whole frame, and so is the answer
-            if !self.sasl.authenticate_bare(&frame, &self.ctx.authorizer) {
-                self.refused("Authentication failed: invalid username or password");
-                return false;
-            }
-            return matches!(
-                tokio::time::timeout(WRITE_TIMEOUT, self.writer.write_all(&[0, 0, 0, 0])).await,
-                Ok(Ok(()))
-            );
+            let answer = match self.sasl.authenticate_bare(&frame, &self.ctx.authorizer, &self.ctx.rng) {
+                Ok(answer) => answer,
+                Err(why) => {
+                    self.refused(why);
+                    return false;
+                }
+            };
+            let mut out = Vec::with_capacity(4 + answer.len());
+            out.extend_from_slice(&(answer.len() as u32).to_be_bytes());
+            out.extend_from_slice(&answer);
+            return matches!(tokio::time::timeout(WRITE_TIMEOUT, self.writer.write_all(&out)).await, Ok(Ok(())));
         }
         let mut close_after = false;
         let (api_key, api_version, correlation_id, response) = match wire::decode_request(frame) {
@@ -113,7 +116,7 @@ impl KafkaConnectionState {
                         handlers::Reply::Send(ResponseKind::SaslHandshake(self.sasl.handshake(body, api_version)))
                     }
                     RequestKind::SaslAuthenticate(body) => {
-                        let (response, ok) = self.sasl.authenticate(body, &self.ctx.authorizer);
+                        let (response, ok) = self.sasl.authenticate(body, &self.ctx.authorizer, &self.ctx.rng);
                         if !ok {
                             close_after = true;
                             self.refused(response.error_message.as_deref().unwrap_or("SASL authentication failed"));

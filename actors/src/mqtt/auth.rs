@@ -4,30 +4,105 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD_NO_PAD;
 use pbkdf2::pbkdf2_hmac;
 use serde::{Deserialize, Serialize};
-use sha2::Sha256;
+use sha2::{Sha256, Sha512};
 
 use crate::mqtt::topic;
 
-const HASH_PREFIX: &str = "pbkdf2-sha256";
 const DEFAULT_ITERATIONS: u32 = 10_000;
 
-/// Hashes a password for `[[auth.users]] password_hash` (`pbkdf2-sha256$<iter>$<salt>$<hash>`).
+/// The hash function of a stored password hash: PBKDF2-HMAC with it is also the
+/// `SaltedPassword` of SCRAM with it (RFC 5802), so a user's hash serves PLAIN and the SCRAM
+/// mechanism of the same function without storing anything else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HashAlgorithm {
+    /// `pbkdf2-sha256` (what `tidewater passwd` prints): SCRAM-SHA-256
+    #[default]
+    Sha256,
+    /// `pbkdf2-sha512` (`tidewater passwd --sha512`): SCRAM-SHA-512
+    Sha512,
+}
+
+impl HashAlgorithm {
+    fn prefix(self) -> &'static str {
+        match self {
+            Self::Sha256 => "pbkdf2-sha256",
+            Self::Sha512 => "pbkdf2-sha512",
+        }
+    }
+
+    /// The digest's length in bytes.
+    pub fn output_len(self) -> usize {
+        match self {
+            Self::Sha256 => 32,
+            Self::Sha512 => 64,
+        }
+    }
+
+    /// PBKDF2-HMAC of `password` (SCRAM's `Hi`), `output_len` bytes.
+    pub fn pbkdf2(self, password: &[u8], salt: &[u8], iterations: u32) -> Vec<u8> {
+        let mut out = vec![0u8; self.output_len()];
+        match self {
+            Self::Sha256 => pbkdf2_hmac::<Sha256>(password, salt, iterations, &mut out),
+            Self::Sha512 => pbkdf2_hmac::<Sha512>(password, salt, iterations, &mut out),
+        }
+        out
+    }
+
+    /// HMAC of `message` under `key`.
+    pub fn hmac(self, key: &[u8], message: &[u8]) -> Vec<u8> {
+        use hmac::{Hmac, Mac};
+        fn run<M: Mac + hmac::digest::KeyInit>(key: &[u8], message: &[u8]) -> Vec<u8> {
+            // HMAC takes a key of any length (longer ones are hashed first): this never fails,
+            // and an empty answer would only fail the authentication
+            let Ok(mut mac) = <M as hmac::digest::KeyInit>::new_from_slice(key) else { return Vec::new() };
+            mac.update(message);
+            mac.finalize().into_bytes().to_vec()
+        }
+        match self {
+            Self::Sha256 => run::<Hmac<Sha256>>(key, message),
+            Self::Sha512 => run::<Hmac<Sha512>>(key, message),
+        }
+    }
+
+    /// The digest of `data`.
+    pub fn digest(self, data: &[u8]) -> Vec<u8> {
+        use sha2::Digest;
+        match self {
+            Self::Sha256 => Sha256::digest(data).to_vec(),
+            Self::Sha512 => Sha512::digest(data).to_vec(),
+        }
+    }
+}
+
+/// Hashes a password for `[[auth.users]] password_hash`
+/// (`pbkdf2-sha256$<iter>$<salt>$<hash>`, or `pbkdf2-sha512$…`).
+pub fn hash_password_with(algorithm: HashAlgorithm, password: &str, salt: &[u8]) -> String {
+    let hash = algorithm.pbkdf2(password.as_bytes(), salt, DEFAULT_ITERATIONS);
+    format!(
+        "{}${DEFAULT_ITERATIONS}${}${}",
+        algorithm.prefix(),
+        STANDARD_NO_PAD.encode(salt),
+        STANDARD_NO_PAD.encode(hash)
+    )
+}
+
+/// Hashes a password with PBKDF2-HMAC-SHA256 (`pbkdf2-sha256$<iter>$<salt>$<hash>`).
 pub fn hash_password(password: &str, salt: &[u8]) -> String {
-    let mut hash = [0u8; 32];
-    pbkdf2_hmac::<Sha256>(password.as_bytes(), salt, DEFAULT_ITERATIONS, &mut hash);
-    format!("{HASH_PREFIX}${DEFAULT_ITERATIONS}${}${}", STANDARD_NO_PAD.encode(salt), STANDARD_NO_PAD.encode(hash))
+    hash_password_with(HashAlgorithm::Sha256, password, salt)
 }
 
 /// Why a stored password hash cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "password_hash must look like pbkdf2-sha256$<iterations>$<salt base64>$<hash base64> (from `tidewater passwd`)"
+    "password_hash must look like pbkdf2-sha256$<iterations>$<salt base64>$<hash base64> or pbkdf2-sha512$… \
+     (from `tidewater passwd`)"
 )]
 pub struct BadHash;
 
 /// A parsed password hash.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PasswordHash {
+    algorithm: HashAlgorithm,
     iterations: u32,
     salt: Vec<u8>,
     hash: Vec<u8>,
@@ -38,26 +113,38 @@ impl std::str::FromStr for PasswordHash {
 
     fn from_str(encoded: &str) -> Result<Self, BadHash> {
         let mut parts = encoded.split('$');
-        if parts.next() != Some(HASH_PREFIX) {
-            return Err(BadHash);
-        }
+        let algorithm = match parts.next() {
+            Some(prefix) if prefix == HashAlgorithm::Sha256.prefix() => HashAlgorithm::Sha256,
+            Some(prefix) if prefix == HashAlgorithm::Sha512.prefix() => HashAlgorithm::Sha512,
+            _ => return Err(BadHash),
+        };
         let iterations = parts.next().and_then(|n| n.parse().ok()).filter(|n| *n > 0).ok_or(BadHash)?;
         let salt = parts.next().and_then(|s| STANDARD_NO_PAD.decode(s).ok()).ok_or(BadHash)?;
         let hash = parts.next().and_then(|h| STANDARD_NO_PAD.decode(h).ok()).ok_or(BadHash)?;
-        if parts.next().is_some() || hash.is_empty() {
+        // a hash of another length could not serve as SCRAM's SaltedPassword
+        if parts.next().is_some() || hash.len() != algorithm.output_len() {
             return Err(BadHash);
         }
-        Ok(Self { iterations, salt, hash })
+        Ok(Self { algorithm, iterations, salt, hash })
     }
 }
 
 impl PasswordHash {
     /// Whether `password` matches, compared in constant time.
     pub fn verify(&self, password: &[u8]) -> bool {
-        let mut computed = vec![0u8; self.hash.len()];
-        pbkdf2_hmac::<Sha256>(password, &self.salt, self.iterations, &mut computed);
-        computed.iter().zip(&self.hash).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+        constant_time_eq(&self.algorithm.pbkdf2(password, &self.salt, self.iterations), &self.hash)
     }
+
+    /// The SCRAM credentials this hash gives: its function, salt, iteration count and
+    /// `SaltedPassword`.
+    pub fn scram(&self) -> (HashAlgorithm, &[u8], u32, &[u8]) {
+        (self.algorithm, &self.salt, self.iterations, &self.hash)
+    }
+}
+
+/// Whether two byte strings are equal, in time that depends only on their lengths.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Allow or deny.
@@ -216,6 +303,11 @@ impl Authorizer {
     /// fallback for unknown users).
     pub fn verify_user(&self, user: &str, password: &[u8]) -> bool {
         self.users.get(user).is_some_and(|hash| hash.verify(password))
+    }
+
+    /// The stored hash of a known user (Kafka SCRAM: its credentials).
+    pub fn user_hash(&self, user: &str) -> Option<&PasswordHash> {
+        self.users.get(user)
     }
 
     /// Whether `user` (authenticated already) may administer streams: anyone while

@@ -217,8 +217,9 @@ async fn every_response_encodes_at_every_advertised_version() {
                     Reply::Send(ResponseKind::SaslHandshake(sasl.handshake(body, version)))
                 }
                 RequestKind::SaslAuthenticate(body) => {
-                    sasl = crate::kafka::sasl::SaslState::Plain;
-                    Reply::Send(ResponseKind::SaslAuthenticate(sasl.authenticate(body, &ctx.authorizer).0))
+                    let mechanism = crate::kafka::sasl::Mechanism::Plain;
+                    sasl = crate::kafka::sasl::SaslState::Chosen { mechanism, bare: false };
+                    Reply::Send(ResponseKind::SaslAuthenticate(sasl.authenticate(body, &ctx.authorizer, &ctx.rng).0))
                 }
                 _ => dispatch(&ctx, request, "127.0.0.1", true).await,
             };
