@@ -52,6 +52,8 @@ pub struct Config {
     pub storage: StorageConfig,
     /// The node's memory budget.
     pub memory: MemoryConfig,
+    /// TLS certificate for `listeners.mqtts` and (with `kafka = true`) the Kafka listener.
+    pub tls: TlsConfig,
     /// MQTT limits.
     pub mqtt: MqttSettings,
     /// Users and ACL.
@@ -129,6 +131,7 @@ impl Default for Config {
             cluster: ClusterConfig::default(),
             storage: StorageConfig::default(),
             memory: MemoryConfig::default(),
+            tls: TlsConfig::default(),
             mqtt: MqttSettings::default(),
             auth: AuthConfig::default(),
             kafka: KafkaConfig::default(),
@@ -143,6 +146,8 @@ impl Default for Config {
 pub struct Listeners {
     /// MQTT over TCP.
     pub mqtt: SocketAddr,
+    /// MQTT over TLS (served once `tls.cert_file` and `tls.key_file` are set).
+    pub mqtts: SocketAddr,
     /// Kafka protocol.
     pub kafka: SocketAddr,
     /// HTTP admin API and /metrics.
@@ -157,6 +162,7 @@ impl Default for Listeners {
     fn default() -> Self {
         Self {
             mqtt: ([0, 0, 0, 0], 1883).into(),
+            mqtts: ([0, 0, 0, 0], 8883).into(),
             kafka: ([0, 0, 0, 0], 9092).into(),
             http: ([0, 0, 0, 0], 8080).into(),
             rpc: ([0, 0, 0, 0], 7947).into(),
@@ -229,15 +235,39 @@ impl Default for StorageConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MemoryConfig {
-    /// Bytes of message data the node holds at most: half for session queues, an eighth for
-    /// deliveries between sessions (publishers pause past it), the rest headroom (see the
-    /// README, "Memory").
+    /// Bytes of message data the node holds at most: session queues up to half of it with
+    /// QoS 0 messages and up to five eighths with QoS 1/2, deliveries between sessions an
+    /// eighth (publishers pause past it), the rest headroom (see the README, "Memory").
     pub budget_bytes: usize,
 }
 
 impl Default for MemoryConfig {
     fn default() -> Self {
         Self { budget_bytes: tidewater_actors::memory::DEFAULT_BUDGET }
+    }
+}
+
+/// `[tls]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM file with the server's certificate chain, its own certificate first.
+    pub cert_file: Option<PathBuf>,
+    /// PEM file with the certificate's private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: Option<PathBuf>,
+    /// Whether the Kafka listener speaks TLS (clients use `security.protocol=SSL` or
+    /// `SASL_SSL`) instead of plain TCP.
+    pub kafka: bool,
+    /// How long a client has to finish its TLS handshake.
+    pub handshake_timeout_ms: u64,
+    /// How often the two files are checked for a change (a renewed certificate is then served
+    /// to new connections without a restart).
+    pub reload_check_ms: u64,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self { cert_file: None, key_file: None, kafka: false, handshake_timeout_ms: 10_000, reload_check_ms: 5_000 }
     }
 }
 
@@ -369,6 +399,19 @@ impl Config {
 
     /// Checks ranges and formats that the types do not.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        let tls = &self.tls;
+        match (&tls.cert_file, &tls.key_file) {
+            (Some(_), None) => return Err(invalid("tls.key_file", "must be set with tls.cert_file")),
+            (None, Some(_)) => return Err(invalid("tls.cert_file", "must be set with tls.key_file")),
+            (None, None) if tls.kafka => {
+                return Err(invalid("tls.kafka", "needs tls.cert_file and tls.key_file"));
+            }
+            _ => {}
+        }
+        if tls.handshake_timeout_ms == 0 || tls.reload_check_ms == 0 {
+            let key = if tls.handshake_timeout_ms == 0 { "tls.handshake_timeout_ms" } else { "tls.reload_check_ms" };
+            return Err(invalid(key, "must be at least 1"));
+        }
         let mqtt = &self.mqtt;
         if !(64..=268_435_455).contains(&mqtt.max_packet_size) {
             return Err(invalid("mqtt.max_packet_size", "must be between 64 and 268435455"));
@@ -587,6 +630,14 @@ mod tests {
         assert!(error.contains("mqtt.max_client_id_len"), "{error}");
         let error = load_toml("[storage]\nfsync = \"sometimes\"\n").unwrap_err().to_string();
         assert!(error.contains("storage.fsync"), "{error}");
+        let error = load_toml("[tls]\nkafka = true\n").unwrap_err().to_string();
+        assert!(error.contains("tls.kafka"), "{error}");
+        let error = load_toml("[tls]\ncert_file = \"a.pem\"\n").unwrap_err().to_string();
+        assert!(error.contains("tls.key_file"), "{error}");
+        let error = load_toml("[tls]\ncert_file = \"a.pem\"\nkey_file = \"a.key\"\nhandshake_timeout_ms = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("tls.handshake_timeout_ms"), "{error}");
         let error = load_toml("[storage]\nsegment_bytes = 100\n").unwrap_err().to_string();
         assert!(error.contains("storage.segment_bytes"), "{error}");
         let error = load_toml("[storage]\nsegment_ms = 0\n").unwrap_err().to_string();

@@ -6,3 +6,4 @@ pub mod controller;
 pub mod http;
 pub mod node;
 pub mod replication;
+pub mod tls;

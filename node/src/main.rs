@@ -145,6 +145,13 @@ fn main() -> std::process::ExitCode {
                     return std::process::ExitCode::from(2);
                 }
             };
+            let tls = match tidewater_node::tls::ServerTls::load(&config.tls) {
+                Ok(tls) => tls,
+                Err(error) => {
+                    eprintln!("tidewater: configuration error: {error}");
+                    return std::process::ExitCode::from(2);
+                }
+            };
             init_logging(&config.log_level);
             let mut builder = tokio::runtime::Builder::new_multi_thread();
             builder.enable_all();
@@ -161,7 +168,7 @@ fn main() -> std::process::ExitCode {
                     return std::process::ExitCode::FAILURE;
                 }
             };
-            match runtime.block_on(run(config)) {
+            match runtime.block_on(run(config, tls)) {
                 Ok(()) => std::process::ExitCode::SUCCESS,
                 Err(error) => {
                     eprintln!("tidewater: {error:#}");
@@ -174,7 +181,7 @@ fn main() -> std::process::ExitCode {
 
 /// The process around one node: the metrics recorder, the data directory and fjall, the OS
 /// seams, and the signals that stop it.
-async fn run(config: Config) -> anyhow::Result<()> {
+async fn run(config: Config, tls: Option<Arc<tidewater_node::tls::ServerTls>>) -> anyhow::Result<()> {
     let recorder = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
         .context("cannot install the metrics recorder")?;
@@ -199,6 +206,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         rng: NodeRng::from_os(),
         metrics: Some(Arc::new(move || recorder.render())),
         gossip: Gossip::Chitchat,
+        tls,
     })
     .await?;
     wait_for_signal().await;

@@ -45,6 +45,8 @@ pub struct Parts {
     pub metrics: Option<MetricsRender>,
     /// How the node gossips (chitchat in production, the deterministic detector in simulation).
     pub gossip: Gossip,
+    /// The server certificate of `[tls]`, loaded (`None`: no TLS listener).
+    pub tls: Option<Arc<crate::tls::ServerTls>>,
 }
 
 /// Why a node could not start or stop cleanly.
@@ -108,7 +110,7 @@ impl Node {
     }
 
     async fn start_in_span(parts: Parts, span: tracing::Span) -> Result<NodeHandle, NodeError> {
-        let Parts { config, state_store, log_store, net, clock, rng, metrics, gossip } = parts;
+        let Parts { config, state_store, log_store, net, clock, rng, metrics, gossip, tls } = parts;
         let generation = clock.now_millis().max(0) as u64;
         let ctx = NodeContext::new(NodeParts {
             node_id: config.node_id,
@@ -153,11 +155,26 @@ impl Node {
         let local = |listener: &dyn tidewater_actors::seams::Listener, configured: SocketAddr| {
             listener.local_addr().unwrap_or(configured)
         };
+        let (kafka_listener, mqtts_listener) = match &tls {
+            Some(tls) => {
+                let mqtts = bind("mqtts", config.listeners.mqtts).await?;
+                let addr = local(mqtts.as_ref(), config.listeners.mqtts);
+                tracing::info!(%addr, "mqtts listening");
+                let mqtts = tls.listener("mqtts", mqtts, Arc::clone(&ctx.clock));
+                let kafka = if config.tls.kafka {
+                    tls.listener("kafka", kafka_listener, Arc::clone(&ctx.clock))
+                } else {
+                    kafka_listener
+                };
+                (kafka, Some(mqtts))
+            }
+            None => (kafka_listener, None),
+        };
         let mqtt_addr = local(mqtt_listener.as_ref(), config.listeners.mqtt);
         let kafka_addr = local(kafka_listener.as_ref(), config.listeners.kafka);
         let http_addr = local(http_listener.as_ref(), config.listeners.http);
         tracing::info!(addr = %mqtt_addr, "mqtt listening");
-        tracing::info!(addr = %kafka_addr, advertised = %format!("{}:{}", ctx.kafka.advertised_host, ctx.kafka.advertised_port), "kafka listening");
+        tracing::info!(addr = %kafka_addr, advertised = %format!("{}:{}", ctx.kafka.advertised_host, ctx.kafka.advertised_port), tls = tls.is_some() && config.tls.kafka, "kafka listening");
         tracing::info!(addr = %http_addr, "http listening");
         let kafka_advertised = format!("{}:{}", ctx.kafka.advertised_host, ctx.kafka.advertised_port)
             .parse()
@@ -258,7 +275,14 @@ impl Node {
                     if let Some(caught_up) = caught_up {
                         caught_up.await;
                     }
-                    tidewater_actors::mqtt::connection::run_listener(ctx, mqtt_listener, shutdown).await;
+                    use tidewater_actors::mqtt::connection::run_listener;
+                    match mqtts_listener {
+                        Some(mqtts) => {
+                            let plain = run_listener(ctx.clone(), mqtt_listener, shutdown.clone());
+                            tokio::join!(plain, run_listener(ctx, mqtts, shutdown));
+                        }
+                        None => run_listener(ctx, mqtt_listener, shutdown).await,
+                    }
                 }
                 .in_current_span()
             }),
@@ -269,7 +293,7 @@ impl Node {
         ];
         let http_state =
             HttpState { metrics, ready: Arc::clone(&ready), ctx: ctx.clone(), cluster: Some(cluster_view) };
-        let background = vec![
+        let mut background = vec![
             routing,
             tokio::spawn(http::serve(http_listener, http_state, shutdown_rx.clone()).in_current_span()),
             tokio::spawn(
@@ -277,6 +301,9 @@ impl Node {
                     .in_current_span(),
             ),
         ];
+        if let Some(tls) = tls {
+            background.push(tokio::spawn(crate::tls::run_reload(tls, shutdown.subscribe()).in_current_span()));
+        }
         ready.store(true, Ordering::Release);
         tracing::info!(node_id = config.node_id, "tidewater node ready");
         Ok(NodeHandle {

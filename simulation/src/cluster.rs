@@ -303,6 +303,7 @@ pub fn run_cluster_seed(seed: u64) -> ClusterReport {
                     rng: NodeRng::seeded(node_seed),
                     metrics: None,
                     gossip: Gossip::Detector(NodeRng::seeded(node_seed.wrapping_mul(31))),
+                    tls: None,
                 })
                 .await;
                 let node = match node {

@@ -177,6 +177,7 @@ pub fn run_seed(options: &Options) -> SeedReport {
                         rng: NodeRng::seeded(options.seed.wrapping_mul(31).wrapping_add(boot)),
                         metrics: None,
                         gossip: Gossip::Detector(NodeRng::seeded(options.seed.wrapping_mul(37).wrapping_add(boot))),
+                        tls: None,
                     })
                     .await;
                     match started {

@@ -1,0 +1,238 @@
+"""TLS: MQTT over TLS on listeners.mqtts (mosquitto clients with --cafile, paho with an SSL
+context), the Kafka listener with tls.kafka = true (confluent-kafka SSL and SASL_SSL with SCRAM,
+kcat, kafka-python), a client that trusts another CA refused and logged, sockets that never
+handshake holding up nobody, a renewed certificate served without a restart, and a bad [tls]
+section refused at start with the key named."""
+
+import socket
+import ssl
+import subprocess
+import time
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from conftest import TIDEWATER_BIN, broker_env, free_port, tidewater_passwd
+from helpers import unique
+from kafka_helpers import bootstrap, consumer, kcat, kafka_broker, poll_records, produce_all, producer
+
+pytestmark = pytest.mark.tidewater_only
+
+
+def openssl(*args, cwd):
+    out = subprocess.run(["openssl", *args], cwd=cwd, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+
+
+def make_ca(directory, name):
+    """A CA and a server certificate it signed for 127.0.0.1 and localhost: (ca, cert, key)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+            "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", f"/CN={name} test CA", cwd=directory)
+    openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+            "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost", cwd=directory)
+    (directory / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+            "-out", "server.pem", "-days", "2", "-extfile", "san.ext", cwd=directory)
+    return directory / "ca.pem", directory / "server.pem", directory / "server.key"
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    base = tmp_path_factory.mktemp("pki")
+    return {"first": make_ca(base / "first", "first"), "second": make_ca(base / "second", "second")}
+
+
+def tls_broker(make_broker, pki, tmp_path, kafka=False, auth=None):
+    """A broker whose [tls] points at copies of the first CA's server certificate (so that a
+    test may replace them), with an MQTT TLS port of its own."""
+    _, cert, key = pki["first"]
+    cert_file, key_file = tmp_path / "server.pem", tmp_path / "server.key"
+    cert_file.write_bytes(cert.read_bytes())
+    key_file.write_bytes(key.read_bytes())
+    port = free_port()
+    config = {"listeners": {"mqtts": f"127.0.0.1:{port}"},
+              "tls": {"cert_file": str(cert_file), "key_file": str(key_file), "kafka": kafka,
+                      "reload_check_ms": 200, "handshake_timeout_ms": 2000}}
+    if auth:
+        config["auth"] = auth
+    broker = kafka_broker(make_broker, config=config)
+    broker.mqtts_port = port
+    return broker
+
+
+def mosquitto(tool, broker, ca, *args, timeout=20):
+    cmd = [tool, "-h", "127.0.0.1", "-p", str(broker.mqtts_port), "--cafile", str(ca), *args]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) if tool == "mosquitto_sub" \
+        else subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+
+
+def test_mosquitto_clients_publish_and_subscribe_over_tls(make_broker, pki, tmp_path):
+    broker = tls_broker(make_broker, pki, tmp_path)
+    ca = pki["first"][0]
+    topic = unique("tls")
+    sub = mosquitto("mosquitto_sub", broker, ca, "-t", topic, "-q", "1", "-C", "3", "-W", "20", "-v")
+    time.sleep(0.5)  # let the subscription land
+    for i in range(3):
+        out = mosquitto("mosquitto_pub", broker, ca, "-t", topic, "-q", "1", "-m", f"secret {i}")
+        assert out.returncode == 0, out.stderr
+    stdout, stderr = sub.communicate(timeout=25)
+    assert sub.returncode == 0, stderr
+    assert stdout.splitlines() == [f"{topic} secret {i}" for i in range(3)]
+    # the plain listener still serves
+    out = subprocess.run(["mosquitto_pub", "-h", "127.0.0.1", "-p", str(broker.mqtt_port), "-t", topic, "-m", "x"],
+                         capture_output=True, text=True, timeout=20)
+    assert out.returncode == 0, out.stderr
+
+
+def paho_tls_client(broker, ca, client_id):
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    context = ssl.create_default_context(cafile=str(ca))
+    client.tls_set_context(context)
+    return client
+
+
+def test_paho_v5_over_tls_and_a_client_trusting_another_ca_is_refused(make_broker, pki, tmp_path):
+    broker = tls_broker(make_broker, pki, tmp_path)
+    topic = unique("paho-tls")
+    got = []
+    sub = paho_tls_client(broker, pki["first"][0], unique("s"))
+    sub.on_message = lambda c, u, m: got.append((m.topic, m.payload, m.qos))
+    sub.connect("127.0.0.1", broker.mqtts_port)
+    sub.loop_start()
+    try:
+        result, _ = sub.subscribe(topic, qos=1)
+        assert result == mqtt.MQTT_ERR_SUCCESS
+        time.sleep(0.5)
+        pub = paho_tls_client(broker, pki["first"][0], unique("p"))
+        pub.connect("127.0.0.1", broker.mqtts_port)
+        pub.loop_start()
+        pub.publish(topic, b"\x00binary\xff", qos=1).wait_for_publish(10)
+        pub.disconnect()
+        pub.loop_stop()
+        deadline = time.monotonic() + 10
+        while not got and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert got == [(topic, b"\x00binary\xff", 1)]
+    finally:
+        sub.disconnect()
+        sub.loop_stop()
+    # a client that trusts the second CA does not accept the first one's certificate
+    out = mosquitto("mosquitto_pub", broker, pki["second"][0], "-t", topic, "-m", "x")
+    assert out.returncode != 0
+    assert "tls handshake failed" in broker.log_text()
+
+
+def test_sockets_that_never_handshake_do_not_hold_up_a_real_client(make_broker, pki, tmp_path):
+    broker = tls_broker(make_broker, pki, tmp_path)
+    idle = [socket.create_connection(("127.0.0.1", broker.mqtts_port), timeout=5) for _ in range(200)]
+    try:
+        started = time.monotonic()
+        out = mosquitto("mosquitto_pub", broker, pki["first"][0], "-t", unique("t"), "-q", "1", "-m", "through")
+        assert out.returncode == 0, out.stderr
+        assert time.monotonic() - started < 5
+        # the handshake timeout (2 s here) closes them
+        idle[0].settimeout(10)
+        assert idle[0].recv(1) == b""
+        assert "tls.handshake_timeout_ms" in broker.log_text()
+    finally:
+        for sock in idle:
+            sock.close()
+
+
+def test_a_renewed_certificate_is_served_without_a_restart(make_broker, pki, tmp_path):
+    broker = tls_broker(make_broker, pki, tmp_path)
+    first_ca, second_ca = pki["first"][0], pki["second"][0]
+    assert mosquitto("mosquitto_pub", broker, first_ca, "-t", "t", "-m", "1").returncode == 0
+    # a broken renewal is logged and the old certificate keeps serving
+    (tmp_path / "server.pem").write_text("not a certificate\n")
+    deadline = time.monotonic() + 10
+    while "cannot be used" not in broker.log_text() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "the previous one still serves" in broker.log_text()
+    assert mosquitto("mosquitto_pub", broker, first_ca, "-t", "t", "-m", "2").returncode == 0
+    _, cert, key = pki["second"]
+    (tmp_path / "server.key").write_bytes(key.read_bytes())
+    (tmp_path / "server.pem").write_bytes(cert.read_bytes())
+    deadline = time.monotonic() + 10
+    while "tls certificate reloaded" not in broker.log_text() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "tls certificate reloaded" in broker.log_text()
+    # the reload may have caught the key before the certificate: the next check fixes it
+    deadline = time.monotonic() + 10
+    while mosquitto("mosquitto_pub", broker, second_ca, "-t", "t", "-m", "3").returncode != 0:
+        assert time.monotonic() < deadline, "the renewed certificate is not served"
+        time.sleep(0.2)
+    assert mosquitto("mosquitto_pub", broker, first_ca, "-t", "t", "-m", "4").returncode != 0
+    assert broker.alive()
+
+
+def test_kafka_clients_produce_and_read_over_ssl_and_sasl_ssl(make_broker, pki, tmp_path):
+    users = [{"username": "alice", "password_hash": tidewater_passwd("wonderland"), "admin": True}]
+    broker = tls_broker(make_broker, pki, tmp_path, kafka=True, auth={"allow_anonymous": False, "users": users})
+    ca = str(pki["first"][0])
+    sasl_ssl = {"security.protocol": "SASL_SSL", "ssl.ca.location": ca, "sasl.mechanism": "SCRAM-SHA-256",
+                "sasl.username": "alice", "sasl.password": "wonderland"}
+    topic = unique("kssl").replace("/", "-")
+    prod = producer(broker, **sasl_ssl)
+    produce_all(prod, topic, [{"value": b"v%d" % i, "key": b"k", "headers": [("h", b"%d" % i)]} for i in range(10)])
+    cons = consumer(broker, **sasl_ssl)
+    cons.subscribe([topic])
+    try:
+        got = poll_records(cons, 10)
+    finally:
+        cons.close()
+    assert [(r.value, r.offset, r.headers) for r in got] == [(b"v%d" % i, i, [("h", b"%d" % i)]) for i in range(10)]
+    # kcat (librdkafka 2.0.2) with SASL_SSL PLAIN
+    kcat_args = ["-X", "security.protocol=SASL_SSL", "-X", f"ssl.ca.location={ca}", "-X", "sasl.mechanisms=PLAIN",
+                 "-X", "sasl.username=alice", "-X", "sasl.password=wonderland"]
+    out = kcat(broker, *kcat_args, "-C", "-t", topic, "-o", "beginning", "-e", "-q")
+    assert out.returncode == 0 and out.stdout.split() == [f"v{i}" for i in range(10)], (out.stdout, out.stderr)
+    # kafka-python with SASL_SSL
+    from kafka import KafkaConsumer
+    kp = KafkaConsumer(topic, bootstrap_servers=bootstrap(broker), security_protocol="SASL_SSL", ssl_cafile=ca,
+                       sasl_mechanism="SCRAM-SHA-256", sasl_plain_username="alice", sasl_plain_password="wonderland",
+                       auto_offset_reset="earliest", consumer_timeout_ms=8000)
+    values = [m.value for m in kp][:10]
+    kp.close()
+    assert values == [b"v%d" % i for i in range(10)]
+    # a plaintext client gets nothing from the TLS listener
+    out = kcat(broker, "-X", "security.protocol=SASL_PLAINTEXT", "-X", "sasl.mechanisms=PLAIN",
+               "-X", "sasl.username=alice", "-X", "sasl.password=wonderland", "-L", "-m", "4", timeout=30)
+    assert out.returncode != 0
+
+
+def test_kafka_over_ssl_without_sasl(make_broker, pki, tmp_path):
+    broker = tls_broker(make_broker, pki, tmp_path, kafka=True)
+    topic = unique("ssl").replace("/", "-")
+    conf = {"security.protocol": "SSL", "ssl.ca.location": str(pki["first"][0])}
+    produce_all(producer(broker, **conf), topic, [{"value": b"plain-ssl"}])
+    out = kcat(broker, "-X", "security.protocol=ssl", "-X", f"ssl.ca.location={pki['first'][0]}",
+               "-C", "-t", topic, "-o", "beginning", "-e", "-q")
+    assert out.returncode == 0 and out.stdout.strip() == "plain-ssl", (out.stdout, out.stderr)
+
+
+@pytest.mark.parametrize("tls, key", [
+    ({"cert_file": "/nonexistent/server.pem", "key_file": "/nonexistent/server.key"}, "tls.cert_file"),
+    ({"cert_file": "/nonexistent/server.pem"}, "tls.key_file"),
+    ({"kafka": True}, "tls.kafka"),
+])
+def test_a_bad_tls_section_stops_the_start_with_the_key_named(tmp_path, tls, key):
+    lines = ["[tls]"] + [f"{k} = {('true' if v else 'false') if isinstance(v, bool) else repr(v)}"
+                         for k, v in tls.items()]
+    config = tmp_path / "tw.toml"
+    config.write_text("\n".join(lines).replace("'", '"') + "\n")
+    out = subprocess.run([TIDEWATER_BIN, "start", "--config", str(config), "--data-dir", str(tmp_path / "d")],
+                         capture_output=True, text=True, timeout=30, env=broker_env(), cwd=tmp_path)
+    assert out.returncode == 2, (out.returncode, out.stderr)
+    assert key in out.stderr, out.stderr
+
+
+def test_a_key_that_does_not_match_the_certificate_is_refused(tmp_path, pki):
+    _, cert, _ = pki["first"]
+    _, _, other_key = pki["second"]
+    config = tmp_path / "tw.toml"
+    config.write_text(f'[tls]\ncert_file = "{cert}"\nkey_file = "{other_key}"\n')
+    out = subprocess.run([TIDEWATER_BIN, "start", "--config", str(config), "--data-dir", str(tmp_path / "d")],
+                         capture_output=True, text=True, timeout=30, env=broker_env(), cwd=tmp_path)
+    assert out.returncode == 2 and "tls.key_file" in out.stderr and "does not go with" in out.stderr, out.stderr
