@@ -148,6 +148,12 @@ pub struct Listeners {
     pub mqtt: SocketAddr,
     /// MQTT over TLS (served once `tls.cert_file` and `tls.key_file` are set).
     pub mqtts: SocketAddr,
+    /// MQTT over WebSocket (off unless set; EMQX uses 8083).
+    pub ws: Option<SocketAddr>,
+    /// MQTT over secure WebSocket (off unless set, needs `[tls]`; EMQX uses 8084).
+    pub wss: Option<SocketAddr>,
+    /// The HTTP path of the WebSocket listeners.
+    pub ws_path: String,
     /// Kafka protocol.
     pub kafka: SocketAddr,
     /// HTTP admin API and /metrics.
@@ -163,6 +169,9 @@ impl Default for Listeners {
         Self {
             mqtt: ([0, 0, 0, 0], 1883).into(),
             mqtts: ([0, 0, 0, 0], 8883).into(),
+            ws: None,
+            wss: None,
+            ws_path: "/mqtt".to_string(),
             kafka: ([0, 0, 0, 0], 9092).into(),
             http: ([0, 0, 0, 0], 8080).into(),
             rpc: ([0, 0, 0, 0], 7947).into(),
@@ -406,7 +415,13 @@ impl Config {
             (None, None) if tls.kafka => {
                 return Err(invalid("tls.kafka", "needs tls.cert_file and tls.key_file"));
             }
+            (None, None) if self.listeners.wss.is_some() => {
+                return Err(invalid("listeners.wss", "needs tls.cert_file and tls.key_file"));
+            }
             _ => {}
+        }
+        if !self.listeners.ws_path.starts_with('/') {
+            return Err(invalid("listeners.ws_path", "must start with /"));
         }
         if tls.handshake_timeout_ms == 0 || tls.reload_check_ms == 0 {
             let key = if tls.handshake_timeout_ms == 0 { "tls.handshake_timeout_ms" } else { "tls.reload_check_ms" };

@@ -7,3 +7,5 @@ pub mod http;
 pub mod node;
 pub mod replication;
 pub mod tls;
+pub mod upgrade;
+pub mod ws;

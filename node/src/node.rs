@@ -155,20 +155,33 @@ impl Node {
         let local = |listener: &dyn tidewater_actors::seams::Listener, configured: SocketAddr| {
             listener.local_addr().unwrap_or(configured)
         };
-        let (kafka_listener, mqtts_listener) = match &tls {
+        // MQTT over TLS, WebSocket and secure WebSocket: each a listener whose handshakes run
+        // before the MQTT code sees the connection
+        let mut mqtt_more = Vec::new();
+        let clock = || Arc::clone(&ctx.clock);
+        let ws = |protocol, inner| {
+            let path: Arc<str> = Arc::from(config.listeners.ws_path.as_str());
+            let max_message = config.mqtt.max_packet_size as usize + 16;
+            crate::ws::listener(protocol, inner, path, max_message, ctx.mqtt.connect_timeout(), clock())
+        };
+        if let Some(addr) = config.listeners.ws {
+            let listener = bind("ws", addr).await?;
+            tracing::info!(addr = %local(listener.as_ref(), addr), path = %config.listeners.ws_path, "mqtt over websocket listening");
+            mqtt_more.push(ws("ws", listener));
+        }
+        let kafka_listener = match &tls {
             Some(tls) => {
                 let mqtts = bind("mqtts", config.listeners.mqtts).await?;
-                let addr = local(mqtts.as_ref(), config.listeners.mqtts);
-                tracing::info!(%addr, "mqtts listening");
-                let mqtts = tls.listener("mqtts", mqtts, Arc::clone(&ctx.clock));
-                let kafka = if config.tls.kafka {
-                    tls.listener("kafka", kafka_listener, Arc::clone(&ctx.clock))
-                } else {
-                    kafka_listener
-                };
-                (kafka, Some(mqtts))
+                tracing::info!(addr = %local(mqtts.as_ref(), config.listeners.mqtts), "mqtts listening");
+                mqtt_more.push(tls.listener("mqtts", mqtts, clock()));
+                if let Some(addr) = config.listeners.wss {
+                    let listener = bind("wss", addr).await?;
+                    tracing::info!(addr = %local(listener.as_ref(), addr), path = %config.listeners.ws_path, "mqtt over secure websocket listening");
+                    mqtt_more.push(ws("wss", tls.listener("wss", listener, clock())));
+                }
+                if config.tls.kafka { tls.listener("kafka", kafka_listener, clock()) } else { kafka_listener }
             }
-            None => (kafka_listener, None),
+            None => kafka_listener,
         };
         let mqtt_addr = local(mqtt_listener.as_ref(), config.listeners.mqtt);
         let kafka_addr = local(kafka_listener.as_ref(), config.listeners.kafka);
@@ -276,13 +289,10 @@ impl Node {
                         caught_up.await;
                     }
                     use tidewater_actors::mqtt::connection::run_listener;
-                    match mqtts_listener {
-                        Some(mqtts) => {
-                            let plain = run_listener(ctx.clone(), mqtt_listener, shutdown.clone());
-                            tokio::join!(plain, run_listener(ctx, mqtts, shutdown));
-                        }
-                        None => run_listener(ctx, mqtt_listener, shutdown).await,
-                    }
+                    let more =
+                        mqtt_more.into_iter().map(|listener| run_listener(ctx.clone(), listener, shutdown.clone()));
+                    let plain = run_listener(ctx.clone(), mqtt_listener, shutdown.clone());
+                    futures::future::join(plain, futures::future::join_all(more)).await;
                 }
                 .in_current_span()
             }),

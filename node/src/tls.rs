@@ -1,10 +1,10 @@
 //! TLS on the client listeners (rustls, with ring): MQTT over TLS on `listeners.mqtts` and, with
 //! `tls.kafka = true`, the Kafka listener (`security.protocol=SSL` or `SASL_SSL`).
 //!
-//! A TLS listener wraps the listener the `Net` seam bound: it accepts there and runs each
-//! handshake in a task of its own, bounded by `tls.handshake_timeout_ms`, so that a client that
-//! opens a socket and says nothing holds up nobody; what comes out of `accept` is an
-//! established TLS stream, and the protocol code above it cannot tell the difference.
+//! A TLS listener wraps the listener the `Net` seam bound ([`crate::upgrade`]): each handshake
+//! runs in a task of its own, bounded by `tls.handshake_timeout_ms`, so that a client that opens
+//! a socket and says nothing holds up nobody; what comes out of `accept` is an established TLS
+//! stream, and the protocol code above it cannot tell the difference.
 //!
 //! The certificate chain and key are PEM files (`tls.cert_file`, `tls.key_file`). They are
 //! read at start (a bad file stops the start with the key named) and read again when their
@@ -13,29 +13,20 @@
 //! and leaves the old certificate serving. The files are the operator's, outside the storage
 //! seams; the simulation configures no TLS.
 
-use std::io;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use async_trait::async_trait;
 use parking_lot::{Mutex, RwLock};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use tidewater_actors::log_limit::LogLimit;
 use tidewater_actors::seams::{Clock, Connection, Listener};
-use tokio::sync::mpsc;
-use tokio::task::JoinSet;
-use tracing::Instrument;
 
 use crate::config::TlsConfig;
-
-/// How many handshakes may be in progress on one listener; past it, accepting waits.
-const MAX_HANDSHAKES: usize = 1024;
+use crate::upgrade::{self, Handshake, Upgrade};
 
 /// Why the certificate or key could not be used (the message names the key).
 #[derive(Debug, thiserror::Error)]
@@ -101,17 +92,21 @@ impl ServerTls {
         inner: Box<dyn Listener>,
         clock: Arc<dyn Clock>,
     ) -> Box<dyn Listener> {
-        let local_addr = inner.local_addr();
-        let (established, rx) = mpsc::channel(64);
-        let handshaking = Handshaking {
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(&self.config));
+        let upgrade: Upgrade = Arc::new(move |connection| {
+            let acceptor = acceptor.clone();
+            Box::pin(async move {
+                let stream = acceptor.accept(connection).await.map_err(|e| e.to_string())?;
+                Ok(Box::new(stream) as Box<dyn Connection>)
+            })
+        });
+        let handshake = Handshake {
             protocol,
-            acceptor: tokio_rustls::TlsAcceptor::from(Arc::clone(&self.config)),
+            layer: "tls",
             timeout: self.handshake_timeout,
-            established,
-            clock,
+            timeout_key: "tls.handshake_timeout_ms",
         };
-        let accepting = tokio::spawn(accept_and_handshake(inner, handshaking).in_current_span());
-        Box::new(TlsListener { established: tokio::sync::Mutex::new(rx), local_addr, accepting })
+        upgrade::listener(inner, handshake, upgrade, clock)
     }
 }
 
@@ -203,85 +198,5 @@ impl ReloadingCert {
 impl ResolvesServerCert for ReloadingCert {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         Some(Arc::clone(&self.current.read()))
-    }
-}
-
-struct TlsListener {
-    established: tokio::sync::Mutex<mpsc::Receiver<(Box<dyn Connection>, SocketAddr)>>,
-    local_addr: io::Result<SocketAddr>,
-    accepting: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for TlsListener {
-    fn drop(&mut self) {
-        // the accept loop owns the handshakes in progress: they end with it
-        self.accepting.abort();
-    }
-}
-
-#[async_trait]
-impl Listener for TlsListener {
-    async fn accept(&self) -> io::Result<(Box<dyn Connection>, SocketAddr)> {
-        match self.established.lock().await.recv().await {
-            Some(established) => Ok(established),
-            None => Err(io::Error::other("the TLS listener stopped")),
-        }
-    }
-
-    fn local_addr(&self) -> io::Result<SocketAddr> {
-        match &self.local_addr {
-            Ok(addr) => Ok(*addr),
-            Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
-        }
-    }
-}
-
-/// What each handshake of a listener needs.
-#[derive(Clone)]
-struct Handshaking {
-    protocol: &'static str,
-    acceptor: tokio_rustls::TlsAcceptor,
-    timeout: Duration,
-    established: mpsc::Sender<(Box<dyn Connection>, SocketAddr)>,
-    clock: Arc<dyn Clock>,
-}
-
-/// Failed handshakes are a client's doing: their log lines are rate-limited.
-static FAILED_HANDSHAKES: LogLimit = LogLimit::new();
-
-impl Handshaking {
-    async fn run(self, connection: Box<dyn Connection>, peer: SocketAddr) {
-        let why = match tokio::time::timeout(self.timeout, self.acceptor.accept(connection)).await {
-            Ok(Ok(stream)) => {
-                let _ = self.established.send((Box::new(stream) as Box<dyn Connection>, peer)).await;
-                return;
-            }
-            Ok(Err(error)) => error.to_string(),
-            Err(_) => format!("no handshake within {} ms (tls.handshake_timeout_ms)", self.timeout.as_millis()),
-        };
-        if let Some(held_back) = FAILED_HANDSHAKES.admit(self.clock.now_millis()) {
-            tracing::info!(protocol = self.protocol, %peer, held_back, "tls handshake failed: {why}");
-        }
-    }
-}
-
-async fn accept_and_handshake(inner: Box<dyn Listener>, handshaking: Handshaking) {
-    let mut handshakes = JoinSet::new();
-    loop {
-        while handshakes.try_join_next().is_some() {}
-        if handshakes.len() >= MAX_HANDSHAKES {
-            handshakes.join_next().await;
-            continue;
-        }
-        match inner.accept().await {
-            Ok((connection, peer)) => {
-                handshakes.spawn(handshaking.clone().run(connection, peer).in_current_span());
-            }
-            Err(error) => {
-                // e.g. out of file descriptors: back off instead of spinning
-                tracing::warn!(protocol = handshaking.protocol, %error, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
     }
 }

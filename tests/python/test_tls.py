@@ -236,3 +236,179 @@ def test_a_key_that_does_not_match_the_certificate_is_refused(tmp_path, pki):
     out = subprocess.run([TIDEWATER_BIN, "start", "--config", str(config), "--data-dir", str(tmp_path / "d")],
                          capture_output=True, text=True, timeout=30, env=broker_env(), cwd=tmp_path)
     assert out.returncode == 2 and "tls.key_file" in out.stderr and "does not go with" in out.stderr, out.stderr
+
+
+# -- MQTT over WebSocket ------------------------------------------------------------------------
+
+
+def ws_broker(make_broker, pki, tmp_path, mqtt_settings=None):
+    """A broker with MQTT over WebSocket and secure WebSocket, beside TLS."""
+    _, cert, key = pki["first"]
+    ws_port, wss_port, mqtts_port = free_port(), free_port(), free_port()
+    config = {"listeners": {"ws": f"127.0.0.1:{ws_port}", "wss": f"127.0.0.1:{wss_port}",
+                            "mqtts": f"127.0.0.1:{mqtts_port}"},
+              "tls": {"cert_file": str(cert), "key_file": str(key)}}
+    if mqtt_settings:
+        config["mqtt"] = mqtt_settings
+    broker = make_broker(config=config)
+    broker.ws_port, broker.wss_port = ws_port, wss_port
+    return broker
+
+
+def paho_ws_client(client_id, ca=None, path="/mqtt"):
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5,
+                         transport="websockets")
+    client.ws_set_options(path=path)
+    if ca:
+        client.tls_set_context(ssl.create_default_context(cafile=str(ca)))
+    return client
+
+
+def test_paho_over_websocket_and_secure_websocket_reaches_a_tcp_subscriber(make_broker, pki, tmp_path):
+    broker = ws_broker(make_broker, pki, tmp_path)
+    topic = unique("ws")
+    got = []
+    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=unique("tcp"), protocol=mqtt.MQTTv5)
+    sub.on_message = lambda c, u, m: got.append((m.payload, m.qos))
+    sub.connect("127.0.0.1", broker.mqtt_port)
+    sub.loop_start()
+    try:
+        sub.subscribe(topic, qos=1)
+        time.sleep(0.5)
+        big = bytes(range(256)) * 800  # 200 KB: one message of many WebSocket frames' worth
+        for port, ca, payload in [(broker.ws_port, None, b"over ws"), (broker.wss_port, pki["first"][0], b"over wss"),
+                                  (broker.ws_port, None, big)]:
+            pub = paho_ws_client(unique("p"), ca)
+            pub.connect("127.0.0.1", port)
+            pub.loop_start()
+            info = pub.publish(topic, payload, qos=1)
+            info.wait_for_publish(10)
+            assert info.is_published()
+            pub.disconnect()
+            pub.loop_stop()
+        deadline = time.monotonic() + 10
+        while len(got) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert got == [(b"over ws", 1), (b"over wss", 1), (big, 1)]
+    finally:
+        sub.disconnect()
+        sub.loop_stop()
+
+
+class RawWebSocket:
+    """Just enough of a WebSocket client (RFC 6455) to send MQTT split and joined as we like."""
+
+    def __init__(self, port, path="/mqtt", protocol="mqtt"):
+        import base64
+        import os
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        key = base64.b64encode(os.urandom(16)).decode()
+        request = (f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                   f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n")
+        if protocol:
+            request += f"Sec-WebSocket-Protocol: {protocol}\r\n"
+        self.sock.sendall((request + "\r\n").encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = self.sock.recv(4096)
+            if not chunk:
+                break
+            head += chunk
+        self.status = int(head.split(b" ", 2)[1]) if head else 0
+        self.headers = head.decode(errors="replace").lower()
+        self.rest = head.split(b"\r\n\r\n", 1)[1] if b"\r\n\r\n" in head else b""
+
+    def send(self, payload, opcode=2):
+        import os
+        mask = os.urandom(4)
+        size = len(payload)
+        header = bytes([0x80 | opcode])
+        header += bytes([0x80 | size]) if size < 126 else bytes([0x80 | 126]) + size.to_bytes(2, "big")
+        self.sock.sendall(header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
+
+    def recv_frame(self):
+        def need(n):
+            while len(self.rest) < n:
+                chunk = self.sock.recv(4096)
+                if not chunk:
+                    raise EOFError("closed")
+                self.rest += chunk
+            data, self.rest = self.rest[:n], self.rest[n:]
+            return data
+        first, second = need(2)
+        size = second & 0x7F
+        if size == 126:
+            size = int.from_bytes(need(2), "big")
+        return first & 0x0F, need(size)
+
+
+CONNECT_V311 = bytes([0x10, 0x12, 0x00, 0x04]) + b"MQTT" + bytes([0x04, 0x02, 0x00, 0x3C, 0x00, 0x06]) + b"ws-raw"
+
+
+def test_mqtt_packets_may_be_split_across_or_joined_in_websocket_messages(make_broker, pki, tmp_path):
+    broker = ws_broker(make_broker, pki, tmp_path)
+    raw = RawWebSocket(broker.ws_port)
+    assert raw.status == 101 and "sec-websocket-protocol: mqtt" in raw.headers, raw.headers
+    # CONNECT in two messages
+    raw.send(CONNECT_V311[:5])
+    raw.send(CONNECT_V311[5:])
+    assert raw.recv_frame() == (2, bytes([0x20, 0x02, 0x00, 0x00]))
+    # two PINGREQs in one message: two PINGRESPs come back
+    raw.send(bytes([0xC0, 0x00, 0xC0, 0x00]))
+    answers = b""
+    while len(answers) < 4:
+        opcode, data = raw.recv_frame()
+        assert opcode == 2
+        answers += data
+    assert answers == bytes([0xD0, 0x00, 0xD0, 0x00])
+    # a text message is not MQTT: the connection closes
+    raw.send(b"hello", opcode=1)
+    with pytest.raises((EOFError, ConnectionResetError)):
+        while True:
+            opcode, _ = raw.recv_frame()
+            if opcode == 8:
+                raise EOFError("close frame")
+
+
+def test_websocket_upgrades_for_another_path_or_subprotocol_are_refused(make_broker, pki, tmp_path):
+    broker = ws_broker(make_broker, pki, tmp_path)
+    assert RawWebSocket(broker.ws_port, path="/other").status == 404
+    assert RawWebSocket(broker.ws_port, protocol="chat").status == 400
+    # a client that names no subprotocol is served
+    bare = RawWebSocket(broker.ws_port, protocol=None)
+    assert bare.status == 101
+    bare.send(CONNECT_V311)
+    assert bare.recv_frame() == (2, bytes([0x20, 0x02, 0x00, 0x00]))
+    # paho with the wrong path cannot connect
+    client = paho_ws_client(unique("p"), path="/nope")
+    with pytest.raises(Exception):
+        client.connect("127.0.0.1", broker.ws_port)
+    assert "websocket handshake failed" in broker.log_text()
+
+
+def test_a_secure_websocket_subscriber_receives_a_burst_in_order(make_broker, pki, tmp_path):
+    # room for the whole burst in the session's queue: nothing may be dropped or stall
+    broker = ws_broker(make_broker, pki, tmp_path, mqtt_settings={"max_queued_messages": 10000})
+    topic = unique("wss-burst")
+    got = []
+    sub = paho_ws_client(unique("s"), pki["first"][0])
+    sub.on_message = lambda c, u, m: got.append(m.payload)
+    sub.connect("127.0.0.1", broker.wss_port)
+    sub.loop_start()
+    try:
+        sub.subscribe(topic, qos=1)
+        time.sleep(0.5)
+        pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=unique("p"), protocol=mqtt.MQTTv5)
+        pub.connect("127.0.0.1", broker.mqtt_port)
+        pub.loop_start()
+        for i in range(2000):
+            pub.publish(topic, b"m%d" % i + b"." * (i % 700), qos=1)
+        deadline = time.monotonic() + 30
+        while len(got) < 2000 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        pub.disconnect()
+        pub.loop_stop()
+        assert got == [b"m%d" % i + b"." * (i % 700) for i in range(2000)]
+    finally:
+        sub.disconnect()
+        sub.loop_stop()
