@@ -267,6 +267,8 @@ pub struct TlsConfig {
     /// Whether the Kafka listener speaks TLS (clients use `security.protocol=SSL` or
     /// `SASL_SSL`) instead of plain TCP.
     pub kafka: bool,
+    /// Whether the HTTP listener (admin API, `/health`, `/metrics`) speaks HTTPS only.
+    pub http: bool,
     /// How long a client has to finish its TLS handshake.
     pub handshake_timeout_ms: u64,
     /// How often the two files are checked for a change (a renewed certificate is then served
@@ -276,7 +278,14 @@ pub struct TlsConfig {
 
 impl Default for TlsConfig {
     fn default() -> Self {
-        Self { cert_file: None, key_file: None, kafka: false, handshake_timeout_ms: 10_000, reload_check_ms: 5_000 }
+        Self {
+            cert_file: None,
+            key_file: None,
+            kafka: false,
+            http: false,
+            handshake_timeout_ms: 10_000,
+            reload_check_ms: 5_000,
+        }
     }
 }
 
@@ -415,6 +424,7 @@ impl Config {
             (None, None) if tls.kafka => {
                 return Err(invalid("tls.kafka", "needs tls.cert_file and tls.key_file"));
             }
+            (None, None) if tls.http => return Err(invalid("tls.http", "needs tls.cert_file and tls.key_file")),
             (None, None) if self.listeners.wss.is_some() => {
                 return Err(invalid("listeners.wss", "needs tls.cert_file and tls.key_file"));
             }

@@ -151,7 +151,7 @@ impl Node {
         };
         let mqtt_listener = bind("mqtt", config.listeners.mqtt).await?;
         let kafka_listener = bind("kafka", config.listeners.kafka).await?;
-        let http_listener = bind("http", config.listeners.http).await?;
+        let mut http_listener = bind("http", config.listeners.http).await?;
         let local = |listener: &dyn tidewater_actors::seams::Listener, configured: SocketAddr| {
             listener.local_addr().unwrap_or(configured)
         };
@@ -179,6 +179,9 @@ impl Node {
                     tracing::info!(addr = %local(listener.as_ref(), addr), path = %config.listeners.ws_path, "mqtt over secure websocket listening");
                     mqtt_more.push(ws("wss", tls.listener("wss", listener, clock())));
                 }
+                if config.tls.http {
+                    http_listener = tls.listener("https", http_listener, clock());
+                }
                 if config.tls.kafka { tls.listener("kafka", kafka_listener, clock()) } else { kafka_listener }
             }
             None => kafka_listener,
@@ -188,7 +191,7 @@ impl Node {
         let http_addr = local(http_listener.as_ref(), config.listeners.http);
         tracing::info!(addr = %mqtt_addr, "mqtt listening");
         tracing::info!(addr = %kafka_addr, advertised = %format!("{}:{}", ctx.kafka.advertised_host, ctx.kafka.advertised_port), tls = tls.is_some() && config.tls.kafka, "kafka listening");
-        tracing::info!(addr = %http_addr, "http listening");
+        tracing::info!(addr = %http_addr, tls = tls.is_some() && config.tls.http, "http listening");
         let kafka_advertised = format!("{}:{}", ctx.kafka.advertised_host, ctx.kafka.advertised_port)
             .parse()
             .unwrap_or_else(|_| advertised(kafka_addr, config.cluster.advertise_host.as_deref()));

@@ -412,3 +412,37 @@ def test_a_secure_websocket_subscriber_receives_a_burst_in_order(make_broker, pk
     finally:
         sub.disconnect()
         sub.loop_stop()
+
+
+def https_get(port, ca, path):
+    context = ssl.create_default_context(cafile=str(ca))
+    import urllib.request
+    with urllib.request.urlopen(f"https://127.0.0.1:{port}{path}", context=context, timeout=5) as response:
+        return response.status, response.read().decode()
+
+
+def test_the_http_listener_serves_https_only_with_tls_http(make_broker, pki, tmp_path):
+    ca, cert, key = pki["first"]
+    config = {"listeners": {"mqtts": f"127.0.0.1:{free_port()}"},
+              "tls": {"cert_file": str(cert), "key_file": str(key), "http": True}}
+    broker = make_broker(config=config, start=False)
+
+    def ready():
+        try:
+            return https_get(broker.http_port, ca, "/health")[0] == 200
+        except OSError:
+            return False
+
+    broker._ready = ready
+    broker.start()
+    status, body = https_get(broker.http_port, ca, "/metrics")
+    assert status == 200 and "tidewater_mqtt_connections" in body
+    status, body = https_get(broker.http_port, ca, "/api/v1/streams")
+    assert status == 200, body
+    # plain HTTP gets a TLS alert, not an answer
+    import http.client
+    with pytest.raises((OSError, http.client.HTTPException)):
+        broker.http_get("/health", timeout=3)
+    out = subprocess.run(["curl", "-sS", "--cacert", str(ca), f"https://127.0.0.1:{broker.http_port}/health"],
+                         capture_output=True, text=True, timeout=20)
+    assert out.returncode == 0, out.stderr
