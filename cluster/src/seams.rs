@@ -24,6 +24,12 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Connection for T {}
 pub trait Listener: Send + Sync + 'static {
     /// Waits for the next inbound connection.
     async fn accept(&self) -> io::Result<(Box<dyn Connection>, SocketAddr)>;
+    /// Waits for the next inbound connection, with the identity its handshake proved (the
+    /// name a verified TLS client certificate gives), if any.
+    async fn accept_identified(&self) -> io::Result<(Box<dyn Connection>, SocketAddr, Option<Arc<str>>)> {
+        let (connection, peer) = self.accept().await?;
+        Ok((connection, peer, None))
+    }
     /// The address actually bound (useful with port 0).
     fn local_addr(&self) -> io::Result<SocketAddr>;
 }
@@ -167,6 +173,20 @@ pub async fn serve_listener<F, Fut>(
     F: Fn(Box<dyn Connection>, SocketAddr) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
+    serve_identified_listener(protocol, listener, shutdown, move |connection, peer, _| serve(connection, peer)).await
+}
+
+/// [`serve_listener`], giving `serve` the identity each connection's handshake proved too
+/// ([`Listener::accept_identified`]).
+pub async fn serve_identified_listener<F, Fut>(
+    protocol: &'static str,
+    listener: Box<dyn Listener>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+    serve: F,
+) where
+    F: Fn(Box<dyn Connection>, SocketAddr, Option<Arc<str>>) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let listener: Arc<dyn Listener> = Arc::from(listener);
     let serve = Arc::new(serve);
     let second = tokio::spawn(
@@ -182,16 +202,16 @@ async fn accept_loop<F, Fut>(
     mut shutdown: tokio::sync::watch::Receiver<bool>,
     serve: Arc<F>,
 ) where
-    F: Fn(Box<dyn Connection>, SocketAddr) -> Fut + Send + Sync + 'static,
+    F: Fn(Box<dyn Connection>, SocketAddr, Option<Arc<str>>) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     loop {
         tokio::select! {
             biased;
             _ = shutdown.changed() => break,
-            accepted = listener.accept() => match accepted {
-                Ok((connection, peer)) => {
-                    tokio::spawn(serve(connection, peer).in_current_span());
+            accepted = listener.accept_identified() => match accepted {
+                Ok((connection, peer, identity)) => {
+                    tokio::spawn(serve(connection, peer, identity).in_current_span());
                 }
                 Err(error) => {
                     // e.g. out of file descriptors: back off instead of spinning

@@ -269,6 +269,17 @@ pub struct TlsConfig {
     pub kafka: bool,
     /// Whether the HTTP listener (admin API, `/health`, `/metrics`) speaks HTTPS only.
     pub http: bool,
+    /// PEM file of the CAs whose client certificates are accepted (mutual TLS); without it
+    /// clients present none.
+    pub client_ca_file: Option<PathBuf>,
+    /// With `client_ca_file`: whether a client must present a certificate (`required`) or
+    /// may (`optional`); one it presents is verified either way.
+    pub client_auth: ClientAuth,
+    /// MQTT over TLS: the username a verified client certificate gives (`cn`: its subject's
+    /// common name, `san`: its first DNS subject alternative name); the certificate then
+    /// stands for the password, as Mosquitto's `use_identity_as_username`. `none`: the
+    /// CONNECT's credentials count, as without a certificate.
+    pub peer_cert_as_username: PeerCertName,
     /// How long a client has to finish its TLS handshake.
     pub handshake_timeout_ms: u64,
     /// How often the two files are checked for a change (a renewed certificate is then served
@@ -283,10 +294,35 @@ impl Default for TlsConfig {
             key_file: None,
             kafka: false,
             http: false,
+            client_ca_file: None,
+            client_auth: ClientAuth::Optional,
+            peer_cert_as_username: PeerCertName::None,
             handshake_timeout_ms: 10_000,
             reload_check_ms: 5_000,
         }
     }
+}
+
+/// `tls.client_auth`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuth {
+    /// a client may present a certificate
+    Optional,
+    /// a client must present a certificate
+    Required,
+}
+
+/// `tls.peer_cert_as_username`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PeerCertName {
+    /// the certificate gives no username
+    None,
+    /// the subject's common name
+    Cn,
+    /// the first DNS name of the subject alternative names
+    San,
 }
 
 /// `[auth]`
@@ -429,6 +465,16 @@ impl Config {
                 return Err(invalid("listeners.wss", "needs tls.cert_file and tls.key_file"));
             }
             _ => {}
+        }
+        if tls.client_ca_file.is_none() {
+            if tls.client_auth == ClientAuth::Required {
+                return Err(invalid("tls.client_auth", "required needs tls.client_ca_file"));
+            }
+            if tls.peer_cert_as_username != PeerCertName::None {
+                return Err(invalid("tls.peer_cert_as_username", "needs tls.client_ca_file"));
+            }
+        } else if tls.cert_file.is_none() {
+            return Err(invalid("tls.client_ca_file", "needs tls.cert_file and tls.key_file"));
         }
         if !self.listeners.ws_path.starts_with('/') {
             return Err(invalid("listeners.ws_path", "must start with /"));

@@ -25,7 +25,7 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use tidewater_actors::seams::{Clock, Connection, Listener};
 
-use crate::config::TlsConfig;
+use crate::config::{ClientAuth, PeerCertName, TlsConfig};
 use crate::upgrade::{self, Handshake, Upgrade};
 
 /// Why the certificate or key could not be used (the message names the key).
@@ -41,6 +41,7 @@ pub struct TlsError {
 pub struct ServerTls {
     config: Arc<rustls::ServerConfig>,
     resolver: Arc<ReloadingCert>,
+    peer_cert_as_username: PeerCertName,
     /// how long a handshake may take
     pub handshake_timeout: Duration,
     /// how often the files are checked for a change
@@ -65,14 +66,18 @@ impl ServerTls {
             files,
             provider: Arc::clone(&provider),
         });
-        let server = rustls::ServerConfig::builder_with_provider(provider)
+        let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
             .with_safe_default_protocol_versions()
-            .map_err(|e| TlsError { key: "tls", reason: e.to_string() })?
-            .with_no_client_auth()
-            .with_cert_resolver(Arc::clone(&resolver) as Arc<dyn ResolvesServerCert>);
+            .map_err(|e| TlsError { key: "tls", reason: e.to_string() })?;
+        let builder = match &config.client_ca_file {
+            Some(ca_file) => builder.with_client_cert_verifier(client_verifier(ca_file, config.client_auth, provider)?),
+            None => builder.with_no_client_auth(),
+        };
+        let server = builder.with_cert_resolver(Arc::clone(&resolver) as Arc<dyn ResolvesServerCert>);
         Ok(Some(Arc::new(Self {
             config: Arc::new(server),
             resolver,
+            peer_cert_as_username: config.peer_cert_as_username,
             handshake_timeout: Duration::from_millis(config.handshake_timeout_ms),
             reload_check: Duration::from_millis(config.reload_check_ms),
         })))
@@ -85,7 +90,8 @@ impl ServerTls {
     }
 
     /// Wraps `inner` so that what it accepts is TLS, for `protocol` (named in logs, which read
-    /// the time from `clock` to stay within their rate).
+    /// the time from `clock` to stay within their rate). A verified client certificate gives
+    /// the connection the identity `tls.peer_cert_as_username` asks for.
     pub fn listener(
         self: &Arc<Self>,
         protocol: &'static str,
@@ -93,11 +99,21 @@ impl ServerTls {
         clock: Arc<dyn Clock>,
     ) -> Box<dyn Listener> {
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(&self.config));
+        let naming = self.peer_cert_as_username;
         let upgrade: Upgrade = Arc::new(move |connection| {
             let acceptor = acceptor.clone();
             Box::pin(async move {
                 let stream = acceptor.accept(connection).await.map_err(|e| e.to_string())?;
-                Ok(Box::new(stream) as Box<dyn Connection>)
+                let certificate = stream.get_ref().1.peer_certificates().and_then(|chain| chain.first());
+                let identity = match certificate {
+                    Some(certificate) if naming != PeerCertName::None => {
+                        Some(certificate_name(certificate, naming).ok_or_else(|| {
+                            format!("the client certificate has no {naming:?} to take as a username (tls.peer_cert_as_username)")
+                        })?)
+                    }
+                    _ => None,
+                };
+                Ok((Box::new(stream) as Box<dyn Connection>, identity))
             })
         });
         let handshake = Handshake {
@@ -122,6 +138,86 @@ pub async fn run_reload(tls: Arc<ServerTls>, mut shutdown: tokio::sync::watch::R
             }
         }
     }
+}
+
+/// Verifies client certificates against the CAs of `ca_file`.
+fn client_verifier(
+    ca_file: &Path,
+    auth: ClientAuth,
+    provider: Arc<CryptoProvider>,
+) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, TlsError> {
+    let bad = |reason: String| TlsError { key: "tls.client_ca_file", reason };
+    let mut roots = rustls::RootCertStore::empty();
+    let certs = CertificateDer::pem_file_iter(ca_file)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| bad(format!("cannot read {}: {e}", ca_file.display())))?;
+    for cert in certs {
+        roots.add(cert).map_err(|e| bad(format!("{}: {e}", ca_file.display())))?;
+    }
+    if roots.is_empty() {
+        return Err(bad(format!("{} holds no PEM certificate", ca_file.display())));
+    }
+    let builder = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+    let builder = if auth == ClientAuth::Optional { builder.allow_unauthenticated() } else { builder };
+    builder.build().map_err(|e| bad(e.to_string()))
+}
+
+/// The name a certificate gives as a username.
+fn certificate_name(certificate: &CertificateDer<'_>, naming: PeerCertName) -> Option<Arc<str>> {
+    let parsed = webpki::EndEntityCert::try_from(certificate).ok()?;
+    let name = match naming {
+        PeerCertName::None => return None,
+        PeerCertName::Cn => common_name(parsed.subject())?,
+        PeerCertName::San => parsed.valid_dns_names().next()?.to_string(),
+    };
+    (!name.is_empty()).then(|| Arc::from(name))
+}
+
+/// The first common name (OID 2.5.4.3) of a DER `Name`'s contents: RDN sets of
+/// (type, value) sequences.
+fn common_name(mut name: &[u8]) -> Option<String> {
+    const COMMON_NAME: &[u8] = &[0x55, 0x04, 0x03];
+    while !name.is_empty() {
+        let (tag, mut set, rest) = der(name)?;
+        name = rest;
+        if tag != 0x31 {
+            return None;
+        }
+        while !set.is_empty() {
+            let (tag, attribute, rest) = der(set)?;
+            set = rest;
+            if tag != 0x30 {
+                return None;
+            }
+            let (oid_tag, oid, value) = der(attribute)?;
+            let (value_tag, value, _) = der(value)?;
+            if oid_tag == 0x06 && oid == COMMON_NAME {
+                // UTF8String, PrintableString, IA5String, T61String
+                return match value_tag {
+                    0x0C | 0x13 | 0x16 | 0x14 => String::from_utf8(value.to_vec()).ok(),
+                    _ => None,
+                };
+            }
+        }
+    }
+    None
+}
+
+/// One DER element: its tag, its contents and what follows it.
+fn der(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = input.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = if first < 0x80 {
+        (first as usize, rest)
+    } else {
+        let bytes = (first & 0x7F) as usize;
+        if bytes == 0 || bytes > 4 || rest.len() < bytes {
+            return None;
+        }
+        let len = rest[..bytes].iter().fold(0usize, |len, byte| (len << 8) | *byte as usize);
+        (len, &rest[bytes..])
+    };
+    (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
 }
 
 #[derive(Debug, Clone)]
@@ -198,5 +294,33 @@ impl ReloadingCert {
 impl ResolvesServerCert for ReloadingCert {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         Some(Arc::clone(&self.current.read()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_common_name_is_found_among_the_subjects_attributes() {
+        // C=DE, O=Acme, CN=device-7 (PrintableString, UTF8String, UTF8String)
+        let attribute = |oid: &[u8], tag: u8, value: &[u8]| {
+            let mut inner = vec![0x06, oid.len() as u8];
+            inner.extend_from_slice(oid);
+            inner.extend([tag, value.len() as u8]);
+            inner.extend_from_slice(value);
+            let mut sequence = vec![0x30, inner.len() as u8];
+            sequence.extend(inner);
+            let mut set = vec![0x31, sequence.len() as u8];
+            set.extend(sequence);
+            set
+        };
+        let mut name = attribute(&[0x55, 0x04, 0x06], 0x13, b"DE");
+        name.extend(attribute(&[0x55, 0x04, 0x0A], 0x0C, b"Acme"));
+        name.extend(attribute(&[0x55, 0x04, 0x03], 0x0C, b"device-7"));
+        assert_eq!(common_name(&name).as_deref(), Some("device-7"));
+        assert_eq!(common_name(&name[..name.len() - 3]), None, "a truncated name is no name");
+        assert_eq!(common_name(&attribute(&[0x55, 0x04, 0x0A], 0x0C, b"Acme")), None);
+        assert_eq!(der(&[0x04, 0x84, 0xFF, 0xFF, 0xFF, 0xFF]), None, "a length past the input");
     }
 }

@@ -20,9 +20,14 @@ use tracing::Instrument;
 /// How many handshakes may be in progress on one listener.
 pub const MAX_HANDSHAKES: usize = 1024;
 
-/// Turns an accepted connection into an established one, or says why it could not.
-pub type Upgrade =
-    Arc<dyn Fn(Box<dyn Connection>) -> BoxFuture<'static, Result<Box<dyn Connection>, String>> + Send + Sync>;
+/// Turns an accepted connection into an established one, with the identity its handshake
+/// proved, or says why it could not.
+pub type Upgrade = Arc<dyn Fn(Box<dyn Connection>) -> BoxFuture<'static, Result<Upgraded, String>> + Send + Sync>;
+
+/// An established connection and the identity its handshake proved, if any.
+pub type Upgraded = (Box<dyn Connection>, Option<Arc<str>>);
+
+type Established = (Box<dyn Connection>, SocketAddr, Option<Arc<str>>);
 
 /// What a listener's handshakes are, for their timeout and their log lines.
 #[derive(Debug, Clone, Copy)]
@@ -54,7 +59,7 @@ pub fn listener(
 }
 
 struct UpgradingListener {
-    established: tokio::sync::Mutex<mpsc::Receiver<(Box<dyn Connection>, SocketAddr)>>,
+    established: tokio::sync::Mutex<mpsc::Receiver<Established>>,
     local_addr: io::Result<SocketAddr>,
     accepting: tokio::task::JoinHandle<()>,
 }
@@ -69,6 +74,11 @@ impl Drop for UpgradingListener {
 #[async_trait]
 impl Listener for UpgradingListener {
     async fn accept(&self) -> io::Result<(Box<dyn Connection>, SocketAddr)> {
+        let (connection, peer, _) = self.accept_identified().await?;
+        Ok((connection, peer))
+    }
+
+    async fn accept_identified(&self) -> io::Result<Established> {
         match self.established.lock().await.recv().await {
             Some(established) => Ok(established),
             None => Err(io::Error::other("the listener stopped")),
@@ -87,7 +97,7 @@ async fn accept_and_upgrade(
     inner: Box<dyn Listener>,
     handshake: Handshake,
     upgrade: Upgrade,
-    established: mpsc::Sender<(Box<dyn Connection>, SocketAddr)>,
+    established: mpsc::Sender<Established>,
     clock: Arc<dyn Clock>,
 ) {
     let mut handshakes = JoinSet::new();
@@ -97,7 +107,8 @@ async fn accept_and_upgrade(
             handshakes.join_next().await;
             continue;
         }
-        let (connection, peer) = match inner.accept().await {
+        // a layer below (TLS under WebSocket) may have proved who the client is
+        let (connection, peer, below) = match inner.accept_identified().await {
             Ok(accepted) => accepted,
             Err(error) => {
                 // e.g. out of file descriptors: back off instead of spinning
@@ -110,8 +121,8 @@ async fn accept_and_upgrade(
         handshakes.spawn(
             async move {
                 let why = match tokio::time::timeout(handshake.timeout, upgrade(connection)).await {
-                    Ok(Ok(connection)) => {
-                        let _ = established.send((connection, peer)).await;
+                    Ok(Ok((connection, identity))) => {
+                        let _ = established.send((connection, peer, identity.or(below))).await;
                         return;
                     }
                     Ok(Err(why)) => why,

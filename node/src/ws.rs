@@ -43,7 +43,7 @@ pub fn listener(
             let ws = tokio_tungstenite::accept_hdr_async_with_config(connection, Upgrading(path), Some(config))
                 .await
                 .map_err(|e| e.to_string())?;
-            Ok(Box::new(WsBytes { ws, pending: Bytes::new(), unflushed: false }) as Box<dyn Connection>)
+            Ok((Box::new(WsBytes { ws, pending: Bytes::new(), unflushed: false }) as Box<dyn Connection>, None))
         })
     });
     let handshake = Handshake { protocol, layer: "websocket", timeout, timeout_key: "mqtt.connect_timeout_ms" };

@@ -37,13 +37,27 @@ def make_ca(directory, name):
     return directory / "ca.pem", directory / "server.pem", directory / "server.key"
 
 
+def make_client(directory, name, cn, dns):
+    """A client certificate the CA in `directory` signed: (cert, key)."""
+    openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+            "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/O=Acme/CN={cn}", cwd=directory)
+    (directory / f"{name}.ext").write_text(f"subjectAltName=DNS:{dns}\nextendedKeyUsage=clientAuth\n")
+    openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+            "-out", f"{name}.pem", "-days", "2", "-extfile", f"{name}.ext", cwd=directory)
+    return directory / f"{name}.pem", directory / f"{name}.key"
+
+
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory):
     base = tmp_path_factory.mktemp("pki")
-    return {"first": make_ca(base / "first", "first"), "second": make_ca(base / "second", "second")}
+    pki = {"first": make_ca(base / "first", "first"), "second": make_ca(base / "second", "second")}
+    pki["device-1"] = make_client(base / "first", "device1", "device-1", "dev1.example")
+    pki["device-2"] = make_client(base / "first", "device2", "device-2", "dev2.example")
+    pki["stranger"] = make_client(base / "second", "stranger", "device-1", "dev1.example")
+    return pki
 
 
-def tls_broker(make_broker, pki, tmp_path, kafka=False, auth=None):
+def tls_broker(make_broker, pki, tmp_path, kafka=False, auth=None, **tls):
     """A broker whose [tls] points at copies of the first CA's server certificate (so that a
     test may replace them), with an MQTT TLS port of its own."""
     _, cert, key = pki["first"]
@@ -53,7 +67,7 @@ def tls_broker(make_broker, pki, tmp_path, kafka=False, auth=None):
     port = free_port()
     config = {"listeners": {"mqtts": f"127.0.0.1:{port}"},
               "tls": {"cert_file": str(cert_file), "key_file": str(key_file), "kafka": kafka,
-                      "reload_check_ms": 200, "handshake_timeout_ms": 2000}}
+                      "reload_check_ms": 200, "handshake_timeout_ms": 2000, **tls}}
     if auth:
         config["auth"] = auth
     broker = kafka_broker(make_broker, config=config)
@@ -446,3 +460,69 @@ def test_the_http_listener_serves_https_only_with_tls_http(make_broker, pki, tmp
     out = subprocess.run(["curl", "-sS", "--cacert", str(ca), f"https://127.0.0.1:{broker.http_port}/health"],
                          capture_output=True, text=True, timeout=20)
     assert out.returncode == 0, out.stderr
+
+
+
+# -- client certificates ------------------------------------------------------------------------
+
+
+def with_cert(pki, name):
+    cert, key = pki[name]
+    return ["--cert", str(cert), "--key", str(key)]
+
+
+def test_a_client_certificate_is_the_username_and_the_acl_applies_to_it(make_broker, pki, tmp_path):
+    ca = pki["first"][0]
+    auth = {"allow_anonymous": False, "acl_default": "deny",
+            "acl": [{"permission": "allow", "action": "all", "topic": "devices/%u/#"}]}
+    broker = tls_broker(make_broker, pki, tmp_path, auth=auth, client_ca_file=str(ca), peer_cert_as_username="cn")
+    sub = mosquitto("mosquitto_sub", broker, ca, *with_cert(pki, "device-1"), "-t", "devices/device-1/#",
+                    "-q", "1", "-C", "2", "-W", "20", "-v")
+    time.sleep(0.5)
+    for text in ["one", "two"]:
+        out = mosquitto("mosquitto_pub", broker, ca, *with_cert(pki, "device-1"), "-t", "devices/device-1/t",
+                        "-q", "1", "-m", text)
+        assert out.returncode == 0, out.stderr
+    stdout, stderr = sub.communicate(timeout=25)
+    assert stdout.splitlines() == ["devices/device-1/t one", "devices/device-1/t two"], stderr
+    # device-2's certificate names device-2: device-1's topics are not its to read
+    sub = mosquitto("mosquitto_sub", broker, ca, *with_cert(pki, "device-2"), "-t", "devices/device-1/#",
+                    "-q", "1", "-C", "1", "-W", "3", "-V", "mqttv5")
+    time.sleep(0.5)
+    mosquitto("mosquitto_pub", broker, ca, *with_cert(pki, "device-1"), "-t", "devices/device-1/t", "-m", "three")
+    stdout, _ = sub.communicate(timeout=10)
+    assert "three" not in stdout
+    # no certificate: the CONNECT's credentials count, and there are none
+    out = mosquitto("mosquitto_pub", broker, ca, "-t", "devices/x/t", "-m", "anon")
+    assert out.returncode != 0 and "not authorised" in (out.stderr + out.stdout).lower(), out.stderr
+
+
+def test_san_naming_and_a_required_certificate(make_broker, pki, tmp_path):
+    ca = pki["first"][0]
+    auth = {"allow_anonymous": False, "acl_default": "deny",
+            "acl": [{"permission": "allow", "action": "all", "topic": "by-san/%u"}]}
+    broker = tls_broker(make_broker, pki, tmp_path, auth=auth, client_ca_file=str(ca), client_auth="required",
+                        peer_cert_as_username="san")
+    sub = mosquitto("mosquitto_sub", broker, ca, *with_cert(pki, "device-2"), "-t", "by-san/dev2.example",
+                    "-q", "1", "-C", "1", "-W", "20")
+    time.sleep(0.5)
+    out = mosquitto("mosquitto_pub", broker, ca, *with_cert(pki, "device-2"), "-t", "by-san/dev2.example",
+                    "-q", "1", "-m", "san")
+    assert out.returncode == 0, out.stderr
+    stdout, stderr = sub.communicate(timeout=25)
+    assert stdout.strip() == "san", stderr
+    # required: no certificate, or one another CA signed, gets no connection at all
+    assert mosquitto("mosquitto_pub", broker, ca, "-t", "x", "-m", "none").returncode != 0
+    assert mosquitto("mosquitto_pub", broker, ca, *with_cert(pki, "stranger"), "-t", "x", "-m", "s").returncode != 0
+    assert "tls handshake failed" in broker.log_text()
+
+
+def test_client_certificate_settings_without_a_ca_are_refused_at_start(tmp_path, pki):
+    _, cert, key = pki["first"]
+    for extra, named in [('client_auth = "required"', "tls.client_auth"),
+                         ('peer_cert_as_username = "cn"', "tls.peer_cert_as_username")]:
+        config = tmp_path / "tw.toml"
+        config.write_text(f'[tls]\ncert_file = "{cert}"\nkey_file = "{key}"\n{extra}\n')
+        out = subprocess.run([TIDEWATER_BIN, "start", "--config", str(config), "--data-dir", str(tmp_path / "d")],
+                             capture_output=True, text=True, timeout=30, env=broker_env(), cwd=tmp_path)
+        assert out.returncode == 2 and named in out.stderr, out.stderr

@@ -50,8 +50,8 @@ const CLOSE_DRAIN_BYTES: usize = 64 << 20;
 
 /// Accepts MQTT connections until `shutdown` turns true.
 pub async fn run_listener(ctx: NodeContext, listener: Box<dyn Listener>, shutdown: watch::Receiver<bool>) {
-    crate::seams::serve_listener("mqtt", listener, shutdown, move |connection, peer| {
-        serve_connection(ctx.clone(), connection, peer)
+    crate::seams::serve_identified_listener("mqtt", listener, shutdown, move |connection, peer, certified| {
+        serve_connection(ctx.clone(), connection, peer, certified)
     })
     .await
 }
@@ -73,12 +73,19 @@ impl Drop for ConnectionCount {
     }
 }
 
-/// Serves one connection from CONNECT to close.
-pub async fn serve_connection(ctx: NodeContext, connection: Box<dyn Connection>, peer: SocketAddr) {
+/// Serves one connection from CONNECT to close. `certified`: the username a verified TLS client
+/// certificate gave (`tls.peer_cert_as_username`), which then stands for CONNECT's credentials.
+pub async fn serve_connection(
+    ctx: NodeContext,
+    connection: Box<dyn Connection>,
+    peer: SocketAddr,
+    certified: Option<Arc<str>>,
+) {
     let (_count_guard, open_connections) = ConnectionCount::open(&ctx);
     // the handshake (CONNECT, session spawn and attach) runs in its own boxed future, freed
     // once it is done: the task of an idle connection keeps only what `run` needs
-    let Some(mut io) = Box::pin(handshake(&ctx, connection, peer, open_connections)).await else { return };
+    let handshake = handshake(&ctx, connection, peer, open_connections, certified.as_deref());
+    let Some(mut io) = Box::pin(handshake).await else { return };
     io.run().await;
     io.outbox.set_gone();
     // after a close by the session this is stale, and the session ignores it
@@ -95,6 +102,7 @@ async fn handshake(
     connection: Box<dyn Connection>,
     peer: SocketAddr,
     open_connections: usize,
+    certified: Option<&str>,
 ) -> Option<ConnectionIo<Reader, Writer>> {
     let (mut reader, mut writer) = tokio::io::split(connection);
     let mut buf = BytesMut::new();
@@ -125,7 +133,7 @@ async fn handshake(
         }
     };
 
-    let accepted = match check_connect(ctx, &connect, version, open_connections) {
+    let accepted = match check_connect(ctx, &connect, version, open_connections, certified) {
         Ok(accepted) => accepted,
         Err(code) => {
             if let Some(held_back) = CONNECT_REFUSALS.admit(ctx.now_ms()) {
@@ -210,6 +218,7 @@ fn check_connect(
     connect: &Connect,
     version: ProtocolVersion,
     open_connections: usize,
+    certified: Option<&str>,
 ) -> Result<Accepted, ConnectReturnCode> {
     let settings = &ctx.mqtt;
     if open_connections > settings.max_connections {
@@ -230,13 +239,20 @@ fn check_connect(
             assigned = Some(client_id.clone());
         }
     }
-    let username = connect.login.as_ref().map(|login| login.username.clone());
-    let password = connect.login.as_ref().map(|login| login.password.as_bytes());
-    match ctx.authorizer.authenticate(username.as_deref(), password) {
-        Ok(()) => {}
-        Err(AuthFailure::BadCredentials) => return Err(ConnectReturnCode::BadUserNamePassword),
-        Err(AuthFailure::NotAuthorized) => return Err(ConnectReturnCode::NotAuthorized),
-    }
+    let username = match certified {
+        // the certificate, verified against tls.client_ca_file, is the credential
+        Some(name) => Some(name.to_string()),
+        None => {
+            let username = connect.login.as_ref().map(|login| login.username.clone());
+            let password = connect.login.as_ref().map(|login| login.password.as_bytes());
+            match ctx.authorizer.authenticate(username.as_deref(), password) {
+                Ok(()) => {}
+                Err(AuthFailure::BadCredentials) => return Err(ConnectReturnCode::BadUserNamePassword),
+                Err(AuthFailure::NotAuthorized) => return Err(ConnectReturnCode::NotAuthorized),
+            }
+            username
+        }
+    };
 
     let properties = connect.properties.as_ref();
     let receive_maximum = properties.and_then(|p| p.receive_maximum).unwrap_or(u16::MAX);
@@ -581,7 +597,7 @@ mod tests {
         };
         let size = std::mem::size_of_val(&io.run());
         assert!(size <= 512, "ConnectionIo::run's future is {size} bytes");
-        let task = serve_connection(ctx, Box::new(tokio::io::duplex(64).0), "127.0.0.1:1".parse().expect("addr"));
+        let task = serve_connection(ctx, Box::new(tokio::io::duplex(64).0), "127.0.0.1:1".parse().expect("addr"), None);
         let size = std::mem::size_of_val(&task);
         assert!(size <= 1024, "serve_connection's future is {size} bytes: box the handshake's awaits");
         handle.actor.stop(None);
@@ -593,7 +609,8 @@ mod tests {
     async fn connack_for(ctx: &NodeContext) -> Vec<u8> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let (mut client, server) = tokio::io::duplex(1024);
-        let task = tokio::spawn(serve_connection(ctx.clone(), Box::new(server), "127.0.0.1:1".parse().expect("addr")));
+        let task =
+            tokio::spawn(serve_connection(ctx.clone(), Box::new(server), "127.0.0.1:1".parse().expect("addr"), None));
         client.write_all(&PERSISTENT_CONNECT).await.expect("write CONNECT");
         let mut connack = [0u8; 4];
         tokio::time::timeout(std::time::Duration::from_secs(5), client.read_exact(&mut connack))
