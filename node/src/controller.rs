@@ -120,9 +120,10 @@ impl Controller {
             in_sync: watch::channel(Vec::new()).0,
             clock: parts.router.clock(),
         };
-        let (replica, _) = Actor::spawn(None, RaftReplica, args)
-            .await
-            .map_err(|error| NodeError::Restore { what: "the controller replica", detail: error.to_string() })?;
+        let (replica, _) = Actor::spawn(None, RaftReplica, args).await.map_err(|error| NodeError::Restore {
+            what: "the controller replica",
+            detail: tidewater_actors::startup_error(error),
+        })?;
         parts.router.insert(GroupId::Controller, replica.clone());
         let applying = tokio::spawn(
             apply_committed(Arc::clone(&parts.log), high_watermark, metadata_sender, shutdown.clone())

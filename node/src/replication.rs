@@ -549,7 +549,8 @@ async fn serve(
             max_batch_bytes: MAX_BATCH_BYTES,
             span: ctx.span.clone(),
         };
-        let (actor, _) = Actor::spawn(None, ReplicatedPartition, args).await.map_err(|error| error.to_string())?;
+        let (actor, _) =
+            Actor::spawn(None, ReplicatedPartition, args).await.map_err(tidewater_actors::startup_error)?;
         handles.push(PartitionHandle { id, actor, high_watermark, replica: Some(view) });
         if let Some(local) = local {
             replicas.insert(index as u32, local);
@@ -605,7 +606,7 @@ async fn start_replica(
         in_sync: in_sync_sender,
         clock: parts.router.clock(),
     };
-    let (actor, _) = Actor::spawn(None, RaftReplica, args).await.map_err(|error| error.to_string())?;
+    let (actor, _) = Actor::spawn(None, RaftReplica, args).await.map_err(tidewater_actors::startup_error)?;
     parts.router.insert(group.clone(), actor.clone());
     Ok(LocalReplica { actor, high_watermark, leadership, in_sync })
 }

@@ -191,8 +191,10 @@ impl Actor for PartitionReplica {
         myself: ActorRef<PartitionMsg>,
         args: PartitionArgs,
     ) -> Result<PartitionState, ActorProcessingErr> {
-        args.store.create_partition(&args.id)?;
-        let offsets = args.store.offsets(&args.id)?;
+        let named =
+            |error: &dyn std::fmt::Display| format!("partition {}-{}: {error}", args.id.stream, args.id.partition);
+        args.store.create_partition(&args.id).map_err(|e| named(&e))?;
+        let offsets = args.store.offsets(&args.id).map_err(|e| named(&e))?;
         // a single node commits what it stores: the high watermark starts at the log end (the
         // partition owns it; the store knows only where its log starts and ends)
         args.high_watermark.send_replace(offsets.log_end);

@@ -240,8 +240,9 @@ impl StreamRegistry {
             max_batch_bytes: MAX_BATCH_BYTES,
             span: self.span.clone(),
         };
-        let (actor, _) =
-            Actor::spawn(None, PartitionReplica, args).await.map_err(|e| StreamError::Spawn(e.to_string()))?;
+        let (actor, _) = Actor::spawn(None, PartitionReplica, args)
+            .await
+            .map_err(|e| StreamError::Spawn(crate::startup_error(e)))?;
         Ok(PartitionHandle { id, actor, high_watermark: receiver, replica: None })
     }
 
