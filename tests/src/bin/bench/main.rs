@@ -21,6 +21,7 @@ mod peers;
 mod report;
 mod retention;
 mod target;
+mod tls;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -59,6 +60,9 @@ enum Mode {
     /// Subscribers that never read, flooded with large QoS 0 messages: broker RSS during the
     /// flood and after every client left, against the node's memory budget.
     Flood(flood::FloodArgs),
+    /// What TLS costs: 1→1 QoS 1 and connects per second over TCP and TLS, Tidewater and
+    /// Mosquitto with the same certificate.
+    Tls(tls::TlsArgs),
 }
 
 /// Where the broker under test is: started by the bench, or already running.
@@ -110,6 +114,7 @@ fn main() -> anyhow::Result<()> {
             Mode::Retention(args) => retention::main(args, threads).await,
             Mode::Failover(args) => failover::main(args, threads).await,
             Mode::Flood(args) => flood::main(args, threads).await,
+            Mode::Tls(args) => tls::main(args, threads).await,
         }
     })
 }
