@@ -359,6 +359,40 @@ def test_the_queues_of_all_sessions_share_the_nodes_memory_budget(make_broker):
 
 
 @pytest.mark.tidewater_only
+def test_qos_0_gives_way_first_in_the_memory_budget(make_broker):
+    # a 16 MiB budget: queued QoS 0 messages may hold half of it (8 MiB), QoS 1/2 up to five
+    # eighths (10 MiB); a QoS 0 flood past its half is dropped and leaves QoS 1 its room
+    broker = make_broker(config={"memory": {"budget_bytes": 16 << 20}})
+    flood, important = unique("lim/q0"), unique("lim/q1")
+    ids = [unique("tier-a"), unique("tier-b")]
+    for client_id in ids:
+        client = Client(broker, client_id=client_id, clean=False, session_expiry=300)
+        client.connect()
+        client.subscribe(flood, qos=0)
+        client.subscribe(important, qos=1)
+        client.disconnect()
+    payload = b"x" * (256 << 10)
+    with connected(broker) as pub:
+        for i in range(40):
+            pub.publish(flood, b"%02d:" % i + payload, qos=0)
+        wait_until(lambda: metric_sum(broker.metrics(), "tidewater_mqtt_messages_dropped_total",
+                                      reason="memory_budget") >= 40, message="the QoS 0 flood met the budget")
+        queued = metric_sum(broker.metrics(), "tidewater_memory_bytes", part="session_queues")
+        assert 7 << 20 <= queued <= 8 << 20, queued
+        for i in range(4):
+            pub.publish(important, b"important %d:" % i + payload, qos=1)
+    queued = metric_sum(broker.metrics(), "tidewater_memory_bytes", part="session_queues")
+    assert 9 << 20 <= queued <= 10 << 20, queued
+    for client_id in ids:
+        with Client(broker, client_id=client_id, clean=False, session_expiry=300) as back:
+            assert back.connect()[0]
+            got = back.drain(3.0)
+        firsts = [m.payload.split(b":")[0] for m in got if m.topic == important]
+        assert firsts == [b"important %d" % i for i in range(4)], firsts
+        assert any(m.topic == flood for m in got), "the QoS 0 messages that fitted are delivered too"
+
+
+@pytest.mark.tidewater_only
 @pytest.mark.parametrize("key,value", [("memory.budget_bytes", 1000), ("kafka.fetch_max_bytes", 0)])
 def test_a_memory_bound_too_small_is_refused_with_the_key(make_broker, key, value):
     section, name = key.split(".")
