@@ -79,7 +79,8 @@ fn answer(path: &str, request: &Request, mut response: Response) -> Result<Respo
         .map(str::trim)
         .collect();
     if let Some(mqtt) = offered.iter().find(|name| name.eq_ignore_ascii_case("mqtt")) {
-        let name = if *mqtt == "mqtt" { HeaderValue::from_static("mqtt") } else { HeaderValue::from_static("MQTT") };
+        // the answer names the subprotocol as the client spelled it (RFC 6455 section 4.2.2)
+        let name = HeaderValue::from_str(mqtt).unwrap_or(HeaderValue::from_static("mqtt"));
         response.headers_mut().insert("sec-websocket-protocol", name);
     } else if !offered.is_empty() {
         return Err(refuse(StatusCode::BAD_REQUEST, "the WebSocket subprotocol must be mqtt"));

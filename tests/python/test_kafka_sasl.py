@@ -112,11 +112,16 @@ def test_a_client_that_does_not_authenticate_is_served_nothing(locked):
     assert "a request before SASL authentication" in locked.log_text()
 
 
+def kcat_sasl(mechanism, user, password):
+    """kcat's arguments for SASL_PLAINTEXT; the password comes last."""
+    return ["-X", "security.protocol=SASL_PLAINTEXT", "-X", f"sasl.mechanisms={mechanism}",
+            "-X", f"sasl.username={user}", "-X", f"sasl.password={password}"]
+
+
 def test_kcat_lists_and_produces_with_plain_and_fails_with_a_wrong_password(locked):
     topic = unique("kcat-sasl").replace("/", "-")
     create_as_root(locked, topic)
-    good = ["-X", "security.protocol=SASL_PLAINTEXT", "-X", "sasl.mechanisms=PLAIN",
-            "-X", "sasl.username=alice", "-X", "sasl.password=wonderland"]
+    good = kcat_sasl("PLAIN", "alice", "wonderland")
     out = kcat(locked, *good, "-P", "-t", topic, stdin="one\ntwo\n")
     assert out.returncode == 0, out.stderr
     out = kcat(locked, *good, "-C", "-t", topic, "-o", "beginning", "-e", "-q")
@@ -170,8 +175,7 @@ def test_kcat_and_kafka_python_use_scram_sha_256(locked):
     from kafka import KafkaConsumer, KafkaProducer
     topic = unique("kcat-scram").replace("/", "-")
     create_as_root(locked, topic)
-    good = ["-X", "security.protocol=SASL_PLAINTEXT", "-X", "sasl.mechanisms=SCRAM-SHA-256",
-            "-X", "sasl.username=bob", "-X", "sasl.password=builder"]
+    good = kcat_sasl("SCRAM-SHA-256", "bob", "builder")
     out = kcat(locked, *good, "-P", "-t", topic, stdin="one\ntwo\n")
     assert out.returncode == 0, out.stderr
     out = kcat(locked, *good[:-1], "sasl.password=nope", "-L", "-m", "5", timeout=30)

@@ -320,6 +320,16 @@ def test_a_zero_max_queued_bytes_is_refused_with_the_key(make_broker):
     assert "mqtt.max_queued_bytes" in broker.log_text()
 
 
+def offline_sessions(broker, client_ids, subscriptions):
+    """Persistent sessions with these (filter, qos) subscriptions, left offline."""
+    for client_id in client_ids:
+        client = Client(broker, client_id=client_id, clean=False, session_expiry=300)
+        client.connect()
+        for topic, qos in subscriptions:
+            client.subscribe(topic, qos=qos)
+        client.disconnect()
+
+
 @pytest.mark.tidewater_only
 def test_the_queues_of_all_sessions_share_the_nodes_memory_budget(make_broker):
     # a 16 MiB budget gives the session queues 10 MiB (five eighths) between them for QoS 1
@@ -329,11 +339,7 @@ def test_the_queues_of_all_sessions_share_the_nodes_memory_budget(make_broker):
     # the queues hold
     broker = make_broker(config={"memory": {"budget_bytes": 16 << 20}, "mqtt": {"queue_overflow": "drop_oldest"}})
     topic, ids = unique("lim/budget"), [unique("budget-a"), unique("budget-b")]
-    for client_id in ids:
-        client = Client(broker, client_id=client_id, clean=False, session_expiry=300)
-        client.connect()
-        client.subscribe(topic, qos=1)
-        client.disconnect()
+    offline_sessions(broker, ids, [(topic, 1)])
     payload = b"x" * (256 << 10)
     with connected(broker) as pub:
         for i in range(40):
@@ -365,12 +371,7 @@ def test_qos_0_gives_way_first_in_the_memory_budget(make_broker):
     broker = make_broker(config={"memory": {"budget_bytes": 16 << 20}})
     flood, important = unique("lim/q0"), unique("lim/q1")
     ids = [unique("tier-a"), unique("tier-b")]
-    for client_id in ids:
-        client = Client(broker, client_id=client_id, clean=False, session_expiry=300)
-        client.connect()
-        client.subscribe(flood, qos=0)
-        client.subscribe(important, qos=1)
-        client.disconnect()
+    offline_sessions(broker, ids, [(flood, 0), (important, 1)])
     payload = b"x" * (256 << 10)
     with connected(broker) as pub:
         for i in range(40):
