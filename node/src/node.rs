@@ -26,6 +26,9 @@ use crate::replication::{NodeCatalog, StreamParts, spawn_follow};
 
 /// How long each listener has to stop accepting at shutdown.
 const LISTENER_STOP_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often a node looks for partitions of the offsets stream it came to lead, to take over
+/// their consumer groups.
+const TAKE_OVER_EVERY: Duration = Duration::from_secs(1);
 
 /// What a node is built from: its configuration and every process-wide resource.
 pub struct Parts {
@@ -314,6 +317,10 @@ impl Node {
                     .in_current_span(),
             ),
         ];
+        background.push(tokio::spawn(
+            tidewater_actors::kafka::group::run_take_over(ctx.clone(), TAKE_OVER_EVERY, shutdown.subscribe())
+                .in_current_span(),
+        ));
         if let Some(tls) = tls {
             background.push(tokio::spawn(crate::tls::run_reload(tls, shutdown.subscribe()).in_current_span()));
         }

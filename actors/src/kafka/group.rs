@@ -17,15 +17,16 @@
 //! empty), rewrites all its offsets as one batch once the oldest of
 //! them was written half the retention ago; after that each offset expires the retention after
 //! it was written, with a tombstone, so that a later coordinator's replay does not bring it
-//! back. The log keeps twice the retention so that a coordinator that moves (built on the next
-//! request for the group) finds the latest rewrite even if nobody asked for a while.
+//! back. The log keeps twice the retention so that a coordinator that moves finds the latest
+//! rewrite: a node that comes to lead a partition of the offsets stream takes over every group
+//! in it at once (see [`load`]), and the next request for a group builds its coordinator too.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde::{Deserialize, Serialize};
-use tidewater_storage::{NewRecord, StateOp, StateStore, build_record_batch, decode_records};
+use tidewater_storage::{NewRecord, StateOp, StateStore, build_record_batch};
 use tracing::Instrument;
 
 use crate::context::NodeContext;
@@ -38,6 +39,9 @@ use crate::kafka::group_state::{
 use crate::mqtt::persist;
 use crate::stream::partition::{Acks, PartitionMsg, ProduceError};
 use crate::stream::registry::PartitionHandle;
+
+mod load;
+pub use load::run_take_over;
 
 /// How long a new coordinator of the cluster waits for its partition to commit the log it
 /// replays (a leader commits its predecessors' entries with its first own entry).
@@ -59,6 +63,28 @@ const MARK_SUFFIX: &[u8] = b"\xff\xfe";
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 struct GroupMark {
     empty_since: Option<i64>,
+    /// the longest session timeout of its members: a coordinator that takes over gives them
+    /// that long to join it before it counts the group as empty (as Kafka's new coordinator
+    /// loads the members and expires them after their session timeout)
+    session_timeout_ms: i32,
+}
+
+/// The mark as the first clusters wrote it, before it held the members' session timeout.
+#[derive(Deserialize)]
+struct FirstGroupMark {
+    empty_since: Option<i64>,
+}
+
+impl GroupMark {
+    /// A stored mark, in either form.
+    fn decode(value: &[u8]) -> Result<GroupMark, persist::PersistError> {
+        persist::decode(GROUP_OFFSETS, value).or_else(|error| {
+            match persist::decode::<FirstGroupMark>(GROUP_OFFSETS, value) {
+                Ok(first) => Ok(GroupMark { empty_since: first.empty_since, session_timeout_ms: 0 }),
+                Err(_) => Err(error),
+            }
+        })
+    }
 }
 
 /// Messages of the `GroupCoordinator` actor.
@@ -98,6 +124,8 @@ pub struct GroupArgs {
     pub group_id: String,
     /// Where its offsets are kept.
     pub log: OffsetLog,
+    /// What a replay of the whole partition found of it (a take-over), if done already.
+    replayed: Option<load::Replayed>,
 }
 
 /// The `GroupCoordinator` actor.
@@ -194,62 +222,6 @@ fn load_offsets(store: &dyn StateStore, group_id: &str) -> Vec<OffsetRecord> {
         .collect()
 }
 
-/// What a replay of the offsets partition finds of a group.
-#[derive(Default)]
-struct Replayed {
-    /// its offset changes, in the order they committed
-    records: Vec<OffsetRecord>,
-    /// per offset still there, when it was last written
-    written: BTreeMap<(String, i32), i64>,
-    /// its latest mark
-    mark: Option<GroupMark>,
-}
-
-/// The group's offset changes in the offsets partition, in the order they committed, once
-/// the partition has committed everything its log holds now (the leader's first own entry
-/// commits its predecessors').
-async fn replay_offsets(
-    ctx: &NodeContext,
-    partition: &PartitionHandle,
-    group_id: &str,
-) -> Result<Replayed, ActorProcessingErr> {
-    let end = ctx.log_store.offsets(&partition.id)?.log_end;
-    let mut high_watermark = partition.high_watermark.clone();
-    tokio::time::timeout(LOAD_WAIT, high_watermark.wait_for(|committed| *committed >= end))
-        .await
-        .map_err(|_| "the offsets partition has not committed its log yet")??;
-    let prefix = group_prefix(group_id);
-    let mark_key = mark_key(group_id);
-    let mut mark = None;
-    let mut records = Vec::new();
-    // per key, when its latest value was written
-    let mut written: BTreeMap<(String, i32), Option<i64>> = BTreeMap::new();
-    let mut at = ctx.log_store.offsets(&partition.id)?.log_start;
-    while at < end {
-        let batches = ctx.log_store.read(&partition.id, at, REPLAY_CHUNK, end)?;
-        let Some(last) = batches.last() else { break };
-        at = last.last_offset + 1;
-        for batch in &batches {
-            for record in decode_records(&batch.bytes)? {
-                let Some(key) = &record.key else { continue };
-                if *key == mark_key {
-                    mark = record.value.as_deref().map(|value| persist::decode(GROUP_OFFSETS, value)).transpose()?;
-                    continue;
-                }
-                let Some((topic, partition)) = parse_offset_key(&prefix, key) else { continue };
-                let value = match &record.value {
-                    Some(value) => Some(committed(persist::decode(GROUP_OFFSETS, value)?)),
-                    None => None, // a tombstone: deleted, or expired
-                };
-                written.insert((topic.clone(), partition), value.as_ref().map(|_| batch.max_timestamp));
-                records.push(OffsetRecord { topic, partition, value });
-            }
-        }
-    }
-    let written = written.into_iter().filter_map(|(key, at)| Some((key, at?))).collect();
-    Ok(Replayed { records, written, mark })
-}
-
 impl Actor for GroupCoordinator {
     type Msg = GroupMsg;
     type State = GroupShell;
@@ -263,17 +235,27 @@ impl Actor for GroupCoordinator {
             ..GroupConfig::default()
         };
         let mut group = GroupState::new(args.group_id.clone(), config, args.ctx.rng.next_u64());
-        let replayed = match &args.log {
-            OffsetLog::Local => {
-                Replayed { records: load_offsets(args.ctx.state_store.as_ref(), &args.group_id), ..Replayed::default() }
-            }
-            OffsetLog::Replicated { partition, .. } => replay_offsets(&args.ctx, partition, &args.group_id).await?,
+        let replayed = match (&args.log, args.replayed) {
+            (OffsetLog::Local, _) => load::Replayed {
+                records: load_offsets(args.ctx.state_store.as_ref(), &args.group_id),
+                ..load::Replayed::default()
+            },
+            (OffsetLog::Replicated { .. }, Some(replayed)) => replayed,
+            (OffsetLog::Replicated { partition, .. }, None) => load::replay(&args.ctx, partition, Some(&args.group_id))
+                .await?
+                .remove(&args.group_id)
+                .unwrap_or_default(),
         };
         group.restore_offsets(replayed.records);
         let started = args.ctx.now_ms();
         // members do not move with the coordinator (they join again): a group that had some
-        // counts as empty from now, one that had none from when it last had some
-        let empty_since = replayed.mark.and_then(|mark| mark.empty_since).map_or(started, |since| since.min(started));
+        // counts as empty once their session timeout has passed from now, one that had none
+        // from when it last had some
+        let empty_since = match replayed.mark {
+            Some(GroupMark { empty_since: Some(since), .. }) => since.min(started),
+            Some(GroupMark { empty_since: None, session_timeout_ms }) => started + i64::from(session_timeout_ms),
+            None => started,
+        };
         Ok(GroupShell {
             ctx: args.ctx,
             log: args.log,
@@ -452,7 +434,10 @@ impl GroupShell {
 
     /// The mark the log should hold now.
     fn mark(&self) -> GroupMark {
-        GroupMark { empty_since: if self.group.member_count() > 0 { None } else { self.empty_since } }
+        GroupMark {
+            empty_since: if self.group.member_count() > 0 { None } else { self.empty_since },
+            session_timeout_ms: self.group.longest_session_timeout_ms(),
+        }
     }
 
     /// Brings `empty_since` up to the members the group has now and, in a cluster, writes the
@@ -606,6 +591,8 @@ fn leads_in(partition: &PartitionHandle, epoch: u64) -> bool {
 #[derive(Default)]
 pub struct GroupRegistry {
     groups: tokio::sync::Mutex<BTreeMap<String, Coordinating>>,
+    /// per partition of the offsets stream, the leader epoch whose groups were taken over
+    loaded: std::sync::Mutex<BTreeMap<usize, u64>>,
 }
 
 /// A coordinator and the leader epoch it belongs to.
@@ -614,6 +601,30 @@ type Coordinating = (ActorRef<GroupMsg>, Option<u64>);
 impl std::fmt::Debug for GroupRegistry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("GroupRegistry")
+    }
+}
+
+/// Spawns a coordinator into the registry, and ticks it once, so that it sets its timer
+/// (for the rewrites and the expiry of a group nobody asks about).
+async fn spawn_into(
+    groups: &mut BTreeMap<String, Coordinating>,
+    args: GroupArgs,
+) -> Result<ActorRef<GroupMsg>, GroupUnavailable> {
+    let group_id = args.group_id.clone();
+    let epoch = match &args.log {
+        OffsetLog::Replicated { epoch, .. } => Some(*epoch),
+        OffsetLog::Local => None,
+    };
+    match Actor::spawn(None, GroupCoordinator, args).await {
+        Ok((actor, _)) => {
+            let _ = actor.cast(GroupMsg::Tick);
+            groups.insert(group_id, (actor.clone(), epoch));
+            Ok(actor)
+        }
+        Err(error) => {
+            tracing::warn!(group = %group_id, %error, "cannot start group coordinator");
+            Err(if epoch.is_some() { GroupUnavailable::Loading } else { GroupUnavailable::NotAvailable })
+        }
     }
 }
 
@@ -640,18 +651,30 @@ impl GroupRegistry {
             let (actor, _) = groups.remove(group_id).expect("present");
             actor.stop(Some("the group's offsets partition changed leader".into()));
         }
-        let log = log?;
-        let args = GroupArgs { ctx: ctx.clone(), group_id: group_id.to_string(), log };
-        match Actor::spawn(None, GroupCoordinator, args).await {
-            Ok((actor, _)) => {
-                groups.insert(group_id.to_string(), (actor.clone(), epoch));
-                Ok(actor)
+        let args = GroupArgs { ctx: ctx.clone(), group_id: group_id.to_string(), log: log?, replayed: None };
+        spawn_into(&mut groups, args).await
+    }
+
+    /// Builds the coordinator of `group_id` in `log`'s epoch from what a replay found, unless
+    /// one of that epoch runs already; whether it built one.
+    async fn spawn_replayed(
+        &self,
+        ctx: &NodeContext,
+        group_id: &str,
+        log: OffsetLog,
+        replayed: load::Replayed,
+    ) -> bool {
+        let OffsetLog::Replicated { epoch, .. } = &log else { return false };
+        let epoch = *epoch;
+        let mut groups = self.groups.lock().await;
+        if let Some((actor, held)) = groups.get(group_id) {
+            if *held == Some(epoch) {
+                return false;
             }
-            Err(error) => {
-                tracing::warn!(group = group_id, %error, "cannot start group coordinator");
-                Err(if epoch.is_some() { GroupUnavailable::Loading } else { GroupUnavailable::NotAvailable })
-            }
+            actor.stop(Some("the group's offsets partition changed leader".into()));
         }
+        let args = GroupArgs { ctx: ctx.clone(), group_id: group_id.to_string(), log, replayed: Some(replayed) };
+        spawn_into(&mut groups, args).await.is_ok()
     }
 
     /// The coordinator of `group_id` if the group exists: on a node alone, in memory or with
@@ -703,6 +726,21 @@ impl GroupRegistry {
 mod tests {
     use super::*;
     use tidewater_storage::MemoryStore;
+
+    #[test]
+    fn a_mark_written_before_it_held_the_session_timeout_still_reads() {
+        #[derive(Serialize)]
+        struct First {
+            empty_since: Option<i64>,
+        }
+        for empty_since in [None, Some(1_796_665_492_897)] {
+            let first = persist::encode(&First { empty_since });
+            assert_eq!(GroupMark::decode(&first).unwrap(), GroupMark { empty_since, session_timeout_ms: 0 });
+            let mark = GroupMark { empty_since, session_timeout_ms: 6_000 };
+            assert_eq!(GroupMark::decode(&persist::encode(&mark)).unwrap(), mark);
+        }
+        assert!(GroupMark::decode(b"\x01").is_err());
+    }
 
     #[test]
     fn stored_offsets_load_back_for_any_partition_number() {

@@ -144,6 +144,12 @@ impl GroupState {
         self.members.len()
     }
 
+    /// The longest session timeout of the group's members (0 with none): how long they have to
+    /// find a coordinator that takes over.
+    pub fn longest_session_timeout_ms(&self) -> i32 {
+        self.members.values().map(|member| member.session_timeout_ms).max().unwrap_or(0)
+    }
+
     /// Handles a JoinGroup request; its reply may come now or when the join phase completes.
     pub fn join(&mut self, request: JoinRequest, now_ms: i64, reply: ReplyToken) -> Vec<Output> {
         let mut out = Vec::new();
