@@ -47,6 +47,12 @@ pub struct MqttSettings {
     /// (3.1.1: 0x02), as EMQX's `max_clientid_len`; a persistent session keeps its id in
     /// every key it stores.
     pub max_client_id_len: usize,
+    /// Most levels a topic name or filter may have (EMQX's `max_topic_levels`): a PUBLISH or
+    /// will past it is refused as an invalid topic name (0x90), a filter with SUBACK 0x8F.
+    pub max_topic_levels: usize,
+    /// Most subscriptions one session may hold (EMQX's `max_subscriptions`): a SUBSCRIBE of a
+    /// new filter past it gets SUBACK 0x97 Quota exceeded (3.1.1: 0x80).
+    pub max_subscriptions: usize,
     /// Test-only, never read from configuration: acknowledge PUBLISH before what it promises
     /// is durable, so that the simulation can show its checker catches a lost acknowledgement.
     #[serde(skip)]
@@ -68,6 +74,8 @@ impl Default for MqttSettings {
             retain_available: true,
             connect_timeout_ms: 10_000,
             max_client_id_len: 1024,
+            max_topic_levels: 128,
+            max_subscriptions: 100_000,
             test_ack_before_durable: false,
         }
     }
@@ -89,6 +97,8 @@ impl MqttSettings {
             overflow: self.queue_overflow,
             max_topic_alias: self.max_topic_alias,
             retain_available: self.retain_available,
+            max_topic_levels: self.max_topic_levels,
+            max_subscriptions: self.max_subscriptions,
         }
     }
 }

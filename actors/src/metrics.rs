@@ -29,6 +29,9 @@ pub const MQTT_CONNECTIONS_REFUSED: &str = "tidewater_mqtt_connections_refused_t
 /// Times a publisher's connection paused reading because deliveries between sessions filled
 /// their share of the memory budget (counter).
 pub const MQTT_PUBLISHER_PAUSES: &str = "tidewater_mqtt_publisher_pauses_total";
+/// Requests refused for a limit of the node's configuration, by `limit`: `topic_levels`,
+/// `subscriptions` (counter).
+pub const LIMITS_HIT: &str = "tidewater_limits_hit_total";
 /// Bytes of message data the node holds, by `part`: `session_queues`, `deliveries` (gauge).
 pub const MEMORY_BYTES: &str = "tidewater_memory_bytes";
 /// The node's memory budget, `memory.budget_bytes` (gauge).
@@ -49,9 +52,16 @@ pub fn describe() {
     describe_counter!(MQTT_MESSAGES_DROPPED, "messages dropped, by reason");
     describe_counter!(MQTT_CONNECTIONS_REFUSED, "connections refused or closed for a protocol reason");
     describe_counter!(MQTT_PUBLISHER_PAUSES, "publisher connections paused by the memory budget's delivery share");
+    describe_counter!(LIMITS_HIT, "requests refused for a configured limit, by limit");
     describe_gauge!(MEMORY_BYTES, "bytes of message data held, by part (session_queues, deliveries)");
     describe_gauge!(MEMORY_BUDGET, "the node's memory budget (memory.budget_bytes)");
     describe_counter!(tidewater_cluster::invariants::INVARIANT_VIOLATIONS, "invariant violations seen by the node");
+}
+
+/// Counts a request refused for the configured limit `limit` (rare: the labelled lookup is
+/// fine here).
+pub fn limit_hit(limit: &'static str) {
+    metrics::counter!(LIMITS_HIT, "limit" => limit).increment(1);
 }
 
 /// Counter handles registered once per node, so the per-message path does no key hashing

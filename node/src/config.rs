@@ -496,6 +496,12 @@ impl Config {
         if !(1..=65_535).contains(&mqtt.max_client_id_len) {
             return Err(invalid("mqtt.max_client_id_len", "must be between 1 and 65535"));
         }
+        if mqtt.max_topic_levels == 0 {
+            return Err(invalid("mqtt.max_topic_levels", "must be at least 1"));
+        }
+        if mqtt.max_subscriptions == 0 {
+            return Err(invalid("mqtt.max_subscriptions", "must be at least 1"));
+        }
         if mqtt.max_inflight == 0 {
             return Err(invalid("mqtt.max_inflight", "must be at least 1"));
         }
@@ -699,6 +705,10 @@ mod tests {
         assert!(error.contains("mqtt.max_inflight"), "{error}");
         let error = load_toml("[mqtt]\nmax_client_id_len = 0\n").unwrap_err().to_string();
         assert!(error.contains("mqtt.max_client_id_len"), "{error}");
+        for key in ["max_topic_levels", "max_subscriptions"] {
+            let error = load_toml(&format!("[mqtt]\n{key} = 0\n")).unwrap_err().to_string();
+            assert!(error.contains(&format!("mqtt.{key}")), "{error}");
+        }
         let error = load_toml("[storage]\nfsync = \"sometimes\"\n").unwrap_err().to_string();
         assert!(error.contains("storage.fsync"), "{error}");
         let error = load_toml("[tls]\nkafka = true\n").unwrap_err().to_string();

@@ -148,6 +148,15 @@ def subscribe_packet(packet_id, topics, version=5, props=None) -> bytes:
     return fixed(SUBSCRIBE, 0x02, body)
 
 
+def unsubscribe_packet(packet_id, filters, version=5, props=None) -> bytes:
+    body = struct.pack("!H", packet_id)
+    if version == 5:
+        body += encode_props(props)
+    for topic in filters:
+        body += mqtt_str(topic)
+    return fixed(UNSUBSCRIBE, 0x02, body)
+
+
 def sub_options(qos=0, no_local=False, retain_as_published=False, retain_handling=0) -> int:
     return qos | (4 if no_local else 0) | (8 if retain_as_published else 0) | (retain_handling << 4)
 

@@ -463,3 +463,41 @@ def test_a_client_id_longer_than_max_client_id_len_is_refused(make_broker, versi
     with raw(broker, version) as client:
         assert client.connect("b" * 65, clean=False).reason_code == refused
         client.wait_closed(timeout=5)
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_topic_levels_and_subscriptions_per_client_are_bounded(make_broker, version):
+    """mqtt.max_topic_levels and mqtt.max_subscriptions, as EMQX's: a filter past the levels gets
+    SUBACK 0x8F, a new filter past the quota 0x97 (3.1.1: 0x80 for both), a PUBLISH past the
+    levels closes the connection (v5 with DISCONNECT 0x90) and reaches nobody; each is counted."""
+    broker = make_broker(config={"mqtt": {"max_topic_levels": 4, "max_subscriptions": 3}})
+    invalid, quota = (0x8F, 0x97) if version == 5 else (0x80, 0x80)
+    def codes(reason_codes):
+        return [getattr(code, "value", code) for code in reason_codes]
+    with connected(broker, version=version) as paho:
+        assert codes(paho.subscribe("a/b/c/d/e")) == [invalid]
+        assert codes(paho.subscribe("a/b/c/d")) == [1]
+    with raw(broker, version) as client:
+        assert client.connect(unique("many")).reason_code == 0
+        ack = client.subscribe(("lim/+/x/#", 1), ("$share/g/a/b/c/d/e", 1), ("lim/1", 1), ("lim/2", 1), ("lim/3", 1))
+        assert ack.reason_codes == [1, invalid, 1, 1, quota]
+        # a filter held already is replaced, within the quota; unsubscribing makes room
+        assert client.subscribe(("lim/1", 0)).reason_codes == [0]
+        client.send(rawmqtt.unsubscribe_packet(client.packet_id(), ["lim/2"], version))
+        client.expect(rawmqtt.UNSUBACK)
+        assert client.subscribe(("lim/3", 1)).reason_codes == [1]
+    with connected(broker, version=version) as watcher, raw(broker, version) as client:
+        watcher.subscribe("deep/#", qos=1)
+        assert client.connect(unique("deep")).reason_code == 0
+        client.publish_acked("deep/b/c/d", b"four levels")
+        assert watcher.wait_message().payload == b"four levels"
+        client.publish("deep/b/c/d/e", b"five levels", qos=1)
+        packets = client.wait_closed()
+        if version == 5:
+            assert [(p.type, p.reason_code) for p in packets] == [(rawmqtt.DISCONNECT, 0x90)]
+        else:
+            assert packets == []
+        watcher.assert_no_message(0.5)
+    samples = broker.metrics()
+    assert metric_sum(samples, "tidewater_limits_hit_total", limit="topic_levels") == 3
+    assert metric_sum(samples, "tidewater_limits_hit_total", limit="subscriptions") == 1

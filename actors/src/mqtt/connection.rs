@@ -277,6 +277,10 @@ fn check_connect(
             if topic::validate_topic_name(&will.topic).is_err() {
                 return Err(ConnectReturnCode::TopicNameInvalid);
             }
+            if topic::levels(&will.topic) > settings.max_topic_levels {
+                crate::metrics::limit_hit("topic_levels");
+                return Err(ConnectReturnCode::TopicNameInvalid);
+            }
             if will.retain && !settings.retain_available {
                 return Err(ConnectReturnCode::RetainNotSupported);
             }

@@ -49,6 +49,10 @@ pub struct SessionLimits {
     pub max_topic_alias: u16,
     /// Whether retained messages are supported.
     pub retain_available: bool,
+    /// Most levels of a topic name or filter.
+    pub max_topic_levels: usize,
+    /// Most subscriptions the session may hold.
+    pub max_subscriptions: usize,
 }
 
 /// What the client said about itself in CONNECT that governs this connection.
@@ -468,6 +472,11 @@ impl SessionState {
             effects.push(Effect::Close(reason));
             return;
         }
+        if topic::levels(&publish.topic) > self.limits.max_topic_levels {
+            crate::metrics::limit_hit("topic_levels");
+            effects.push(Effect::Close(DisconnectReasonCode::TopicNameInvalid));
+            return;
+        }
         if publish.retain && !self.limits.retain_available {
             effects.push(Effect::Close(DisconnectReasonCode::RetainNotSupported));
             return;
@@ -596,6 +605,7 @@ impl SessionState {
         }
         let mut codes = Vec::with_capacity(subscribe.filters.len());
         let mut granted = Vec::new();
+        let mut held = self.subscriptions.len();
         for filter in subscribe.filters {
             let parsed = match topic::parse_filter(&filter.path) {
                 Ok(parsed) => parsed,
@@ -604,6 +614,19 @@ impl SessionState {
                     continue;
                 }
             };
+            if topic::levels(parsed.filter) > self.limits.max_topic_levels {
+                crate::metrics::limit_hit("topic_levels");
+                codes.push(SubscribeReasonCode::TopicFilterInvalid);
+                continue;
+            }
+            // a filter held already is replaced, not added
+            let adds = !self.subscriptions.contains_key(&filter.path)
+                && !granted.iter().any(|(path, _): &(String, SubOptions)| *path == filter.path);
+            if adds && held >= self.limits.max_subscriptions {
+                crate::metrics::limit_hit("subscriptions");
+                codes.push(SubscribeReasonCode::QuotaExceeded);
+                continue;
+            }
             if parsed.share_group.is_some() && filter.nolocal && version == ProtocolVersion::V5 {
                 // MQTT 5 §3.8.3.1: No Local on a shared subscription is a protocol error
                 effects.push(Effect::Close(DisconnectReasonCode::ProtocolError));
@@ -630,6 +653,9 @@ impl SessionState {
                 1 => SubscribeReasonCode::QoS1,
                 _ => SubscribeReasonCode::QoS2,
             });
+            if adds {
+                held += 1;
+            }
             granted.push((filter.path, options));
         }
         // the subscriptions before their SUBACK: in a cluster the SUBACK waits for their routes

@@ -13,6 +13,8 @@ fn limits() -> SessionLimits {
         overflow: QueueOverflow::DropOldest,
         max_topic_alias: 10,
         retain_available: true,
+        max_topic_levels: 128,
+        max_subscriptions: 100_000,
     }
 }
 
@@ -575,6 +577,34 @@ fn subscribe_grants_per_filter_and_persists() {
     let refused = state.handle_packet(Packet::Subscribe(Subscribe::new("secret/y", QoS::AtMostOnce)), 0, &authorizer);
     assert!(persists(&refused).is_empty(), "nothing granted, nothing persisted");
     assert!(!refused.iter().any(|e| matches!(e, Effect::Subscribed { .. })));
+}
+
+#[test]
+fn topic_levels_and_subscriptions_per_session_are_bounded() {
+    let mut state = connected(SessionLimits { max_topic_levels: 3, max_subscriptions: 2, ..limits() }, v5());
+    let subscribe = |pkid: u16, paths: &[&str]| {
+        let filters = paths.iter().map(|path| SubscribeFilter::new(path.to_string(), QoS::AtLeastOnce)).collect();
+        Packet::Subscribe(Subscribe { pkid, filters, properties: None })
+    };
+    let codes = |effects: &[Effect]| match acks(effects).as_slice() {
+        [Packet::SubAck(ack)] => ack.return_codes.clone(),
+        other => panic!("{other:?}"),
+    };
+    use SubscribeReasonCode::{QoS1, QuotaExceeded, TopicFilterInvalid};
+    // four levels are one too many, wherever the wildcards are; a shared filter counts its own
+    let effects = handle(&mut state, subscribe(1, &["a/b/c/d", "a/+/#", "$share/g/a/b/c/+"]));
+    assert_eq!(codes(&effects), vec![TopicFilterInvalid, QoS1, TopicFilterInvalid]);
+    // the second new filter fills the quota; the same filter twice in one packet adds one
+    let effects = handle(&mut state, subscribe(2, &["x", "x", "y"]));
+    assert_eq!(codes(&effects), vec![QoS1, QoS1, QuotaExceeded]);
+    // a filter held already is replaced, within the quota
+    let effects = handle(&mut state, subscribe(3, &["a/+/#", "z"]));
+    assert_eq!(codes(&effects), vec![QoS1, QuotaExceeded]);
+    assert_eq!(state.subscriptions().len(), 2);
+    // a publish with too many levels is an invalid topic name
+    let effects = handle(&mut state, Packet::Publish(incoming("a/b/c/d", QoS::AtLeastOnce, 9)));
+    assert_eq!(closes(&effects), vec![DisconnectReasonCode::TopicNameInvalid]);
+    assert!(routes(&effects).is_empty());
 }
 
 #[test]

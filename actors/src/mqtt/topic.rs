@@ -26,6 +26,11 @@ pub enum TopicError {
 
 const MAX_TOPIC_LEN: usize = 65535;
 
+/// How many levels a topic name or filter has (`a/b` two, `a/` two, `#` one).
+pub fn levels(topic: &str) -> usize {
+    topic.bytes().filter(|byte| *byte == b'/').count() + 1
+}
+
 /// Checks a topic name used in PUBLISH.
 pub fn validate_topic_name(topic: &str) -> Result<(), TopicError> {
     if topic.is_empty() {
