@@ -53,6 +53,19 @@ pub struct MqttSettings {
     /// Most subscriptions one session may hold (EMQX's `max_subscriptions`): a SUBSCRIBE of a
     /// new filter past it gets SUBACK 0x97 Quota exceeded (3.1.1: 0x80).
     pub max_subscriptions: usize,
+    /// Most connections from one IP address at once (none when unset): one more is refused
+    /// with CONNACK 0x97 Quota exceeded (3.1.1: 0x03).
+    pub max_connections_per_address: Option<usize>,
+    /// Most CONNECTs the node accepts a second, with a second's worth as burst (EMQX's
+    /// `max_conn_rate`; none when unset): one more is refused with CONNACK 0x9F Connection rate
+    /// exceeded (3.1.1: 0x03).
+    pub max_connect_rate: Option<u32>,
+    /// Most PUBLISH packets a connection may send a second, with a second's worth as burst
+    /// (none when unset): past it the connection is closed, v5 with DISCONNECT 0x96 Message
+    /// rate too high.
+    pub max_publish_rate: Option<u32>,
+    /// Most bytes of PUBLISH payload a connection may send a second, as `max_publish_rate`.
+    pub max_publish_bytes_rate: Option<u64>,
     /// Test-only, never read from configuration: acknowledge PUBLISH before what it promises
     /// is durable, so that the simulation can show its checker catches a lost acknowledgement.
     #[serde(skip)]
@@ -76,6 +89,10 @@ impl Default for MqttSettings {
             max_client_id_len: 1024,
             max_topic_levels: 128,
             max_subscriptions: 100_000,
+            max_connections_per_address: None,
+            max_connect_rate: None,
+            max_publish_rate: None,
+            max_publish_bytes_rate: None,
             test_ack_before_durable: false,
         }
     }
@@ -99,6 +116,8 @@ impl MqttSettings {
             retain_available: self.retain_available,
             max_topic_levels: self.max_topic_levels,
             max_subscriptions: self.max_subscriptions,
+            max_publish_rate: self.max_publish_rate,
+            max_publish_bytes_rate: self.max_publish_bytes_rate,
         }
     }
 }
@@ -189,6 +208,11 @@ pub struct NodeInner {
     pub groups: GroupRegistry,
     /// Open MQTT connections.
     pub connections: AtomicUsize,
+    /// Open MQTT connections per IP address, counted when `mqtt.max_connections_per_address`
+    /// is set.
+    pub connections_by_address: std::sync::Mutex<std::collections::BTreeMap<std::net::IpAddr, usize>>,
+    /// The node's CONNECT bucket, when `mqtt.max_connect_rate` is set.
+    pub connect_rate: std::sync::Mutex<Option<crate::rate_limit::TokenBucket>>,
     /// The memory budget of message data.
     pub memory: Arc<crate::memory::MemoryBudget>,
     /// MQTT counters, registered once.
@@ -252,6 +276,8 @@ impl NodeContext {
         Self(Arc::new_cyclic(|inner| {
             let routes = Arc::new(crate::mqtt::cluster_routes::ClusterRoutes::new(parts.node_id, inner.clone()));
             let router = Router::new(Arc::clone(&parts.state_store), &mqtt_counters, Arc::clone(&routes));
+            let connect_rate =
+                parts.mqtt.max_connect_rate.map(|rate| crate::rate_limit::TokenBucket::per_second(rate.into(), 0));
             NodeInner {
                 node_id: parts.node_id,
                 mqtt: parts.mqtt,
@@ -269,6 +295,8 @@ impl NodeContext {
                 streams,
                 groups: GroupRegistry::default(),
                 connections: AtomicUsize::new(0),
+                connections_by_address: std::sync::Mutex::default(),
+                connect_rate: std::sync::Mutex::new(connect_rate),
                 memory: crate::memory::MemoryBudget::new(parts.memory_budget),
                 mqtt_counters,
                 span: tracing::Span::current(),

@@ -10,6 +10,7 @@ mod lookup;
 pub mod memory;
 pub mod metrics;
 pub mod mqtt;
+pub mod rate_limit;
 pub use tidewater_cluster::{check_invariant, invariants, seams};
 pub mod stream;
 

@@ -502,6 +502,15 @@ impl Config {
         if mqtt.max_subscriptions == 0 {
             return Err(invalid("mqtt.max_subscriptions", "must be at least 1"));
         }
+        let unset_or_positive = [
+            ("mqtt.max_connections_per_address", mqtt.max_connections_per_address.map(|n| n as u64)),
+            ("mqtt.max_connect_rate", mqtt.max_connect_rate.map(u64::from)),
+            ("mqtt.max_publish_rate", mqtt.max_publish_rate.map(u64::from)),
+            ("mqtt.max_publish_bytes_rate", mqtt.max_publish_bytes_rate),
+        ];
+        if let Some((key, _)) = unset_or_positive.iter().find(|(_, value)| *value == Some(0)) {
+            return Err(invalid(*key, "must be at least 1 (leave it out for no limit)"));
+        }
         if mqtt.max_inflight == 0 {
             return Err(invalid("mqtt.max_inflight", "must be at least 1"));
         }
@@ -705,7 +714,14 @@ mod tests {
         assert!(error.contains("mqtt.max_inflight"), "{error}");
         let error = load_toml("[mqtt]\nmax_client_id_len = 0\n").unwrap_err().to_string();
         assert!(error.contains("mqtt.max_client_id_len"), "{error}");
-        for key in ["max_topic_levels", "max_subscriptions"] {
+        for key in [
+            "max_topic_levels",
+            "max_subscriptions",
+            "max_connections_per_address",
+            "max_connect_rate",
+            "max_publish_rate",
+            "max_publish_bytes_rate",
+        ] {
             let error = load_toml(&format!("[mqtt]\n{key} = 0\n")).unwrap_err().to_string();
             assert!(error.contains(&format!("mqtt.{key}")), "{error}");
         }

@@ -247,8 +247,9 @@ def connected(broker, **kwargs) -> Client:
     return client
 
 
-def raw(broker, version=5) -> rawmqtt.RawClient:
-    return rawmqtt.RawClient(broker.host, broker.mqtt_port, version=version)
+def raw(broker, version=5, source=None) -> rawmqtt.RawClient:
+    """A raw MQTT connection; `source`: the local address to connect from (127.0.0.x)."""
+    return rawmqtt.RawClient(broker.host, broker.mqtt_port, version=version, source=source)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -290,9 +290,10 @@ def decode(ptype: int, flags: int, body: bytes, version: int) -> Packet:
 class RawClient:
     """One TCP connection speaking MQTT by hand. Every wait is bounded."""
 
-    def __init__(self, host, port, version=5, timeout=10.0):
+    def __init__(self, host, port, version=5, timeout=10.0, source=None):
         self.version = version
-        self.sock = socket.create_connection((host, port), timeout=timeout)
+        self.sock = socket.create_connection((host, port), timeout=timeout,
+                                             source_address=(source, 0) if source else None)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.buf = bytearray()
         self.closed = False

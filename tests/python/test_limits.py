@@ -465,6 +465,7 @@ def test_a_client_id_longer_than_max_client_id_len_is_refused(make_broker, versi
         client.wait_closed(timeout=5)
 
 
+@pytest.mark.tidewater_only
 @pytest.mark.parametrize("version", VERSIONS)
 def test_topic_levels_and_subscriptions_per_client_are_bounded(make_broker, version):
     """mqtt.max_topic_levels and mqtt.max_subscriptions, as EMQX's: a filter past the levels gets
@@ -501,3 +502,79 @@ def test_topic_levels_and_subscriptions_per_client_are_bounded(make_broker, vers
     samples = broker.metrics()
     assert metric_sum(samples, "tidewater_limits_hit_total", limit="topic_levels") == 3
     assert metric_sum(samples, "tidewater_limits_hit_total", limit="subscriptions") == 1
+
+
+@pytest.mark.tidewater_only
+@pytest.mark.parametrize("version,quota,rate", [(5, 0x97, 0x9F), (4, 0x03, 0x03)], ids=["v5", "v311"])
+def test_connections_per_address_and_the_connect_rate_are_bounded(make_broker, version, quota, rate):
+    """mqtt.max_connections_per_address: one more connection from that address gets CONNACK 0x97
+    (3.1.1: 0x03) while another address still connects; mqtt.max_connect_rate: a burst past a
+    second's worth gets 0x9F (3.1.1: 0x03), and a second later connects go through again."""
+    broker = make_broker(config={"mqtt": {"max_connections_per_address": 2}})
+    held = [raw(broker, version, source="127.0.0.1") for _ in range(2)]
+    try:
+        for client in held:
+            assert client.connect(unique("held")).reason_code == 0
+        with raw(broker, version, source="127.0.0.1") as extra:
+            assert extra.connect(unique("extra")).reason_code == quota
+            extra.wait_closed()
+        with raw(broker, version, source="127.0.0.2") as elsewhere:
+            assert elsewhere.connect(unique("elsewhere")).reason_code == 0
+        held.pop().close()
+        # the closed connection's slot is free once the node has seen it go
+        def connects():
+            with raw(broker, version, source="127.0.0.1") as again:
+                return again.connect(unique("again")).reason_code == 0
+        wait_until(connects, timeout=5)
+    finally:
+        for client in held:
+            client.close()
+    assert metric_sum(broker.metrics(), "tidewater_limits_hit_total", limit="connections_per_address") >= 1
+
+    broker = make_broker(config={"mqtt": {"max_connect_rate": 5}})
+    codes = []
+    for _ in range(12):
+        with raw(broker, version) as client:
+            codes.append(client.connect(unique("burst")).reason_code)
+    accepted = codes.count(0)
+    assert 5 <= accepted <= 7 and codes.count(rate) == 12 - accepted, codes
+    time.sleep(1.2)
+    with raw(broker, version) as client:
+        assert client.connect(unique("later")).reason_code == 0
+    assert metric_sum(broker.metrics(), "tidewater_limits_hit_total", limit="connect_rate") == 12 - accepted
+
+
+@pytest.mark.tidewater_only
+@pytest.mark.parametrize("version", VERSIONS)
+def test_a_connection_past_its_publish_rate_is_closed(make_broker, version):
+    """mqtt.max_publish_rate: a client within it stays; one that bursts past a second's worth is
+    closed (v5 with DISCONNECT 0x96 Message rate too high), and what it sent within the rate
+    arrived; mqtt.max_publish_bytes_rate the same in bytes."""
+    broker = make_broker(config={"mqtt": {"max_publish_rate": 20, "max_publish_bytes_rate": 20_000}})
+    topic = unique("lim/rate")
+    expected = [(rawmqtt.DISCONNECT, 0x96)] if version == 5 else []
+    with connected(broker) as watcher:
+        watcher.subscribe(topic, qos=1)
+        with raw(broker, version) as steady:
+            assert steady.connect(unique("steady")).reason_code == 0
+            for i in range(15):  # 10 a second for 1.5 s
+                steady.publish_acked(topic, b"s%d" % i)
+                time.sleep(0.1)
+        assert [m.payload for m in watcher.wait_messages(15)] == [b"s%d" % i for i in range(15)]
+        with raw(broker, version) as burst:
+            assert burst.connect(unique("burst")).reason_code == 0
+            for i in range(40):
+                burst.publish(topic, b"b%d" % i, qos=0)
+            packets = burst.wait_closed()
+            assert [(p.type, p.reason_code) for p in packets] == expected
+        got = [m.payload for m in watcher.drain(1.0)]
+        assert 20 <= len(got) <= 21 and got == [b"b%d" % i for i in range(len(got))], got
+        with raw(broker, version) as heavy:
+            assert heavy.connect(unique("heavy")).reason_code == 0
+            heavy.publish_acked(topic, b"h" * 15_000)
+            heavy.publish(topic, b"H" * 15_000, qos=1, packet_id=7)
+            assert [(p.type, p.reason_code) for p in heavy.wait_closed()] == expected
+        assert [len(m.payload) for m in watcher.drain(1.0)] == [15_000]
+    samples = broker.metrics()
+    assert metric_sum(samples, "tidewater_limits_hit_total", limit="publish_rate") == 1
+    assert metric_sum(samples, "tidewater_limits_hit_total", limit="publish_bytes_rate") == 1

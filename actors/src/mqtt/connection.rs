@@ -6,7 +6,7 @@
 //! An idle connection costs its task, the socket and the outbox: the read buffer is given
 //! back after [`IDLE_TRIM`] without traffic, and the write buffer once it is written.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -56,20 +56,50 @@ pub async fn run_listener(ctx: NodeContext, listener: Box<dyn Listener>, shutdow
     .await
 }
 
-struct ConnectionCount(NodeContext);
+/// Counts an open connection, on the node and (with `mqtt.max_connections_per_address`) per
+/// address, until dropped.
+struct ConnectionCount {
+    ctx: NodeContext,
+    address: Option<IpAddr>,
+}
+
+/// How many connections are open, with this one: on the node, and from its address (0 when not
+/// counted).
+struct OpenConnections {
+    node: usize,
+    address: usize,
+}
 
 impl ConnectionCount {
-    fn open(ctx: &NodeContext) -> (Self, usize) {
-        let count = ctx.connections.fetch_add(1, Ordering::Relaxed) + 1;
+    fn open(ctx: &NodeContext, peer: SocketAddr) -> (Self, OpenConnections) {
+        let node = ctx.connections.fetch_add(1, Ordering::Relaxed) + 1;
         ctx.mqtt_counters.connections.increment(1.0);
-        (Self(ctx.clone()), count)
+        let (address, from_address) = match ctx.mqtt.max_connections_per_address {
+            Some(_) => {
+                let mut counts = ctx.connections_by_address.lock().expect("not poisoned");
+                let count = counts.entry(peer.ip()).or_insert(0);
+                *count += 1;
+                (Some(peer.ip()), *count)
+            }
+            None => (None, 0),
+        };
+        (Self { ctx: ctx.clone(), address }, OpenConnections { node, address: from_address })
     }
 }
 
 impl Drop for ConnectionCount {
     fn drop(&mut self) {
-        self.0.connections.fetch_sub(1, Ordering::Relaxed);
-        self.0.mqtt_counters.connections.decrement(1.0);
+        self.ctx.connections.fetch_sub(1, Ordering::Relaxed);
+        self.ctx.mqtt_counters.connections.decrement(1.0);
+        if let Some(address) = self.address {
+            let mut counts = self.ctx.connections_by_address.lock().expect("not poisoned");
+            if let Some(count) = counts.get_mut(&address) {
+                *count -= 1;
+                if *count == 0 {
+                    counts.remove(&address);
+                }
+            }
+        }
     }
 }
 
@@ -81,7 +111,7 @@ pub async fn serve_connection(
     peer: SocketAddr,
     certified: Option<Arc<str>>,
 ) {
-    let (_count_guard, open_connections) = ConnectionCount::open(&ctx);
+    let (_count_guard, open_connections) = ConnectionCount::open(&ctx, peer);
     // the handshake (CONNECT, session spawn and attach) runs in its own boxed future, freed
     // once it is done: the task of an idle connection keeps only what `run` needs
     let handshake = handshake(&ctx, connection, peer, open_connections, certified.as_deref());
@@ -101,7 +131,7 @@ async fn handshake(
     ctx: &NodeContext,
     connection: Box<dyn Connection>,
     peer: SocketAddr,
-    open_connections: usize,
+    open_connections: OpenConnections,
     certified: Option<&str>,
 ) -> Option<ConnectionIo<Reader, Writer>> {
     let (mut reader, mut writer) = tokio::io::split(connection);
@@ -217,12 +247,22 @@ fn check_connect(
     ctx: &NodeContext,
     connect: &Connect,
     version: ProtocolVersion,
-    open_connections: usize,
+    open_connections: OpenConnections,
     certified: Option<&str>,
 ) -> Result<Accepted, ConnectReturnCode> {
     let settings = &ctx.mqtt;
-    if open_connections > settings.max_connections {
+    if open_connections.node > settings.max_connections {
         return Err(ConnectReturnCode::QuotaExceeded);
+    }
+    if settings.max_connections_per_address.is_some_and(|most| open_connections.address > most) {
+        crate::metrics::limit_hit("connections_per_address");
+        return Err(ConnectReturnCode::QuotaExceeded);
+    }
+    let over_rate =
+        ctx.connect_rate.lock().expect("not poisoned").as_mut().is_some_and(|bucket| !bucket.take(1, ctx.now_ms()));
+    if over_rate {
+        crate::metrics::limit_hit("connect_rate");
+        return Err(ConnectReturnCode::ConnectionRateExceeded);
     }
     let v5 = version == ProtocolVersion::V5;
     let mut client_id = connect.client_id.clone();

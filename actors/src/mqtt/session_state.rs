@@ -21,6 +21,7 @@ use crate::mqtt::codec::{
 };
 use crate::mqtt::message::{Delivery, Message, MessageProperties, RetainHandling, SubOptions};
 use crate::mqtt::topic::{self, TopicError};
+use crate::rate_limit::TokenBucket;
 
 /// What to do when a session's queue is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -53,6 +54,10 @@ pub struct SessionLimits {
     pub max_topic_levels: usize,
     /// Most subscriptions the session may hold.
     pub max_subscriptions: usize,
+    /// PUBLISH packets a connection may send a second.
+    pub max_publish_rate: Option<u32>,
+    /// PUBLISH payload bytes a connection may send a second.
+    pub max_publish_bytes_rate: Option<u64>,
 }
 
 /// What the client said about itself in CONNECT that governs this connection.
@@ -174,6 +179,9 @@ struct Connection {
     writable: bool,
     inbound_aliases: LookupMap<u16, String>,
     outbound_aliases: LookupMap<String, u16>,
+    /// `max_publish_rate` and `max_publish_bytes_rate`, when set
+    publish_rate: Option<TokenBucket>,
+    publish_bytes_rate: Option<TokenBucket>,
 }
 
 /// The state of one MQTT session.
@@ -362,6 +370,8 @@ impl SessionState {
             writable: true,
             inbound_aliases: LookupMap::new(),
             outbound_aliases: LookupMap::new(),
+            publish_rate: self.limits.max_publish_rate.map(|rate| TokenBucket::per_second(rate.into(), now_ms)),
+            publish_bytes_rate: self.limits.max_publish_bytes_rate.map(|rate| TokenBucket::per_second(rate, now_ms)),
         });
         let mut effects = Vec::new();
         // re-send in the order first sent (sequence order), not packet id order: ids wrap
@@ -445,6 +455,16 @@ impl SessionState {
     fn on_publish(&mut self, mut publish: Publish, now_ms: i64, authorizer: &Authorizer, effects: &mut Vec<Effect>) {
         let Some(connection) = self.connection.as_mut() else { return };
         let version = connection.params.version;
+        let over_rate = connection.publish_rate.as_mut().is_some_and(|bucket| !bucket.take(1, now_ms));
+        let over_bytes = connection
+            .publish_bytes_rate
+            .as_mut()
+            .is_some_and(|bucket| !bucket.take(publish.payload.len() as u64, now_ms));
+        if over_rate || over_bytes {
+            crate::metrics::limit_hit(if over_rate { "publish_rate" } else { "publish_bytes_rate" });
+            effects.push(Effect::Close(DisconnectReasonCode::MessageRateTooHigh));
+            return;
+        }
         // topic alias (v5): resolve or record
         let alias = publish.properties.as_ref().and_then(|p| p.topic_alias);
         if let Some(alias) = alias {

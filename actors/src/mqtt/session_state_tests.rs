@@ -15,6 +15,8 @@ fn limits() -> SessionLimits {
         retain_available: true,
         max_topic_levels: 128,
         max_subscriptions: 100_000,
+        max_publish_rate: None,
+        max_publish_bytes_rate: None,
     }
 }
 
@@ -605,6 +607,36 @@ fn topic_levels_and_subscriptions_per_session_are_bounded() {
     let effects = handle(&mut state, Packet::Publish(incoming("a/b/c/d", QoS::AtLeastOnce, 9)));
     assert_eq!(closes(&effects), vec![DisconnectReasonCode::TopicNameInvalid]);
     assert!(routes(&effects).is_empty());
+}
+
+#[test]
+fn a_connection_past_its_publish_rate_is_closed_with_0x96() {
+    let limits = SessionLimits { max_publish_rate: Some(3), max_publish_bytes_rate: Some(100), ..limits() };
+    let mut state = connected(limits.clone(), v5());
+    let publish = |pkid: u16, payload: &str| {
+        let mut publish = incoming("rate/t", QoS::AtLeastOnce, pkid);
+        publish.payload = Bytes::from(payload.to_string());
+        Packet::Publish(publish)
+    };
+    for pkid in 1..=3 {
+        let effects = state.handle_packet(publish(pkid, "x"), 0, &Authorizer::allow_all());
+        assert!(closes(&effects).is_empty(), "three a second may pass at once");
+    }
+    // a second later the bucket holds three again
+    assert!(closes(&state.handle_packet(publish(4, "x"), 1_000, &Authorizer::allow_all())).is_empty());
+    let effects = state.handle_packet(publish(5, "x"), 1_000, &Authorizer::allow_all());
+    assert!(closes(&effects).is_empty());
+    let effects = state.handle_packet(publish(6, "x"), 1_000, &Authorizer::allow_all());
+    assert!(closes(&effects).is_empty());
+    let effects = state.handle_packet(publish(7, "x"), 1_001, &Authorizer::allow_all());
+    assert_eq!(closes(&effects), vec![DisconnectReasonCode::MessageRateTooHigh]);
+    assert!(routes(&effects).is_empty(), "the publish past the rate goes nowhere");
+    // bytes: 100 a second
+    let mut state = connected(limits, v5());
+    let effects = state.handle_packet(publish(1, &"b".repeat(80)), 0, &Authorizer::allow_all());
+    assert!(closes(&effects).is_empty());
+    let effects = state.handle_packet(publish(2, &"b".repeat(30)), 50, &Authorizer::allow_all());
+    assert_eq!(closes(&effects), vec![DisconnectReasonCode::MessageRateTooHigh]);
 }
 
 #[test]

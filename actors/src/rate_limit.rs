@@ -1,0 +1,60 @@
+//! Token buckets for the rate limits of `[mqtt]`: connects per second on the node, and
+//! messages and bytes per second on one connection. A bucket holds one second of its rate,
+//! so a client may burst that much and no more, and the long-run rate is the configured one.
+
+/// A token bucket refilled at `rate` tokens a second, holding at most one second's worth.
+#[derive(Debug, Clone)]
+pub struct TokenBucket {
+    rate: f64,
+    tokens: f64,
+    at_ms: i64,
+}
+
+impl TokenBucket {
+    /// A full bucket of `rate` tokens a second.
+    pub fn per_second(rate: u64, now_ms: i64) -> Self {
+        let rate = rate as f64;
+        Self { rate, tokens: rate, at_ms: now_ms }
+    }
+
+    /// Takes `cost` tokens if the bucket has them at `now_ms`. A cost above a whole second's
+    /// worth passes when the bucket is full, and leaves it in debt for as long as it exceeded
+    /// (a message larger than the byte rate is not refused for ever).
+    pub fn take(&mut self, cost: u64, now_ms: i64) -> bool {
+        let elapsed = (now_ms - self.at_ms).max(0) as f64 / 1000.0;
+        self.at_ms = self.at_ms.max(now_ms);
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.rate);
+        let cost = cost as f64;
+        if self.tokens <= 0.0 || self.tokens < cost.min(self.rate) {
+            return false;
+        }
+        self.tokens -= cost;
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_of_burst_then_the_rate() {
+        let mut bucket = TokenBucket::per_second(10, 0);
+        assert_eq!((0..15).filter(|_| bucket.take(1, 0)).count(), 10, "one second's worth at once");
+        assert!(!bucket.take(1, 50));
+        assert!(bucket.take(1, 100), "a token every 100 ms");
+        assert!(!bucket.take(1, 150));
+        // over a long run, no more than the rate
+        let admitted = (0..10_000).filter(|i| bucket.take(1, 1_000 + i)).count();
+        assert!((100..=111).contains(&admitted), "{admitted} in 10 s at 10/s");
+    }
+
+    #[test]
+    fn a_cost_above_the_rate_passes_when_full_and_leaves_a_debt() {
+        let mut bucket = TokenBucket::per_second(1_000, 0);
+        assert!(bucket.take(5_000, 0), "a full bucket passes one large message");
+        assert!(!bucket.take(1, 3_000), "four seconds of debt, three repaid");
+        assert!(bucket.take(1, 4_100));
+        assert!(!TokenBucket::per_second(0, 0).take(1, 1_000), "a zero rate admits nothing");
+    }
+}
