@@ -2,8 +2,11 @@
 //!
 //! `len` counts everything after itself. A frame is read mini-redis style: parse what the
 //! buffer holds, ask for more when it is short. A peer's bytes are untrusted: the length is
-//! capped before anything is allocated, the version must be ours, and bincode decodes under
-//! the same cap, so a hostile length prefix inside the payload cannot allocate either.
+//! capped, and room for a frame is made only as its bytes arrive ([`RESERVE_AHEAD`] at a
+//! time), so a header that claims 16 MiB costs its sender 16 MiB of bytes, not 9; the version
+//! must be ours; and bincode decodes under a limit that grows with the payload's own length
+//! ([`decode`]), so a length prefix inside the payload cannot allocate more than a bounded
+//! multiple of the bytes that carried it.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use serde::Serialize;
@@ -15,6 +18,8 @@ pub const FRAME_VERSION: u8 = 1;
 pub const MAX_FRAME_BYTES: usize = 16 << 20;
 /// Version and correlation id.
 const FRAME_HEADER: usize = 1 + 8;
+/// The most room a partial frame makes ahead of the bytes it holds.
+pub const RESERVE_AHEAD: usize = 64 << 10;
 
 /// What is wrong with a peer's bytes.
 #[derive(Debug, thiserror::Error)]
@@ -33,8 +38,10 @@ pub enum FrameError {
     TooLarge(usize),
 }
 
-fn config() -> impl bincode::config::Config {
-    bincode::config::standard().with_limit::<MAX_FRAME_BYTES>()
+/// bincode under a limit of `LIMIT` bytes claimed (what strings, byte strings and vectors of
+/// plain values allocate before they read).
+fn config<const LIMIT: usize>() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<LIMIT>()
 }
 
 /// Appends one frame holding `message` to `out`.
@@ -70,7 +77,7 @@ pub fn take_frame(buffer: &mut BytesMut) -> Result<Option<(u64, Bytes)>, FrameEr
         return Err(FrameError::Version(version));
     }
     if buffer.len() < 4 + length as usize {
-        buffer.reserve(4 + length as usize - buffer.len());
+        buffer.reserve((4 + length as usize - buffer.len()).min(RESERVE_AHEAD));
         return Ok(None);
     }
     let mut frame = buffer.split_to(4 + length as usize);
@@ -80,8 +87,21 @@ pub fn take_frame(buffer: &mut BytesMut) -> Result<Option<(u64, Bytes)>, FrameEr
 }
 
 /// Decodes a frame's payload, which must be exactly one `T`.
+///
+/// What bincode may claim grows with the payload, in steps (its limit is a constant): at least
+/// 64 KiB, at least 64 times the payload, and never more than [`MAX_FRAME_BYTES`]. A valid
+/// payload claims at most its own length in strings and bytes, so only a lying length is refused.
+/// What bincode does not limit is serde's preallocation of a sequence (a `Vec` field): serde
+/// reserves the claimed length before it reads the elements, at most 1 MiB ("cautious"), once
+/// for each sequence the message nests, and gives it back when the decode fails.
 pub fn decode<T: DeserializeOwned>(payload: &[u8]) -> Result<T, FrameError> {
-    let (message, used) = bincode::serde::decode_from_slice(payload, config())?;
+    let (message, used) = match payload.len() {
+        0..=1024 => bincode::serde::decode_from_slice(payload, config::<{ 64 << 10 }>())?,
+        1025..=4096 => bincode::serde::decode_from_slice(payload, config::<{ 256 << 10 }>())?,
+        4097..=16384 => bincode::serde::decode_from_slice(payload, config::<{ 1 << 20 }>())?,
+        16385..=65536 => bincode::serde::decode_from_slice(payload, config::<{ 4 << 20 }>())?,
+        _ => bincode::serde::decode_from_slice(payload, config::<MAX_FRAME_BYTES>())?,
+    };
     if used != payload.len() {
         return Err(FrameError::Decode(bincode::error::DecodeError::OtherString(format!(
             "{} bytes left over",
@@ -140,5 +160,29 @@ mod tests {
         out[0..4].copy_from_slice(&length.to_be_bytes());
         let (_, payload) = take_frame(&mut out).unwrap().unwrap();
         assert!(decode::<u32>(&payload).is_err());
+    }
+
+    #[test]
+    fn a_partial_frame_makes_room_as_its_bytes_arrive() {
+        let mut claimed = BytesMut::new();
+        claimed.put_u32(MAX_FRAME_BYTES as u32);
+        claimed.put_u8(FRAME_VERSION);
+        assert!(take_frame(&mut claimed).unwrap().is_none());
+        assert!(claimed.capacity() <= 5 + RESERVE_AHEAD, "{} reserved for 5 bytes", claimed.capacity());
+    }
+
+    #[test]
+    fn a_length_inside_a_small_payload_claims_no_more_than_its_step() {
+        // a string of 1 MiB claimed in 9 bytes: over the 64 KiB a short payload may claim
+        let mut payload = vec![252u8]; // bincode varint: u32 follows
+        payload.extend_from_slice(&(1u32 << 20).to_le_bytes());
+        payload.extend_from_slice(b"abcd");
+        assert!(matches!(decode::<String>(&payload), Err(FrameError::Decode(_))));
+        // a real string of 40 KiB still decodes
+        let text = "x".repeat(40 << 10);
+        let mut out = BytesMut::new();
+        encode(1, &text, &mut out).unwrap();
+        let (_, payload) = take_frame(&mut out).unwrap().unwrap();
+        assert_eq!(decode::<String>(&payload).unwrap(), text);
     }
 }
