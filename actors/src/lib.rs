@@ -3,6 +3,7 @@
 //! Every client session is a ractor actor over a sans-IO state machine; everything a node's
 //! actors share lives in a [`NodeContext`] passed explicitly, never in globals.
 
+pub mod acl;
 pub mod context;
 pub mod kafka;
 pub mod log_limit;

@@ -115,6 +115,14 @@ pub enum MetadataCommand {
         /// the voters keeping up with it, sorted
         replicas: Vec<u64>,
     },
+    /// ACL bindings added and removed (each opaque here: the actors layer encodes them);
+    /// the removals apply first.
+    ChangeAcls {
+        /// bindings added (present already: unchanged)
+        add: Vec<Bytes>,
+        /// bindings removed (absent: unchanged)
+        remove: Vec<Bytes>,
+    },
 }
 
 /// Why a command changed nothing.
@@ -212,6 +220,8 @@ pub struct ClusterMetadata {
     pub leaders: BTreeMap<(String, u32), (u64, u64)>,
     /// the in-sync replicas each partition's leader reported last: (stream, partition) -> (term, set)
     pub in_sync: BTreeMap<(String, u32), (u64, Vec<u64>)>,
+    /// the ACL bindings, encoded
+    pub acls: std::collections::BTreeSet<Bytes>,
 }
 
 impl ClusterMetadata {
@@ -239,6 +249,12 @@ impl ClusterMetadata {
                 if *term >= known.0 {
                     *known = (*term, replicas.clone());
                 }
+            }
+            MetadataCommand::ChangeAcls { add, remove } => {
+                for binding in remove {
+                    self.acls.remove(binding);
+                }
+                self.acls.extend(add.iter().cloned());
             }
             MetadataCommand::Decommission { id } => {
                 let node = self.nodes.get_mut(id).ok_or(MetadataError::UnknownNode(*id))?;
@@ -388,6 +404,16 @@ mod tests {
             metadata.apply(offset as i64, &MetadataCommand::RegisterNode { id, generation: 1 }).unwrap();
         }
         metadata
+    }
+
+    #[test]
+    fn acl_changes_remove_then_add_and_replay_to_the_same_set() {
+        let mut metadata = ClusterMetadata::new();
+        let (a, b) = (Bytes::from_static(b"a"), Bytes::from_static(b"b"));
+        metadata.apply(0, &MetadataCommand::ChangeAcls { add: vec![a.clone(), b.clone()], remove: vec![] }).unwrap();
+        metadata.apply(1, &MetadataCommand::ChangeAcls { add: vec![a.clone()], remove: vec![a.clone()] }).unwrap();
+        metadata.apply(2, &MetadataCommand::ChangeAcls { add: vec![], remove: vec![b.clone()] }).unwrap();
+        assert_eq!(metadata.acls, [a].into());
     }
 
     #[test]

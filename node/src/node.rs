@@ -262,6 +262,15 @@ impl Node {
             };
             let _ = ctx.cluster.set(Arc::new(catalog));
         }
+        let (acls_in_force, acls_ready) = watch::channel(false);
+        let following_acls = crate::replication::spawn_follow_acls(
+            ctx.clone(),
+            config.node_id,
+            generation,
+            view.metadata.clone(),
+            acls_in_force,
+            shutdown_rx.clone(),
+        );
         let (streams_stop, streams_stopped) = watch::channel(false);
         let following = spawn_follow(
             StreamParts {
@@ -287,13 +296,14 @@ impl Node {
         let ready = Arc::new(AtomicBool::new(false));
         let listeners = vec![
             tokio::spawn({
-                let (ctx, shutdown) = (ctx.clone(), shutdown_rx.clone());
+                let (ctx, shutdown, mut acls_ready) = (ctx.clone(), shutdown_rx.clone(), acls_ready.clone());
                 async move {
                     // devices wait in the listener's backlog until the node knows the cluster's
                     // streams: a publish must not be acknowledged for lack of a stream it missed
                     if let Some(caught_up) = caught_up {
                         caught_up.await;
                     }
+                    let _ = acls_ready.wait_for(|ready| *ready).await;
                     use tidewater_actors::mqtt::connection::run_listener;
                     let more =
                         mqtt_more.into_iter().map(|listener| run_listener(ctx.clone(), listener, shutdown.clone()));
@@ -302,15 +312,21 @@ impl Node {
                 }
                 .in_current_span()
             }),
-            tokio::spawn(
-                tidewater_actors::kafka::server::run_listener(ctx.clone(), kafka_listener, shutdown_rx.clone())
-                    .in_current_span(),
-            ),
+            tokio::spawn({
+                let (ctx, shutdown, mut acls_ready) = (ctx.clone(), shutdown_rx.clone(), acls_ready.clone());
+                async move {
+                    // no request is served before the ACL bindings are
+                    let _ = acls_ready.wait_for(|ready| *ready).await;
+                    tidewater_actors::kafka::server::run_listener(ctx, kafka_listener, shutdown).await
+                }
+                .in_current_span()
+            }),
         ];
         let http_state =
             HttpState { metrics, ready: Arc::clone(&ready), ctx: ctx.clone(), cluster: Some(cluster_view) };
         let mut background = vec![
             routing,
+            following_acls,
             tokio::spawn(http::serve(http_listener, http_state, shutdown_rx.clone()).in_current_span()),
             tokio::spawn(
                 run_retention(ctx.clone(), Duration::from_millis(config.kafka.retention_check_ms), shutdown_rx)
@@ -323,6 +339,12 @@ impl Node {
         ));
         if let Some(tls) = tls {
             background.push(tokio::spawn(crate::tls::run_reload(tls, shutdown.subscribe()).in_current_span()));
+        }
+        if !config.clustered() {
+            // a node alone is ready once its ACL bindings are in force (its controller, the
+            // only voter, leads at once); a node of a cluster may wait for the others, and is
+            // ready before: its listeners wait
+            let _ = acls_ready.clone().wait_for(|ready| *ready).await;
         }
         ready.store(true, Ordering::Release);
         tracing::info!(node_id = config.node_id, "tidewater node ready");

@@ -218,6 +218,21 @@ impl ClusterCatalog for NodeCatalog {
         })
     }
 
+    fn change_acls(&self, add: Vec<Vec<u8>>, remove: Vec<Vec<u8>>) -> BoxFuture<'_, Result<(), StreamError>> {
+        Box::pin(async move {
+            let command = MetadataCommand::ChangeAcls {
+                add: add.into_iter().map(Bytes::from).collect(),
+                remove: remove.into_iter().map(Bytes::from).collect(),
+            };
+            let offset = self.propose(&command).await?;
+            self.settle(offset, |_| true).await
+        })
+    }
+
+    fn acls(&self) -> Vec<Vec<u8>> {
+        self.metadata.borrow().acls.iter().map(|binding| binding.to_vec()).collect()
+    }
+
     fn delete(&self, name: String) -> BoxFuture<'_, Result<(), StreamError>> {
         Box::pin(async move {
             if !self.metadata.borrow().streams.contains_key(&name) {
@@ -642,6 +657,54 @@ async fn release(parts: &StreamParts, name: &str, gone: ServedStream, forget: bo
 }
 
 /// Starts [`follow_streams`] in the current span.
+/// Installs the ACL bindings of the controller's metadata as the ones in force, each time they
+/// change, until `shutdown`. `in_force` turns true once the bindings of a metadata that has
+/// applied this node's registration at `generation` are installed (every change committed
+/// before it then is), or after [`ACLS_WAIT`] without it: the listeners wait for that, so
+/// that a restarted node never serves what a binding it has not replayed yet denies.
+pub fn spawn_follow_acls(
+    ctx: NodeContext,
+    node_id: u64,
+    generation: u64,
+    mut metadata: watch::Receiver<ClusterMetadata>,
+    in_force: watch::Sender<bool>,
+    mut shutdown: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    let deadline = tokio::time::Instant::now() + ACLS_WAIT;
+    tokio::spawn(
+        async move {
+            let mut installed = None;
+            loop {
+                let (acls, registered) = {
+                    let now = metadata.borrow_and_update();
+                    let registered = now.nodes.get(&node_id).is_some_and(|node| node.generation == generation);
+                    (now.acls.clone(), registered)
+                };
+                if installed.as_ref() != Some(&acls) {
+                    tidewater_actors::stream::catalog::install_acls(&ctx, acls.iter().map(|binding| binding.as_ref()));
+                    installed = Some(acls);
+                }
+                if registered && !*in_force.borrow() {
+                    in_force.send_replace(true);
+                }
+                tokio::select! {
+                    biased;
+                    _ = shutdown.changed() => return,
+                    _ = tokio::time::sleep_until(deadline), if !*in_force.borrow() => {
+                        tracing::warn!("the controller's metadata is not caught up within {ACLS_WAIT:?}: serving with the ACL bindings this node knows");
+                        in_force.send_replace(true);
+                    }
+                    changed = metadata.changed() => if changed.is_err() { return },
+                }
+            }
+        }
+        .in_current_span(),
+    )
+}
+
+/// How long a starting node waits for its ACL bindings before it serves anyway.
+pub const ACLS_WAIT: Duration = Duration::from_secs(10);
+
 pub fn spawn_follow(parts: StreamParts, shutdown: watch::Receiver<bool>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(follow_streams(parts, shutdown).in_current_span())
 }

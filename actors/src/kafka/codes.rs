@@ -31,6 +31,8 @@ pub const UNKNOWN_MEMBER_ID: i16 = 25;
 pub const INVALID_TOPIC_EXCEPTION: i16 = 17;
 /// Not authorized to access this topic (here: a produce to a bound, read-only stream).
 pub const TOPIC_AUTHORIZATION_FAILED: i16 = 29;
+/// Not authorized to use this consumer group.
+pub const GROUP_AUTHORIZATION_FAILED: i16 = 30;
 /// The client asked for a SASL mechanism the node does not offer.
 pub const UNSUPPORTED_SASL_MECHANISM: i16 = 33;
 /// A SASL request out of its order (SaslAuthenticate before SaslHandshake).

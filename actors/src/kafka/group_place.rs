@@ -50,6 +50,8 @@ pub enum GroupUnavailable {
     Loading,
     /// nobody can coordinate it right now (no leader, the stream not there yet)
     NotAvailable,
+    /// the caller may not use the group (an ACL)
+    NotAuthorized,
 }
 
 impl GroupUnavailable {
@@ -60,6 +62,7 @@ impl GroupUnavailable {
             Self::NotCoordinator => codes::NOT_COORDINATOR,
             Self::Loading => codes::COORDINATOR_LOAD_IN_PROGRESS,
             Self::NotAvailable => codes::COORDINATOR_NOT_AVAILABLE,
+            Self::NotAuthorized => codes::GROUP_AUTHORIZATION_FAILED,
         }
     }
 }

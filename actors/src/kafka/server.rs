@@ -123,22 +123,22 @@ impl KafkaConnectionState {
                         }
                         handlers::Reply::Send(ResponseKind::SaslAuthenticate(response))
                     }
-                    RequestKind::ApiVersions(_) => handlers::dispatch(&self.ctx, request, "", false).await,
+                    RequestKind::ApiVersions(_) => handlers::dispatch(&self.ctx, request, &self.caller(None)).await,
                     _ if !self.sasl.may_serve(&self.ctx.authorizer) => {
                         // as a Kafka broker's SASL listener: nothing is served before authentication
                         self.refused("a request before SASL authentication (auth.allow_anonymous is false)");
                         return false;
                     }
-                    body if !self.ctx.authorizer.may_administer(self.sasl.user()) => {
-                        match handlers::admin::refused(body, api_version) {
+                    body => {
+                        let caller = self.caller(request.client_id.as_deref());
+                        match handlers::acls::refusal(&self.ctx, &caller, body, api_version) {
                             Some(response) => {
                                 self.refused_admin(api_key);
                                 handlers::Reply::Send(response)
                             }
-                            None => handlers::dispatch(&self.ctx, request, &self.peer.ip().to_string(), false).await,
+                            None => handlers::dispatch(&self.ctx, request, &caller).await,
                         }
                     }
-                    _ => handlers::dispatch(&self.ctx, request, &self.peer.ip().to_string(), true).await,
                 };
                 (api_key, api_version, correlation_id, reply)
             }
@@ -182,11 +182,22 @@ impl KafkaConnectionState {
         !close_after
     }
 
-    /// Logs a refused stream administration at `info`, rate-limited.
+    /// Who sends this connection's requests.
+    fn caller(&self, client_id: Option<&str>) -> handlers::Caller {
+        let user = self.sasl.user();
+        handlers::Caller {
+            user: user.map(str::to_string),
+            client_id: client_id.unwrap_or_default().to_string(),
+            host: self.peer.ip(),
+            super_user: self.ctx.authorizer.is_super_user(user),
+        }
+    }
+
+    /// Logs a refused administration at `info`, rate-limited.
     fn refused_admin(&self, api_key: i16) {
         if let Some(held_back) = REFUSALS.admit(self.ctx.now_ms()) {
             let user = self.sasl.user().unwrap_or("anonymous");
-            tracing::info!(peer = %self.peer, user, api_key, held_back, "kafka stream administration refused: not an admin user");
+            tracing::info!(peer = %self.peer, user, api_key, held_back, "kafka administration refused: no admin = true and no ACL allows it");
         }
     }
 

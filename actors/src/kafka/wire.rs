@@ -10,12 +10,12 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{
-    AlterConfigsResponse, ApiKey, CreatePartitionsResponse, CreateTopicsResponse, DeleteTopicsResponse,
-    DescribeClusterResponse, DescribeConfigsResponse, DescribeGroupsResponse, FetchResponse, FindCoordinatorResponse,
-    HeartbeatResponse, IncrementalAlterConfigsResponse, InitProducerIdResponse, JoinGroupResponse, LeaveGroupResponse,
-    ListGroupsResponse, ListOffsetsResponse, MetadataResponse, OffsetCommitResponse, OffsetFetchResponse,
-    OffsetForLeaderEpochResponse, ProduceRequest, ProduceResponse, RequestHeader, ResponseHeader,
-    SaslAuthenticateResponse, SaslHandshakeResponse, SyncGroupResponse,
+    AlterConfigsResponse, ApiKey, CreateAclsResponse, CreatePartitionsResponse, CreateTopicsResponse,
+    DeleteAclsResponse, DeleteTopicsResponse, DescribeAclsResponse, DescribeClusterResponse, DescribeConfigsResponse,
+    DescribeGroupsResponse, FetchResponse, FindCoordinatorResponse, HeartbeatResponse, IncrementalAlterConfigsResponse,
+    InitProducerIdResponse, JoinGroupResponse, LeaveGroupResponse, ListGroupsResponse, ListOffsetsResponse,
+    MetadataResponse, OffsetCommitResponse, OffsetFetchResponse, OffsetForLeaderEpochResponse, ProduceRequest,
+    ProduceResponse, RequestHeader, ResponseHeader, SaslAuthenticateResponse, SaslHandshakeResponse, SyncGroupResponse,
     api_versions_response::ApiVersion,
     produce_response::{PartitionProduceResponse, TopicProduceResponse},
 };
@@ -135,6 +135,10 @@ const SERVED: &[ServedApi] = &[
     api(ApiKey::InitProducerId, 0, 4),
     // every version kafka-protocol has (Kafka 4.0 dropped v0 and v1)
     api(ApiKey::OffsetForLeaderEpoch, 2, 4),
+    // every version kafka-protocol has (v2 is flexible)
+    api(ApiKey::DescribeAcls, 1, 3),
+    api(ApiKey::CreateAcls, 1, 3),
+    api(ApiKey::DeleteAcls, 1, 3),
     // every version kafka-protocol has
     api(ApiKey::DescribeConfigs, 1, 4),
     api(ApiKey::AlterConfigs, 0, 2),
@@ -564,6 +568,9 @@ fn response_key(body: &ResponseKind) -> Option<ApiKey> {
         ResponseKind::DeleteTopics(_) => ApiKey::DeleteTopics,
         ResponseKind::InitProducerId(_) => ApiKey::InitProducerId,
         ResponseKind::OffsetForLeaderEpoch(_) => ApiKey::OffsetForLeaderEpoch,
+        ResponseKind::DescribeAcls(_) => ApiKey::DescribeAcls,
+        ResponseKind::CreateAcls(_) => ApiKey::CreateAcls,
+        ResponseKind::DeleteAcls(_) => ApiKey::DeleteAcls,
         ResponseKind::DescribeConfigs(_) => ApiKey::DescribeConfigs,
         ResponseKind::AlterConfigs(_) => ApiKey::AlterConfigs,
         ResponseKind::CreatePartitions(_) => ApiKey::CreatePartitions,
@@ -596,6 +603,9 @@ fn response_versions(key: ApiKey) -> Option<VersionRange> {
         ApiKey::DeleteTopics => DeleteTopicsResponse::VERSIONS,
         ApiKey::InitProducerId => InitProducerIdResponse::VERSIONS,
         ApiKey::OffsetForLeaderEpoch => OffsetForLeaderEpochResponse::VERSIONS,
+        ApiKey::DescribeAcls => DescribeAclsResponse::VERSIONS,
+        ApiKey::CreateAcls => CreateAclsResponse::VERSIONS,
+        ApiKey::DeleteAcls => DeleteAclsResponse::VERSIONS,
         ApiKey::DescribeConfigs => DescribeConfigsResponse::VERSIONS,
         ApiKey::AlterConfigs => AlterConfigsResponse::VERSIONS,
         ApiKey::CreatePartitions => CreatePartitionsResponse::VERSIONS,

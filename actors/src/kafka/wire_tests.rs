@@ -14,7 +14,7 @@ use proptest::prelude::*;
 use super::*;
 
 /// The advertised table, written out (reasons beside `SERVED`): (api key, min, max).
-const TABLE: [(i16, i16, i16); 25] = [
+const TABLE: [(i16, i16, i16); 28] = [
     (0, 0, 12),
     (1, 4, 12),
     (2, 1, 8),
@@ -33,6 +33,9 @@ const TABLE: [(i16, i16, i16); 25] = [
     (20, 1, 5),
     (22, 0, 4),
     (23, 2, 4),
+    (29, 1, 3),
+    (30, 1, 3),
+    (31, 1, 3),
     (32, 1, 4),
     (33, 0, 2),
     (37, 0, 3),

@@ -6,7 +6,9 @@ use pbkdf2::pbkdf2_hmac;
 use serde::{Deserialize, Serialize};
 use sha2::{Sha256, Sha512};
 
+use crate::acl::{AclBindings, Operation, Principal, Resource};
 use crate::mqtt::topic;
+use std::sync::Arc;
 
 const DEFAULT_ITERATIONS: u32 = 10_000;
 
@@ -148,7 +150,7 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// Allow or deny.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Permission {
     /// The action is allowed.
@@ -216,6 +218,8 @@ pub struct Authorizer {
     admins: std::collections::BTreeSet<String>,
     /// the hash of the admin API's bearer token
     admin_token: Option<PasswordHash>,
+    /// the Kafka ACL bindings in force (the controller's metadata), shared by every clone
+    bindings: Arc<AclBindings>,
 }
 
 /// What a request to the HTTP admin API presented.
@@ -244,6 +248,7 @@ impl Authorizer {
             rules,
             admins: Default::default(),
             admin_token: None,
+            bindings: Arc::default(),
         }
     }
 
@@ -310,44 +315,99 @@ impl Authorizer {
         self.users.get(user)
     }
 
-    /// Whether `user` (authenticated already) may administer streams: anyone while
-    /// authentication is not configured, else a user of `admin = true`.
-    pub fn may_administer(&self, user: Option<&str>) -> bool {
-        !self.admin_api_protected() || user.is_some_and(|user| self.admins.contains(user))
+    /// Whether `user` is a super user (`admin = true`; Kafka's `super.users`): every Kafka
+    /// operation is theirs.
+    pub fn is_super_user(&self, user: Option<&str>) -> bool {
+        user.is_some_and(|user| self.admins.contains(user))
+    }
+
+    /// The Kafka ACL bindings in force, which the node installs from the controller.
+    pub fn bindings(&self) -> &Arc<AclBindings> {
+        &self.bindings
     }
 
     /// Whether `identity` may publish to `topic`.
     pub fn may_publish(&self, identity: &Identity, topic_name: &str) -> bool {
-        self.decide(identity, AclAction::Publish, |rule_filter| topic::matches(rule_filter, topic_name))
+        self.permits(&identity.principal(), Operation::Write, Resource::Topic(topic_name))
     }
 
     /// Whether `identity` may subscribe to `filter` (without any `$share/group/` prefix).
     pub fn may_subscribe(&self, identity: &Identity, filter: &str) -> bool {
-        self.decide(identity, AclAction::Subscribe, |rule_filter| topic::filter_covers(rule_filter, filter))
+        self.permits(&identity.principal(), Operation::Read, Resource::Filter(filter))
     }
 
-    fn decide(&self, identity: &Identity, action: AclAction, covers: impl Fn(&str) -> bool) -> bool {
+    /// Whether `who` may do `operation` on `resource`: a matching DENY binding, then the first
+    /// matching `[[auth.acl]]` rule, then a matching ALLOW binding, then the default (the
+    /// order and the defaults are explained in [`crate::acl`]).
+    pub fn permits(&self, who: &Principal<'_>, operation: Operation, resource: Resource<'_>) -> bool {
+        let verdict = self.bindings.verdict(who, operation, &resource);
+        if verdict.denied {
+            return false;
+        }
+        if let Some(permission) = self.rule_decision(who, operation, &resource) {
+            return permission == Permission::Allow;
+        }
+        if verdict.allowed {
+            return true;
+        }
+        match (resource, operation) {
+            (Resource::Topic(_) | Resource::Filter(_), Operation::Read | Operation::Write | Operation::Describe) => {
+                self.default_permission == Permission::Allow
+            }
+            (
+                Resource::Group(_) | Resource::TransactionalId(_),
+                Operation::Read | Operation::Write | Operation::Describe,
+            ) => !verdict.named,
+            _ => !self.admin_api_protected(),
+        }
+    }
+
+    /// What the config's rules say, first match: they govern reading (subscribe) and writing
+    /// (publish) topics, and an allow of either lets the topic be described.
+    fn rule_decision(&self, who: &Principal<'_>, operation: Operation, resource: &Resource<'_>) -> Option<Permission> {
+        let (name, is_filter) = match *resource {
+            Resource::Topic(name) => (name, false),
+            Resource::Filter(filter) => (filter, true),
+            _ => return None,
+        };
+        let wanted = match operation {
+            Operation::Read => Some(AclAction::Subscribe),
+            Operation::Write => Some(AclAction::Publish),
+            Operation::Describe => None,
+            _ => return None,
+        };
         for rule in &self.rules {
-            if rule.action != action && rule.action != AclAction::All {
+            match wanted {
+                Some(action) if rule.action != action && rule.action != AclAction::All => continue,
+                None if rule.permission == Permission::Deny => continue,
+                _ => {}
+            }
+            if rule.username.as_deref().is_some_and(|u| Some(u) != who.user) {
                 continue;
             }
-            if rule.username.as_ref().is_some_and(|u| Some(u) != identity.username.as_ref()) {
+            if rule.client_id.as_deref().is_some_and(|c| Some(c) != who.client_id) {
                 continue;
             }
-            if rule.client_id.as_ref().is_some_and(|c| *c != identity.client_id) {
-                continue;
-            }
-            let rule_filter = substitute(&rule.topic, identity);
-            if covers(&rule_filter) {
-                return rule.permission == Permission::Allow;
+            let rule_filter = substitute(&rule.topic, who);
+            let covers =
+                if is_filter { topic::filter_covers(&rule_filter, name) } else { topic::matches(&rule_filter, name) };
+            if covers {
+                return Some(rule.permission);
             }
         }
-        self.default_permission == Permission::Allow
+        None
     }
 }
 
-fn substitute(rule_topic: &str, identity: &Identity) -> String {
-    rule_topic.replace("%c", &identity.client_id).replace("%u", identity.username.as_deref().unwrap_or("%u"))
+impl Identity {
+    /// The identity as the permission model's principal.
+    pub fn principal(&self) -> Principal<'_> {
+        Principal { user: self.username.as_deref(), client_id: Some(&self.client_id), host: None }
+    }
+}
+
+fn substitute(rule_topic: &str, who: &Principal<'_>) -> String {
+    rule_topic.replace("%c", who.client_id.unwrap_or("%c")).replace("%u", who.user.unwrap_or("%u"))
 }
 
 #[cfg(test)]
@@ -408,5 +468,57 @@ mod tests {
         let closed = Authorizer::new(false, Permission::Allow, [("u".to_string(), hash)], vec![]);
         assert_eq!(closed.authenticate(None, None), Err(AuthFailure::NotAuthorized));
         assert_eq!(closed.authenticate(Some("x"), Some(b"pw")), Err(AuthFailure::BadCredentials));
+    }
+
+    #[test]
+    fn a_decision_takes_a_deny_binding_then_the_config_rules_then_an_allow_binding_then_the_default() {
+        use crate::acl::{AclBinding, Operation, PatternType, Principal, Resource, ResourceType};
+        let rule = AclRule {
+            permission: Permission::Allow,
+            action: AclAction::Subscribe,
+            topic: "orders".into(),
+            username: None,
+            client_id: None,
+        };
+        let hash: PasswordHash = hash_password("pw", b"salt").parse().unwrap();
+        let authorizer = Authorizer::new(false, Permission::Deny, [("root".to_string(), hash)], vec![rule])
+            .with_admins(["root".to_string()], None);
+        let bind = |kind, name: &str, user: &str, operation, permission| AclBinding {
+            resource_type: kind,
+            name: name.into(),
+            pattern: PatternType::Literal,
+            principal: format!("User:{user}"),
+            host: "*".into(),
+            operation,
+            permission,
+        };
+        let bob = Principal { user: Some("bob"), client_id: Some("c"), host: None };
+        let ann = Principal { user: Some("ann"), ..bob };
+        let may = |who: &Principal<'_>, operation, resource| authorizer.permits(who, operation, resource);
+        // the config rule: reading orders on both protocols, and describing it; nothing else
+        assert!(may(&bob, Operation::Read, Resource::Topic("orders")));
+        assert!(may(&bob, Operation::Read, Resource::Filter("orders")));
+        assert!(may(&bob, Operation::Describe, Resource::Topic("orders")));
+        assert!(!may(&bob, Operation::Write, Resource::Topic("orders")));
+        assert!(!may(&bob, Operation::Read, Resource::Topic("payments")));
+        // administration is closed once authentication is configured; groups are open until named
+        assert!(!may(&bob, Operation::Create, Resource::Cluster));
+        assert!(may(&bob, Operation::Read, Resource::Group("g")));
+        authorizer.bindings().replace(
+            [
+                bind(ResourceType::Topic, "orders", "bob", Operation::Read, Permission::Deny),
+                bind(ResourceType::Topic, "payments", "ann", Operation::Write, Permission::Allow),
+                bind(ResourceType::Group, "g", "ann", Operation::Read, Permission::Allow),
+                bind(ResourceType::Cluster, crate::acl::CLUSTER_NAME, "ann", Operation::Create, Permission::Allow),
+            ]
+            .into(),
+        );
+        assert!(!may(&bob, Operation::Read, Resource::Filter("orders")), "a deny binding beats the config's allow");
+        assert!(may(&ann, Operation::Read, Resource::Topic("orders")));
+        assert!(may(&ann, Operation::Write, Resource::Topic("payments")), "an allow binding beats the default");
+        assert!(may(&ann, Operation::Describe, Resource::Topic("payments")), "WRITE implies DESCRIBE");
+        assert!(!may(&bob, Operation::Read, Resource::Group("g")), "a group named by a binding is closed to others");
+        assert!(may(&ann, Operation::Create, Resource::Cluster));
+        assert!(authorizer.is_super_user(Some("root")) && !authorizer.is_super_user(Some("ann")));
     }
 }

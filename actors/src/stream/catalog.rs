@@ -51,9 +51,47 @@ pub trait ClusterCatalog: Send + Sync + 'static {
     /// Marks a registered node decommissioned (placement then moves its replicas away);
     /// `StreamError::Unknown` names a node that is not registered.
     fn decommission(&self, node: u64) -> BoxFuture<'_, Result<(), StreamError>>;
+    /// Adds and removes ACL bindings (each encoded by [`crate::acl::AclBinding::encode`]) in
+    /// the controller's metadata and returns once this node applied the change.
+    fn change_acls(&self, add: Vec<Vec<u8>>, remove: Vec<Vec<u8>>) -> BoxFuture<'_, Result<(), StreamError>>;
+    /// The ACL bindings of the metadata this node applied, encoded.
+    fn acls(&self) -> Vec<Vec<u8>>;
+}
+
+/// Installs the encoded bindings of the controller's metadata as the ones in force; an
+/// undecodable one (a newer node's form) is left out, and said.
+pub fn install_acls<'a>(ctx: &NodeContext, encoded: impl IntoIterator<Item = &'a [u8]>) {
+    let mut bindings = std::collections::BTreeSet::new();
+    for bytes in encoded {
+        match crate::acl::AclBinding::decode(bytes) {
+            Some(binding) => {
+                bindings.insert(binding);
+            }
+            None => tracing::warn!("an ACL binding of the cluster's metadata does not decode; it is not in force here"),
+        }
+    }
+    ctx.authorizer.bindings().replace(bindings);
 }
 
 impl NodeContext {
+    /// Adds and removes ACL bindings through the controller (on a node alone too: its
+    /// metadata log is durable), in force on this node when it returns, on the others as
+    /// they apply the change.
+    pub async fn change_acls(
+        &self,
+        add: Vec<crate::acl::AclBinding>,
+        remove: Vec<crate::acl::AclBinding>,
+    ) -> Result<(), StreamError> {
+        let Some(controller) = self.cluster.get() else {
+            return Err(StreamError::Unavailable("this node runs no controller replica yet".into()));
+        };
+        let encode = |bindings: Vec<crate::acl::AclBinding>| bindings.iter().map(|binding| binding.encode()).collect();
+        controller.change_acls(encode(add), encode(remove)).await?;
+        let applied = controller.acls();
+        install_acls(self, applied.iter().map(Vec::as_slice));
+        Ok(())
+    }
+
     /// The cluster, when this node is part of one.
     pub fn catalog(&self) -> Option<&Arc<dyn ClusterCatalog>> {
         self.cluster.get().filter(|catalog| catalog.clustered())

@@ -210,7 +210,10 @@ impl Actor for RaftReplica {
     ) -> Result<RaftReplicaState, ActorProcessingErr> {
         let (journal, restored) =
             RaftJournal::open(args.partition.clone(), Arc::clone(&args.log), Arc::clone(&args.state), &args.voters)?;
-        let core = ReplicaCore::new(&args.options, restored.log, restored.applied)?;
+        let mut core = ReplicaCore::new(&args.options, restored.log, restored.applied)?;
+        if core.sole_voter() {
+            core.campaign()?;
+        }
         args.high_watermark.send_replace(core.high_watermark());
         let ticker = Some(myself.send_interval(args.tick, || RaftReplicaMsg::Tick(1)));
         let mut state = RaftReplicaState {

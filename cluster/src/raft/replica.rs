@@ -677,6 +677,12 @@ impl<T> ReplicaCore<T> {
         }
     }
 
+    /// Whether this replica is its group's only voter: it need not wait an election timeout
+    /// to lead (nobody else can), so it campaigns as it starts.
+    pub fn sole_voter(&self) -> bool {
+        self.node.store().conf_state().voters == [self.node.raft.id]
+    }
+
     /// Starts an election now (used to hand leadership over, and by tests).
     pub fn campaign(&mut self) -> Result<(), ReplicaError> {
         self.wake();

@@ -229,7 +229,8 @@ pub async fn create_partitions(ctx: &NodeContext, request: CreatePartitionsReque
 /// delete or alter them (`None`: the request changes no stream): every topic or resource
 /// refused with `TOPIC_AUTHORIZATION_FAILED` (`CLUSTER_AUTHORIZATION_FAILED` for a broker's).
 pub fn refused(request: &RequestKind, version: i16) -> Option<ResponseKind> {
-    const WHY: &str = "only users with admin = true may create, delete or alter streams";
+    const WHY: &str =
+        "not authorized: creating, deleting or altering streams needs admin = true or an ACL that allows it";
     let why = || message(WHY.to_string());
     let code_for = |resource_type: i8| {
         if resource_type == 2 { codes::TOPIC_AUTHORIZATION_FAILED } else { codes::CLUSTER_AUTHORIZATION_FAILED }

@@ -221,7 +221,7 @@ async fn every_response_encodes_at_every_advertised_version() {
                     sasl = crate::kafka::sasl::SaslState::Chosen { mechanism, bare: false };
                     Reply::Send(ResponseKind::SaslAuthenticate(sasl.authenticate(body, &ctx.authorizer, &ctx.rng).0))
                 }
-                _ => dispatch(&ctx, request, "127.0.0.1", true).await,
+                _ => dispatch(&ctx, request, &caller()).await,
             };
             let response = match reply {
                 Reply::Send(response) | Reply::SendFetch(response, _) => response,
@@ -236,4 +236,13 @@ async fn every_response_encodes_at_every_advertised_version() {
         }
     }
     assert!(checked > 100, "only {checked} api versions checked");
+}
+
+fn caller() -> super::Caller {
+    super::Caller {
+        user: None,
+        client_id: String::new(),
+        host: std::net::IpAddr::from([127, 0, 0, 1]),
+        super_user: false,
+    }
 }

@@ -17,8 +17,10 @@ use kafka_protocol::messages::{
 };
 use tokio::sync::watch;
 
+use crate::acl::{Operation, Resource};
 use crate::context::NodeContext;
 use crate::kafka::codes;
+use crate::kafka::handlers::Caller;
 use crate::stream::registry::PartitionHandle;
 
 const LATEST: i64 = -1;
@@ -31,11 +33,23 @@ const MAX_TIMESTAMP: i64 = -3;
 pub type RecordSets = Vec<Vec<Bytes>>;
 
 /// Answers Fetch, waiting up to `max_wait_ms` for `min_bytes`.
-pub async fn fetch(ctx: &NodeContext, request: FetchRequest, version: i16) -> (FetchResponse, RecordSets) {
+pub async fn fetch(
+    ctx: &NodeContext,
+    request: FetchRequest,
+    version: i16,
+    caller: &Caller,
+) -> (FetchResponse, RecordSets) {
+    // what the caller may not read is answered TOPIC_AUTHORIZATION_FAILED, every poll the same
+    let refused: std::collections::BTreeSet<String> = request
+        .topics
+        .iter()
+        .map(|topic| topic.topic.0.to_string())
+        .filter(|name| !caller.may(ctx, Operation::Read, Resource::Topic(name)))
+        .collect();
     let deadline = tokio::time::Instant::now() + Duration::from_millis(request.max_wait_ms.max(0) as u64);
     let min_bytes = request.min_bytes.max(0) as usize;
     loop {
-        let (response, sets, bytes, mut watches) = read_once(ctx, &request, version);
+        let (response, sets, bytes, mut watches) = read_once(ctx, &request, version, &refused);
         let now = tokio::time::Instant::now();
         if bytes >= min_bytes.max(1) || now >= deadline || watches.is_empty() {
             return (response, sets);
@@ -43,7 +57,7 @@ pub async fn fetch(ctx: &NodeContext, request: FetchRequest, version: i16) -> (F
         // wait for any partition's high watermark to move, or the deadline
         let changed = futures::future::select_all(watches.iter_mut().map(|w| Box::pin(w.changed())));
         if tokio::time::timeout_at(deadline, changed).await.is_err() {
-            let (response, sets, _, _) = read_once(ctx, &request, version);
+            let (response, sets, _, _) = read_once(ctx, &request, version, &refused);
             return (response, sets);
         }
     }
@@ -53,6 +67,7 @@ fn read_once(
     ctx: &NodeContext,
     request: &FetchRequest,
     version: i16,
+    refused: &std::collections::BTreeSet<String>,
 ) -> (FetchResponse, RecordSets, usize, Vec<watch::Receiver<i64>>) {
     let mut total = 0usize;
     // what the client asks, within the node's cap: a connection holds one response at a
@@ -65,7 +80,7 @@ fn read_once(
     let mut partitions_before = 0;
     let mut responses = Vec::with_capacity(request.topics.len());
     for topic in &request.topics {
-        let stream = ctx.streams.get(topic.topic.0.as_str());
+        let stream = ctx.streams.get(topic.topic.0.as_str()).filter(|_| !refused.contains(topic.topic.0.as_str()));
         let mut partitions = Vec::with_capacity(topic.partitions.len());
         for wanted in &topic.partitions {
             let index = wanted.partition;
@@ -77,7 +92,12 @@ fn read_once(
             let Some(partition) =
                 stream.as_ref().and_then(|s| usize::try_from(index).ok().and_then(|i| s.partitions.get(i)))
             else {
-                partitions.push(data.with_error_code(codes::UNKNOWN_TOPIC_OR_PARTITION));
+                let code = if refused.contains(topic.topic.0.as_str()) {
+                    codes::TOPIC_AUTHORIZATION_FAILED
+                } else {
+                    codes::UNKNOWN_TOPIC_OR_PARTITION
+                };
+                partitions.push(data.with_error_code(code));
                 continue;
             };
             if let Err(code) = leader_check(partition, wanted.current_leader_epoch) {
@@ -141,11 +161,17 @@ fn read_once(
 }
 
 /// Answers ListOffsets (v1+): earliest, latest, or the first offset at or after a timestamp.
-pub fn list_offsets(ctx: &NodeContext, request: ListOffsetsRequest, version: i16) -> ListOffsetsResponse {
+pub fn list_offsets(
+    ctx: &NodeContext,
+    request: ListOffsetsRequest,
+    version: i16,
+    caller: &Caller,
+) -> ListOffsetsResponse {
     let topics = request
         .topics
         .into_iter()
         .map(|topic| {
+            let authorized = caller.may(ctx, Operation::Describe, Resource::Topic(topic.name.0.as_str()));
             let stream = ctx.streams.get(topic.name.0.as_str());
             let partitions = topic
                 .partitions
@@ -156,6 +182,9 @@ pub fn list_offsets(ctx: &NodeContext, request: ListOffsetsRequest, version: i16
                         .with_partition_index(index)
                         .with_timestamp(-1)
                         .with_offset(-1);
+                    if !authorized {
+                        return base.with_error_code(codes::TOPIC_AUTHORIZATION_FAILED);
+                    }
                     let Some(partition) =
                         stream.as_ref().and_then(|s| usize::try_from(index).ok().and_then(|i| s.partitions.get(i)))
                     else {

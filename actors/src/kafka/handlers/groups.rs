@@ -22,11 +22,13 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::StrBytes;
 use ractor::call_t;
 
+use crate::acl::{Operation, Resource};
 use crate::context::NodeContext;
 use crate::kafka::codes;
 use crate::kafka::group::GroupMsg;
 use crate::kafka::group_place::{self, GroupUnavailable};
 use crate::kafka::group_state::{FetchedOffset, JoinRequest, LeaveMember, OffsetCommitEntry, SyncRequest};
+use crate::kafka::handlers::Caller;
 
 const CALL_MS: u64 = 10_000;
 /// An OffsetCommit waits for the offsets to be stored (in a cluster: committed by raft).
@@ -42,11 +44,13 @@ pub async fn dispatch(
     body: RequestKind,
     version: i16,
     client_id: &str,
-    client_host: &str,
+    caller: &Caller,
 ) -> Option<ResponseKind> {
+    let client_host = caller.host.to_string();
+    let client_host = client_host.as_str();
     Some(match body {
         RequestKind::FindCoordinator(request) => {
-            ResponseKind::FindCoordinator(find_coordinator(ctx, request, version).await)
+            ResponseKind::FindCoordinator(find_coordinator(ctx, request, version, caller).await)
         }
         RequestKind::JoinGroup(request) => {
             let group = request.group_id.0.to_string();
@@ -73,7 +77,7 @@ pub async fn dispatch(
                     .with_generation_id(-1)
                     .with_member_id(s(join.member_id.clone()))
             };
-            let response = match ctx.groups.get_or_spawn(ctx, &group).await {
+            let response = match coordinator(ctx, caller, Operation::Read, &group, true).await {
                 Ok(actor) => match call_t!(actor, GroupMsg::Join, wait, join.clone()) {
                     Ok(r) => JoinGroupResponse::default()
                         .with_error_code(r.error.code())
@@ -112,7 +116,7 @@ pub async fn dispatch(
             };
             let failed = SyncGroupResponse::default().with_error_code(codes::COORDINATOR_NOT_AVAILABLE);
             // a follower waits for the leader: up to a (long) rebalance
-            let response = match ctx.groups.get(ctx, &group).await {
+            let response = match coordinator(ctx, caller, Operation::Read, &group, false).await {
                 Ok(actor) => match call_t!(actor, GroupMsg::Sync, 300_000 + CALL_MS, sync) {
                     Ok(r) => SyncGroupResponse::default()
                         .with_error_code(r.error.code())
@@ -127,7 +131,7 @@ pub async fn dispatch(
         }
         RequestKind::Heartbeat(request) => {
             let group = request.group_id.0.to_string();
-            let code = match ctx.groups.get(ctx, &group).await {
+            let code = match coordinator(ctx, caller, Operation::Read, &group, false).await {
                 Ok(actor) => {
                     match call_t!(
                         actor,
@@ -157,7 +161,7 @@ pub async fn dispatch(
             if members.is_empty() {
                 members.push(LeaveMember { member_id: request.member_id.to_string(), group_instance_id: None });
             }
-            let response = match ctx.groups.get(ctx, &group).await {
+            let response = match coordinator(ctx, caller, Operation::Read, &group, false).await {
                 Ok(actor) => match call_t!(actor, GroupMsg::Leave, CALL_MS, members) {
                     Ok(r) => {
                         let mut response = LeaveGroupResponse::default().with_error_code(r.error.code());
@@ -191,7 +195,13 @@ pub async fn dispatch(
             let mut entries = Vec::new();
             // (topic, partition) of the request that name no partition of a stream
             let mut unknown = std::collections::BTreeSet::new();
+            // topics the caller may not read: their offsets are not committed
+            let mut refused = std::collections::BTreeSet::new();
             for topic in &request.topics {
+                if !caller.may(ctx, Operation::Read, Resource::Topic(topic.name.0.as_str())) {
+                    refused.insert(topic.name.0.to_string());
+                    continue;
+                }
                 let partitions = ctx.streams.get(topic.name.0.as_str()).map_or(0, |stream| stream.partitions.len());
                 for p in &topic.partitions {
                     if p.partition_index < 0 || p.partition_index as usize >= partitions {
@@ -207,7 +217,7 @@ pub async fn dispatch(
                     });
                 }
             }
-            let results = match ctx.groups.get_or_spawn(ctx, &group).await {
+            let results = match coordinator(ctx, caller, Operation::Read, &group, true).await {
                 Ok(actor) => call_t!(
                     actor,
                     GroupMsg::Commit,
@@ -229,6 +239,7 @@ pub async fn dispatch(
                         .iter()
                         .map(|p| {
                             let code = match &results {
+                                _ if refused.contains(&name) => codes::TOPIC_AUTHORIZATION_FAILED,
                                 _ if unknown.contains(&(name.clone(), p.partition_index)) => {
                                     codes::UNKNOWN_TOPIC_OR_PARTITION
                                 }
@@ -258,7 +269,8 @@ pub async fn dispatch(
                             .flat_map(|t| t.partition_indexes.iter().map(move |p| (t.name.0.to_string(), *p)))
                             .collect()
                     });
-                    let (fetched, code) = match fetch_offsets(ctx, wanted.group_id.0.as_str(), partitions).await {
+                    let (fetched, code) = match fetch_offsets(ctx, caller, wanted.group_id.0.as_str(), partitions).await
+                    {
                         Ok(fetched) => (fetched, codes::NONE),
                         Err(code) => (Vec::new(), code),
                     };
@@ -294,7 +306,7 @@ pub async fn dispatch(
                         .flat_map(|t| t.partition_indexes.iter().map(move |p| (t.name.0.to_string(), *p)))
                         .collect()
                 });
-                let (fetched, code) = match fetch_offsets(ctx, request.group_id.0.as_str(), partitions).await {
+                let (fetched, code) = match fetch_offsets(ctx, caller, request.group_id.0.as_str(), partitions).await {
                     Ok(fetched) => (fetched, codes::NONE),
                     Err(code) => (Vec::new(), code),
                 };
@@ -324,7 +336,7 @@ pub async fn dispatch(
         RequestKind::DescribeGroups(request) => {
             let mut groups = Vec::with_capacity(request.groups.len());
             for group_id in request.groups {
-                let described = match ctx.groups.get(ctx, group_id.0.as_str()).await {
+                let described = match coordinator(ctx, caller, Operation::Describe, group_id.0.as_str(), false).await {
                     Ok(actor) => {
                         call_t!(actor, GroupMsg::Describe, CALL_MS).map_err(|_| codes::COORDINATOR_NOT_AVAILABLE)
                     }
@@ -374,6 +386,9 @@ pub async fn dispatch(
             let mut groups = Vec::new();
             for actor in ctx.groups.all().await {
                 let Ok(listing) = call_t!(actor, GroupMsg::List, CALL_MS) else { continue };
+                if !caller.may(ctx, Operation::Describe, Resource::Group(&listing.group_id)) {
+                    continue;
+                }
                 if !states.is_empty() && !states.contains(&listing.state.to_lowercase()) {
                     continue;
                 }
@@ -391,15 +406,30 @@ pub async fn dispatch(
     })
 }
 
+/// The coordinator of `group` for a request that does `operation` on it, if the caller may.
+async fn coordinator(
+    ctx: &NodeContext,
+    caller: &Caller,
+    operation: Operation,
+    group: &str,
+    spawn: bool,
+) -> Result<ractor::ActorRef<GroupMsg>, GroupUnavailable> {
+    if !caller.may(ctx, operation, Resource::Group(group)) {
+        return Err(GroupUnavailable::NotAuthorized);
+    }
+    if spawn { ctx.groups.get_or_spawn(ctx, group).await } else { ctx.groups.get(ctx, group).await }
+}
+
 /// A group's committed offsets (-1 for each partition asked for without one), or the error
 /// code of a group coordinated elsewhere or not at all right now.
 async fn fetch_offsets(
     ctx: &NodeContext,
+    caller: &Caller,
     group: &str,
     partitions: Option<Vec<(String, i32)>>,
 ) -> Result<Vec<FetchedOffset>, i16> {
     let wanted = partitions.clone();
-    let fetched = match ctx.groups.get(ctx, group).await {
+    let fetched = match coordinator(ctx, caller, Operation::Describe, group, false).await {
         Ok(actor) => {
             call_t!(actor, GroupMsg::FetchOffsets, CALL_MS, partitions).map_err(|_| codes::COORDINATOR_NOT_AVAILABLE)?
         }
@@ -445,11 +475,23 @@ async fn coordinator_of(ctx: &NodeContext, key_type: i8, key: &str) -> Result<(i
     }
 }
 
-async fn find_coordinator(ctx: &NodeContext, request: FindCoordinatorRequest, version: i16) -> FindCoordinatorResponse {
+async fn find_coordinator(
+    ctx: &NodeContext,
+    request: FindCoordinatorRequest,
+    version: i16,
+    caller: &Caller,
+) -> FindCoordinatorResponse {
+    let found = async |key: &str| {
+        if request.key_type == 0 && !caller.may(ctx, Operation::Describe, Resource::Group(key)) {
+            return Err(codes::GROUP_AUTHORIZATION_FAILED);
+        }
+        coordinator_of(ctx, request.key_type, key).await
+    };
     if version >= 4 {
         let mut coordinators = Vec::with_capacity(request.coordinator_keys.len());
-        for key in request.coordinator_keys {
-            let found = coordinator_of(ctx, request.key_type, key.as_str()).await;
+        for key in &request.coordinator_keys {
+            let found = found(key.as_str()).await;
+            let key = key.clone();
             let coordinator = Coordinator::default().with_key(key);
             coordinators.push(match found {
                 Ok((node, host, port)) => coordinator
@@ -462,7 +504,7 @@ async fn find_coordinator(ctx: &NodeContext, request: FindCoordinatorRequest, ve
         }
         return FindCoordinatorResponse::default().with_coordinators(coordinators);
     }
-    match coordinator_of(ctx, request.key_type, request.key.as_str()).await {
+    match found(request.key.as_str()).await {
         Ok((node, host, port)) => FindCoordinatorResponse::default()
             .with_error_code(codes::NONE)
             .with_node_id(BrokerId(node))

@@ -7,8 +7,10 @@ use kafka_protocol::messages::metadata_response::{
 use kafka_protocol::messages::{BrokerId, DescribeClusterRequest, MetadataRequest, TopicName};
 use kafka_protocol::protocol::StrBytes;
 
+use crate::acl::{Operation, Resource};
 use crate::context::NodeContext;
 use crate::kafka::codes;
+use crate::kafka::handlers::Caller;
 use crate::stream::catalog::Broker;
 use crate::stream::def::{StreamDef, valid_name};
 use crate::stream::registry::Stream;
@@ -74,7 +76,7 @@ fn topic_entry(ctx: &NodeContext, stream: &Stream, version: i16) -> MetadataResp
 }
 
 /// Answers Metadata, auto-creating unknown topics as free streams when allowed.
-pub async fn metadata(ctx: &NodeContext, request: MetadataRequest, version: i16, may_create: bool) -> MetadataResponse {
+pub async fn metadata(ctx: &NodeContext, request: MetadataRequest, version: i16, caller: &Caller) -> MetadataResponse {
     let mut topics = Vec::new();
     // v0: an empty list means all topics; v1+: null means all, empty means none
     let requested: Option<Vec<String>> = match request.topics {
@@ -83,19 +85,28 @@ pub async fn metadata(ctx: &NodeContext, request: MetadataRequest, version: i16,
         Some(list) => Some(list.into_iter().filter_map(|t| t.name.map(|n| n.0.to_string())).collect()),
     };
     match requested {
-        None => topics.extend(ctx.streams.list().iter().map(|stream| topic_entry(ctx, stream, version))),
+        // the streams the caller may not describe are left out, as Kafka does
+        None => topics.extend(
+            ctx.streams
+                .list()
+                .iter()
+                .filter(|stream| caller.may(ctx, Operation::Describe, Resource::Topic(&stream.def.name)))
+                .map(|stream| topic_entry(ctx, stream, version)),
+        ),
         Some(names) => {
-            let auto_create =
-                may_create && ctx.kafka.auto_create_topics && (version < 4 || request.allow_auto_topic_creation);
+            let auto_create = ctx.kafka.auto_create_topics && (version < 4 || request.allow_auto_topic_creation);
             for name in names {
                 let error_topic = |code| {
                     MetadataResponseTopic::default().with_name(Some(TopicName(s(name.clone())))).with_error_code(code)
                 };
-                if let Some(stream) = ctx.streams.get(&name) {
+                if !caller.may(ctx, Operation::Describe, Resource::Topic(&name)) {
+                    // whether it exists or not: existence is not told to whom may not describe it
+                    topics.push(error_topic(codes::TOPIC_AUTHORIZATION_FAILED));
+                } else if let Some(stream) = ctx.streams.get(&name) {
                     topics.push(topic_entry(ctx, &stream, version));
                 } else if !valid_name(&name) {
                     topics.push(error_topic(codes::INVALID_TOPIC_EXCEPTION));
-                } else if auto_create {
+                } else if auto_create && caller.may_create(ctx, &name) {
                     let mut def = StreamDef::free(&name, ctx.kafka.default_partitions);
                     def.replication_factor = ctx.default_replication_factor();
                     match ctx.create_stream(def).await {

@@ -8,8 +8,10 @@ use kafka_protocol::protocol::StrBytes;
 use ractor::call_t;
 use tidewater_storage::split_batches;
 
+use crate::acl::{Operation, Resource};
 use crate::context::NodeContext;
 use crate::kafka::codes;
+use crate::kafka::handlers::Caller;
 use crate::stream::def::StreamKind;
 use crate::stream::partition::{Acks, PartitionMsg, ProduceError};
 
@@ -19,7 +21,7 @@ const APPEND_TIMEOUT_MS: u64 = 30_000;
 /// written concurrently (each partition's batches in order); a replicated partition's answer waits at
 /// most the request's `timeout_ms`, then is `REQUEST_TIMED_OUT` (the batch may still commit: an
 /// idempotent producer's retry is then answered with its offset).
-pub async fn produce(ctx: &NodeContext, request: ProduceRequest, version: i16) -> ProduceResponse {
+pub async fn produce(ctx: &NodeContext, request: ProduceRequest, version: i16, caller: &Caller) -> ProduceResponse {
     let acks = if request.acks == 1 { Acks::Leader } else { Acks::All };
     let replicated_wait = (request.timeout_ms.max(1) as u64).min(APPEND_TIMEOUT_MS);
     let mut topics = Vec::with_capacity(request.topic_data.len());
@@ -27,11 +29,13 @@ pub async fn produce(ctx: &NodeContext, request: ProduceRequest, version: i16) -
     for topic in request.topic_data {
         let stream = ctx.streams.get(topic.name.0.as_str());
         let name = topic.name.0.to_string();
+        let authorized = caller.may(ctx, Operation::Write, Resource::Topic(&name));
         topics.push((topic.name, topic.partition_data.len()));
         for data in topic.partition_data {
             let wait =
                 if stream.as_ref().is_some_and(|s| s.replicated()) { replicated_wait } else { APPEND_TIMEOUT_MS };
-            answers.push(produce_partition(ctx, stream.clone(), name.clone(), data, acks, version, wait));
+            let stream = if authorized { Ok(stream.clone()) } else { Err(()) };
+            answers.push(produce_partition(ctx, stream, name.clone(), data, acks, version, wait));
         }
     }
     let mut answers = futures::future::join_all(answers).await.into_iter();
@@ -48,7 +52,8 @@ pub async fn produce(ctx: &NodeContext, request: ProduceRequest, version: i16) -
 /// Writes one partition's records: every batch in order, each answered within `wait_ms`.
 async fn produce_partition(
     ctx: &NodeContext,
-    stream: Option<std::sync::Arc<crate::stream::registry::Stream>>,
+    // Err: the caller may not write the topic
+    stream: Result<Option<std::sync::Arc<crate::stream::registry::Stream>>, ()>,
     name: String,
     data: PartitionProduceData,
     acks: Acks,
@@ -61,7 +66,10 @@ async fn produce_partition(
         // the error message field exists from v8
         if version >= 8 { response.with_error_message(message.map(StrBytes::from_string)) } else { response }
     };
-    let Some(stream) = &stream else {
+    let Ok(stream) = &stream else {
+        return reply(codes::TOPIC_AUTHORIZATION_FAILED, Some(format!("not authorized to write {name}")));
+    };
+    let Some(stream) = stream else {
         return reply(codes::UNKNOWN_TOPIC_OR_PARTITION, None);
     };
     if stream.def.kind == StreamKind::Bound {
