@@ -186,6 +186,32 @@ fn sample(api_key: i16, version: i16) -> Option<RequestKind> {
                 .with_topics(vec![CreatePartitionsTopic::default().with_name(topic("t")).with_count(1)]),
         ),
         60 => RequestKind::DescribeCluster(DescribeClusterRequest::default()),
+        // a binding, a filter of any binding, and an invalid creation: the answers carry results
+        29 => RequestKind::DescribeAcls(
+            kafka_protocol::messages::DescribeAclsRequest::default()
+                .with_resource_type_filter(1)
+                .with_pattern_type_filter(1)
+                .with_operation(1)
+                .with_permission_type(1),
+        ),
+        30 => RequestKind::CreateAcls(kafka_protocol::messages::CreateAclsRequest::default().with_creations(vec![
+            kafka_protocol::messages::create_acls_request::AclCreation::default()
+                .with_resource_type(2)
+                .with_resource_name(s("t"))
+                .with_resource_pattern_type(3)
+                .with_principal(s("User:alice"))
+                .with_host(s("*"))
+                .with_operation(3)
+                .with_permission_type(3),
+            kafka_protocol::messages::create_acls_request::AclCreation::default().with_principal(s("alice")),
+        ])),
+        31 => RequestKind::DeleteAcls(kafka_protocol::messages::DeleteAclsRequest::default().with_filters(vec![
+            kafka_protocol::messages::delete_acls_request::DeleteAclsFilter::default()
+                .with_resource_type_filter(1)
+                .with_pattern_type_filter(1)
+                .with_operation(1)
+                .with_permission_type(1),
+        ])),
         17 => RequestKind::SaslHandshake(
             kafka_protocol::messages::SaslHandshakeRequest::default()
                 .with_mechanism(StrBytes::from_static_str("PLAIN")),
