@@ -144,6 +144,11 @@ const OFFSET_FOR_LEADER_EPOCH: &[Field] = &[since(3, I32), all(Structs(OFFSET_FO
 const OFFSET_FOR_LEADER_EPOCH_TOPIC: &[Field] = &[all(Str), all(Structs(OFFSET_FOR_LEADER_EPOCH_PARTITION))];
 const OFFSET_FOR_LEADER_EPOCH_PARTITION: &[Field] = &[all(I32), all(I32), all(I32)];
 
+// v1+ (the versions served): resource type, name, pattern type, principal, host, operation, permission
+const ACL_ENTRY: &[Field] = &[all(I8), all(Str), all(I8), all(Str), all(Str), all(I8), all(I8)];
+const CREATE_ACLS: &[Field] = &[all(Structs(ACL_ENTRY))];
+const DELETE_ACLS: &[Field] = &[all(Structs(ACL_ENTRY))];
+
 /// The body schema of a served api with arrays; apis without arrays need no walk.
 fn body_schema(key: ApiKey) -> Option<&'static [Field]> {
     Some(match key {
@@ -166,6 +171,8 @@ fn body_schema(key: ApiKey) -> Option<&'static [Field]> {
         ApiKey::AlterConfigs => ALTER_CONFIGS,
         ApiKey::IncrementalAlterConfigs => INCREMENTAL_ALTER_CONFIGS,
         ApiKey::OffsetForLeaderEpoch => OFFSET_FOR_LEADER_EPOCH,
+        ApiKey::CreateAcls => CREATE_ACLS,
+        ApiKey::DeleteAcls => DELETE_ACLS,
         _ => return None,
     })
 }
