@@ -123,6 +123,15 @@ pub enum MetadataCommand {
         /// bindings removed (absent: unchanged)
         remove: Vec<Bytes>,
     },
+    /// Users' credentials set and removed (Kafka's AlterUserScramCredentials): each is keyed by
+    /// the user and a mechanism (`SCRAM-SHA-256`), its value opaque here (the actors layer
+    /// encodes it); the removals apply first.
+    ChangeCredentials {
+        /// (user, mechanism, credential): set, replacing what that user had for that mechanism
+        upsert: Vec<(String, String, Bytes)>,
+        /// (user, mechanism): removed (absent: unchanged)
+        delete: Vec<(String, String)>,
+    },
 }
 
 /// Why a command changed nothing.
@@ -222,6 +231,8 @@ pub struct ClusterMetadata {
     pub in_sync: BTreeMap<(String, u32), (u64, Vec<u64>)>,
     /// the ACL bindings, encoded
     pub acls: std::collections::BTreeSet<Bytes>,
+    /// users' credentials by (user, mechanism), encoded
+    pub credentials: BTreeMap<(String, String), Bytes>,
 }
 
 impl ClusterMetadata {
@@ -255,6 +266,14 @@ impl ClusterMetadata {
                     self.acls.remove(binding);
                 }
                 self.acls.extend(add.iter().cloned());
+            }
+            MetadataCommand::ChangeCredentials { upsert, delete } => {
+                for key in delete {
+                    self.credentials.remove(key);
+                }
+                for (user, mechanism, credential) in upsert {
+                    self.credentials.insert((user.clone(), mechanism.clone()), credential.clone());
+                }
             }
             MetadataCommand::Decommission { id } => {
                 let node = self.nodes.get_mut(id).ok_or(MetadataError::UnknownNode(*id))?;
@@ -414,6 +433,22 @@ mod tests {
         metadata.apply(1, &MetadataCommand::ChangeAcls { add: vec![a.clone()], remove: vec![a.clone()] }).unwrap();
         metadata.apply(2, &MetadataCommand::ChangeAcls { add: vec![], remove: vec![b.clone()] }).unwrap();
         assert_eq!(metadata.acls, [a].into());
+    }
+
+    #[test]
+    fn credential_changes_remove_then_set_per_user_and_mechanism() {
+        let mut metadata = ClusterMetadata::new();
+        let set = |user: &str, mechanism: &str, value: &'static [u8]| {
+            (user.to_string(), mechanism.to_string(), Bytes::from_static(value))
+        };
+        let key = |user: &str, mechanism: &str| (user.to_string(), mechanism.to_string());
+        let change = |upsert, delete| MetadataCommand::ChangeCredentials { upsert, delete };
+        metadata.apply(0, &change(vec![set("ann", "A", b"1"), set("ann", "B", b"2")], vec![])).unwrap();
+        metadata.apply(1, &change(vec![set("ann", "A", b"3")], vec![key("ann", "A")])).unwrap();
+        metadata.apply(2, &change(vec![], vec![key("ann", "B"), key("bob", "A")])).unwrap();
+        // a replay of an applied offset changes nothing
+        metadata.apply(1, &change(vec![], vec![key("ann", "A")])).unwrap();
+        assert_eq!(metadata.credentials, [(key("ann", "A"), Bytes::from_static(b"3"))].into());
     }
 
     #[test]

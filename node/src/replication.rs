@@ -233,6 +233,30 @@ impl ClusterCatalog for NodeCatalog {
         self.metadata.borrow().acls.iter().map(|binding| binding.to_vec()).collect()
     }
 
+    fn change_credentials(
+        &self,
+        upsert: Vec<(String, String, Vec<u8>)>,
+        delete: Vec<(String, String)>,
+    ) -> BoxFuture<'_, Result<(), StreamError>> {
+        Box::pin(async move {
+            let upsert = upsert
+                .into_iter()
+                .map(|(user, mechanism, credential)| (user, mechanism, Bytes::from(credential)))
+                .collect();
+            let offset = self.propose(&MetadataCommand::ChangeCredentials { upsert, delete }).await?;
+            self.settle(offset, |_| true).await
+        })
+    }
+
+    fn credentials(&self) -> Vec<(String, String, Vec<u8>)> {
+        let metadata = self.metadata.borrow();
+        metadata
+            .credentials
+            .iter()
+            .map(|((user, mechanism), value)| (user.clone(), mechanism.clone(), value.to_vec()))
+            .collect()
+    }
+
     fn delete(&self, name: String) -> BoxFuture<'_, Result<(), StreamError>> {
         Box::pin(async move {
             if !self.metadata.borrow().streams.contains_key(&name) {
@@ -657,8 +681,8 @@ async fn release(parts: &StreamParts, name: &str, gone: ServedStream, forget: bo
 }
 
 /// Starts [`follow_streams`] in the current span.
-/// Installs the ACL bindings of the controller's metadata as the ones in force, each time they
-/// change, until `shutdown`. `in_force` turns true once the bindings of a metadata that has
+/// Installs the ACL bindings and users' credentials of the controller's metadata as the ones in
+/// force, each time they change, until `shutdown`. `in_force` turns true once the bindings of a metadata that has
 /// applied this node's registration at `generation` are installed (every change committed
 /// before it then is), or after [`ACLS_WAIT`] without it: the listeners wait for that, so
 /// that a restarted node never serves what a binding it has not replayed yet denies.
@@ -673,16 +697,25 @@ pub fn spawn_follow_acls(
     let deadline = tokio::time::Instant::now() + ACLS_WAIT;
     tokio::spawn(
         async move {
-            let mut installed = None;
+            let (mut installed, mut installed_credentials) = (None, None);
             loop {
-                let (acls, registered) = {
+                let (acls, credentials, registered) = {
                     let now = metadata.borrow_and_update();
                     let registered = now.nodes.get(&node_id).is_some_and(|node| node.generation == generation);
-                    (now.acls.clone(), registered)
+                    (now.acls.clone(), now.credentials.clone(), registered)
                 };
                 if installed.as_ref() != Some(&acls) {
                     tidewater_actors::stream::catalog::install_acls(&ctx, acls.iter().map(|binding| binding.as_ref()));
                     installed = Some(acls);
+                }
+                if installed_credentials.as_ref() != Some(&credentials) {
+                    tidewater_actors::stream::catalog::install_credentials(
+                        &ctx,
+                        credentials
+                            .iter()
+                            .map(|((user, mechanism), value)| (user.as_str(), mechanism.as_str(), value.as_ref())),
+                    );
+                    installed_credentials = Some(credentials);
                 }
                 if registered && !*in_force.borrow() {
                     in_force.send_replace(true);

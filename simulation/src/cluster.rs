@@ -66,6 +66,13 @@ const TOPIC_CREATED_RETENTION_BYTES: &str = "12000";
 /// After this many acknowledged batches the client alters [`TOPIC`] through whichever node
 /// it talks to: its retention to [`TOPIC_RETENTION_BYTES`], and a second partition.
 const ALTER_AFTER: u32 = 10;
+/// After the alteration, the client sets this user's SCRAM-SHA-256 credential
+/// ([`SIM_ITERATIONS`]) and a binding denying [`SIM_DENIED`] reading [`SIM_ACL_TOPIC`]: admin
+/// changes acknowledged once must be in force on every node after healing.
+const SIM_USER: &str = "sim-user";
+const SIM_ITERATIONS: i32 = 4096;
+const SIM_ACL_TOPIC: &str = "sim-guarded";
+const SIM_DENIED: &str = "User:sim-nobody";
 /// The bound replicated stream the MQTT device's publishes land in.
 const MQTT_STREAM: &str = "mqtt-replicated";
 /// The topic the device publishes on.
@@ -161,6 +168,8 @@ struct Kafka {
     created: Option<i16>,
     /// whether the alteration (retention, a second partition) was acknowledged
     altered: bool,
+    /// whether the user's credential and the ACL binding were acknowledged
+    secured: bool,
     /// after healing, whether every node serves the second partition with the altered retention
     altered_everywhere: Option<Result<(), String>>,
 }
@@ -562,6 +571,27 @@ async fn kafka_client(kafka: Rc<RefCell<Kafka>>, seed: u64) -> turmoil::Result {
             }
             continue;
         };
+        if kafka.borrow().altered && !kafka.borrow().secured {
+            // a retry after a lost answer sets the same credential and binding again
+            let upsert = tokio::time::timeout(
+                Duration::from_secs(12),
+                c.upsert_scram(SIM_USER, 1, SIM_ITERATIONS, b"sim-salt", &[7; 32]),
+            )
+            .await;
+            let bound = match upsert {
+                // READ denied
+                Ok(Ok(0)) => {
+                    tokio::time::timeout(Duration::from_secs(12), c.create_topic_acl(SIM_ACL_TOPIC, SIM_DENIED, 3, 2))
+                        .await
+                }
+                other => other,
+            };
+            match bound {
+                Ok(Ok(0)) => kafka.borrow_mut().secured = true,
+                other => admin_refused(&kafka, 2000, other, &mut target, &mut conn).await,
+            }
+            continue;
+        }
         if !kafka.borrow().altered && batch >= ALTER_AFTER {
             // through any node: it forwards to the controller's leader; a lost answer is
             // retried (the configs are set again, the partitions found there already)
@@ -576,14 +606,7 @@ async fn kafka_client(kafka: Rc<RefCell<Kafka>>, seed: u64) -> turmoil::Result {
             };
             match grown {
                 Ok(Ok(0 | 37)) => kafka.borrow_mut().altered = true,
-                Ok(Ok(code)) => {
-                    // alteration errors are counted apart from produce errors
-                    *kafka.borrow_mut().errors.entry(1000 + code).or_default() += 1;
-                    sleep_ms(100).await;
-                    target = target % NODES + 1;
-                    conn = None;
-                }
-                _ => conn = None,
+                other => admin_refused(&kafka, 1000, other, &mut target, &mut conn).await,
             }
             continue;
         }
@@ -621,8 +644,25 @@ async fn kafka_client(kafka: Rc<RefCell<Kafka>>, seed: u64) -> turmoil::Result {
     Ok(())
 }
 
+/// An administration request not acknowledged: an error code is counted (apart from produce
+/// errors, at `base` + code) and the next node tried; a lost connection is opened again.
+async fn admin_refused<T, E>(
+    kafka: &Rc<RefCell<Kafka>>,
+    base: i16,
+    outcome: Result<Result<i16, E>, T>,
+    target: &mut u64,
+    conn: &mut Option<KafkaConn<TcpStream>>,
+) {
+    if let Ok(Ok(code)) = outcome {
+        *kafka.borrow_mut().errors.entry(base + code).or_default() += 1;
+        sleep_ms(100).await;
+        *target = *target % NODES + 1;
+    }
+    *conn = None;
+}
+
 /// After healing: every node describes [`TOPIC`] with the altered retention and lists its
-/// second partition.
+/// second partition, and describes the user's credential and the binding the client set.
 async fn altered_everywhere() -> Result<(), String> {
     use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
     use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
@@ -660,6 +700,15 @@ async fn altered_everywhere() -> Result<(), String> {
         if value.as_deref() != Some(TOPIC_RETENTION_BYTES) {
             return Err(format!("node {id}: retention.bytes is {value:?}"));
         }
+        let user = conn.describe_scram(SIM_USER).await.map_err(|error| format!("node {id}: {error:#}"))?;
+        if user != (0, vec![(1, SIM_ITERATIONS)]) {
+            return Err(format!("node {id}: {SIM_USER}'s acknowledged credential is described as {user:?}"));
+        }
+        let bindings =
+            conn.describe_topic_acls(SIM_ACL_TOPIC).await.map_err(|error| format!("node {id}: {error:#}"))?;
+        if bindings != (0, vec![(SIM_DENIED.to_string(), 3, 2)]) {
+            return Err(format!("node {id}: the acknowledged binding on {SIM_ACL_TOPIC} is described as {bindings:?}"));
+        }
     }
     Ok(())
 }
@@ -691,6 +740,8 @@ fn check_stream(kafka: &Kafka, stores: &[Arc<MemoryStore>], violations: &mut Vec
         _ if !kafka.altered => {
             violations.push(format!("{TOPIC} was never altered (retention, a partition): errors {:?}", kafka.errors))
         }
+        _ if !kafka.secured => violations
+            .push(format!("the credential and the ACL binding were never acknowledged: errors {:?}", kafka.errors)),
         Some(Err(error)) => violations.push(format!("{TOPIC} altered, but not everywhere: {error}")),
         _ => {}
     }

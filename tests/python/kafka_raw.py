@@ -127,16 +127,30 @@ class RawKafka:
             data += chunk
         return data
 
-    def request(self, api_key, version, body: bytes, expect_response=True) -> Reader:
+    def request(self, api_key, version, body: bytes, expect_response=True, flexible=False) -> Reader:
+        """Sends one request; `flexible`: header v2 and response header v1, each with an empty
+        tagged-field section (the body is the caller's to encode)."""
         self.correlation += 1
         header = struct.pack(">hhi", api_key, version, self.correlation) + _str("raw-test")
+        if flexible:
+            header += b"\x00"
         self.sock.sendall(struct.pack(">i", len(header) + len(body)) + header + body)
         if not expect_response:
             return None
         size = struct.unpack(">i", self._recv(4))[0]
         reader = Reader(self._recv(size))
         assert reader.take(">i") == self.correlation, "response out of order"
+        if flexible:
+            assert reader.take(">B") == 0, "tagged fields in the response header"
         return reader
+
+    def sasl_plain(self, user, password) -> int:
+        """SaslHandshake v1 for PLAIN, then SaslAuthenticate v1: the authentication's error code."""
+        r = self.request(17, 1, _str("PLAIN"))
+        assert r.take(">h") == 0, "PLAIN not offered"
+        token = b"\x00" + user.encode() + b"\x00" + password.encode()
+        r = self.request(36, 1, struct.pack(">i", len(token)) + token)
+        return r.take(">h")
 
     def api_versions(self) -> dict:
         """{api_key: (min, max)} from ApiVersions v0."""

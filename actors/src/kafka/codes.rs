@@ -71,5 +71,11 @@ pub const TRANSACTIONAL_ID_AUTHORIZATION_FAILED: i16 = 53;
 pub const KAFKA_STORAGE_ERROR: i16 = 56;
 /// The group id does not exist.
 pub const GROUP_ID_NOT_FOUND: i16 = 69;
+/// The resource named does not exist.
+pub const RESOURCE_NOT_FOUND: i16 = 91;
+/// The resource is named twice in one request.
+pub const DUPLICATE_RESOURCE: i16 = 92;
+/// The credential does not meet the criteria for acceptability.
+pub const UNACCEPTABLE_CREDENTIAL: i16 = 93;
 /// An unexpected server error.
 pub const UNKNOWN_SERVER_ERROR: i16 = -1;

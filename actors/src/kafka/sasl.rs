@@ -1,7 +1,8 @@
 //! SASL on the Kafka listener (KIP-43, KIP-84, KIP-152): SaslHandshake names the mechanism,
 //! then SaslAuthenticate carries its tokens (after a v0 handshake they come as bare frames).
 //! PLAIN and SCRAM-SHA-256/512 (RFC 5802, 7677) are offered, checked against the users of
-//! `[[auth.users]]`, the same as MQTT's. A user's `password_hash` is PBKDF2-HMAC over its
+//! `[[auth.users]]` and of the cluster's metadata (set with AlterUserScramCredentials, see
+//! [`crate::kafka::handlers::scram`]), the same as MQTT's. A user's `password_hash` is PBKDF2-HMAC over its
 //! salt, which is exactly SCRAM's `SaltedPassword`: a `pbkdf2-sha256` hash serves
 //! SCRAM-SHA-256 and a `pbkdf2-sha512` one SCRAM-SHA-512, and PLAIN works with either.
 //!
@@ -238,11 +239,12 @@ fn scram_first(
     if attributes.any(|extension| extension == "tokenauth=true") {
         return Err(NO_TOKENS);
     }
-    let hash = authorizer.user_hash(&user).ok_or(BAD_SCRAM)?;
-    let (stored_algorithm, salt, iterations, salted_password) = hash.scram();
-    if stored_algorithm != algorithm {
-        return Err(NO_SCRAM_CREDENTIALS);
-    }
+    let hash = authorizer.user_credential(&user, algorithm).ok_or(if authorizer.knows_user(&user) {
+        NO_SCRAM_CREDENTIALS
+    } else {
+        BAD_SCRAM
+    })?;
+    let (_, salt, iterations, salted_password) = hash.scram();
     let mut ours = [0u8; 18];
     rng.fill(&mut ours);
     let nonce = format!("{client_nonce}{}", STANDARD.encode(ours));

@@ -150,6 +150,9 @@ const SERVED: &[ServedApi] = &[
     // librdkafka 2.0 asks for v0 in the range before it uses SASL at all
     api(ApiKey::SaslHandshake, 0, 1),
     api(ApiKey::SaslAuthenticate, 0, 2),
+    // users' SCRAM credentials in the cluster's metadata (KIP-554); v0 is the only version
+    api(ApiKey::DescribeUserScramCredentials, 0, 0),
+    api(ApiKey::AlterUserScramCredentials, 0, 0),
 ];
 
 const fn api(key: ApiKey, min: i16, max: i16) -> ServedApi {
@@ -578,6 +581,8 @@ fn response_key(body: &ResponseKind) -> Option<ApiKey> {
         ResponseKind::DescribeCluster(_) => ApiKey::DescribeCluster,
         ResponseKind::SaslHandshake(_) => ApiKey::SaslHandshake,
         ResponseKind::SaslAuthenticate(_) => ApiKey::SaslAuthenticate,
+        ResponseKind::DescribeUserScramCredentials(_) => ApiKey::DescribeUserScramCredentials,
+        ResponseKind::AlterUserScramCredentials(_) => ApiKey::AlterUserScramCredentials,
         _ => return None,
     })
 }
@@ -613,6 +618,10 @@ fn response_versions(key: ApiKey) -> Option<VersionRange> {
         ApiKey::DescribeCluster => DescribeClusterResponse::VERSIONS,
         ApiKey::SaslHandshake => SaslHandshakeResponse::VERSIONS,
         ApiKey::SaslAuthenticate => SaslAuthenticateResponse::VERSIONS,
+        ApiKey::DescribeUserScramCredentials => {
+            kafka_protocol::messages::DescribeUserScramCredentialsResponse::VERSIONS
+        }
+        ApiKey::AlterUserScramCredentials => kafka_protocol::messages::AlterUserScramCredentialsResponse::VERSIONS,
         _ => return None,
     })
 }

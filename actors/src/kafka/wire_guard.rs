@@ -149,6 +149,11 @@ const ACL_ENTRY: &[Field] = &[all(I8), all(Str), all(I8), all(Str), all(Str), al
 const CREATE_ACLS: &[Field] = &[all(Structs(ACL_ENTRY))];
 const DELETE_ACLS: &[Field] = &[all(Structs(ACL_ENTRY))];
 
+// v0 only: users (nullable) of a name; deletions of a name and mechanism, upsertions with the credential
+const DESCRIBE_USER_SCRAM_CREDENTIALS: &[Field] = &[all(Structs(&[all(Str)]))];
+const ALTER_USER_SCRAM_CREDENTIALS: &[Field] =
+    &[all(Structs(&[all(Str), all(I8)])), all(Structs(&[all(Str), all(I8), all(I32), all(Bytes), all(Bytes)]))];
+
 /// The body schema of a served api with arrays; apis without arrays need no walk.
 fn body_schema(key: ApiKey) -> Option<&'static [Field]> {
     Some(match key {
@@ -173,6 +178,8 @@ fn body_schema(key: ApiKey) -> Option<&'static [Field]> {
         ApiKey::OffsetForLeaderEpoch => OFFSET_FOR_LEADER_EPOCH,
         ApiKey::CreateAcls => CREATE_ACLS,
         ApiKey::DeleteAcls => DELETE_ACLS,
+        ApiKey::DescribeUserScramCredentials => DESCRIBE_USER_SCRAM_CREDENTIALS,
+        ApiKey::AlterUserScramCredentials => ALTER_USER_SCRAM_CREDENTIALS,
         _ => return None,
     })
 }

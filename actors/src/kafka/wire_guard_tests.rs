@@ -235,6 +235,32 @@ fn fixture(key: ApiKey, v: i16) -> RequestKind {
             };
             kafka_protocol::messages::DeleteAclsRequest::default().with_filters(vec![f(Some("a")), f(None)]).into()
         }
+        ApiKey::DescribeUserScramCredentials => {
+            use kafka_protocol::messages::describe_user_scram_credentials_request::UserName;
+            let u = |name| UserName::default().with_name(StrBytes::from_static_str(name));
+            kafka_protocol::messages::DescribeUserScramCredentialsRequest::default()
+                .with_users(Some(vec![u("a"), u("bb")]))
+                .into()
+        }
+        ApiKey::AlterUserScramCredentials => {
+            use kafka_protocol::messages::alter_user_scram_credentials_request::{
+                ScramCredentialDeletion, ScramCredentialUpsertion,
+            };
+            let d =
+                |name| ScramCredentialDeletion::default().with_name(StrBytes::from_static_str(name)).with_mechanism(1);
+            let u = |name| {
+                ScramCredentialUpsertion::default()
+                    .with_name(StrBytes::from_static_str(name))
+                    .with_mechanism(2)
+                    .with_iterations(4096)
+                    .with_salt(bytes::Bytes::from_static(b"salt"))
+                    .with_salted_password(bytes::Bytes::from_static(&[7; 64]))
+            };
+            kafka_protocol::messages::AlterUserScramCredentialsRequest::default()
+                .with_deletions(vec![d("a"), d("bb")])
+                .with_upsertions(vec![u("c"), u("dd")])
+                .into()
+        }
         other => panic!("no fixture for {other:?}"),
     }
 }
@@ -277,7 +303,7 @@ fn decode_rest(key: ApiKey, v: i16, body: &[u8]) -> Option<usize> {
 #[test]
 fn walk_reads_exactly_what_kafka_protocol_writes_for_every_served_version() {
     let all = guarded();
-    assert_eq!(all.len(), 13 + 9 + 8 + 13 + 7 + 8 + 5 + 10 + 6 + 6 + 6 + 5 + 6 + 5 + 4 + 3 + 4 + 2 + 3 + 3 + 3);
+    assert_eq!(all.len(), 13 + 9 + 8 + 13 + 7 + 8 + 5 + 10 + 6 + 6 + 6 + 5 + 6 + 5 + 4 + 3 + 4 + 2 + 3 + 3 + 3 + 1 + 1);
     for (key, v) in all {
         let body = encode_body(key, v);
         let read = walk_body(key, v, flexible(key, v), &body).unwrap_or_else(|e| panic!("{key:?} v{v}: {e}"));

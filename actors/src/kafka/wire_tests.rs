@@ -14,7 +14,7 @@ use proptest::prelude::*;
 use super::*;
 
 /// The advertised table, written out (reasons beside `SERVED`): (api key, min, max).
-const TABLE: [(i16, i16, i16); 28] = [
+const TABLE: [(i16, i16, i16); 30] = [
     (0, 0, 12),
     (1, 4, 12),
     (2, 1, 8),
@@ -43,6 +43,8 @@ const TABLE: [(i16, i16, i16); 28] = [
     (60, 0, 1),
     (17, 0, 1),
     (36, 0, 2),
+    (50, 0, 0),
+    (51, 0, 0),
 ];
 
 fn s(text: &'static str) -> StrBytes {
@@ -98,6 +100,8 @@ fn request_versions(key: ApiKey) -> VersionRange {
         ApiKey::DescribeCluster => DescribeClusterRequest::VERSIONS,
         ApiKey::SaslHandshake => SaslHandshakeRequest::VERSIONS,
         ApiKey::SaslAuthenticate => SaslAuthenticateRequest::VERSIONS,
+        ApiKey::DescribeUserScramCredentials => kafka_protocol::messages::DescribeUserScramCredentialsRequest::VERSIONS,
+        ApiKey::AlterUserScramCredentials => kafka_protocol::messages::AlterUserScramCredentialsRequest::VERSIONS,
         other => panic!("{other:?} is not served"),
     }
 }
@@ -202,7 +206,7 @@ fn with_size(body: Vec<u8>) -> Vec<u8> {
 #[test]
 fn api_versions_v0_response_golden() {
     let body = ResponseKind::ApiVersions(api_versions_response(0));
-    let mut expected = vec![0, 0, 0, 1, 0, 0, 0, 0, 0, 28]; // correlation id, error code, i32 count
+    let mut expected = vec![0, 0, 0, 1, 0, 0, 0, 0, 0, 30]; // correlation id, error code, i32 count
     expected.extend(table_entries(false));
     assert_eq!(&encoded(ApiKey::ApiVersions, 0, 1, &body)[..], &with_size(expected)[..]);
 }
@@ -210,8 +214,8 @@ fn api_versions_v0_response_golden() {
 #[test]
 fn api_versions_v3_response_has_header_v0_and_no_tagged_fields() {
     let body = ResponseKind::ApiVersions(api_versions_response(3));
-    // correlation id with no header tagged fields (header v0), error code, compact count 28 + 1
-    let mut expected = vec![0, 0, 0, 9, 0, 0, 29];
+    // correlation id with no header tagged fields (header v0), error code, compact count 30 + 1
+    let mut expected = vec![0, 0, 0, 9, 0, 0, 31];
     expected.extend(table_entries(true));
     expected.extend([0, 0, 0, 0, 0]); // throttle time, then an empty tagged-field section
     assert_eq!(&encoded(ApiKey::ApiVersions, 3, 9, &body)[..], &with_size(expected.clone())[..]);
@@ -226,7 +230,7 @@ fn api_versions_at_an_unknown_version_answers_v0_with_unsupported_version() {
     };
     assert_eq!((api_key, api_version, correlation_id), (18, 5, 2));
     let body = error_response(api_key, api_version, UNSUPPORTED_VERSION).unwrap();
-    let mut expected = vec![0, 0, 0, 2, 0, 35, 0, 0, 0, 28];
+    let mut expected = vec![0, 0, 0, 2, 0, 35, 0, 0, 0, 30];
     expected.extend(table_entries(false));
     assert_eq!(&encoded(ApiKey::ApiVersions, api_version, correlation_id, &body)[..], &with_size(expected)[..]);
     assert_eq!(api_versions_response(5).error_code, UNSUPPORTED_VERSION);

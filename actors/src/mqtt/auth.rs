@@ -32,6 +32,32 @@ impl HashAlgorithm {
         }
     }
 
+    /// The SASL mechanism of SCRAM with this function.
+    pub fn scram_name(self) -> &'static str {
+        match self {
+            Self::Sha256 => "SCRAM-SHA-256",
+            Self::Sha512 => "SCRAM-SHA-512",
+        }
+    }
+
+    /// The function of a SCRAM mechanism's name.
+    pub fn from_scram_name(name: &str) -> Option<Self> {
+        [Self::Sha256, Self::Sha512].into_iter().find(|algorithm| algorithm.scram_name() == name)
+    }
+
+    /// Kafka's code for the SCRAM mechanism (`ScramMechanism`: 1 is SHA-256, 2 SHA-512).
+    pub fn kafka_code(self) -> i8 {
+        match self {
+            Self::Sha256 => 1,
+            Self::Sha512 => 2,
+        }
+    }
+
+    /// The function of Kafka's SCRAM mechanism code.
+    pub fn from_kafka_code(code: i8) -> Option<Self> {
+        [Self::Sha256, Self::Sha512].into_iter().find(|algorithm| algorithm.kafka_code() == code)
+    }
+
     /// The digest's length in bytes.
     pub fn output_len(self) -> usize {
         match self {
@@ -131,7 +157,43 @@ impl std::str::FromStr for PasswordHash {
     }
 }
 
+impl std::fmt::Display for PasswordHash {
+    /// The form [`FromStr`](std::str::FromStr) reads, and `[[auth.users]] password_hash` holds.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}${}${}${}",
+            self.algorithm.prefix(),
+            self.iterations,
+            STANDARD_NO_PAD.encode(&self.salt),
+            STANDARD_NO_PAD.encode(&self.hash)
+        )
+    }
+}
+
 impl PasswordHash {
+    /// A hash from SCRAM credentials a client computed (Kafka's AlterUserScramCredentials):
+    /// `salted` is `Hi(password, salt, iterations)`, which is what a hash of ours stores; `None`
+    /// when it is not of the function's length, there is no salt, or no iteration.
+    pub fn from_scram(algorithm: HashAlgorithm, iterations: u32, salt: &[u8], salted: &[u8]) -> Option<Self> {
+        (iterations > 0 && !salt.is_empty() && salted.len() == algorithm.output_len()).then(|| Self {
+            algorithm,
+            iterations,
+            salt: salt.to_vec(),
+            hash: salted.to_vec(),
+        })
+    }
+
+    /// The function of this hash.
+    pub fn algorithm(&self) -> HashAlgorithm {
+        self.algorithm
+    }
+
+    /// Its iteration count.
+    pub fn iterations(&self) -> u32 {
+        self.iterations
+    }
+
     /// Whether `password` matches, compared in constant time.
     pub fn verify(&self, password: &[u8]) -> bool {
         constant_time_eq(&self.algorithm.pbkdf2(password, &self.salt, self.iterations), &self.hash)
@@ -207,6 +269,26 @@ pub enum AuthFailure {
     NotAuthorized,
 }
 
+/// The users whose credentials the cluster's metadata keeps (Kafka's
+/// AlterUserScramCredentials), shared by every clone of an [`Authorizer`]: at most one
+/// credential per user and SCRAM function, each of which also verifies a plain password.
+#[derive(Debug, Default)]
+pub struct ClusterUsers {
+    users: std::sync::RwLock<Arc<std::collections::BTreeMap<String, Vec<PasswordHash>>>>,
+}
+
+impl ClusterUsers {
+    /// Installs the users the metadata holds now.
+    pub fn replace(&self, users: std::collections::BTreeMap<String, Vec<PasswordHash>>) {
+        *self.users.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(users);
+    }
+
+    /// The users in force, each with its credentials.
+    pub fn snapshot(&self) -> Arc<std::collections::BTreeMap<String, Vec<PasswordHash>>> {
+        Arc::clone(&self.users.read().unwrap_or_else(|poisoned| poisoned.into_inner()))
+    }
+}
+
 /// The users and rules of `[auth]`, ready to check.
 #[derive(Debug, Clone)]
 pub struct Authorizer {
@@ -220,6 +302,8 @@ pub struct Authorizer {
     admin_token: Option<PasswordHash>,
     /// the Kafka ACL bindings in force (the controller's metadata), shared by every clone
     bindings: Arc<AclBindings>,
+    /// the users of the controller's metadata, shared by every clone
+    cluster_users: Arc<ClusterUsers>,
 }
 
 /// What a request to the HTTP admin API presented.
@@ -249,6 +333,7 @@ impl Authorizer {
             admins: Default::default(),
             admin_token: None,
             bindings: Arc::default(),
+            cluster_users: Arc::default(),
         }
     }
 
@@ -272,9 +357,7 @@ impl Authorizer {
     pub fn is_admin(&self, credentials: AdminCredentials<'_>) -> bool {
         match credentials {
             AdminCredentials::None => false,
-            AdminCredentials::Basic(user, password) => {
-                self.admins.contains(user) && self.users.get(user).is_some_and(|hash| hash.verify(password))
-            }
+            AdminCredentials::Basic(user, password) => self.admins.contains(user) && self.verify_user(user, password),
             AdminCredentials::Bearer(token) => self.admin_token.as_ref().is_some_and(|hash| hash.verify(token)),
         }
     }
@@ -289,11 +372,14 @@ impl Authorizer {
         match username {
             None if self.allow_anonymous => Ok(()),
             None => Err(AuthFailure::NotAuthorized),
-            Some(name) => match self.users.get(name) {
-                Some(hash) if hash.verify(password.unwrap_or_default()) => Ok(()),
-                Some(_) => Err(AuthFailure::BadCredentials),
+            Some(name) => match self.password_matches(name, password.unwrap_or_default()) {
+                Some(true) => Ok(()),
+                Some(false) => Err(AuthFailure::BadCredentials),
                 // a username unknown to us: accepted as anonymous when anonymous access is on
-                None if self.allow_anonymous && self.users.is_empty() => Ok(()),
+                // and no user is defined anywhere
+                None if self.allow_anonymous && self.users.is_empty() && self.cluster_users.snapshot().is_empty() => {
+                    Ok(())
+                }
                 None => Err(AuthFailure::BadCredentials),
             },
         }
@@ -307,12 +393,48 @@ impl Authorizer {
     /// Whether `user` is a known user and `password` theirs (Kafka SASL: no anonymous
     /// fallback for unknown users).
     pub fn verify_user(&self, user: &str, password: &[u8]) -> bool {
-        self.users.get(user).is_some_and(|hash| hash.verify(password))
+        self.password_matches(user, password) == Some(true)
     }
 
-    /// The stored hash of a known user (Kafka SCRAM: its credentials).
-    pub fn user_hash(&self, user: &str) -> Option<&PasswordHash> {
-        self.users.get(user)
+    /// Whether `password` is `user`'s: `None` for a user neither `[[auth.users]]` nor the
+    /// cluster's metadata knows. A user of the config is checked against its hash only.
+    fn password_matches(&self, user: &str, password: &[u8]) -> Option<bool> {
+        if let Some(hash) = self.users.get(user) {
+            return Some(hash.verify(password));
+        }
+        let cluster = self.cluster_users.snapshot();
+        let credentials = cluster.get(user)?;
+        Some(credentials.iter().any(|hash| hash.verify(password)))
+    }
+
+    /// The credential of a known user for SCRAM with `algorithm`: its `[[auth.users]]` hash when
+    /// it is of that function, else the one the cluster's metadata keeps.
+    pub fn user_credential(&self, user: &str, algorithm: HashAlgorithm) -> Option<PasswordHash> {
+        if let Some(hash) = self.users.get(user) {
+            return (hash.algorithm == algorithm).then(|| hash.clone());
+        }
+        self.cluster_users.snapshot().get(user)?.iter().find(|hash| hash.algorithm == algorithm).cloned()
+    }
+
+    /// Whether `user` is a user of `[[auth.users]]` or of the cluster's metadata.
+    pub fn knows_user(&self, user: &str) -> bool {
+        self.users.contains_key(user) || self.cluster_users.snapshot().contains_key(user)
+    }
+
+    /// Whether `user` is a user of this node's `[[auth.users]]` (which Kafka's
+    /// AlterUserScramCredentials does not change).
+    pub fn is_config_user(&self, user: &str) -> bool {
+        self.users.contains_key(user)
+    }
+
+    /// The users of `[[auth.users]]`, each with its hash.
+    pub fn config_users(&self) -> impl Iterator<Item = (&str, &PasswordHash)> {
+        self.users.iter().map(|(name, hash)| (name.as_str(), hash))
+    }
+
+    /// The users of the cluster's metadata, which the node installs from the controller.
+    pub fn cluster_users(&self) -> &Arc<ClusterUsers> {
+        &self.cluster_users
     }
 
     /// Whether `user` is a super user (`admin = true`; Kafka's `super.users`): every Kafka

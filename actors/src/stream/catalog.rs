@@ -56,6 +56,37 @@ pub trait ClusterCatalog: Send + Sync + 'static {
     fn change_acls(&self, add: Vec<Vec<u8>>, remove: Vec<Vec<u8>>) -> BoxFuture<'_, Result<(), StreamError>>;
     /// The ACL bindings of the metadata this node applied, encoded.
     fn acls(&self) -> Vec<Vec<u8>>;
+    /// Sets and removes users' credentials, keyed by (user, SCRAM mechanism), in the
+    /// controller's metadata and returns once this node applied the change.
+    fn change_credentials(
+        &self,
+        upsert: Vec<(String, String, Vec<u8>)>,
+        delete: Vec<(String, String)>,
+    ) -> BoxFuture<'_, Result<(), StreamError>>;
+    /// The credentials of the metadata this node applied: (user, mechanism, credential).
+    fn credentials(&self) -> Vec<(String, String, Vec<u8>)>;
+}
+
+/// Installs the users' credentials of the controller's metadata as the ones in force: each is
+/// a [`PasswordHash`](crate::mqtt::auth::PasswordHash) of its mechanism's function; one that
+/// does not read so (a newer node's form) is left out, and said.
+pub fn install_credentials<'a>(ctx: &NodeContext, credentials: impl IntoIterator<Item = (&'a str, &'a str, &'a [u8])>) {
+    use crate::mqtt::auth::{HashAlgorithm, PasswordHash};
+    let mut users: std::collections::BTreeMap<String, Vec<PasswordHash>> = Default::default();
+    for (user, mechanism, encoded) in credentials {
+        let hash = std::str::from_utf8(encoded).ok().and_then(|text| text.parse::<PasswordHash>().ok());
+        match (hash, HashAlgorithm::from_scram_name(mechanism)) {
+            (Some(hash), Some(algorithm)) if hash.algorithm() == algorithm => {
+                users.entry(user.to_string()).or_default().push(hash)
+            }
+            _ => tracing::warn!(
+                user,
+                mechanism,
+                "a credential of the cluster's metadata does not read; it is not in force here"
+            ),
+        }
+    }
+    ctx.authorizer.cluster_users().replace(users);
 }
 
 /// Installs the encoded bindings of the controller's metadata as the ones in force; an
@@ -89,6 +120,32 @@ impl NodeContext {
         controller.change_acls(encode(add), encode(remove)).await?;
         let applied = controller.acls();
         install_acls(self, applied.iter().map(Vec::as_slice));
+        Ok(())
+    }
+
+    /// Sets and removes users' SCRAM credentials through the controller, each keyed by user and
+    /// function; in force on this node when it returns, on the others as they apply it.
+    pub async fn change_credentials(
+        &self,
+        upsert: Vec<(String, crate::mqtt::auth::PasswordHash)>,
+        delete: Vec<(String, crate::mqtt::auth::HashAlgorithm)>,
+    ) -> Result<(), StreamError> {
+        let Some(controller) = self.cluster.get() else {
+            return Err(StreamError::Unavailable("this node runs no controller replica yet".into()));
+        };
+        let upsert = upsert
+            .into_iter()
+            .map(|(user, hash)| (user, hash.algorithm().scram_name().to_string(), hash.to_string().into_bytes()))
+            .collect();
+        let delete = delete.into_iter().map(|(user, algorithm)| (user, algorithm.scram_name().to_string())).collect();
+        controller.change_credentials(upsert, delete).await?;
+        let applied = controller.credentials();
+        install_credentials(
+            self,
+            applied
+                .iter()
+                .map(|(user, mechanism, credential)| (user.as_str(), mechanism.as_str(), credential.as_slice())),
+        );
         Ok(())
     }
 

@@ -259,6 +259,98 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> KafkaConn<S> {
         }
     }
 
+    /// Sets `user`'s SCRAM credential for `mechanism` (1 SHA-256, 2 SHA-512) with
+    /// AlterUserScramCredentials (v0): `salted_password` is `Hi(password, salt, iterations)`;
+    /// the user's error code.
+    pub async fn upsert_scram(
+        &mut self,
+        user: &str,
+        mechanism: i8,
+        iterations: i32,
+        salt: &[u8],
+        salted_password: &[u8],
+    ) -> anyhow::Result<i16> {
+        use kafka_protocol::messages::AlterUserScramCredentialsRequest;
+        use kafka_protocol::messages::alter_user_scram_credentials_request::ScramCredentialUpsertion;
+        let upsertion = ScramCredentialUpsertion::default()
+            .with_name(StrBytes::from_string(user.to_string()))
+            .with_mechanism(mechanism)
+            .with_iterations(iterations)
+            .with_salt(Bytes::copy_from_slice(salt))
+            .with_salted_password(Bytes::copy_from_slice(salted_password));
+        let request = AlterUserScramCredentialsRequest::default().with_upsertions(vec![upsertion]);
+        let response = self.call(0, &request).await?;
+        match response.results.first() {
+            Some(result) => Ok(result.error_code),
+            None => bail!("alter user scram credentials {user}: no result"),
+        }
+    }
+
+    /// `user`'s SCRAM credentials (DescribeUserScramCredentials v0): the user's error code and
+    /// its (mechanism, iterations) pairs.
+    pub async fn describe_scram(&mut self, user: &str) -> anyhow::Result<(i16, Vec<(i8, i32)>)> {
+        use kafka_protocol::messages::DescribeUserScramCredentialsRequest;
+        use kafka_protocol::messages::describe_user_scram_credentials_request::UserName;
+        let name = UserName::default().with_name(StrBytes::from_string(user.to_string()));
+        let request = DescribeUserScramCredentialsRequest::default().with_users(Some(vec![name]));
+        let response = self.call(0, &request).await?;
+        match response.results.first() {
+            Some(result) => Ok((
+                result.error_code,
+                result.credential_infos.iter().map(|info| (info.mechanism, info.iterations)).collect(),
+            )),
+            None => bail!("describe user scram credentials {user}: no result (error {})", response.error_code),
+        }
+    }
+
+    /// Creates one ACL binding on the literal topic `topic` for `principal` from any host
+    /// (CreateAcls v3; `operation` and `permission` are Kafka's codes); its error code.
+    pub async fn create_topic_acl(
+        &mut self,
+        topic: &str,
+        principal: &str,
+        operation: i8,
+        permission: i8,
+    ) -> anyhow::Result<i16> {
+        use kafka_protocol::messages::CreateAclsRequest;
+        use kafka_protocol::messages::create_acls_request::AclCreation;
+        let creation = AclCreation::default()
+            .with_resource_type(2)
+            .with_resource_name(StrBytes::from_string(topic.to_string()))
+            .with_resource_pattern_type(3)
+            .with_principal(StrBytes::from_string(principal.to_string()))
+            .with_host(StrBytes::from_static_str("*"))
+            .with_operation(operation)
+            .with_permission_type(permission);
+        let response = self.call(3, &CreateAclsRequest::default().with_creations(vec![creation])).await?;
+        match response.results.first() {
+            Some(result) => Ok(result.error_code),
+            None => bail!("create acls {topic}: no result"),
+        }
+    }
+
+    /// The bindings on the literal topic `topic` (DescribeAcls v3): the error code and each
+    /// binding's (principal, operation, permission).
+    pub async fn describe_topic_acls(&mut self, topic: &str) -> anyhow::Result<(i16, Vec<(String, i8, i8)>)> {
+        use kafka_protocol::messages::DescribeAclsRequest;
+        let request = DescribeAclsRequest::default()
+            .with_resource_type_filter(2)
+            .with_resource_name_filter(Some(StrBytes::from_string(topic.to_string())))
+            .with_pattern_type_filter(3)
+            .with_principal_filter(None)
+            .with_host_filter(None)
+            .with_operation(1)
+            .with_permission_type(1);
+        let response = self.call(3, &request).await?;
+        let bindings = response
+            .resources
+            .iter()
+            .flat_map(|resource| &resource.acls)
+            .map(|acl| (acl.principal.to_string(), acl.operation, acl.permission_type))
+            .collect();
+        Ok((response.error_code, bindings))
+    }
+
     /// A fresh idempotent (non-transactional) producer id and its epoch.
     pub async fn init_producer_id(&mut self) -> anyhow::Result<(i64, i16)> {
         let request = InitProducerIdRequest::default()

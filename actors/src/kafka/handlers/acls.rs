@@ -1,14 +1,16 @@
 //! CreateAcls, DescribeAcls and DeleteAcls over the bindings of [`crate::acl`], and the checks
 //! that refuse an administration request its caller may not make.
 
+use kafka_protocol::messages::alter_user_scram_credentials_response::AlterUserScramCredentialsResult;
 use kafka_protocol::messages::create_acls_request::AclCreation;
 use kafka_protocol::messages::create_acls_response::AclCreationResult;
 use kafka_protocol::messages::delete_acls_request::DeleteAclsFilter;
 use kafka_protocol::messages::delete_acls_response::{DeleteAclsFilterResult, DeleteAclsMatchingAcl};
 use kafka_protocol::messages::describe_acls_response::{AclDescription, DescribeAclsResource};
+use kafka_protocol::messages::describe_user_scram_credentials_response::DescribeUserScramCredentialsResult;
 use kafka_protocol::messages::{
-    CreateAclsRequest, CreateAclsResponse, DeleteAclsRequest, DeleteAclsResponse, DescribeAclsRequest,
-    DescribeAclsResponse, RequestKind, ResponseKind,
+    AlterUserScramCredentialsResponse, CreateAclsRequest, CreateAclsResponse, DeleteAclsRequest, DeleteAclsResponse,
+    DescribeAclsRequest, DescribeAclsResponse, DescribeUserScramCredentialsResponse, RequestKind, ResponseKind,
 };
 use kafka_protocol::protocol::StrBytes;
 
@@ -247,7 +249,10 @@ pub fn refusal(ctx: &NodeContext, caller: &Caller, request: &RequestKind, versio
             body.resources.iter().all(|resource| topic_config(resource.resource_type, resource.resource_name.as_str()))
         }
         RequestKind::CreateAcls(_) | RequestKind::DeleteAcls(_) => may(Operation::Alter, Resource::Cluster),
-        RequestKind::DescribeAcls(_) => may(Operation::Describe, Resource::Cluster),
+        RequestKind::DescribeAcls(_) | RequestKind::DescribeUserScramCredentials(_) => {
+            may(Operation::Describe, Resource::Cluster)
+        }
+        RequestKind::AlterUserScramCredentials(_) => may(Operation::Alter, Resource::Cluster),
         _ => true,
     };
     if allowed {
@@ -284,6 +289,43 @@ pub fn refusal(ctx: &NodeContext, caller: &Caller, request: &RequestKind, versio
                 .with_error_code(codes::CLUSTER_AUTHORIZATION_FAILED)
                 .with_error_message(why()),
         ),
+        // users named are refused one by one: librdkafka (2.16 and before) frees a string it never
+        // allocated when this response carries a top-level error, and aborts; every client reads
+        // per-user errors. Describing every user can only be refused at the top, as Kafka does.
+        RequestKind::DescribeUserScramCredentials(body) => {
+            let mut response = DescribeUserScramCredentialsResponse::default();
+            match body.users.as_deref() {
+                Some(users) if !users.is_empty() => {
+                    for user in users {
+                        if !response.results.iter().any(|result| result.user == user.name) {
+                            response.results.push(
+                                DescribeUserScramCredentialsResult::default()
+                                    .with_user(user.name.clone())
+                                    .with_error_code(codes::CLUSTER_AUTHORIZATION_FAILED)
+                                    .with_error_message(why()),
+                            );
+                        }
+                    }
+                }
+                _ => response = response.with_error_code(codes::CLUSTER_AUTHORIZATION_FAILED).with_error_message(why()),
+            }
+            ResponseKind::DescribeUserScramCredentials(response)
+        }
+        RequestKind::AlterUserScramCredentials(body) => {
+            let users = body.deletions.iter().map(|d| &d.name).chain(body.upsertions.iter().map(|u| &u.name));
+            let mut results: Vec<AlterUserScramCredentialsResult> = Vec::new();
+            for user in users {
+                if !results.iter().any(|result| &result.user == user) {
+                    results.push(
+                        AlterUserScramCredentialsResult::default()
+                            .with_user(user.clone())
+                            .with_error_code(codes::CLUSTER_AUTHORIZATION_FAILED)
+                            .with_error_message(why()),
+                    );
+                }
+            }
+            ResponseKind::AlterUserScramCredentials(AlterUserScramCredentialsResponse::default().with_results(results))
+        }
         other => crate::kafka::handlers::admin::refused(other, version)?,
     })
 }

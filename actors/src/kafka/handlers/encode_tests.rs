@@ -220,6 +220,24 @@ fn sample(api_key: i16, version: i16) -> Option<RequestKind> {
             kafka_protocol::messages::SaslAuthenticateRequest::default()
                 .with_auth_bytes(bytes::Bytes::from_static(b"\0user\0password")),
         ),
+        // every user, then a deletion of a credential nobody has and an upsertion too weak
+        50 => RequestKind::DescribeUserScramCredentials(
+            kafka_protocol::messages::DescribeUserScramCredentialsRequest::default(),
+        ),
+        51 => RequestKind::AlterUserScramCredentials(
+            kafka_protocol::messages::AlterUserScramCredentialsRequest::default()
+                .with_deletions(vec![
+                    kafka_protocol::messages::alter_user_scram_credentials_request::ScramCredentialDeletion::default()
+                        .with_name(s("ann"))
+                        .with_mechanism(1),
+                ])
+                .with_upsertions(vec![
+                    kafka_protocol::messages::alter_user_scram_credentials_request::ScramCredentialUpsertion::default()
+                        .with_name(s("bob"))
+                        .with_mechanism(2)
+                        .with_iterations(1),
+                ]),
+        ),
         _ => return None,
     })
 }

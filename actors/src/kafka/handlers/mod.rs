@@ -8,6 +8,7 @@ pub mod fetch;
 pub mod groups;
 pub mod meta;
 pub mod produce;
+pub mod scram;
 
 use kafka_protocol::messages::{RequestKind, ResponseKind};
 
@@ -107,6 +108,12 @@ pub async fn dispatch(ctx: &NodeContext, request: Request, caller: &Caller) -> R
         RequestKind::CreateAcls(body) => ResponseKind::CreateAcls(acls::create_acls(ctx, body).await),
         RequestKind::DescribeAcls(body) => ResponseKind::DescribeAcls(acls::describe_acls(ctx, body)),
         RequestKind::DeleteAcls(body) => ResponseKind::DeleteAcls(acls::delete_acls(ctx, body).await),
+        RequestKind::DescribeUserScramCredentials(body) => {
+            ResponseKind::DescribeUserScramCredentials(scram::describe_user_scram_credentials(ctx, body))
+        }
+        RequestKind::AlterUserScramCredentials(body) => {
+            ResponseKind::AlterUserScramCredentials(scram::alter_user_scram_credentials(ctx, body).await)
+        }
         other => match groups::dispatch(ctx, other, version, &client_id, caller).await {
             Some(response) => response,
             None => match wire::error_response(request.api_key, version, codes::UNSUPPORTED_VERSION) {
