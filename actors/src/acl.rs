@@ -449,12 +449,17 @@ impl AclFilter {
 #[derive(Debug, Default)]
 pub struct AclBindings {
     set: RwLock<Arc<BTreeSet<AclBinding>>>,
+    /// whether `set` holds any binding: the publish path's check without the lock, where
+    /// usually there is none
+    any: std::sync::atomic::AtomicBool,
 }
 
 impl AclBindings {
     /// Installs the bindings the metadata holds now.
     pub fn replace(&self, bindings: BTreeSet<AclBinding>) {
-        *self.set.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(bindings);
+        let mut set = self.set.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        self.any.store(!bindings.is_empty(), std::sync::atomic::Ordering::Release);
+        *set = Arc::new(bindings);
     }
 
     /// The bindings in force.
@@ -464,8 +469,11 @@ impl AclBindings {
 
     /// What the bindings say about `who` doing `operation` on `resource`.
     pub fn verdict(&self, who: &Principal<'_>, operation: Operation, resource: &Resource<'_>) -> Verdict {
-        let set = self.set.read().unwrap_or_else(|poisoned| poisoned.into_inner());
         let mut verdict = Verdict::default();
+        if self.is_empty() {
+            return verdict;
+        }
+        let set = self.set.read().unwrap_or_else(|poisoned| poisoned.into_inner());
         for binding in set.iter() {
             if !binding.names(resource) {
                 continue;
@@ -483,7 +491,7 @@ impl AclBindings {
 
     /// Whether no binding is in force (the common case, checked first on the publish path).
     pub fn is_empty(&self) -> bool {
-        self.set.read().unwrap_or_else(|poisoned| poisoned.into_inner()).is_empty()
+        !self.any.load(std::sync::atomic::Ordering::Acquire)
     }
 }
 

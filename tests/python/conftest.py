@@ -322,6 +322,15 @@ class Broker:
         except FileNotFoundError:
             return ""
 
+    def log_lines(self, *needles, timeout=5.0) -> list:
+        """The log lines holding every one of `needles`, waiting up to `timeout` for one."""
+        deadline = time.monotonic() + timeout
+        while True:
+            lines = [line for line in self.log_text().splitlines() if all(n in line for n in needles)]
+            if lines or time.monotonic() >= deadline:
+                return lines
+            time.sleep(0.05)
+
     def log_tail(self, lines=200) -> str:
         return "\n".join(self.log_text().splitlines()[-lines:])
 

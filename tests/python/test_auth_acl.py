@@ -242,6 +242,19 @@ def test_subscribe_denied_suback_reason_code(acl_broker, version, denied):
         suback = client.subscribe(("public/secret/plans", 1), ("public/news", 1),
                                   ("users/bob/inbox", 0), ("users/alice/inbox", 2))
         assert suback.reason_codes == [denied, 1, denied, 2]
+    # each refusal is logged at info with the user and the address (rate-limited)
+    lines = acl_broker.log_lines("mqtt subscribe refused by the ACL", "users/bob/inbox")
+    assert lines and " INFO " in lines[0] and "username=alice" in lines[0] and "127.0.0.1" in lines[0], lines
+
+
+@pytest.mark.tidewater_only
+def test_a_publish_the_acl_refuses_is_logged_with_the_user_and_address(acl_broker):
+    bob, ack = login(acl_broker, "bob", "builder", 5)
+    with bob:
+        assert ack.reason_code == 0
+        assert bob.publish_acked("public/news", b"from bob", qos=1).reason_code == 0x87
+    lines = acl_broker.log_lines("mqtt publish refused by the ACL", "topic=public/news")
+    assert lines and " INFO " in lines[0] and "username=bob" in lines[0] and "127.0.0.1" in lines[0], lines
 
 
 def test_v5_publish_denied_gets_puback_0x87_and_is_not_delivered(acl_broker):

@@ -174,6 +174,18 @@ def test_a_deny_binding_beats_a_config_rule_and_reaches_a_wider_subscription(loc
     assert suback(locked, "alice", "public/#") == 1, "the deny names bob only"
 
 
+def test_a_binding_for_a_host_applies_to_mqtt_clients_from_it_only(locked):
+    near, far = f"public/{unique('near')}", f"public/{unique('far')}"
+    for name, host in [(near, "127.0.0.1"), (far, "10.1.2.3")]:
+        client = admin(locked)
+        deny = AclBinding(ResourceType.TOPIC, name, ResourcePatternType.LITERAL, "User:*", host,
+                          AclOperation.READ, AclPermissionType.DENY)
+        for future in client.create_acls([deny], request_timeout=15).values():
+            future.result(timeout=20)
+    assert suback(locked, "alice", near) == 0x87, "denied from this client's address"
+    assert suback(locked, "alice", far) == 1, "the deny names another address: the config rule allows"
+
+
 def test_only_an_admin_or_a_user_an_acl_allows_administers_acls(locked):
     topic = unique("adm").replace("/", "-")
     with pytest.raises(KafkaException) as refused:

@@ -575,6 +575,8 @@ def test_a_connection_past_its_publish_rate_is_closed(make_broker, version):
             heavy.publish(topic, b"H" * 15_000, qos=1, packet_id=7)
             assert [(p.type, p.reason_code) for p in heavy.wait_closed()] == expected
         assert [len(m.payload) for m in watcher.drain(1.0)] == [15_000]
+    lines = broker.log_lines("mqtt connection closed by the server", "MessageRateTooHigh")
+    assert len(lines) == 2 and all(" INFO " in line and "127.0.0.1" in line for line in lines), lines
     samples = broker.metrics()
     assert metric_sum(samples, "tidewater_limits_hit_total", limit="publish_rate") == 1
     assert metric_sum(samples, "tidewater_limits_hit_total", limit="publish_bytes_rate") == 1

@@ -258,6 +258,9 @@ pub struct Identity {
     pub client_id: String,
     /// The username, if one was given.
     pub username: Option<String>,
+    /// The client's address (none for a will published after a restart): a binding naming a
+    /// host applies to MQTT clients from it too.
+    pub host: Option<std::net::IpAddr>,
 }
 
 /// Why a CONNECT was refused.
@@ -524,7 +527,7 @@ impl Authorizer {
 impl Identity {
     /// The identity as the permission model's principal.
     pub fn principal(&self) -> Principal<'_> {
-        Principal { user: self.username.as_deref(), client_id: Some(&self.client_id), host: None }
+        Principal { user: self.username.as_deref(), client_id: Some(&self.client_id), host: self.host }
     }
 }
 
@@ -571,8 +574,8 @@ mod tests {
             },
         ];
         let authorizer = Authorizer::new(true, Permission::Allow, [], rules);
-        let bob = Identity { client_id: "c1".into(), username: Some("bob".into()) };
-        let alice = Identity { client_id: "c2".into(), username: Some("alice".into()) };
+        let bob = Identity { client_id: "c1".into(), username: Some("bob".into()), host: None };
+        let alice = Identity { client_id: "c2".into(), username: Some("alice".into()), host: None };
         assert!(authorizer.may_subscribe(&bob, "users/bob/inbox"));
         assert!(!authorizer.may_subscribe(&bob, "users/alice/inbox"));
         assert!(!authorizer.may_subscribe(&bob, "users/#"));

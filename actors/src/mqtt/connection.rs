@@ -164,7 +164,10 @@ async fn handshake(
     };
 
     let accepted = match check_connect(ctx, &connect, version, open_connections, certified) {
-        Ok(accepted) => accepted,
+        Ok(mut accepted) => {
+            accepted.params.identity.host = Some(peer.ip());
+            accepted
+        }
         Err(code) => {
             if let Some(held_back) = CONNECT_REFUSALS.admit(ctx.now_ms()) {
                 // an id refused for its length is not logged whole
@@ -363,7 +366,7 @@ fn check_connect(
             receive_maximum,
             max_packet_size: client_max_packet,
             topic_alias_max: properties.and_then(|p| p.topic_alias_max).unwrap_or(0),
-            identity: Identity { client_id, username },
+            identity: Identity { client_id, username, host: None },
             will,
         },
         expiry_secs,

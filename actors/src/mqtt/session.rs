@@ -217,7 +217,7 @@ impl Actor for MqttSession {
             let now = shell.ctx.now_ms();
             let delay_ms = i64::from(stored.delay_secs.min(shell.state.expiry_secs())) * 1000;
             let due = stored.publish_at_ms.unwrap_or(now + delay_ms);
-            let identity = Identity { client_id: args.client_id.clone(), username: stored.username };
+            let identity = Identity { client_id: args.client_id.clone(), username: stored.username, host: None };
             shell.pending_will = Some((Arc::new(stored.message), identity, due));
         }
         if let Some(request) = args.attach {
@@ -255,12 +255,16 @@ enum Tail {
     HandOver(RpcReplyPort<Box<LoadedSession>>),
 }
 
+/// Log lines for refusals a client causes, each kind rate-limited (see [`crate::log_limit`]).
+static ACL_DENIALS: crate::log_limit::LogLimit = crate::log_limit::LogLimit::new();
+static SERVER_CLOSES: crate::log_limit::LogLimit = crate::log_limit::LogLimit::new();
+
 impl SessionShell {
     /// A session's shell around `state`; `restored` when it was loaded from the store.
     fn new(ctx: NodeContext, state: SessionState, handle: SessionHandle, restored: bool) -> Self {
         let fanout = Fanout::new(&ctx.memory);
         Self {
-            identity: Identity { client_id: state.client_id().to_string(), username: None },
+            identity: Identity { client_id: state.client_id().to_string(), username: None, host: None },
             acks: AckGate::new(ctx.mqtt.test_ack_before_durable),
             route_wait: None,
             ctx,
@@ -571,6 +575,15 @@ impl SessionShell {
                     return true;
                 }
                 Effect::Close(reason) => {
+                    if let Some(held_back) = SERVER_CLOSES.admit(self.ctx.now_ms()) {
+                        tracing::info!(
+                            client_id = %self.state.client_id(),
+                            peer = %self.identity.host.map(|host| host.to_string()).unwrap_or_default(),
+                            ?reason,
+                            held_back,
+                            "mqtt connection closed by the server"
+                        );
+                    }
                     if self.io.as_ref().is_some_and(|io| io.version == ProtocolVersion::V5) {
                         self.write(&Packet::Disconnect(disconnect(reason)));
                     }
@@ -672,6 +685,20 @@ impl SessionShell {
             Effect::Persist(op) => {
                 if self.state.is_persistent() {
                     self.persist(op);
+                }
+            }
+            Effect::Denied { action, topic } => {
+                if let Some(held_back) = ACL_DENIALS.admit(self.ctx.now_ms()) {
+                    let topic: String = topic.chars().take(256).collect();
+                    tracing::info!(
+                        client_id = %self.state.client_id(),
+                        username = %self.identity.username.as_deref().unwrap_or_default(),
+                        peer = %self.identity.host.map(|host| host.to_string()).unwrap_or_default(),
+                        action,
+                        %topic,
+                        held_back,
+                        "mqtt {action} refused by the ACL"
+                    );
                 }
             }
             Effect::Dropped(reason) => {

@@ -117,6 +117,13 @@ pub enum Effect {
     Persist(PersistOp),
     /// A message was dropped (metric label).
     Dropped(&'static str),
+    /// The ACL refused the client a publish or a subscription (logged, rate-limited).
+    Denied {
+        /// `publish` or `subscribe`
+        action: &'static str,
+        /// the topic or filter
+        topic: String,
+    },
 }
 
 impl Effect {
@@ -523,6 +530,7 @@ impl SessionState {
             });
         } else {
             effects.push(Effect::Dropped("not_authorized"));
+            effects.push(Effect::Denied { action: "publish", topic: publish.topic.clone() });
         }
         let denied_v5 = !allowed && version == ProtocolVersion::V5;
         match qos {
@@ -654,6 +662,7 @@ impl SessionState {
             }
             if !authorizer.may_subscribe(&connection.params.identity, parsed.filter) {
                 codes.push(SubscribeReasonCode::NotAuthorized);
+                effects.push(Effect::Denied { action: "subscribe", topic: filter.path.clone() });
                 continue;
             }
             let qos = filter.qos as u8;
