@@ -11,6 +11,7 @@ import time
 
 import paho.mqtt.client as mqtt
 import pytest
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from conftest import TIDEWATER_BIN, broker_env, free_port, tidewater_passwd
 from helpers import unique
@@ -515,6 +516,51 @@ def test_san_naming_and_a_required_certificate(make_broker, pki, tmp_path):
     assert mosquitto("mosquitto_pub", broker, ca, "-t", "x", "-m", "none").returncode != 0
     assert mosquitto("mosquitto_pub", broker, ca, *with_cert(pki, "stranger"), "-t", "x", "-m", "s").returncode != 0
     assert "tls handshake failed" in broker.log_text()
+
+
+def test_a_kafka_client_certificate_is_the_principal_unless_the_client_uses_sasl(make_broker, pki, tmp_path):
+    """As on a Kafka SSL listener with client authentication: the certificate's name is the
+    principal (User:device-1), which the ACL then weighs; SASL over the same TLS wins."""
+    ca = str(pki["first"][0])
+    users = [{"username": "root", "password_hash": tidewater_passwd("r00t"), "admin": True}]
+    auth = {"allow_anonymous": False, "acl_default": "deny", "users": users,
+            "acl": [{"permission": "allow", "action": "all", "topic": "%u"}]}
+    broker = tls_broker(make_broker, pki, tmp_path, kafka=True, auth=auth, client_ca_file=ca,
+                        peer_cert_as_username="cn")
+    from confluent_kafka.admin import AdminClient, NewTopic
+    root = AdminClient({"bootstrap.servers": bootstrap(broker), "security.protocol": "SASL_SSL",
+                        "ssl.ca.location": ca, "sasl.mechanism": "PLAIN", "sasl.username": "root",
+                        "sasl.password": "r00t"})
+    for topic in ["device-1", "device-2"]:
+        root.create_topics([NewTopic(topic, 1, 1)])[topic].result(timeout=15)
+
+    def certified(name):
+        cert, key = pki[name]
+        return {"security.protocol": "SSL", "ssl.ca.location": ca, "ssl.certificate.location": str(cert),
+                "ssl.key.location": str(key)}
+
+    # device-1 writes and reads its own topic, named by the ACL rule after its certificate
+    produce_all(producer(broker, **certified("device-1")), "device-1", [{"value": b"c%d" % i} for i in range(3)])
+    cons = consumer(broker, **certified("device-1"))
+    cons.assign([TopicPartition("device-1", 0, 0)])
+    try:
+        assert [(r.offset, r.value) for r in poll_records(cons, 3)] == [(i, b"c%d" % i) for i in range(3)]
+    finally:
+        cons.close()
+    # and nothing of device-2's
+    prod = producer(broker, **certified("device-1"), **{"message.timeout.ms": 5000, "retries": 0})
+    errors = []
+    prod.produce("device-2", b"x", on_delivery=lambda err, msg: errors.append(err))
+    prod.flush(10)
+    assert errors and errors[0] is not None and errors[0].code() == KafkaError.TOPIC_AUTHORIZATION_FAILED, errors
+    # SASL on top of the certificate: root's identity, an admin, who may write anywhere
+    as_root = {**certified("device-1"), "security.protocol": "SASL_SSL", "sasl.mechanism": "PLAIN",
+               "sasl.username": "root", "sasl.password": "r00t"}
+    produce_all(producer(broker, **as_root), "device-2", [{"value": b"r"}])
+    # no certificate and no SASL: served nothing
+    with pytest.raises(KafkaException):
+        AdminClient({"bootstrap.servers": bootstrap(broker), "security.protocol": "SSL",
+                     "ssl.ca.location": ca, "socket.timeout.ms": 3000}).list_topics(timeout=4)
 
 
 def test_client_certificate_settings_without_a_ca_are_refused_at_start(tmp_path, pki):

@@ -31,8 +31,8 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Accepts Kafka connections until `shutdown` turns true.
 pub async fn run_listener(ctx: NodeContext, listener: Box<dyn Listener>, shutdown: watch::Receiver<bool>) {
     let stop = shutdown.clone();
-    crate::seams::serve_listener("kafka", listener, shutdown, move |connection, peer| {
-        serve(ctx.clone(), connection, peer, stop.clone())
+    crate::seams::serve_identified_listener("kafka", listener, shutdown, move |connection, peer, certified| {
+        serve(ctx.clone(), connection, peer, certified, stop.clone())
     })
     .await
 }
@@ -53,6 +53,9 @@ pub struct KafkaConnectionState {
     chunks: Vec<Bytes>,
     peer: SocketAddr,
     sasl: SaslState,
+    /// the user a verified TLS client certificate names (`tls.peer_cert_as_username`): the
+    /// principal, as on a Kafka SSL listener, unless the client authenticates with SASL
+    certified: Option<Arc<str>>,
 }
 
 /// Refused SASL logins and requests before authentication, logged at `info` (rate-limited).
@@ -124,7 +127,7 @@ impl KafkaConnectionState {
                         handlers::Reply::Send(ResponseKind::SaslAuthenticate(response))
                     }
                     RequestKind::ApiVersions(_) => handlers::dispatch(&self.ctx, request, &self.caller(None)).await,
-                    _ if !self.sasl.may_serve(&self.ctx.authorizer) => {
+                    _ if self.certified.is_none() && !self.sasl.may_serve(&self.ctx.authorizer) => {
                         // as a Kafka broker's SASL listener: nothing is served before authentication
                         self.refused("a request before SASL authentication (auth.allow_anonymous is false)");
                         return false;
@@ -184,7 +187,7 @@ impl KafkaConnectionState {
 
     /// Who sends this connection's requests.
     fn caller(&self, client_id: Option<&str>) -> handlers::Caller {
-        let user = self.sasl.user();
+        let user = self.user();
         handlers::Caller {
             user: user.map(str::to_string),
             client_id: client_id.unwrap_or_default().to_string(),
@@ -193,10 +196,15 @@ impl KafkaConnectionState {
         }
     }
 
+    /// The principal's user: SASL's, else the client certificate's.
+    fn user(&self) -> Option<&str> {
+        self.sasl.user().or(self.certified.as_deref())
+    }
+
     /// Logs a refused administration at `info`, rate-limited.
     fn refused_admin(&self, api_key: i16) {
         if let Some(held_back) = REFUSALS.admit(self.ctx.now_ms()) {
-            let user = self.sasl.user().unwrap_or("anonymous");
+            let user = self.user().unwrap_or("anonymous");
             tracing::info!(peer = %self.peer, user, api_key, held_back, "kafka administration refused: no admin = true and no ACL allows it");
         }
     }
@@ -214,11 +222,12 @@ pub async fn serve(
     ctx: NodeContext,
     connection: Box<dyn Connection>,
     peer: SocketAddr,
+    certified: Option<Arc<str>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let (mut reader, writer) = tokio::io::split(connection);
     let max_idle = Duration::from_millis(ctx.kafka.connections_max_idle_ms);
-    let state = KafkaConnectionState { ctx, writer, chunks: Vec::new(), peer, sasl: SaslState::default() };
+    let state = KafkaConnectionState { ctx, writer, chunks: Vec::new(), peer, sasl: SaslState::default(), certified };
     let Ok((actor, mut handle)) = Actor::spawn(None, KafkaConnection, state).await else { return };
     let mut stopped = false;
     let permits = Arc::new(Semaphore::new(READ_AHEAD));
