@@ -9,6 +9,7 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 use tidewater_actors::mqtt::auth::{AclRule, Authorizer, PasswordHash, Permission};
+use tidewater_actors::mqtt::jwt::{JwtAuth, TokenField};
 use tidewater_actors::mqtt::topic;
 use tidewater_actors::stream::def::StreamDef;
 use tidewater_actors::{KafkaSettings, MqttSettings};
@@ -340,6 +341,37 @@ pub struct AuthConfig {
     /// The hash (from `tidewater passwd`) of a token that opens the HTTP admin API
     /// (`Authorization: Bearer <token>`).
     pub admin_token_hash: Option<String>,
+    /// `[auth.jwt]`: MQTT clients log in with a JSON Web Token.
+    pub jwt: Option<JwtConfig>,
+}
+
+/// `[auth.jwt]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtConfig {
+    /// Where a CONNECT carries the token: `password` (the default) or `username`.
+    #[serde(default = "JwtConfig::default_from")]
+    pub from: TokenField,
+    /// The HS256 secret.
+    pub secret: Option<String>,
+    /// The RS256 public key (PEM).
+    pub public_key_file: Option<std::path::PathBuf>,
+    /// Claims a token must carry with these values (`%u` the username, `%c` the client id).
+    #[serde(default)]
+    pub verify_claims: std::collections::BTreeMap<String, String>,
+    /// The claim holding the token's ACL rules.
+    #[serde(default = "JwtConfig::default_acl_claim")]
+    pub acl_claim: String,
+}
+
+impl JwtConfig {
+    fn default_from() -> TokenField {
+        TokenField::Password
+    }
+
+    fn default_acl_claim() -> String {
+        "acl".into()
+    }
 }
 
 impl Default for AuthConfig {
@@ -350,6 +382,7 @@ impl Default for AuthConfig {
             users: Vec::new(),
             acl: Vec::new(),
             admin_token_hash: None,
+            jwt: None,
         }
     }
 }
@@ -610,7 +643,28 @@ impl Config {
             let probe = rule.topic.replace("%u", "u").replace("%c", "c");
             topic::validate_filter(&probe).map_err(|e| invalid(format!("auth.acl[{index}].topic"), e.to_string()))?;
         }
+        self.jwt()?;
         Ok(())
+    }
+
+    /// The verifier of `[auth.jwt]` (reading its public key file), if one is configured.
+    pub fn jwt(&self) -> Result<Option<JwtAuth>, ConfigError> {
+        let Some(jwt) = &self.auth.jwt else { return Ok(None) };
+        let (claims, acl_claim) = (jwt.verify_claims.clone(), jwt.acl_claim.clone());
+        match (&jwt.secret, &jwt.public_key_file) {
+            (Some(secret), None) if secret.is_empty() => Err(invalid("auth.jwt.secret", "must not be empty")),
+            (Some(secret), None) => Ok(Some(JwtAuth::hs256(secret.as_bytes(), jwt.from, claims, acl_claim))),
+            (None, Some(path)) => {
+                // configuration, read once at start like the TLS files
+                #[allow(clippy::disallowed_methods)]
+                let pem = std::fs::read(path)
+                    .map_err(|e| invalid("auth.jwt.public_key_file", format!("cannot read {}: {e}", path.display())))?;
+                JwtAuth::rs256(&pem, jwt.from, claims, acl_claim)
+                    .map(Some)
+                    .map_err(|e| invalid("auth.jwt.public_key_file", e.to_string()))
+            }
+            _ => Err(invalid("auth.jwt", "needs exactly one of secret (HS256) and public_key_file (RS256)")),
+        }
     }
 
     /// The durability policy of `storage.fsync`.
@@ -678,6 +732,7 @@ impl Config {
         let token = self.auth.admin_token_hash.as_deref().and_then(|hash| PasswordHash::from_str(hash).ok());
         Authorizer::new(self.auth.allow_anonymous, self.auth.acl_default, users, self.auth.acl.clone())
             .with_admins(admins, token)
+            .with_jwt(self.jwt().ok().flatten())
     }
 }
 

@@ -261,6 +261,8 @@ pub struct Identity {
     /// The client's address (none for a will published after a restart): a binding naming a
     /// host applies to MQTT clients from it too.
     pub host: Option<std::net::IpAddr>,
+    /// The rules its JWT granted (`[auth.jwt]`), checked before the config's.
+    pub rules: Option<Arc<[AclRule]>>,
 }
 
 /// Why a CONNECT was refused.
@@ -270,6 +272,8 @@ pub enum AuthFailure {
     BadCredentials,
     /// No credentials and anonymous access is off.
     NotAuthorized,
+    /// A JWT that does not verify, and why.
+    BadToken(&'static str),
 }
 
 /// The users whose credentials the cluster's metadata keeps (Kafka's
@@ -307,6 +311,8 @@ pub struct Authorizer {
     bindings: Arc<AclBindings>,
     /// the users of the controller's metadata, shared by every clone
     cluster_users: Arc<ClusterUsers>,
+    /// `[auth.jwt]`: tokens an issuer signed
+    jwt: Option<Arc<crate::mqtt::jwt::JwtAuth>>,
 }
 
 /// What a request to the HTTP admin API presented.
@@ -337,6 +343,7 @@ impl Authorizer {
             admin_token: None,
             bindings: Arc::default(),
             cluster_users: Arc::default(),
+            jwt: None,
         }
     }
 
@@ -346,6 +353,36 @@ impl Authorizer {
         self.admins = admins.into_iter().collect();
         self.admin_token = token;
         self
+    }
+
+    /// The same, verifying JWTs too (`[auth.jwt]`).
+    pub fn with_jwt(mut self, jwt: Option<crate::mqtt::jwt::JwtAuth>) -> Self {
+        self.jwt = jwt.map(Arc::new);
+        self
+    }
+
+    /// Checks an MQTT CONNECT's credentials at `now_ms`: with `[auth.jwt]`, a token where it
+    /// is expected decides alone (anything that does not look like one goes to the users);
+    /// what the login grants the connection.
+    pub fn authenticate_connect(
+        &self,
+        username: Option<&str>,
+        password: Option<&[u8]>,
+        client_id: &str,
+        now_ms: i64,
+    ) -> Result<crate::mqtt::jwt::Grant, AuthFailure> {
+        use crate::mqtt::jwt::{JwtAuth, TokenField};
+        if let Some(jwt) = &self.jwt {
+            let field = match jwt.from {
+                TokenField::Password => password,
+                TokenField::Username => username.map(str::as_bytes),
+            };
+            if let Some(token) = field.filter(|value| JwtAuth::looks_like_token(value)) {
+                let token = std::str::from_utf8(token).map_err(|_| AuthFailure::BadToken("not UTF-8"))?;
+                return jwt.verify(token, username, client_id, now_ms).map_err(AuthFailure::BadToken);
+            }
+        }
+        self.authenticate(username, password).map(|()| crate::mqtt::jwt::Grant::default())
     }
 
     /// Whether authentication is configured, so that the HTTP admin API asks for an admin's
@@ -453,23 +490,36 @@ impl Authorizer {
 
     /// Whether `identity` may publish to `topic`.
     pub fn may_publish(&self, identity: &Identity, topic_name: &str) -> bool {
-        self.permits(&identity.principal(), Operation::Write, Resource::Topic(topic_name))
+        let granted = identity.rules.as_deref().unwrap_or_default();
+        self.permits_with(&identity.principal(), granted, Operation::Write, Resource::Topic(topic_name))
     }
 
     /// Whether `identity` may subscribe to `filter` (without any `$share/group/` prefix).
     pub fn may_subscribe(&self, identity: &Identity, filter: &str) -> bool {
-        self.permits(&identity.principal(), Operation::Read, Resource::Filter(filter))
+        let granted = identity.rules.as_deref().unwrap_or_default();
+        self.permits_with(&identity.principal(), granted, Operation::Read, Resource::Filter(filter))
     }
 
     /// Whether `who` may do `operation` on `resource`: a matching DENY binding, then the first
     /// matching `[[auth.acl]]` rule, then a matching ALLOW binding, then the default (the
     /// order and the defaults are explained in [`crate::acl`]).
     pub fn permits(&self, who: &Principal<'_>, operation: Operation, resource: Resource<'_>) -> bool {
+        self.permits_with(who, &[], operation, resource)
+    }
+
+    /// [`Self::permits`], with the rules a login granted (a JWT's) checked before the config's.
+    pub fn permits_with(
+        &self,
+        who: &Principal<'_>,
+        granted: &[AclRule],
+        operation: Operation,
+        resource: Resource<'_>,
+    ) -> bool {
         let verdict = self.bindings.verdict(who, operation, &resource);
         if verdict.denied {
             return false;
         }
-        if let Some(permission) = self.rule_decision(who, operation, &resource) {
+        if let Some(permission) = self.rule_decision(who, granted, operation, &resource) {
             return permission == Permission::Allow;
         }
         if verdict.allowed {
@@ -489,7 +539,13 @@ impl Authorizer {
 
     /// What the config's rules say, first match: they govern reading (subscribe) and writing
     /// (publish) topics, and an allow of either lets the topic be described.
-    fn rule_decision(&self, who: &Principal<'_>, operation: Operation, resource: &Resource<'_>) -> Option<Permission> {
+    fn rule_decision(
+        &self,
+        who: &Principal<'_>,
+        granted: &[AclRule],
+        operation: Operation,
+        resource: &Resource<'_>,
+    ) -> Option<Permission> {
         let (name, is_filter) = match *resource {
             Resource::Topic(name) => (name, false),
             Resource::Filter(filter) => (filter, true),
@@ -501,7 +557,7 @@ impl Authorizer {
             Operation::Describe => None,
             _ => return None,
         };
-        for rule in &self.rules {
+        for rule in granted.iter().chain(&self.rules) {
             match wanted {
                 Some(action) if rule.action != action && rule.action != AclAction::All => continue,
                 None if rule.permission == Permission::Deny => continue,
@@ -574,8 +630,8 @@ mod tests {
             },
         ];
         let authorizer = Authorizer::new(true, Permission::Allow, [], rules);
-        let bob = Identity { client_id: "c1".into(), username: Some("bob".into()), host: None };
-        let alice = Identity { client_id: "c2".into(), username: Some("alice".into()), host: None };
+        let bob = Identity { client_id: "c1".into(), username: Some("bob".into()), ..Default::default() };
+        let alice = Identity { client_id: "c2".into(), username: Some("alice".into()), ..Default::default() };
         assert!(authorizer.may_subscribe(&bob, "users/bob/inbox"));
         assert!(!authorizer.may_subscribe(&bob, "users/alice/inbox"));
         assert!(!authorizer.may_subscribe(&bob, "users/#"));

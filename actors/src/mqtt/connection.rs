@@ -19,8 +19,10 @@ use tokio::time::Instant;
 use crate::context::NodeContext;
 use crate::mqtt::auth::{AuthFailure, Identity};
 use crate::mqtt::codec::{
-    self, CodecError, ConnAck, ConnAckProperties, Connect, ConnectReturnCode, Packet, ProtocolVersion,
+    self, CodecError, ConnAck, ConnAckProperties, Connect, ConnectReturnCode, DisconnectReasonCode, Packet,
+    ProtocolVersion,
 };
+use crate::mqtt::jwt::Grant;
 use crate::mqtt::outbox::Outbox;
 use crate::mqtt::session::{AttachRequest, SessionMsg};
 use crate::mqtt::session_state::ConnectionParams;
@@ -119,7 +121,7 @@ pub async fn serve_connection(
     io.run().await;
     io.outbox.set_gone();
     // after a close by the session this is stale, and the session ignores it
-    let _ = io.session.cast(SessionMsg::ConnectionLost { conn_id: io.conn_id, keepalive_timeout: false });
+    let _ = io.session.cast(SessionMsg::ConnectionLost { conn_id: io.conn_id, closed_for: None });
 }
 
 type Reader = tokio::io::ReadHalf<Box<dyn Connection>>;
@@ -189,6 +191,7 @@ async fn handshake(
     let outbox = Outbox::new();
     let client_id = accepted.params.identity.client_id.clone();
     let keepalive = accepted.keepalive;
+    let expires_at_ms = accepted.expires_at_ms;
     let request = AttachRequest {
         conn_id,
         outbox: Arc::clone(&outbox),
@@ -218,6 +221,9 @@ async fn handshake(
         version,
         max_packet_size,
         keepalive: (keepalive > 0).then(|| Duration::from_millis(u64::from(keepalive) * 1500)),
+        expires: expires_at_ms.map(|at| {
+            Instant::now() + Duration::from_millis(u64::try_from(at.saturating_sub(ctx.now_ms())).unwrap_or(0))
+        }),
         conn_id,
         session,
         outbox,
@@ -243,6 +249,8 @@ struct Accepted {
     expiry_secs: u32,
     keepalive: u16,
     connack_properties: Option<ConnAckProperties>,
+    /// when the login's token expires (node clock, ms)
+    expires_at_ms: Option<i64>,
 }
 
 /// Validates a CONNECT: limits, client id, credentials, properties.
@@ -282,18 +290,25 @@ fn check_connect(
             assigned = Some(client_id.clone());
         }
     }
-    let username = match certified {
+    let (username, grant) = match certified {
         // the certificate, verified against tls.client_ca_file, is the credential
-        Some(name) => Some(name.to_string()),
+        Some(name) => (Some(name.to_string()), Grant::default()),
         None => {
             let username = connect.login.as_ref().map(|login| login.username.clone());
             let password = connect.login.as_ref().map(|login| login.password.as_bytes());
-            match ctx.authorizer.authenticate(username.as_deref(), password) {
-                Ok(()) => {}
+            let login = ctx.authorizer.authenticate_connect(username.as_deref(), password, &client_id, ctx.now_ms());
+            match login {
+                Ok(grant) => (username, grant),
                 Err(AuthFailure::BadCredentials) => return Err(ConnectReturnCode::BadUserNamePassword),
                 Err(AuthFailure::NotAuthorized) => return Err(ConnectReturnCode::NotAuthorized),
+                Err(AuthFailure::BadToken(why)) => {
+                    if let Some(held_back) = TOKEN_REFUSALS.admit(ctx.now_ms()) {
+                        let client_id: String = client_id.chars().take(128).collect();
+                        tracing::info!(%client_id, held_back, "mqtt token refused: {why}");
+                    }
+                    return Err(ConnectReturnCode::BadUserNamePassword);
+                }
             }
-            username
         }
     };
 
@@ -366,17 +381,19 @@ fn check_connect(
             receive_maximum,
             max_packet_size: client_max_packet,
             topic_alias_max: properties.and_then(|p| p.topic_alias_max).unwrap_or(0),
-            identity: Identity { client_id, username, host: None },
+            identity: Identity { client_id, username, host: None, rules: grant.rules },
             will,
         },
         expiry_secs,
         keepalive,
         connack_properties,
+        expires_at_ms: grant.expires_at_ms,
     })
 }
 
 /// Refused CONNECTs, logged at `info` (rate-limited: a flood of bad clients cannot flood the log).
 static CONNECT_REFUSALS: crate::log_limit::LogLimit = crate::log_limit::LogLimit::new();
+static TOKEN_REFUSALS: crate::log_limit::LogLimit = crate::log_limit::LogLimit::new();
 
 fn refused(ctx: &NodeContext, reason: &'static str) {
     ctx.mqtt_counters.refused(reason);
@@ -412,6 +429,8 @@ struct ConnectionIo<R, W> {
     version: ProtocolVersion,
     max_packet_size: usize,
     keepalive: Option<Duration>,
+    /// when the login's token expires: the connection ends then
+    expires: Option<Instant>,
     conn_id: u64,
     session: ractor::ActorRef<SessionMsg>,
     outbox: Arc<Outbox>,
@@ -499,11 +518,19 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ConnectionIo<R, W> {
                 _ = &mut timer, if armed.is_some() => {
                     armed = None;
                     let now = Instant::now();
-                    if self.reading && self.keepalive.is_some_and(|limit| now >= times.last_read + limit) {
-                        // the session writes a v5 DISCONNECT 0x8D and closes the connection
-                        // through the outbox; until then this task only writes
+                    let keepalive_out = self.keepalive.is_some_and(|limit| now >= times.last_read + limit);
+                    let expired = self.expires.is_some_and(|at| now >= at);
+                    if self.reading && (keepalive_out || expired) {
+                        // the session writes a v5 DISCONNECT (0x8D keepalive timeout, 0xA0 for
+                        // an expired token) and closes the connection through the outbox; until
+                        // then this task only writes
                         self.reading = false;
-                        let lost = SessionMsg::ConnectionLost { conn_id: self.conn_id, keepalive_timeout: true };
+                        let reason = if expired {
+                            DisconnectReasonCode::MaximumConnectTime
+                        } else {
+                            DisconnectReasonCode::KeepAliveTimeout
+                        };
+                        let lost = SessionMsg::ConnectionLost { conn_id: self.conn_id, closed_for: Some(reason) };
                         if self.session.cast(lost).is_err() {
                             return;
                         }
@@ -606,12 +633,13 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ConnectionIo<R, W> {
 
     fn next_deadline(&self, times: &Deadlines) -> Option<Instant> {
         let keepalive = self.keepalive.filter(|_| self.reading).map(|limit| times.last_read + limit);
+        let expires = self.expires.filter(|_| self.reading);
         let write = (!self.wbuf.is_empty()).then(|| times.last_write_progress + WRITE_TIMEOUT);
         let idle_buffers =
             (self.buf.is_empty() && self.buf.capacity() > 0) || (self.wbuf.is_empty() && self.wbuf.capacity() > 0);
         let trim = idle_buffers.then(|| times.last_read.max(times.last_write_progress) + IDLE_TRIM);
         let stopped = times.stopped_reading.map(|at| at + CLOSE_GRACE);
-        [keepalive, write, trim, stopped].into_iter().flatten().min()
+        [keepalive, expires, write, trim, stopped].into_iter().flatten().min()
     }
 }
 
@@ -634,6 +662,7 @@ mod tests {
             version: ProtocolVersion::V311,
             max_packet_size: 1024,
             keepalive: None,
+            expires: None,
             conn_id: 1,
             session: handle.actor.clone(),
             outbox: Outbox::new(),

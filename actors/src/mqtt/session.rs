@@ -59,12 +59,13 @@ pub enum SessionMsg {
         /// Returned once processed: bounds how far the reader runs ahead.
         credit: InboundCredit,
     },
-    /// The connection ended without DISCONNECT (EOF, error, keepalive timeout).
+    /// The connection ended without DISCONNECT (EOF, error, keepalive timeout, an expired token).
     ConnectionLost {
         /// The connection.
         conn_id: u64,
-        /// Whether it was the keepalive that ran out.
-        keepalive_timeout: bool,
+        /// Why the server ends it, if it does (the keepalive ran out, the token expired): a v5
+        /// client is told so.
+        closed_for: Option<DisconnectReasonCode>,
     },
     /// Messages routed to this session, in order (one cast per publishing batch), the
     /// publishers to tell once the deliveries are stored, and what the deliveries count
@@ -217,7 +218,8 @@ impl Actor for MqttSession {
             let now = shell.ctx.now_ms();
             let delay_ms = i64::from(stored.delay_secs.min(shell.state.expiry_secs())) * 1000;
             let due = stored.publish_at_ms.unwrap_or(now + delay_ms);
-            let identity = Identity { client_id: args.client_id.clone(), username: stored.username, host: None };
+            let identity =
+                Identity { client_id: args.client_id.clone(), username: stored.username, ..Default::default() };
             shell.pending_will = Some((Arc::new(stored.message), identity, due));
         }
         if let Some(request) = args.attach {
@@ -264,7 +266,7 @@ impl SessionShell {
     fn new(ctx: NodeContext, state: SessionState, handle: SessionHandle, restored: bool) -> Self {
         let fanout = Fanout::new(&ctx.memory);
         Self {
-            identity: Identity { client_id: state.client_id().to_string(), username: None, host: None },
+            identity: Identity { client_id: state.client_id().to_string(), username: None, ..Default::default() },
             acks: AckGate::new(ctx.mqtt.test_ack_before_durable),
             route_wait: None,
             ctx,
@@ -330,11 +332,10 @@ impl SessionShell {
                     drop(credit);
                 }
             }
-            SessionMsg::ConnectionLost { conn_id, keepalive_timeout } => {
+            SessionMsg::ConnectionLost { conn_id, closed_for } => {
                 if self.io.as_ref().is_some_and(|io| io.conn_id == conn_id) {
-                    if keepalive_timeout {
-                        tracing::debug!(client_id = %self.state.client_id(), "keepalive timeout");
-                        self.apply(vec![Effect::Close(DisconnectReasonCode::KeepAliveTimeout)]);
+                    if let Some(reason) = closed_for {
+                        self.apply(vec![Effect::Close(reason)]);
                     }
                     return Some(Tail::CloseConnection);
                 }

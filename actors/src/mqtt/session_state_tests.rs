@@ -30,7 +30,7 @@ fn params(version: ProtocolVersion) -> ConnectionParams {
         receive_maximum: 65535,
         max_packet_size: None,
         topic_alias_max: 0,
-        identity: Identity { client_id: "c".into(), username: None, host: None },
+        identity: Identity { client_id: "c".into(), username: None, ..Default::default() },
         will: None,
     }
 }
