@@ -143,6 +143,10 @@ pub struct KafkaSettings {
     pub replica_lag_time_max_ms: u64,
     /// A client connection with no request for this long is closed (ms).
     pub connections_max_idle_ms: u64,
+    /// `kafka.max_connections_per_address` (Kafka's `max.connections.per.ip`).
+    pub max_connections_per_address: Option<usize>,
+    /// `kafka.request_read_timeout_ms`: a request begun must arrive whole within this.
+    pub request_read_timeout_ms: u64,
     /// Delay before the first rebalance of an empty group (ms).
     pub group_initial_rebalance_delay_ms: u64,
     /// Smallest and largest session timeout a consumer may ask for (ms).
@@ -166,6 +170,8 @@ impl Default for KafkaSettings {
             fetch_max_bytes: 55 << 20,
             replica_lag_time_max_ms: 10_000,
             connections_max_idle_ms: 600_000,
+            max_connections_per_address: None,
+            request_read_timeout_ms: 30_000,
             group_initial_rebalance_delay_ms: 0,
             group_session_timeout_ms: (6_000, 1_800_000),
             offsets_retention_ms: 7 * 24 * 3_600_000,
@@ -210,7 +216,10 @@ pub struct NodeInner {
     pub connections: AtomicUsize,
     /// Open MQTT connections per IP address, counted when `mqtt.max_connections_per_address`
     /// is set.
-    pub connections_by_address: std::sync::Mutex<std::collections::BTreeMap<std::net::IpAddr, usize>>,
+    pub connections_by_address: Arc<crate::rate_limit::AddressCounts>,
+    /// Open Kafka connections per IP address, counted when `kafka.max_connections_per_address`
+    /// is set.
+    pub kafka_connections_by_address: Arc<crate::rate_limit::AddressCounts>,
     /// The node's CONNECT bucket, when `mqtt.max_connect_rate` is set.
     pub connect_rate: std::sync::Mutex<Option<crate::rate_limit::TokenBucket>>,
     /// The memory budget of message data.
@@ -295,7 +304,8 @@ impl NodeContext {
                 streams,
                 groups: GroupRegistry::default(),
                 connections: AtomicUsize::new(0),
-                connections_by_address: std::sync::Mutex::default(),
+                connections_by_address: Arc::default(),
+                kafka_connections_by_address: Arc::default(),
                 connect_rate: std::sync::Mutex::new(connect_rate),
                 memory: crate::memory::MemoryBudget::new(parts.memory_budget),
                 mqtt_counters,

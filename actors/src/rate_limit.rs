@@ -33,6 +33,43 @@ impl TokenBucket {
     }
 }
 
+/// Open connections per IP address, for a listener's `max_connections_per_address`.
+#[derive(Debug, Default)]
+pub struct AddressCounts {
+    counts: std::sync::Mutex<std::collections::BTreeMap<std::net::IpAddr, usize>>,
+}
+
+/// One connection counted in its address's total, until dropped.
+#[derive(Debug)]
+pub struct AddressHold {
+    counts: std::sync::Arc<AddressCounts>,
+    address: std::net::IpAddr,
+}
+
+impl AddressCounts {
+    /// Counts a connection from `address`: the hold, and how many are open from it with this one.
+    pub fn hold(self: &std::sync::Arc<Self>, address: std::net::IpAddr) -> (AddressHold, usize) {
+        let mut counts = self.counts.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let count = counts.entry(address).or_insert(0);
+        *count += 1;
+        let open = *count;
+        drop(counts);
+        (AddressHold { counts: std::sync::Arc::clone(self), address }, open)
+    }
+}
+
+impl Drop for AddressHold {
+    fn drop(&mut self) {
+        let mut counts = self.counts.counts.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(count) = counts.get_mut(&self.address) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.address);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -89,6 +89,10 @@ pub struct KafkaConfig {
     /// A client connection with no request for this long is closed (ms), as
     /// connections.max.idle.ms.
     pub connections_max_idle_ms: u64,
+    /// Kafka connections one IP address may hold open (Kafka's `max.connections.per.ip`).
+    pub max_connections_per_address: Option<usize>,
+    /// A request begun must arrive whole within this many milliseconds.
+    pub request_read_timeout_ms: u64,
     /// How often retention runs (ms).
     pub retention_check_ms: u64,
     /// Delay before the first rebalance of an empty group (ms), as group.initial.rebalance.delay.ms.
@@ -113,6 +117,8 @@ impl Default for KafkaConfig {
             fetch_max_bytes: 55 << 20,
             replica_lag_time_max_ms: 10_000,
             connections_max_idle_ms: 600_000,
+            max_connections_per_address: None,
+            request_read_timeout_ms: 30_000,
             retention_check_ms: 30_000,
             group_initial_rebalance_delay_ms: 0,
             group_min_session_timeout_ms: 6_000,
@@ -591,6 +597,12 @@ impl Config {
         if !(100..=3_600_000).contains(&self.kafka.replica_lag_time_max_ms) {
             return Err(invalid("kafka.replica_lag_time_max_ms", "must be between 100 and 3600000"));
         }
+        if !(100..=i64::MAX as u64).contains(&self.kafka.request_read_timeout_ms) {
+            return Err(invalid("kafka.request_read_timeout_ms", "must be at least 100"));
+        }
+        if self.kafka.max_connections_per_address == Some(0) {
+            return Err(invalid("kafka.max_connections_per_address", "must be at least 1"));
+        }
         if !(100..=i64::MAX as u64).contains(&self.kafka.connections_max_idle_ms) {
             return Err(invalid("kafka.connections_max_idle_ms", "must be at least 100"));
         }
@@ -710,6 +722,8 @@ impl Config {
             fetch_max_bytes: self.kafka.fetch_max_bytes,
             replica_lag_time_max_ms: self.kafka.replica_lag_time_max_ms,
             connections_max_idle_ms: self.kafka.connections_max_idle_ms,
+            max_connections_per_address: self.kafka.max_connections_per_address,
+            request_read_timeout_ms: self.kafka.request_read_timeout_ms,
             group_initial_rebalance_delay_ms: self.kafka.group_initial_rebalance_delay_ms,
             group_session_timeout_ms: (
                 self.kafka.group_min_session_timeout_ms as i32,

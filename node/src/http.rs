@@ -16,6 +16,7 @@ use tidewater_actors::seams::{Connection, Listener};
 use tidewater_actors::stream::def::StreamDef;
 use tidewater_actors::stream::registry::{Stream, StreamError};
 use tokio::sync::watch;
+use tracing::Instrument;
 
 /// Renders the Prometheus text of `/metrics` (the process's recorder lives in `main`).
 pub type MetricsRender = Arc<dyn Fn() -> String + Send + Sync>;
@@ -196,41 +197,53 @@ async fn decommission(State(state): State<HttpState>, Path(id): Path<u64>) -> Re
     }
 }
 
-/// Serves HTTP on a listener of the `Net` seam until `shutdown` turns true.
+/// A request's head must arrive within this (hyper's timer; a connection that dribbles or
+/// stalls its headers is closed then, so that a slow-loris holds a socket no longer).
+pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long open connections may finish their requests at shutdown.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Serves HTTP/1.1 on a listener of the `Net` seam until `shutdown` turns true: one task per
+/// connection, each with [`HEADER_READ_TIMEOUT`], closed gracefully at shutdown.
 pub async fn serve(listener: Box<dyn Listener>, state: HttpState, mut shutdown: watch::Receiver<bool>) {
-    let served = axum::serve(NetListener(listener), router(state))
-        .with_graceful_shutdown(async move {
-            let _ = shutdown.changed().await;
-        })
-        .await;
-    if let Err(error) = served {
-        tracing::error!(%error, "http listener failed");
-    }
-}
-
-/// A `Net` listener as axum's listener.
-struct NetListener(Box<dyn Listener>);
-
-impl axum::serve::Listener for NetListener {
-    type Io = Box<dyn Connection>;
-    type Addr = std::net::SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        loop {
-            match self.0.accept().await {
-                Ok(accepted) => return accepted,
-                Err(error) => {
-                    // e.g. out of file descriptors: back off instead of spinning
-                    tracing::warn!(protocol = "http", %error, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let router = router(state);
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.changed() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let io: Box<dyn Connection> = match accepted {
+            Ok((io, _peer)) => io,
+            Err(error) => {
+                // e.g. out of file descriptors: back off instead of spinning
+                tracing::warn!(protocol = "http", %error, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        let mut stop = shutdown.clone();
+        connections.spawn(
+            async move {
+                let connection = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(HEADER_READ_TIMEOUT)
+                    .serve_connection(hyper_util::rt::TokioIo::new(io), service);
+                tokio::pin!(connection);
+                tokio::select! {
+                    _ = connection.as_mut() => {}
+                    _ = stop.changed() => {
+                        connection.as_mut().graceful_shutdown();
+                        let _ = tokio::time::timeout(SHUTDOWN_GRACE, connection).await;
+                    }
                 }
             }
-        }
+            .in_current_span(),
+        );
+        while connections.try_join_next().is_some() {}
     }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        self.0.local_addr()
-    }
+    let _ = tokio::time::timeout(SHUTDOWN_GRACE, async { while connections.join_next().await.is_some() {} }).await;
 }
 
 fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {

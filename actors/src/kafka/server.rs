@@ -225,8 +225,29 @@ pub async fn serve(
     certified: Option<Arc<str>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    // kafka.max_connections_per_address (Kafka's max.connections.per.ip): one more is closed
+    // at once, as a Kafka broker does
+    let _held = match ctx.kafka.max_connections_per_address {
+        Some(most) => {
+            let (hold, open) = ctx.kafka_connections_by_address.hold(peer.ip());
+            if open > most {
+                crate::metrics::limit_hit("kafka_connections_per_address");
+                if let Some(held_back) = REFUSALS.admit(ctx.now_ms()) {
+                    tracing::info!(%peer, open, held_back, "kafka connection refused: over kafka.max_connections_per_address");
+                }
+                return;
+            }
+            Some(hold)
+        }
+        None => None,
+    };
     let (mut reader, writer) = tokio::io::split(connection);
     let max_idle = Duration::from_millis(ctx.kafka.connections_max_idle_ms);
+    // a request begun must arrive whole in this time, or the connection closes (a client that
+    // dribbles its bytes holds a connection no longer than this per request)
+    let read_timeout = Duration::from_millis(ctx.kafka.request_read_timeout_ms);
+    let mut begun: Option<tokio::time::Instant> = None;
+    let clock = ctx.clone();
     let state = KafkaConnectionState { ctx, writer, chunks: Vec::new(), peer, sasl: SaslState::default(), certified };
     let Ok((actor, mut handle)) = Actor::spawn(None, KafkaConnection, state).await else { return };
     let mut stopped = false;
@@ -241,6 +262,7 @@ pub async fn serve(
             match wire::read_frame(&mut buf, MAX_FRAME) {
                 Ok(Some(frame)) => {
                     last_request = tokio::time::Instant::now();
+                    begun = None;
                     let Ok(permit) = Arc::clone(&permits).acquire_owned().await else { break 'read };
                     if actor.cast(KafkaConnectionMsg::Frame(frame, permit)).is_err() {
                         break 'read;
@@ -254,9 +276,17 @@ pub async fn serve(
             }
         }
         buf.reserve(64 * 1024);
+        begun = if buf.is_empty() { None } else { begun.or_else(|| Some(tokio::time::Instant::now())) };
+        let deadline = begun.map(|at| at + read_timeout);
         tokio::select! {
             biased;
             _ = shutdown.changed() => break,
+            _ = async { tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)).await }, if deadline.is_some() => {
+                if let Some(held_back) = REFUSALS.admit(clock.now_ms()) {
+                    tracing::info!(%peer, held_back, timeout_ms = read_timeout.as_millis() as u64, "kafka connection closed: a request did not arrive whole within kafka.request_read_timeout_ms");
+                }
+                break;
+            }
             _ = &mut handle => {
                 stopped = true;
                 break;

@@ -6,7 +6,7 @@
 //! An idle connection costs its task, the socket and the outbox: the read buffer is given
 //! back after [`IDLE_TRIM`] without traffic, and the write buffer once it is written.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -62,7 +62,7 @@ pub async fn run_listener(ctx: NodeContext, listener: Box<dyn Listener>, shutdow
 /// address, until dropped.
 struct ConnectionCount {
     ctx: NodeContext,
-    address: Option<IpAddr>,
+    _address: Option<crate::rate_limit::AddressHold>,
 }
 
 /// How many connections are open, with this one: on the node, and from its address (0 when not
@@ -78,14 +78,12 @@ impl ConnectionCount {
         ctx.mqtt_counters.connections.increment(1.0);
         let (address, from_address) = match ctx.mqtt.max_connections_per_address {
             Some(_) => {
-                let mut counts = ctx.connections_by_address.lock().expect("not poisoned");
-                let count = counts.entry(peer.ip()).or_insert(0);
-                *count += 1;
-                (Some(peer.ip()), *count)
+                let (hold, open) = ctx.connections_by_address.hold(peer.ip());
+                (Some(hold), open)
             }
             None => (None, 0),
         };
-        (Self { ctx: ctx.clone(), address }, OpenConnections { node, address: from_address })
+        (Self { ctx: ctx.clone(), _address: address }, OpenConnections { node, address: from_address })
     }
 }
 
@@ -93,15 +91,6 @@ impl Drop for ConnectionCount {
     fn drop(&mut self) {
         self.ctx.connections.fetch_sub(1, Ordering::Relaxed);
         self.ctx.mqtt_counters.connections.decrement(1.0);
-        if let Some(address) = self.address {
-            let mut counts = self.ctx.connections_by_address.lock().expect("not poisoned");
-            if let Some(count) = counts.get_mut(&address) {
-                *count -= 1;
-                if *count == 0 {
-                    counts.remove(&address);
-                }
-            }
-        }
     }
 }
 
