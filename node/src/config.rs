@@ -287,6 +287,11 @@ pub struct TlsConfig {
     /// stands for the password, as Mosquitto's `use_identity_as_username`. `none`: the
     /// CONNECT's credentials count, as without a certificate.
     pub peer_cert_as_username: PeerCertName,
+    /// Whether the data plane between nodes is mutual TLS, each node presenting this
+    /// certificate, and accepting peers whose certificate `cluster_ca_file` signed.
+    pub cluster: bool,
+    /// PEM file of the CAs that sign the nodes' certificates (`tls.cluster`).
+    pub cluster_ca_file: Option<PathBuf>,
     /// How long a client has to finish its TLS handshake.
     pub handshake_timeout_ms: u64,
     /// How often the two files are checked for a change (a renewed certificate is then served
@@ -304,6 +309,8 @@ impl Default for TlsConfig {
             client_ca_file: None,
             client_auth: ClientAuth::Optional,
             peer_cert_as_username: PeerCertName::None,
+            cluster: false,
+            cluster_ca_file: None,
             handshake_timeout_ms: 10_000,
             reload_check_ms: 5_000,
         }
@@ -500,10 +507,16 @@ impl Config {
                 return Err(invalid("tls.kafka", "needs tls.cert_file and tls.key_file"));
             }
             (None, None) if tls.http => return Err(invalid("tls.http", "needs tls.cert_file and tls.key_file")),
+            (None, None) if tls.cluster => {
+                return Err(invalid("tls.cluster", "needs tls.cert_file and tls.key_file"));
+            }
             (None, None) if self.listeners.wss.is_some() => {
                 return Err(invalid("listeners.wss", "needs tls.cert_file and tls.key_file"));
             }
             _ => {}
+        }
+        if tls.cluster && tls.cluster_ca_file.is_none() {
+            return Err(invalid("tls.cluster", "needs tls.cluster_ca_file (the CA of the nodes' certificates)"));
         }
         if tls.client_ca_file.is_none() {
             if tls.client_auth == ClientAuth::Required {

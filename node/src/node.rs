@@ -205,10 +205,11 @@ impl Node {
             rpc: config.listeners.rpc,
             gossip: config.listeners.gossip,
         };
+        // tls.cluster: the data plane is mutual TLS
+        let data_plane =
+            tls.as_ref().and_then(|tls| tls.cluster_net(Arc::clone(&net), clock())).unwrap_or_else(|| Arc::clone(&net));
         let cluster =
-            match ClusterNode::start(&config, addresses, Arc::clone(&net), gossip, generation, shutdown_rx.clone())
-                .await
-            {
+            match ClusterNode::start(&config, addresses, data_plane, gossip, generation, shutdown_rx.clone()).await {
                 Ok(cluster) => cluster,
                 Err(error) => {
                     stop_actors(&ctx).await;

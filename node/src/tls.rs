@@ -12,6 +12,11 @@
 //! effect for new connections without a restart, and a renewal that does not parse is logged
 //! and leaves the old certificate serving. The files are the operator's, outside the storage
 //! seams; the simulation configures no TLS.
+//!
+//! With `tls.cluster = true` the data plane between nodes is mutual TLS too ([`ServerTls::cluster_net`]):
+//! each node presents its certificate both as a server and as a client, and accepts a peer only
+//! with a certificate `tls.cluster_ca_file` signed; a node dialling a peer checks that the
+//! peer's certificate names the address it dials (an IP subject alternative name).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -23,7 +28,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use tidewater_actors::seams::{Clock, Connection, Listener};
+use tidewater_actors::seams::{Clock, Connection, Listener, Net};
 
 use crate::config::{ClientAuth, PeerCertName, TlsConfig};
 use crate::upgrade::{self, Handshake, Upgrade};
@@ -46,6 +51,8 @@ pub struct ServerTls {
     pub handshake_timeout: Duration,
     /// how often the files are checked for a change
     pub reload_check: Duration,
+    /// `tls.cluster`: the data plane's mutual TLS, both ways
+    cluster: Option<(Arc<rustls::ServerConfig>, Arc<rustls::ClientConfig>)>,
 }
 
 impl ServerTls {
@@ -70,17 +77,40 @@ impl ServerTls {
             .with_safe_default_protocol_versions()
             .map_err(|e| TlsError { key: "tls", reason: e.to_string() })?;
         let builder = match &config.client_ca_file {
-            Some(ca_file) => builder.with_client_cert_verifier(client_verifier(ca_file, config.client_auth, provider)?),
+            Some(ca_file) => builder.with_client_cert_verifier(client_verifier(
+                ca_file,
+                config.client_auth,
+                Arc::clone(&provider),
+                "tls.client_ca_file",
+            )?),
             None => builder.with_no_client_auth(),
         };
         let server = builder.with_cert_resolver(Arc::clone(&resolver) as Arc<dyn ResolvesServerCert>);
+        let cluster = match (&config.cluster_ca_file, config.cluster) {
+            (Some(ca_file), true) => Some(cluster_configs(ca_file, &resolver, &provider)?),
+            _ => None,
+        };
         Ok(Some(Arc::new(Self {
             config: Arc::new(server),
             resolver,
             peer_cert_as_username: config.peer_cert_as_username,
             handshake_timeout: Duration::from_millis(config.handshake_timeout_ms),
             reload_check: Duration::from_millis(config.reload_check_ms),
+            cluster,
         })))
+    }
+
+    /// With `tls.cluster`: `inner` with mutual TLS on every connection it accepts and dials, for
+    /// the data plane between nodes.
+    pub fn cluster_net(self: &Arc<Self>, inner: Arc<dyn Net>, clock: Arc<dyn Clock>) -> Option<Arc<dyn Net>> {
+        let (server, client) = self.cluster.as_ref()?;
+        Some(Arc::new(ClusterTlsNet {
+            inner,
+            acceptor: tokio_rustls::TlsAcceptor::from(Arc::clone(server)),
+            connector: tokio_rustls::TlsConnector::from(Arc::clone(client)),
+            timeout: self.handshake_timeout,
+            clock,
+        }))
     }
 
     /// Reads the files again if they changed since the last look; `true` when a new
@@ -140,13 +170,67 @@ pub async fn run_reload(tls: Arc<ServerTls>, mut shutdown: tokio::sync::watch::R
     }
 }
 
-/// Verifies client certificates against the CAs of `ca_file`.
-fn client_verifier(
+/// The data plane's server and client configurations: this node's certificate both ways, peers'
+/// verified against the CAs of `ca_file`.
+fn cluster_configs(
     ca_file: &Path,
-    auth: ClientAuth,
-    provider: Arc<CryptoProvider>,
-) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, TlsError> {
-    let bad = |reason: String| TlsError { key: "tls.client_ca_file", reason };
+    resolver: &Arc<ReloadingCert>,
+    provider: &Arc<CryptoProvider>,
+) -> Result<(Arc<rustls::ServerConfig>, Arc<rustls::ClientConfig>), TlsError> {
+    let verifier = client_verifier(ca_file, ClientAuth::Required, Arc::clone(provider), "tls.cluster_ca_file")?;
+    let bad = |e: rustls::Error| TlsError { key: "tls.cluster_ca_file", reason: e.to_string() };
+    let server = rustls::ServerConfig::builder_with_provider(Arc::clone(provider))
+        .with_safe_default_protocol_versions()
+        .map_err(bad)?
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(Arc::clone(resolver) as Arc<dyn ResolvesServerCert>);
+    let client = rustls::ClientConfig::builder_with_provider(Arc::clone(provider))
+        .with_safe_default_protocol_versions()
+        .map_err(bad)?
+        .with_root_certificates(roots(ca_file, "tls.cluster_ca_file")?)
+        .with_client_cert_resolver(Arc::clone(resolver) as Arc<dyn rustls::client::ResolvesClientCert>);
+    Ok((Arc::new(server), Arc::new(client)))
+}
+
+/// A `Net` whose connections, accepted and dialled, are mutual TLS (`tls.cluster`).
+struct ClusterTlsNet {
+    inner: Arc<dyn Net>,
+    acceptor: tokio_rustls::TlsAcceptor,
+    connector: tokio_rustls::TlsConnector,
+    timeout: Duration,
+    clock: Arc<dyn Clock>,
+}
+
+#[async_trait::async_trait]
+impl Net for ClusterTlsNet {
+    async fn bind(&self, addr: std::net::SocketAddr) -> std::io::Result<Box<dyn Listener>> {
+        let inner = self.inner.bind(addr).await?;
+        let acceptor = self.acceptor.clone();
+        let upgrade: Upgrade = Arc::new(move |connection| {
+            let acceptor = acceptor.clone();
+            Box::pin(async move {
+                let stream = acceptor.accept(connection).await.map_err(|e| e.to_string())?;
+                Ok((Box::new(stream) as Box<dyn Connection>, None))
+            })
+        });
+        let handshake =
+            Handshake { protocol: "rpc", layer: "tls", timeout: self.timeout, timeout_key: "tls.handshake_timeout_ms" };
+        Ok(upgrade::listener(inner, handshake, upgrade, Arc::clone(&self.clock)))
+    }
+
+    async fn connect(&self, addr: std::net::SocketAddr) -> std::io::Result<Box<dyn Connection>> {
+        let connection = self.inner.connect(addr).await?;
+        let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+        let stream = tokio::time::timeout(self.timeout, self.connector.connect(name, connection))
+            .await
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "tls handshake with a peer timed out"))??;
+        Ok(Box::new(stream))
+    }
+}
+
+/// The CAs of `ca_file` (named `key` in errors).
+fn roots(ca_file: &Path, key: &'static str) -> Result<rustls::RootCertStore, TlsError> {
+    let bad = |reason: String| TlsError { key, reason };
     let mut roots = rustls::RootCertStore::empty();
     let certs = CertificateDer::pem_file_iter(ca_file)
         .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
@@ -157,6 +241,18 @@ fn client_verifier(
     if roots.is_empty() {
         return Err(bad(format!("{} holds no PEM certificate", ca_file.display())));
     }
+    Ok(roots)
+}
+
+/// Verifies client certificates against the CAs of `ca_file` (named `key` in errors).
+fn client_verifier(
+    ca_file: &Path,
+    auth: ClientAuth,
+    provider: Arc<CryptoProvider>,
+    key: &'static str,
+) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, TlsError> {
+    let bad = |reason: String| TlsError { key, reason };
+    let roots = roots(ca_file, key)?;
     let builder = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
     let builder = if auth == ClientAuth::Optional { builder.allow_unauthenticated() } else { builder };
     builder.build().map_err(|e| bad(e.to_string()))
@@ -294,6 +390,17 @@ impl ReloadingCert {
 impl ResolvesServerCert for ReloadingCert {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         Some(Arc::clone(&self.current.read()))
+    }
+}
+
+/// The same certificate, presented as a client's to a peer (`tls.cluster`).
+impl rustls::client::ResolvesClientCert for ReloadingCert {
+    fn resolve(&self, _root_hints: &[&[u8]], _schemes: &[rustls::SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+        Some(Arc::clone(&self.current.read()))
+    }
+
+    fn has_certs(&self) -> bool {
+        true
     }
 }
 

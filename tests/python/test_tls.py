@@ -572,3 +572,52 @@ def test_client_certificate_settings_without_a_ca_are_refused_at_start(tmp_path,
         out = subprocess.run([TIDEWATER_BIN, "start", "--config", str(config), "--data-dir", str(tmp_path / "d")],
                              capture_output=True, text=True, timeout=30, env=broker_env(), cwd=tmp_path)
         assert out.returncode == 2 and named in out.stderr, out.stderr
+
+
+# -- the data plane between nodes -----------------------------------------------------------------
+
+
+def test_a_cluster_replicates_over_mutual_tls_and_a_peer_without_a_certificate_gets_nothing(make_broker, pki,
+                                                                                          tmp_path):
+    from test_cluster import agreed_controller, cluster_view, controller, node_ids, wait_for
+    from test_replication import create_topic, leaders, read_all
+    ca, cert, key = pki["first"]
+
+    def config():
+        return {"listeners": {"mqtts": f"127.0.0.1:{free_port()}"},
+                "tls": {"cert_file": str(cert), "key_file": str(key), "cluster": True, "cluster_ca_file": str(ca),
+                        "handshake_timeout_ms": 2000}}
+    voters = ["--voters", "1,2,3"]
+    first = make_broker(node_id=1, config=config(), extra_args=voters)
+    seeds = ["--seeds", f"127.0.0.1:{first.gossip_port}"]
+    nodes = [first] + [make_broker(node_id=i, config=config(), extra_args=seeds + voters) for i in (2, 3)]
+    for node in nodes:
+        wait_for(lambda node=node: node_ids(node) == [1, 2, 3], timeout=10)
+    wait_for(lambda: agreed_controller(nodes) and len(controller(nodes[0])["registered"]) == 3, timeout=20)
+    # the links are up, over TLS
+    wait_for(lambda: all(n["link"] and n["link"]["connected"] for n in cluster_view(nodes[0])["nodes"]
+                         if not n["self"]), timeout=10)
+    topic = unique("mtls").replace("/", "-")
+    admin = create_topic(nodes, topic, 1, 3)
+    assert leaders(admin, topic, 1)[0][1] == [1, 2, 3]
+    prod = producer(nodes[0], **{"acks": "all"})
+    produce_all(prod, topic, [{"value": b"m%d" % i} for i in range(20)])
+    got = read_all(nodes, topic, 1, {(0, i) for i in range(20)})
+    assert [got[(0, i)] for i in range(20)] == [b"m%d" % i for i in range(20)]
+    # a plaintext peer, and a TLS client without a certificate, get no data-plane session
+    with socket.create_connection(("127.0.0.1", nodes[1].rpc_port), timeout=5) as plain:
+        plain.sendall(b"\x00\x00\x00\x10" + b"x" * 16)
+        plain.settimeout(5)
+        answer = b""
+        while chunk := plain.recv(64):
+            answer += chunk
+        assert answer in (b"",) or answer.startswith(b"\x15"), "a TLS alert at most, then the close"
+    context = ssl.create_default_context(cafile=str(ca))
+    with socket.create_connection(("127.0.0.1", nodes[1].rpc_port), timeout=5) as raw_sock:
+        with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
+            with context.wrap_socket(raw_sock, server_hostname="127.0.0.1") as tls_sock:
+                tls_sock.sendall(b"\x00\x00\x00\x10" + b"x" * 16)
+                tls_sock.settimeout(5)
+                if tls_sock.recv(64) == b"":
+                    raise ConnectionError("closed")
+    assert nodes[1].log_lines("tls handshake failed", 'protocol="rpc"')
