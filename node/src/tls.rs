@@ -10,7 +10,8 @@
 //! read at start (a bad file stops the start with the key named) and read again when their
 //! modification time changes, checked every `tls.reload_check_ms`: a renewed certificate takes
 //! effect for new connections without a restart, and a renewal that does not parse is logged
-//! and leaves the old certificate serving. The files are the operator's, outside the storage
+//! and leaves the old certificate serving; `tls.client_ca_file` (and the verifying side of
+//! `tls.cluster_ca_file`) likewise. The files are the operator's, outside the storage
 //! seams; the simulation configures no TLS.
 //!
 //! With `tls.cluster = true` the data plane between nodes is mutual TLS too ([`ServerTls::cluster_net`]):
@@ -26,6 +27,7 @@ use parking_lot::{Mutex, RwLock};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::danger::ClientCertVerifier;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use tidewater_actors::seams::{Clock, Connection, Listener, Net};
@@ -53,6 +55,8 @@ pub struct ServerTls {
     pub reload_check: Duration,
     /// `tls.cluster`: the data plane's mutual TLS, both ways
     cluster: Option<(Arc<rustls::ServerConfig>, Arc<rustls::ClientConfig>)>,
+    /// the verifiers of `tls.client_ca_file` and `tls.cluster_ca_file`, reloaded with the certificate
+    verifiers: Vec<Arc<ReloadingVerifier>>,
 }
 
 impl ServerTls {
@@ -76,18 +80,23 @@ impl ServerTls {
         let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
             .with_safe_default_protocol_versions()
             .map_err(|e| TlsError { key: "tls", reason: e.to_string() })?;
+        let mut verifiers = Vec::new();
         let builder = match &config.client_ca_file {
-            Some(ca_file) => builder.with_client_cert_verifier(client_verifier(
-                ca_file,
-                config.client_auth,
-                Arc::clone(&provider),
-                "tls.client_ca_file",
-            )?),
+            Some(ca_file) => {
+                let verifier =
+                    client_verifier(ca_file, config.client_auth, Arc::clone(&provider), "tls.client_ca_file")?;
+                verifiers.push(Arc::clone(&verifier));
+                builder.with_client_cert_verifier(verifier)
+            }
             None => builder.with_no_client_auth(),
         };
         let server = builder.with_cert_resolver(Arc::clone(&resolver) as Arc<dyn ResolvesServerCert>);
         let cluster = match (&config.cluster_ca_file, config.cluster) {
-            (Some(ca_file), true) => Some(cluster_configs(ca_file, &resolver, &provider)?),
+            (Some(ca_file), true) => {
+                let (server, client, verifier) = cluster_configs(ca_file, &resolver, &provider)?;
+                verifiers.push(verifier);
+                Some((server, client))
+            }
             _ => None,
         };
         Ok(Some(Arc::new(Self {
@@ -97,6 +106,7 @@ impl ServerTls {
             handshake_timeout: Duration::from_millis(config.handshake_timeout_ms),
             reload_check: Duration::from_millis(config.reload_check_ms),
             cluster,
+            verifiers,
         })))
     }
 
@@ -114,9 +124,10 @@ impl ServerTls {
     }
 
     /// Reads the files again if they changed since the last look; `true` when a new
-    /// certificate now serves.
+    /// certificate or client CA now serves.
     pub fn reload_if_changed(&self) -> bool {
-        self.resolver.reload_if_changed()
+        let cas = self.verifiers.iter().fold(false, |changed, verifier| verifier.reload_if_changed() | changed);
+        self.resolver.reload_if_changed() | cas
     }
 
     /// Wraps `inner` so that what it accepts is TLS, for `protocol` (named in logs, which read
@@ -170,26 +181,29 @@ pub async fn run_reload(tls: Arc<ServerTls>, mut shutdown: tokio::sync::watch::R
     }
 }
 
+/// The data plane's server and client configurations, and the verifier of the server's.
+type ClusterConfigs = (Arc<rustls::ServerConfig>, Arc<rustls::ClientConfig>, Arc<ReloadingVerifier>);
+
 /// The data plane's server and client configurations: this node's certificate both ways, peers'
 /// verified against the CAs of `ca_file`.
 fn cluster_configs(
     ca_file: &Path,
     resolver: &Arc<ReloadingCert>,
     provider: &Arc<CryptoProvider>,
-) -> Result<(Arc<rustls::ServerConfig>, Arc<rustls::ClientConfig>), TlsError> {
+) -> Result<ClusterConfigs, TlsError> {
     let verifier = client_verifier(ca_file, ClientAuth::Required, Arc::clone(provider), "tls.cluster_ca_file")?;
     let bad = |e: rustls::Error| TlsError { key: "tls.cluster_ca_file", reason: e.to_string() };
     let server = rustls::ServerConfig::builder_with_provider(Arc::clone(provider))
         .with_safe_default_protocol_versions()
         .map_err(bad)?
-        .with_client_cert_verifier(verifier)
+        .with_client_cert_verifier(Arc::clone(&verifier) as Arc<dyn ClientCertVerifier>)
         .with_cert_resolver(Arc::clone(resolver) as Arc<dyn ResolvesServerCert>);
     let client = rustls::ClientConfig::builder_with_provider(Arc::clone(provider))
         .with_safe_default_protocol_versions()
         .map_err(bad)?
         .with_root_certificates(roots(ca_file, "tls.cluster_ca_file")?)
         .with_client_cert_resolver(Arc::clone(resolver) as Arc<dyn rustls::client::ResolvesClientCert>);
-    Ok((Arc::new(server), Arc::new(client)))
+    Ok((Arc::new(server), Arc::new(client), verifier))
 }
 
 /// A `Net` whose connections, accepted and dialled, are mutual TLS (`tls.cluster`).
@@ -244,13 +258,123 @@ fn roots(ca_file: &Path, key: &'static str) -> Result<rustls::RootCertStore, Tls
     Ok(roots)
 }
 
-/// Verifies client certificates against the CAs of `ca_file` (named `key` in errors).
+/// Verifies client certificates against the CAs of `ca_file` (named `key` in errors), read again
+/// when the file changes (see [`ReloadingVerifier`]).
 fn client_verifier(
     ca_file: &Path,
     auth: ClientAuth,
     provider: Arc<CryptoProvider>,
     key: &'static str,
-) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, TlsError> {
+) -> Result<Arc<ReloadingVerifier>, TlsError> {
+    let current = ca_verifier(ca_file, auth, Arc::clone(&provider), key)?;
+    Ok(Arc::new(ReloadingVerifier {
+        current: RwLock::new(current),
+        ca_file: ca_file.to_path_buf(),
+        stamp: Mutex::new(modified(ca_file)),
+        auth,
+        provider,
+        key,
+    }))
+}
+
+/// A file's modification time (`None` when it cannot be read).
+fn modified(path: &Path) -> Option<SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+/// Verifies client certificates with the CAs of its file as they are now: the file is read
+/// again when its modification time changes, checked with the server certificate's (a CA file
+/// that does not parse is logged and leaves the previous CAs in force). It names no CA to
+/// clients in the handshake (an empty hint list: clients present their certificate anyway).
+#[derive(Debug)]
+struct ReloadingVerifier {
+    current: RwLock<Arc<dyn ClientCertVerifier>>,
+    ca_file: PathBuf,
+    stamp: Mutex<Option<SystemTime>>,
+    auth: ClientAuth,
+    provider: Arc<CryptoProvider>,
+    key: &'static str,
+}
+
+impl ReloadingVerifier {
+    fn reload_if_changed(&self) -> bool {
+        let stamp = modified(&self.ca_file);
+        {
+            let mut seen = self.stamp.lock();
+            if stamp.is_none() || *seen == stamp {
+                return false;
+            }
+            *seen = stamp;
+        }
+        match ca_verifier(&self.ca_file, self.auth, Arc::clone(&self.provider), self.key) {
+            Ok(verifier) => {
+                *self.current.write() = verifier;
+                tracing::info!(ca = %self.ca_file.display(), "tls client CA reloaded");
+                true
+            }
+            Err(error) => {
+                tracing::warn!(%error, "tls client CA changed but cannot be used: the previous CAs still verify");
+                false
+            }
+        }
+    }
+}
+
+impl ClientCertVerifier for ReloadingVerifier {
+    fn offer_client_auth(&self) -> bool {
+        self.current.read().offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.current.read().client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        let current = Arc::clone(&self.current.read());
+        current.verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        let current = Arc::clone(&self.current.read());
+        current.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        let current = Arc::clone(&self.current.read());
+        current.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.current.read().supported_verify_schemes()
+    }
+}
+
+/// A verifier of the CAs `ca_file` holds now.
+fn ca_verifier(
+    ca_file: &Path,
+    auth: ClientAuth,
+    provider: Arc<CryptoProvider>,
+    key: &'static str,
+) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
     let bad = |reason: String| TlsError { key, reason };
     let roots = roots(ca_file, key)?;
     let builder = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);

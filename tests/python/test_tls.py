@@ -621,3 +621,23 @@ def test_a_cluster_replicates_over_mutual_tls_and_a_peer_without_a_certificate_g
                 if tls_sock.recv(64) == b"":
                     raise ConnectionError("closed")
     assert nodes[1].log_lines("tls handshake failed", 'protocol="rpc"')
+
+
+def test_a_replaced_client_ca_file_verifies_new_connections_without_a_restart(make_broker, pki, tmp_path):
+    ca_copy = tmp_path / "clients-ca.pem"
+    ca_copy.write_bytes(pki["first"][0].read_bytes())
+    broker = tls_broker(make_broker, pki, tmp_path, client_ca_file=str(ca_copy), client_auth="required",
+                        peer_cert_as_username="cn")
+    server_ca = pki["first"][0]
+
+    def publishes(name):
+        out = mosquitto("mosquitto_pub", broker, server_ca, *with_cert(pki, name), "-t", "ca/reload", "-m", name)
+        return out.returncode == 0
+
+    assert publishes("device-1") and not publishes("stranger")
+    # the clients' CA is now the second one: its device gets in, the first CA's no longer does
+    ca_copy.write_bytes(pki["second"][0].read_bytes())
+    from test_cluster import wait_for
+    wait_for(lambda: publishes("stranger"), timeout=10, step=0.3)
+    assert not publishes("device-1")
+    assert broker.log_lines("tls client CA reloaded")
