@@ -9,6 +9,7 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 use tidewater_actors::mqtt::auth::{AclRule, Authorizer, PasswordHash, Permission};
+use tidewater_actors::mqtt::http_auth::HttpAuth;
 use tidewater_actors::mqtt::jwt::{JwtAuth, TokenField};
 use tidewater_actors::mqtt::topic;
 use tidewater_actors::stream::def::StreamDef;
@@ -356,6 +357,32 @@ pub struct AuthConfig {
     pub admin_token_hash: Option<String>,
     /// `[auth.jwt]`: MQTT clients log in with a JSON Web Token.
     pub jwt: Option<JwtConfig>,
+    /// `[auth.http]`: an HTTP service decides MQTT logins.
+    pub http: Option<HttpAuthConfig>,
+}
+
+/// `[auth.http]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpAuthConfig {
+    /// Where logins are POSTed (`http://host[:port]/path`).
+    pub url: String,
+    /// How long the service has to answer before the users of `[auth]` decide.
+    #[serde(default = "HttpAuthConfig::default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// How long an allow or a deny is remembered (0: not at all).
+    #[serde(default = "HttpAuthConfig::default_cache_ttl_ms")]
+    pub cache_ttl_ms: u64,
+}
+
+impl HttpAuthConfig {
+    fn default_timeout_ms() -> u64 {
+        5_000
+    }
+
+    fn default_cache_ttl_ms() -> u64 {
+        60_000
+    }
 }
 
 /// `[auth.jwt]`
@@ -396,6 +423,7 @@ impl Default for AuthConfig {
             acl: Vec::new(),
             admin_token_hash: None,
             jwt: None,
+            http: None,
         }
     }
 }
@@ -669,7 +697,28 @@ impl Config {
             topic::validate_filter(&probe).map_err(|e| invalid(format!("auth.acl[{index}].topic"), e.to_string()))?;
         }
         self.jwt()?;
+        self.http_auth()?;
         Ok(())
+    }
+
+    /// The callout of `[auth.http]` (its host resolved now), if one is configured.
+    pub fn http_auth(&self) -> Result<Option<HttpAuth>, ConfigError> {
+        use std::net::ToSocketAddrs;
+        let Some(http) = &self.auth.http else { return Ok(None) };
+        let Some((host, port, path)) = HttpAuth::parse_url(&http.url) else {
+            return Err(invalid("auth.http.url", "must look like http://host[:port]/path (https is not supported)"));
+        };
+        let name = host.rsplit_once(':').map_or(host.as_str(), |(name, _)| name).trim_matches(['[', ']']);
+        let address = (name, port)
+            .to_socket_addrs()
+            .ok()
+            .and_then(|mut addresses| addresses.next())
+            .ok_or_else(|| invalid("auth.http.url", format!("cannot resolve {name}")))?;
+        if !(1..=60_000).contains(&http.timeout_ms) {
+            return Err(invalid("auth.http.timeout_ms", "must be between 1 and 60000"));
+        }
+        let ttl = i64::try_from(http.cache_ttl_ms).map_err(|_| invalid("auth.http.cache_ttl_ms", "too large"))?;
+        Ok(Some(HttpAuth::new(address, host, path, std::time::Duration::from_millis(http.timeout_ms), ttl)))
     }
 
     /// The verifier of `[auth.jwt]` (reading its public key file), if one is configured.
@@ -760,6 +809,7 @@ impl Config {
         Authorizer::new(self.auth.allow_anonymous, self.auth.acl_default, users, self.auth.acl.clone())
             .with_admins(admins, token)
             .with_jwt(self.jwt().ok().flatten())
+            .with_http(self.http_auth().ok().flatten())
     }
 }
 

@@ -313,6 +313,8 @@ pub struct Authorizer {
     cluster_users: Arc<ClusterUsers>,
     /// `[auth.jwt]`: tokens an issuer signed
     jwt: Option<Arc<crate::mqtt::jwt::JwtAuth>>,
+    /// `[auth.http]`: a service that decides logins
+    http: Option<Arc<crate::mqtt::http_auth::HttpAuth>>,
 }
 
 /// What a request to the HTTP admin API presented.
@@ -344,6 +346,7 @@ impl Authorizer {
             bindings: Arc::default(),
             cluster_users: Arc::default(),
             jwt: None,
+            http: None,
         }
     }
 
@@ -359,6 +362,17 @@ impl Authorizer {
     pub fn with_jwt(mut self, jwt: Option<crate::mqtt::jwt::JwtAuth>) -> Self {
         self.jwt = jwt.map(Arc::new);
         self
+    }
+
+    /// The same, asking an HTTP service about MQTT logins (`[auth.http]`).
+    pub fn with_http(mut self, http: Option<crate::mqtt::http_auth::HttpAuth>) -> Self {
+        self.http = http.map(Arc::new);
+        self
+    }
+
+    /// The HTTP callout of `[auth.http]`, if configured.
+    pub fn http(&self) -> Option<&Arc<crate::mqtt::http_auth::HttpAuth>> {
+        self.http.as_ref()
     }
 
     /// Checks an MQTT CONNECT's credentials at `now_ms`: with `[auth.jwt]`, a token where it

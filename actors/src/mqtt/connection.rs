@@ -22,6 +22,7 @@ use crate::mqtt::codec::{
     self, CodecError, ConnAck, ConnAckProperties, Connect, ConnectReturnCode, DisconnectReasonCode, Packet,
     ProtocolVersion,
 };
+use crate::mqtt::http_auth::Verdict;
 use crate::mqtt::jwt::Grant;
 use crate::mqtt::outbox::Outbox;
 use crate::mqtt::session::{AttachRequest, SessionMsg};
@@ -154,7 +155,22 @@ async fn handshake(
         }
     };
 
-    let accepted = match check_connect(ctx, &connect, version, open_connections, certified) {
+    // [auth.http]: the service's verdict on a login, before the checks that need no answer
+    let callout = match (ctx.authorizer.http(), certified, connect.login.as_ref()) {
+        (Some(http), None, Some(login)) => {
+            let verdict = http
+                .check(&*ctx.net, ctx.now_ms(), &login.username, login.password.as_bytes(), &connect.client_id, peer)
+                .await;
+            if let Verdict::Ignore(why) = &verdict
+                && let Some(held_back) = CALLOUT_FAILURES.admit(ctx.now_ms())
+            {
+                tracing::info!(%peer, held_back, "mqtt login left to the users: {why}");
+            }
+            Some(verdict)
+        }
+        _ => None,
+    };
+    let accepted = match check_connect(ctx, &connect, version, open_connections, certified, callout) {
         Ok(mut accepted) => {
             accepted.params.identity.host = Some(peer.ip());
             accepted
@@ -249,6 +265,7 @@ fn check_connect(
     version: ProtocolVersion,
     open_connections: OpenConnections,
     certified: Option<&str>,
+    callout: Option<Verdict>,
 ) -> Result<Accepted, ConnectReturnCode> {
     let settings = &ctx.mqtt;
     if open_connections.node > settings.max_connections {
@@ -285,7 +302,11 @@ fn check_connect(
         None => {
             let username = connect.login.as_ref().map(|login| login.username.clone());
             let password = connect.login.as_ref().map(|login| login.password.as_bytes());
-            let login = ctx.authorizer.authenticate_connect(username.as_deref(), password, &client_id, ctx.now_ms());
+            let login = match callout {
+                Some(Verdict::Allow(grant)) => Ok(grant),
+                Some(Verdict::Deny) => Err(AuthFailure::BadCredentials),
+                _ => ctx.authorizer.authenticate_connect(username.as_deref(), password, &client_id, ctx.now_ms()),
+            };
             match login {
                 Ok(grant) => (username, grant),
                 Err(AuthFailure::BadCredentials) => return Err(ConnectReturnCode::BadUserNamePassword),
@@ -383,6 +404,7 @@ fn check_connect(
 /// Refused CONNECTs, logged at `info` (rate-limited: a flood of bad clients cannot flood the log).
 static CONNECT_REFUSALS: crate::log_limit::LogLimit = crate::log_limit::LogLimit::new();
 static TOKEN_REFUSALS: crate::log_limit::LogLimit = crate::log_limit::LogLimit::new();
+static CALLOUT_FAILURES: crate::log_limit::LogLimit = crate::log_limit::LogLimit::new();
 
 fn refused(ctx: &NodeContext, reason: &'static str) {
     ctx.mqtt_counters.refused(reason);

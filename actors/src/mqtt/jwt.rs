@@ -129,7 +129,7 @@ impl JwtAuth {
 }
 
 /// The rules of an ACL claim, in either of EMQX's forms.
-fn acl_rules(acl: &Value) -> Option<Vec<AclRule>> {
+pub(crate) fn acl_rules(acl: &Value) -> Option<Vec<AclRule>> {
     let rule = |permission, action, topic: &str| AclRule {
         permission,
         action,

@@ -5,6 +5,7 @@ pub mod auth;
 pub mod cluster_routes;
 pub mod codec;
 pub mod connection;
+pub mod http_auth;
 pub mod jwt;
 pub mod message;
 pub mod outbox;
