@@ -147,6 +147,10 @@ pub struct KafkaSettings {
     pub max_connections_per_address: Option<usize>,
     /// `kafka.request_read_timeout_ms`: a request begun must arrive whole within this.
     pub request_read_timeout_ms: u64,
+    /// `kafka.max_produce_bytes_rate`: Produce bytes a second per connection (a quota).
+    pub max_produce_bytes_rate: Option<u64>,
+    /// `kafka.max_fetch_bytes_rate`: fetched bytes a second per connection (a quota).
+    pub max_fetch_bytes_rate: Option<u64>,
     /// Delay before the first rebalance of an empty group (ms).
     pub group_initial_rebalance_delay_ms: u64,
     /// Smallest and largest session timeout a consumer may ask for (ms).
@@ -172,6 +176,8 @@ impl Default for KafkaSettings {
             connections_max_idle_ms: 600_000,
             max_connections_per_address: None,
             request_read_timeout_ms: 30_000,
+            max_produce_bytes_rate: None,
+            max_fetch_bytes_rate: None,
             group_initial_rebalance_delay_ms: 0,
             group_session_timeout_ms: (6_000, 1_800_000),
             offsets_retention_ms: 7 * 24 * 3_600_000,

@@ -33,6 +33,34 @@ impl TokenBucket {
     }
 }
 
+/// A byte rate a connection may use, as Kafka's quotas: every request is served, and one past
+/// the rate earns a throttle time (answered in the response's `throttle_time_ms`, the connection
+/// muted for as long), so that the long-run rate is the configured one. A second's worth may
+/// burst.
+#[derive(Debug, Clone)]
+pub struct ByteQuota {
+    rate: f64,
+    balance: f64,
+    at_ms: i64,
+}
+
+impl ByteQuota {
+    /// A quota of `rate` bytes a second, a second's worth available.
+    pub fn per_second(rate: u64, now_ms: i64) -> Self {
+        let rate = rate.max(1) as f64;
+        Self { rate, balance: rate, at_ms: now_ms }
+    }
+
+    /// Charges `bytes` at `now_ms`: the milliseconds the connection must now wait (0 within the
+    /// rate).
+    pub fn charge(&mut self, bytes: u64, now_ms: i64) -> u64 {
+        let elapsed = (now_ms - self.at_ms).max(0) as f64 / 1000.0;
+        self.at_ms = self.at_ms.max(now_ms);
+        self.balance = (self.balance + elapsed * self.rate).min(self.rate) - bytes as f64;
+        if self.balance >= 0.0 { 0 } else { (-self.balance / self.rate * 1000.0).ceil() as u64 }
+    }
+}
+
 /// Open connections per IP address, for a listener's `max_connections_per_address`.
 #[derive(Debug, Default)]
 pub struct AddressCounts {
@@ -73,6 +101,15 @@ impl Drop for AddressHold {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_byte_quota_throttles_for_the_time_the_excess_takes_at_the_rate() {
+        let mut quota = ByteQuota::per_second(1000, 0);
+        assert_eq!(quota.charge(1000, 0), 0, "a second's worth bursts");
+        assert_eq!(quota.charge(500, 0), 500, "half a second's worth more: half a second");
+        assert_eq!(quota.charge(0, 500), 0, "paid off after waiting");
+        assert_eq!(quota.charge(3000, 10_000), 2000, "a burst larger than a second waits the rest");
+    }
 
     #[test]
     fn a_second_of_burst_then_the_rate() {

@@ -94,6 +94,10 @@ pub struct KafkaConfig {
     pub max_connections_per_address: Option<usize>,
     /// A request begun must arrive whole within this many milliseconds.
     pub request_read_timeout_ms: u64,
+    /// Produce bytes a second one connection may send (Kafka's `producer_byte_rate` quota).
+    pub max_produce_bytes_rate: Option<u64>,
+    /// Fetched bytes a second one connection may receive (Kafka's `consumer_byte_rate`).
+    pub max_fetch_bytes_rate: Option<u64>,
     /// How often retention runs (ms).
     pub retention_check_ms: u64,
     /// Delay before the first rebalance of an empty group (ms), as group.initial.rebalance.delay.ms.
@@ -120,6 +124,8 @@ impl Default for KafkaConfig {
             connections_max_idle_ms: 600_000,
             max_connections_per_address: None,
             request_read_timeout_ms: 30_000,
+            max_produce_bytes_rate: None,
+            max_fetch_bytes_rate: None,
             retention_check_ms: 30_000,
             group_initial_rebalance_delay_ms: 0,
             group_min_session_timeout_ms: 6_000,
@@ -641,6 +647,14 @@ impl Config {
         if !(100..=i64::MAX as u64).contains(&self.kafka.request_read_timeout_ms) {
             return Err(invalid("kafka.request_read_timeout_ms", "must be at least 100"));
         }
+        for (key, rate) in [
+            ("kafka.max_produce_bytes_rate", self.kafka.max_produce_bytes_rate),
+            ("kafka.max_fetch_bytes_rate", self.kafka.max_fetch_bytes_rate),
+        ] {
+            if rate == Some(0) {
+                return Err(invalid(key, "must be at least 1"));
+            }
+        }
         if self.kafka.max_connections_per_address == Some(0) {
             return Err(invalid("kafka.max_connections_per_address", "must be at least 1"));
         }
@@ -786,6 +800,8 @@ impl Config {
             connections_max_idle_ms: self.kafka.connections_max_idle_ms,
             max_connections_per_address: self.kafka.max_connections_per_address,
             request_read_timeout_ms: self.kafka.request_read_timeout_ms,
+            max_produce_bytes_rate: self.kafka.max_produce_bytes_rate,
+            max_fetch_bytes_rate: self.kafka.max_fetch_bytes_rate,
             group_initial_rebalance_delay_ms: self.kafka.group_initial_rebalance_delay_ms,
             group_session_timeout_ms: (
                 self.kafka.group_min_session_timeout_ms as i32,

@@ -20,6 +20,7 @@ use crate::kafka::handlers;
 use crate::kafka::sasl::SaslState;
 use crate::kafka::wire::{self, RequestKind, ResponseKind, WireError};
 use crate::log_limit::LogLimit;
+use crate::rate_limit::ByteQuota;
 use crate::seams::{Connection, Listener};
 
 /// Frames the reader may queue ahead of the actor.
@@ -56,7 +57,14 @@ pub struct KafkaConnectionState {
     /// the user a verified TLS client certificate names (`tls.peer_cert_as_username`): the
     /// principal, as on a Kafka SSL listener, unless the client authenticates with SASL
     certified: Option<Arc<str>>,
+    /// `kafka.max_produce_bytes_rate` and `kafka.max_fetch_bytes_rate` on this connection
+    produce_quota: Option<ByteQuota>,
+    fetch_quota: Option<ByteQuota>,
 }
+
+/// The longest a connection over its quota is muted at once (Kafka's throttle is bounded by its
+/// quota window likewise).
+const MAX_THROTTLE_MS: u64 = 10_000;
 
 /// Refused SASL logins and requests before authentication, logged at `info` (rate-limited).
 static REFUSALS: LogLimit = LogLimit::new();
@@ -95,6 +103,7 @@ impl Actor for KafkaConnection {
 impl KafkaConnectionState {
     /// Handles one request; returns false when the connection must close.
     async fn handle_frame(&mut self, frame: Bytes) -> bool {
+        let frame_len = frame.len() as u64;
         if self.sasl.expects_bare_token() {
             // after SaslHandshake v0 the token is the whole frame, and so is the answer
             let answer = match self.sasl.authenticate_bare(&frame, &self.ctx.authorizer, &self.ctx.rng) {
@@ -158,12 +167,28 @@ impl KafkaConnectionState {
                 return false;
             }
         };
-        let (response, record_sets) = match response {
+        let (mut response, record_sets) = match response {
             handlers::Reply::Send(response) => (response, Vec::new()),
             handlers::Reply::SendFetch(response, sets) => (response, sets),
-            handlers::Reply::None => return true,
+            handlers::Reply::None => {
+                // acks=0: nothing to tell, but the quota still mutes
+                let throttle_ms = self.charge(api_key, frame_len, &[]);
+                if throttle_ms > 0 {
+                    tokio::time::sleep(Duration::from_millis(throttle_ms)).await;
+                }
+                return true;
+            }
             handlers::Reply::Close => return false,
         };
+        let throttle_ms = self.charge(api_key, frame_len, &record_sets);
+        if throttle_ms > 0 {
+            let throttle = i32::try_from(throttle_ms).unwrap_or(i32::MAX);
+            match &mut response {
+                ResponseKind::Produce(produce) => produce.throttle_time_ms = throttle,
+                ResponseKind::Fetch(fetch) => fetch.throttle_time_ms = throttle,
+                _ => {}
+            }
+        }
         // record sets stay their own chunks: fetched bytes are written as stored, never copied
         self.chunks.clear();
         if let Err(error) = wire::encode_response_vectored(
@@ -182,7 +207,30 @@ impl KafkaConnectionState {
                 return false;
             }
         }
+        if throttle_ms > 0 {
+            // over a quota: the connection is muted for the throttle time it was told, as Kafka does
+            tokio::time::sleep(Duration::from_millis(throttle_ms)).await;
+        }
         !close_after
+    }
+
+    /// Charges a Produce's bytes or a Fetch's records to their quota: the throttle time, at
+    /// most [`MAX_THROTTLE_MS`] (the debt carries over to the next request).
+    fn charge(&mut self, api_key: i16, frame_len: u64, record_sets: &[Vec<Bytes>]) -> u64 {
+        let now = self.ctx.now_ms();
+        let (quota, bytes, limit) = match api_key {
+            0 => (self.produce_quota.as_mut(), frame_len, "kafka_produce_bytes_rate"),
+            1 => {
+                let fetched = record_sets.iter().flatten().map(|set| set.len() as u64).sum();
+                (self.fetch_quota.as_mut(), fetched, "kafka_fetch_bytes_rate")
+            }
+            _ => return 0,
+        };
+        let throttle_ms = quota.map_or(0, |quota| quota.charge(bytes, now));
+        if throttle_ms > 0 {
+            crate::metrics::limit_hit(limit);
+        }
+        throttle_ms.min(MAX_THROTTLE_MS)
     }
 
     /// Who sends this connection's requests.
@@ -248,7 +296,18 @@ pub async fn serve(
     let read_timeout = Duration::from_millis(ctx.kafka.request_read_timeout_ms);
     let mut begun: Option<tokio::time::Instant> = None;
     let clock = ctx.clone();
-    let state = KafkaConnectionState { ctx, writer, chunks: Vec::new(), peer, sasl: SaslState::default(), certified };
+    let quota = |rate: Option<u64>| rate.map(|rate| ByteQuota::per_second(rate, ctx.now_ms()));
+    let (produce_quota, fetch_quota) = (quota(ctx.kafka.max_produce_bytes_rate), quota(ctx.kafka.max_fetch_bytes_rate));
+    let state = KafkaConnectionState {
+        ctx,
+        writer,
+        chunks: Vec::new(),
+        peer,
+        sasl: SaslState::default(),
+        certified,
+        produce_quota,
+        fetch_quota,
+    };
     let Ok((actor, mut handle)) = Actor::spawn(None, KafkaConnection, state).await else { return };
     let mut stopped = false;
     let permits = Arc::new(Semaphore::new(READ_AHEAD));
