@@ -147,6 +147,8 @@ pub struct KafkaSettings {
     pub max_connections_per_address: Option<usize>,
     /// `kafka.request_read_timeout_ms`: a request begun must arrive whole within this.
     pub request_read_timeout_ms: u64,
+    /// `kafka.max_connect_rate`: new Kafka connections a second on the node.
+    pub max_connect_rate: Option<u32>,
     /// `kafka.max_produce_bytes_rate`: Produce bytes a second per connection (a quota).
     pub max_produce_bytes_rate: Option<u64>,
     /// `kafka.max_fetch_bytes_rate`: fetched bytes a second per connection (a quota).
@@ -176,6 +178,7 @@ impl Default for KafkaSettings {
             connections_max_idle_ms: 600_000,
             max_connections_per_address: None,
             request_read_timeout_ms: 30_000,
+            max_connect_rate: None,
             max_produce_bytes_rate: None,
             max_fetch_bytes_rate: None,
             group_initial_rebalance_delay_ms: 0,
@@ -228,6 +231,8 @@ pub struct NodeInner {
     pub kafka_connections_by_address: Arc<crate::rate_limit::AddressCounts>,
     /// The node's CONNECT bucket, when `mqtt.max_connect_rate` is set.
     pub connect_rate: std::sync::Mutex<Option<crate::rate_limit::TokenBucket>>,
+    /// The node's bucket of new Kafka connections, when `kafka.max_connect_rate` is set.
+    pub kafka_connect_rate: std::sync::Mutex<Option<crate::rate_limit::TokenBucket>>,
     /// The memory budget of message data.
     pub memory: Arc<crate::memory::MemoryBudget>,
     /// MQTT counters, registered once.
@@ -291,8 +296,10 @@ impl NodeContext {
         Self(Arc::new_cyclic(|inner| {
             let routes = Arc::new(crate::mqtt::cluster_routes::ClusterRoutes::new(parts.node_id, inner.clone()));
             let router = Router::new(Arc::clone(&parts.state_store), &mqtt_counters, Arc::clone(&routes));
-            let connect_rate =
-                parts.mqtt.max_connect_rate.map(|rate| crate::rate_limit::TokenBucket::per_second(rate.into(), 0));
+            let bucket =
+                |rate: Option<u32>| rate.map(|rate| crate::rate_limit::TokenBucket::per_second(rate.into(), 0));
+            let (connect_rate, kafka_connect_rate) =
+                (bucket(parts.mqtt.max_connect_rate), bucket(parts.kafka.max_connect_rate));
             NodeInner {
                 node_id: parts.node_id,
                 mqtt: parts.mqtt,
@@ -313,6 +320,7 @@ impl NodeContext {
                 connections_by_address: Arc::default(),
                 kafka_connections_by_address: Arc::default(),
                 connect_rate: std::sync::Mutex::new(connect_rate),
+                kafka_connect_rate: std::sync::Mutex::new(kafka_connect_rate),
                 memory: crate::memory::MemoryBudget::new(parts.memory_budget),
                 mqtt_counters,
                 span: tracing::Span::current(),

@@ -94,6 +94,8 @@ pub struct KafkaConfig {
     pub max_connections_per_address: Option<usize>,
     /// A request begun must arrive whole within this many milliseconds.
     pub request_read_timeout_ms: u64,
+    /// New Kafka connections a second the node accepts (Kafka's `max.connection.creation.rate`).
+    pub max_connect_rate: Option<u32>,
     /// Produce bytes a second one connection may send (Kafka's `producer_byte_rate` quota).
     pub max_produce_bytes_rate: Option<u64>,
     /// Fetched bytes a second one connection may receive (Kafka's `consumer_byte_rate`).
@@ -124,6 +126,7 @@ impl Default for KafkaConfig {
             connections_max_idle_ms: 600_000,
             max_connections_per_address: None,
             request_read_timeout_ms: 30_000,
+            max_connect_rate: None,
             max_produce_bytes_rate: None,
             max_fetch_bytes_rate: None,
             retention_check_ms: 30_000,
@@ -650,6 +653,7 @@ impl Config {
         for (key, rate) in [
             ("kafka.max_produce_bytes_rate", self.kafka.max_produce_bytes_rate),
             ("kafka.max_fetch_bytes_rate", self.kafka.max_fetch_bytes_rate),
+            ("kafka.max_connect_rate", self.kafka.max_connect_rate.map(u64::from)),
         ] {
             if rate == Some(0) {
                 return Err(invalid(key, "must be at least 1"));
@@ -800,6 +804,7 @@ impl Config {
             connections_max_idle_ms: self.kafka.connections_max_idle_ms,
             max_connections_per_address: self.kafka.max_connections_per_address,
             request_read_timeout_ms: self.kafka.request_read_timeout_ms,
+            max_connect_rate: self.kafka.max_connect_rate,
             max_produce_bytes_rate: self.kafka.max_produce_bytes_rate,
             max_fetch_bytes_rate: self.kafka.max_fetch_bytes_rate,
             group_initial_rebalance_delay_ms: self.kafka.group_initial_rebalance_delay_ms,

@@ -184,9 +184,17 @@ def test_stalled_and_dribbling_connections_on_every_listener_do_not_starve_real_
     assert in_child("http_round_trip", broker.http_port) < 5 and in_child("kafka_round_trip", broker.kafka_port) < 15
 
 
+# ApiVersions v0, correlation id 1, client id "t"
+API_VERSIONS_V0 = b"\x00\x00\x00\x0b\x00\x12\x00\x00\x00\x00\x00\x01\x00\x01t"
+
+
 def test_kafka_connections_from_one_address_are_bounded(make_broker):
     broker = kafka_broker(make_broker, config={"kafka": {"max_connections_per_address": 4}})
     held = [socket.create_connection(("127.0.0.1", broker.kafka_port), timeout=5) for _ in range(4)]
+    for sock in held:
+        # answered: this connection is counted before the next one opens
+        sock.sendall(API_VERSIONS_V0)
+        assert len(sock.recv(4)) == 4
     try:
         extra = socket.create_connection(("127.0.0.1", broker.kafka_port), timeout=5)
         extra.settimeout(5)
@@ -200,3 +208,26 @@ def test_kafka_connections_from_one_address_are_bounded(make_broker):
     assert in_child("kafka_round_trip", broker.kafka_port) < 15
     from conftest import metric_sum
     assert metric_sum(broker.metrics(), "tidewater_limits_hit_total", limit="kafka_connections_per_address") >= 1
+
+
+def test_new_kafka_connections_past_the_connect_rate_are_closed(make_broker):
+    broker = kafka_broker(make_broker, config={"kafka": {"max_connect_rate": 5}})
+    sockets = [socket.create_connection(("127.0.0.1", broker.kafka_port), timeout=5) for _ in range(20)]
+    try:
+        closed = 0
+        for sock in sockets:
+            sock.settimeout(0.5)
+            try:
+                closed += sock.recv(1) == b""
+            except socket.timeout:
+                pass
+        # a second's worth (5) is served; most of the burst is not
+        assert 10 <= closed <= 15, closed
+    finally:
+        for sock in sockets:
+            sock.close()
+    assert broker.log_lines("kafka connection refused: over kafka.max_connect_rate")
+    time.sleep(1.5)
+    assert in_child("kafka_round_trip", broker.kafka_port) < 15
+    from conftest import metric_sum
+    assert metric_sum(broker.metrics(), "tidewater_limits_hit_total", limit="kafka_connect_rate") >= 10

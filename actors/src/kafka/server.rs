@@ -289,6 +289,20 @@ pub async fn serve(
         }
         None => None,
     };
+    // kafka.max_connect_rate (Kafka's max.connection.creation.rate): one past it is closed
+    let over_rate = ctx
+        .kafka_connect_rate
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .as_mut()
+        .is_some_and(|bucket| !bucket.take(1, ctx.now_ms()));
+    if over_rate {
+        crate::metrics::limit_hit("kafka_connect_rate");
+        if let Some(held_back) = REFUSALS.admit(ctx.now_ms()) {
+            tracing::info!(%peer, held_back, "kafka connection refused: over kafka.max_connect_rate");
+        }
+        return;
+    }
     let (mut reader, writer) = tokio::io::split(connection);
     let max_idle = Duration::from_millis(ctx.kafka.connections_max_idle_ms);
     // a request begun must arrive whole in this time, or the connection closes (a client that
