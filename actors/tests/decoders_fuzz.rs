@@ -347,7 +347,10 @@ fn the_seeds_decode() {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(4000))]
+    // 4,000 cases in tests/run; PROPTEST_CASES asks for more (a campaign)
+    #![proptest_config(ProptestConfig::with_cases(
+        std::env::var("PROPTEST_CASES").ok().and_then(|cases| cases.parse().ok()).unwrap_or(4000)
+    ))]
 
     #[test]
     fn the_mqtt_codec_never_panics_nor_over_allocates(input in inputs(seeds::mqtt())) {
@@ -366,9 +369,9 @@ proptest! {
 
     #[test]
     fn the_data_plane_decoder_never_panics_nor_over_allocates(input in inputs(seeds::data_plane())) {
-        // BytesMut may double what it reserves; and serde preallocates a sequence's claimed
-        // length, up to 1 MiB (its "cautious" size hint), before it reads the elements, for each
-        // sequence the message nests (see the note on `frame::decode`)
-        bounded(&input, 2 * frame::RESERVE_AHEAD + SERDE_SEQUENCES * (1 << 20), data_plane)?;
+        // BytesMut may double what it reserves; and each sequence the message nests reserves at
+        // most `frame::SEQ_PREALLOC_BYTES` before its elements arrive (`frame::bounded_seq`), not
+        // its claimed length
+        bounded(&input, 2 * frame::RESERVE_AHEAD + SERDE_SEQUENCES * frame::SEQ_PREALLOC_BYTES, data_plane)?;
     }
 }

@@ -51,9 +51,9 @@ pub enum PeerMessage {
         cluster: String,
     },
     /// Raft messages of any number of groups, all for the receiving node.
-    Raft(Vec<(GroupId, RaftMessage)>),
+    Raft(#[serde(deserialize_with = "frame::bounded_seq")] Vec<(GroupId, RaftMessage)>),
     /// Proposals for the receiver's replicas, and answers to the receiver's proposals.
-    Forwarded(Vec<Forwarded>),
+    Forwarded(#[serde(deserialize_with = "frame::bounded_seq")] Vec<Forwarded>),
     /// From the receiver, back on the same connection: every frame up to `correlation` was
     /// read. A sender that hears none for a while reconnects (a half-open connection, or one
     /// whose bytes the network holds, would otherwise swallow raft's messages unseen).

@@ -92,8 +92,9 @@ pub fn take_frame(buffer: &mut BytesMut) -> Result<Option<(u64, Bytes)>, FrameEr
 /// 64 KiB, at least 64 times the payload, and never more than [`MAX_FRAME_BYTES`]. A valid
 /// payload claims at most its own length in strings and bytes, so only a lying length is refused.
 /// What bincode does not limit is serde's preallocation of a sequence (a `Vec` field): serde
-/// reserves the claimed length before it reads the elements, at most 1 MiB ("cautious"), once
-/// for each sequence the message nests, and gives it back when the decode fails.
+/// would reserve the claimed length before it reads the elements (up to 1 MiB, its "cautious"
+/// hint), so every `Vec` field of the data plane's messages decodes through [`bounded_seq`],
+/// which reserves at most [`SEQ_PREALLOC_BYTES`] and grows as elements actually arrive.
 pub fn decode<T: DeserializeOwned>(payload: &[u8]) -> Result<T, FrameError> {
     let (message, used) = match payload.len() {
         0..=1024 => bincode::serde::decode_from_slice(payload, config::<{ 64 << 10 }>())?,
@@ -109,6 +110,37 @@ pub fn decode<T: DeserializeOwned>(payload: &[u8]) -> Result<T, FrameError> {
         ))));
     }
     Ok(message)
+}
+
+/// The most a sequence of a data-plane message reserves before its elements arrive.
+pub const SEQ_PREALLOC_BYTES: usize = 4096;
+
+/// Deserializes a `Vec` without trusting its claimed length: it reserves at most
+/// [`SEQ_PREALLOC_BYTES`] worth of elements up front, then grows with what is read (for
+/// `#[serde(deserialize_with)]` on the data plane's `Vec` fields).
+pub fn bounded_seq<'de, D, T>(deserializer: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    struct Bounded<T>(std::marker::PhantomData<T>);
+    impl<'de, T: serde::Deserialize<'de>> serde::de::Visitor<'de> for Bounded<T> {
+        type Value = Vec<T>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a sequence")
+        }
+
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+            let most = SEQ_PREALLOC_BYTES / std::mem::size_of::<T>().max(1);
+            let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(most));
+            while let Some(element) = seq.next_element()? {
+                out.push(element);
+            }
+            Ok(out)
+        }
+    }
+    deserializer.deserialize_seq(Bounded(std::marker::PhantomData))
 }
 
 #[cfg(test)]

@@ -117,6 +117,7 @@ pub struct RaftMessage {
     pub term: u64,
     pub log_term: u64,
     pub index: u64,
+    #[serde(deserialize_with = "crate::data_plane::frame::bounded_seq")]
     pub entries: Vec<EntryForm>,
     pub commit: u64,
     pub commit_term: u64,
@@ -153,6 +154,7 @@ pub struct ConfChangeForm {
     /// 0 auto, 1 implicit, 2 explicit (raft-rs `ConfChangeTransition`)
     pub transition: u8,
     /// (0 add voter | 1 remove | 2 add learner, node id)
+    #[serde(deserialize_with = "crate::data_plane::frame::bounded_seq")]
     pub changes: Vec<(u8, u64)>,
     /// opaque to raft
     pub context: Bytes,
@@ -172,9 +174,13 @@ pub struct SnapshotForm {
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[allow(missing_docs)]
 pub struct ConfStateForm {
+    #[serde(deserialize_with = "crate::data_plane::frame::bounded_seq")]
     pub voters: Vec<u64>,
+    #[serde(deserialize_with = "crate::data_plane::frame::bounded_seq")]
     pub learners: Vec<u64>,
+    #[serde(deserialize_with = "crate::data_plane::frame::bounded_seq")]
     pub voters_outgoing: Vec<u64>,
+    #[serde(deserialize_with = "crate::data_plane::frame::bounded_seq")]
     pub learners_next: Vec<u64>,
     pub auto_leave: bool,
 }
