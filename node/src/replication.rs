@@ -699,16 +699,20 @@ pub fn spawn_follow_acls(
         async move {
             let (mut installed, mut installed_credentials) = (None, None);
             loop {
+                // most metadata changes (leaders, in-sync sets) touch neither: copied only when changed
                 let (acls, credentials, registered) = {
                     let now = metadata.borrow_and_update();
                     let registered = now.nodes.get(&node_id).is_some_and(|node| node.generation == generation);
-                    (now.acls.clone(), now.credentials.clone(), registered)
+                    let acls = (installed.as_ref() != Some(&now.acls)).then(|| now.acls.clone());
+                    let credentials =
+                        (installed_credentials.as_ref() != Some(&now.credentials)).then(|| now.credentials.clone());
+                    (acls, credentials, registered)
                 };
-                if installed.as_ref() != Some(&acls) {
+                if let Some(acls) = acls {
                     tidewater_actors::stream::catalog::install_acls(&ctx, acls.iter().map(|binding| binding.as_ref()));
                     installed = Some(acls);
                 }
-                if installed_credentials.as_ref() != Some(&credentials) {
+                if let Some(credentials) = credentials {
                     tidewater_actors::stream::catalog::install_credentials(
                         &ctx,
                         credentials

@@ -297,6 +297,11 @@ struct ReloadingVerifier {
 }
 
 impl ReloadingVerifier {
+    /// The verifier in force (not holding the lock while it verifies).
+    fn current(&self) -> Arc<dyn ClientCertVerifier> {
+        Arc::clone(&self.current.read())
+    }
+
     fn reload_if_changed(&self) -> bool {
         let stamp = modified(&self.ca_file);
         {
@@ -339,8 +344,7 @@ impl ClientCertVerifier for ReloadingVerifier {
         intermediates: &[CertificateDer<'_>],
         now: rustls::pki_types::UnixTime,
     ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
-        let current = Arc::clone(&self.current.read());
-        current.verify_client_cert(end_entity, intermediates, now)
+        self.current().verify_client_cert(end_entity, intermediates, now)
     }
 
     fn verify_tls12_signature(
@@ -349,8 +353,7 @@ impl ClientCertVerifier for ReloadingVerifier {
         cert: &CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        let current = Arc::clone(&self.current.read());
-        current.verify_tls12_signature(message, cert, dss)
+        self.current().verify_tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -359,8 +362,7 @@ impl ClientCertVerifier for ReloadingVerifier {
         cert: &CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        let current = Arc::clone(&self.current.read());
-        current.verify_tls13_signature(message, cert, dss)
+        self.current().verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
@@ -473,7 +475,6 @@ impl CertFiles {
 
     /// The files' modification times (`None` when one cannot be read).
     fn stamp(&self) -> Stamp {
-        let modified = |path: &Path| std::fs::metadata(path).and_then(|m| m.modified()).ok();
         Some((modified(&self.cert)?, modified(&self.key)?))
     }
 }
